@@ -1,0 +1,78 @@
+/**
+ * lora-webgpu: LoRA fine-tuning and inference for JavaScript runtimes, with its own tensors and
+ * autograd, WebGPU kernels verified against a CPU reference, and Hugging Face PEFT adapter interop.
+ *
+ * ```ts
+ * import { Linear, PeftConfig, applyLoraToLinearModules, randn, Module } from "./mod.ts";
+ * const model = new Module();
+ * model.q_proj = new Linear(16, 16);
+ * applyLoraToLinearModules(model, new PeftConfig({ targetModules: ["q_proj"], dim: 4 }));
+ * ```
+ * @module
+ */
+export { ConfigError, DeviceError, DTypeError, FormatError, LoraError, ShapeError } from "./src/errors.ts";
+export type { DType } from "./src/tensor/dtype.ts";
+export { cpuDevice, Device, setDefaultDevice } from "./src/backend/device.ts";
+export type { Backend } from "./src/backend/backend.ts";
+export {
+  full,
+  ones,
+  rand,
+  randn,
+  type RandomOptions,
+  Tensor,
+  tensor,
+  type TensorOptions,
+  zeros,
+} from "./src/tensor/tensor.ts";
+export { manualSeed } from "./src/tensor/random.ts";
+export { noGrad } from "./src/autograd/graph.ts";
+export {
+  add,
+  broadcastTo,
+  cast,
+  concat,
+  cos,
+  crossEntropy,
+  detach,
+  div,
+  dropout,
+  embedding,
+  exp,
+  linear,
+  log,
+  logSoftmax,
+  matmul,
+  maximum,
+  mean,
+  mul,
+  neg,
+  permute,
+  relu,
+  reshape,
+  rmsNorm,
+  rsqrt,
+  scale,
+  sigmoid,
+  silu,
+  sin,
+  slice,
+  softmax,
+  sqrt,
+  square,
+  sub,
+  sum,
+  transpose,
+} from "./src/tensor/ops.ts";
+export { Module, type StateValue } from "./src/nn/module.ts";
+export { Dropout, Embedding, Linear, type LinearOptions, RMSNorm } from "./src/nn/layers.ts";
+export {
+  type DropoutPosition,
+  type LoraAInit,
+  PeftConfig,
+  type PeftConfigOptions,
+} from "./src/peft/config.ts";
+export { ModuleMatcher, wildcardMatch } from "./src/peft/matcher.ts";
+export { isLoraLinear, LinearLoRA, type LinearLoRAOptions, patchLinearModule } from "./src/peft/lora_linear.ts";
+export { loraLinear } from "./src/peft/lora_function.ts";
+export { applyLoraToLinearModules } from "./src/peft/apply.ts";

@@ -1,0 +1,159 @@
+/**
+ * The backend interface: the only boundary between array logic (tensors, autograd, layers) and device
+ * code. A backend owns opaque storage handles and runs primitive kernels on them. Every method is
+ * synchronous except {@link Backend.read}: GPU backends record work and return handles at once.
+ *
+ * Conventions: arrays are row-major and contiguous; every operand of one call has the same dtype,
+ * checked by the caller; `size`, `m`, `k`, ... are element counts, never byte counts.
+ * @module
+ */
+import type { DType, HostArray } from "../tensor/dtype.ts";
+
+/** An opaque handle to device memory holding one tensor's elements. */
+export interface Storage {
+  /** Number of elements. */
+  readonly size: number;
+  readonly dtype: DType;
+}
+
+/** Element-wise functions of one argument. */
+export type UnaryOp =
+  | "neg"
+  | "exp"
+  | "log"
+  | "sqrt"
+  | "rsqrt"
+  | "sigmoid"
+  | "silu"
+  | "siluGrad" // d silu(x) / dx
+  | "relu"
+  | "step" // 1 where x > 0, else 0
+  | "square"
+  | "recip"
+  | "abs"
+  | "sin"
+  | "cos";
+
+/** Element-wise functions of two arguments (broadcast by {@link Backend.binary}). */
+export type BinaryOp = "add" | "sub" | "mul" | "div" | "max" | "gt";
+
+/** Dropout applied inside the fused LoRA kernels; the mask is `dropoutHash(seed, i) >= threshold`. */
+export interface FusedDropout {
+  p: number;
+  seed: number;
+  /** "pre": on x before lora_A; "post": on the scaled LoRA output. */
+  position: "pre" | "post";
+}
+
+/** Operands of the fused LoRA forward y = x W^T + b + scale · drop(x A^T B^T) ([m, in] → [m, out]). */
+export interface LoraForwardArgs {
+  x: Storage;
+  w: Storage;
+  bias: Storage | null;
+  a: Storage;
+  b: Storage;
+  m: number;
+  inFeatures: number;
+  outFeatures: number;
+  rank: number;
+  scale: number;
+  dropout: FusedDropout | null;
+}
+
+/** Operands of the fused LoRA backward: only x, A and B were saved by the forward. */
+export interface LoraBackwardArgs extends Omit<LoraForwardArgs, "bias"> {
+  dy: Storage;
+  /** Skip dx when the input needs no gradient. */
+  needDx: boolean;
+}
+
+/** Gradients of the fused LoRA backward (`dx` null when not asked for). */
+export interface LoraGrads {
+  dx: Storage | null;
+  dA: Storage;
+  dB: Storage;
+}
+
+/** A compute device's kernels. */
+export interface Backend {
+  /** "cpu" or "webgpu". */
+  readonly kind: "cpu" | "webgpu";
+  /** Human-readable description (adapter name for WebGPU). */
+  readonly description: string;
+  /** Whether tensors of this dtype can live here. */
+  supportsDType(dtype: DType): boolean;
+
+  /** Copies host values in (rounding to the dtype). */
+  upload(data: ArrayLike<number>, dtype: DType): Storage;
+  /** Copies values out; f64 storage reads as Float64Array, everything else as Float32Array. */
+  read(s: Storage): Promise<HostArray>;
+  /** Synchronous read where the device allows it (the CPU); others throw DeviceError. */
+  readSync(s: Storage): HostArray;
+  /** Frees the memory behind `s`; idempotent. */
+  free(s: Storage): void;
+  /** Live storage count and bytes, for leak checks. */
+  memory(): { buffers: number; bytes: number };
+
+  /** A new storage of `size` elements all equal to `value`. */
+  fill(size: number, value: number, dtype: DType): Storage;
+  /** Converts element type. */
+  cast(x: Storage, dtype: DType): Storage;
+  /** out[i] = f(x[i]). */
+  unary(op: UnaryOp, x: Storage): Storage;
+  /** out[i] = x[i] * mul + add. */
+  affine(x: Storage, mul: number, add: number): Storage;
+  /** Broadcasting element-wise op; shapes are right-aligned, `outShape` is their broadcast. */
+  binary(
+    op: BinaryOp,
+    a: Storage,
+    aShape: readonly number[],
+    b: Storage,
+    bShape: readonly number[],
+    outShape: readonly number[],
+  ): Storage;
+  /** Sum over the middle axis of an [outer, n, inner] view → [outer, inner]. */
+  sumAxis(x: Storage, outer: number, n: number, inner: number): Storage;
+  /** Max over the middle axis of an [outer, n, inner] view → [outer, inner]. */
+  maxAxis(x: Storage, outer: number, n: number, inner: number): Storage;
+  /** Softmax (or log-softmax) over the last axis of [rows, n]. */
+  softmax(x: Storage, rows: number, n: number, log: boolean): Storage;
+  /**
+   * Batched matrix product out[b] = op(A[b]) · op(B[b]), op = transpose when the flag is set.
+   * A[b] is [m, k] ([k, m] stored when transA); B[b] is [k, n] ([n, k] stored when transB).
+   * `aBatch`/`bBatch` are 1 (broadcast) or `batch`.
+   */
+  matmul(
+    a: Storage,
+    b: Storage,
+    args: {
+      batch: number;
+      aBatch: number;
+      bBatch: number;
+      m: number;
+      k: number;
+      n: number;
+      transA: boolean;
+      transB: boolean;
+    },
+  ): Storage;
+  /** Contiguous copy of `x` (of `shape`) with axes permuted: out axis i is input axis perm[i]. */
+  permute(x: Storage, shape: readonly number[], perm: readonly number[]): Storage;
+  /** Copies rows of a [rows, dim] table: out[i] = table[ids[i]]. */
+  gatherRows(table: Storage, ids: Int32Array, dim: number): Storage;
+  /** Adds rows of src [ids.length, dim] into a zero [rows, dim] table at ids (negative ids skipped). */
+  scatterAddRows(src: Storage, ids: Int32Array, rows: number, dim: number): Storage;
+  /** Picks one element per row of [rows, n]: out[i] = x[i, idx[i]] (0 where idx[i] < 0). */
+  pick(x: Storage, idx: Int32Array, n: number): Storage;
+  /** Inverse of {@link pick}: [rows, n] zeros with out[i, idx[i]] = src[i]. */
+  unpick(src: Storage, idx: Int32Array, n: number): Storage;
+  /** Dropout multiplier mask: 0 or 1 / (1 - p) per element, from `dropoutHash(seed, i)`. */
+  dropoutMask(size: number, p: number, seed: number, dtype: DType): Storage;
+  /** Fused LoRA linear forward. */
+  loraForward(args: LoraForwardArgs): Storage;
+  /** Fused LoRA linear backward. */
+  loraBackward(args: LoraBackwardArgs): LoraGrads;
+  /** Waits for queued work (no-op on the CPU). */
+  sync(): Promise<void>;
+  /** Releases the device; later use is a DeviceError. */
+  destroy(): void;
+}

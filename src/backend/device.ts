@@ -1,0 +1,100 @@
+/**
+ * Devices: a backend plus identity. Tensors remember their device; ops check that all operands share
+ * one. The CPU reference device always exists; WebGPU devices come from `webgpuDevice()`.
+ * @module
+ */
+import type { Backend } from "./backend.ts";
+import { createCpuBackend } from "./cpu/cpu_backend.ts";
+import type { DType } from "../tensor/dtype.ts";
+import { DeviceError, DTypeError } from "../errors.ts";
+
+/** A place where tensors live and kernels run. */
+export class Device {
+  #lostReason: string | null = null;
+
+  /**
+   * @param backend the kernels
+   * @param kind "cpu" or "webgpu"
+   * @param name a short human-readable description, e.g. the GPU adapter's name
+   * @param isSoftware true for software GPU adapters (llvmpipe, lavapipe, SwiftShader)
+   */
+  constructor(
+    readonly backend: Backend,
+    readonly kind: "cpu" | "webgpu",
+    readonly name: string,
+    readonly isSoftware = false,
+  ) {}
+
+  /** Whether tensors of `dtype` can live on this device. */
+  supportsDType(dtype: DType): boolean {
+    return this.backend.supportsDType(dtype);
+  }
+
+  /** Throws a DTypeError naming `op` when this device cannot hold `dtype`. */
+  checkDType(dtype: DType, op: string): void {
+    if (!this.supportsDType(dtype)) {
+      const why = dtype === "f64"
+        ? "f64 exists on the CPU device only"
+        : "this adapter lacks the 'shader-f16' feature";
+      throw new DTypeError(`${op}: dtype ${dtype} is not available on device ${this}: ${why}`);
+    }
+  }
+
+  /** Marks the device unusable; every later use throws a DeviceError with `reason`. */
+  markLost(reason: string): void {
+    this.#lostReason ??= reason;
+  }
+
+  /** Null while usable, else why not. */
+  get lostReason(): string | null {
+    return this.#lostReason;
+  }
+
+  /** Throws a DeviceError naming `op` when the device was lost or destroyed. */
+  checkAlive(op: string): void {
+    if (this.#lostReason !== null) {
+      throw new DeviceError(`${op}: device ${this} is lost (${this.#lostReason}); create a new one`);
+    }
+  }
+
+  /** Frees the device's resources; later use is a DeviceError. */
+  destroy(): void {
+    this.markLost("destroyed by the caller");
+    this.backend.destroy();
+  }
+
+  /** Live buffers and bytes held by tensors on this device. */
+  memory(): { buffers: number; bytes: number } {
+    return this.backend.memory();
+  }
+
+  toString(): string {
+    return `${this.kind}(${this.name})`;
+  }
+}
+
+let cpuSingleton: Device | null = null;
+
+/** The CPU reference device (one per process). */
+export function cpuDevice(): Device {
+  cpuSingleton ??= new Device(createCpuBackend(), "cpu", "CPU reference");
+  return cpuSingleton;
+}
+
+let defaultDev: Device | null = null;
+
+/** Sets the device that tensor constructors and layers use when none is given. */
+export function setDefaultDevice(device: Device): void {
+  if (!(device instanceof Device)) throw new DeviceError(`setDefaultDevice: expected a Device, got ${device}`);
+  defaultDev = device;
+}
+
+/** The device set by {@link setDefaultDevice}, or null when none was set. */
+export function explicitDefaultDevice(): Device | null {
+  return defaultDev;
+}
+
+/** The device used when none is given: the one set by {@link setDefaultDevice}, else the CPU. */
+export function currentDevice(): Device {
+  return defaultDev ?? cpuDevice();
+}

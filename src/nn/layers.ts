@@ -1,0 +1,119 @@
+/**
+ * Basic layers: Linear, Embedding, RMSNorm, Dropout.
+ * @module
+ */
+import { Module } from "./module.ts";
+import { Tensor, tensor, ones, type TensorOptions } from "../tensor/tensor.ts";
+import { dropout, embedding, type IndexInput, linear, rmsNorm } from "../tensor/ops.ts";
+import { currentDevice, type Device } from "../backend/device.ts";
+import type { DType } from "../tensor/dtype.ts";
+import { nextSeed, Rng } from "../tensor/random.ts";
+import { ConfigError } from "../errors.ts";
+
+/** Options of {@link Linear}. */
+export interface LinearOptions {
+  bias?: boolean;
+  device?: Device;
+  dtype?: DType;
+  /** Seed of the default (PyTorch-style kaiming-uniform) init. */
+  seed?: number;
+  /**
+   * false: create shape-only weights (PyTorch's meta device) to be loaded later with loadStateDict;
+   * the layer can be LoRA-patched before that.
+   */
+  materialize?: boolean;
+}
+
+function checkFeatures(op: string, ...dims: number[]): void {
+  for (const d of dims) {
+    if (!Number.isInteger(d) || d < 1) throw new ConfigError(`${op}: feature sizes must be positive integers, got ${dims}`);
+  }
+}
+
+/** Uniform(−bound, bound) values. */
+export function uniformValues(n: number, bound: number, seed: number): Float64Array {
+  const rng = new Rng(seed);
+  const v = new Float64Array(n);
+  for (let i = 0; i < n; i++) v[i] = (rng.uniform() * 2 - 1) * bound;
+  return v;
+}
+
+/** y = x Wᵀ + b; weight [out, in], bias [out]. Initialised like PyTorch: U(±1/√in). */
+export class Linear extends Module {
+  weight: Tensor;
+  bias: Tensor | null;
+  readonly inFeatures: number;
+  readonly outFeatures: number;
+
+  constructor(inFeatures: number, outFeatures: number, opts: LinearOptions = {}) {
+    super();
+    checkFeatures("Linear", inFeatures, outFeatures);
+    this.inFeatures = inFeatures;
+    this.outFeatures = outFeatures;
+    const device = opts.device ?? currentDevice();
+    const dtype = opts.dtype ?? "f32";
+    const t: TensorOptions = { device, dtype, requiresGrad: true };
+    const bound = 1 / Math.sqrt(inFeatures);
+    const seed = opts.seed ?? nextSeed();
+    const make = (shape: number[], s: number) => {
+      if (opts.materialize === false) return Tensor._meta(shape, dtype, device).requiresGrad_(true);
+      return tensor(uniformValues(shape[0] * (shape[1] ?? 1), bound, s), shape, t);
+    };
+    this.weight = make([outFeatures, inFeatures], seed);
+    this.bias = opts.bias === false ? null : make([outFeatures], seed + 1);
+  }
+
+  override forward(x: Tensor): Tensor {
+    return linear(x, this.weight, this.bias);
+  }
+}
+
+/** A lookup table [num, dim]; forward takes integer ids. Initialised N(0, 1) like PyTorch. */
+export class Embedding extends Module {
+  weight: Tensor;
+
+  constructor(numEmbeddings: number, embeddingDim: number, opts: { device?: Device; dtype?: DType; seed?: number } = {}) {
+    super();
+    checkFeatures("Embedding", numEmbeddings, embeddingDim);
+    const rng = new Rng(opts.seed ?? nextSeed());
+    const v = new Float64Array(numEmbeddings * embeddingDim).map(() => rng.normal());
+    this.weight = tensor(v, [numEmbeddings, embeddingDim], { ...opts, requiresGrad: true });
+  }
+
+  override forward(ids: IndexInput | Tensor): Tensor {
+    return embedding(ids, this.weight);
+  }
+}
+
+/** Root-mean-square normalisation over the last axis with a learned scale (ones at init). */
+export class RMSNorm extends Module {
+  weight: Tensor;
+  readonly eps: number;
+
+  constructor(dim: number, opts: { eps?: number; device?: Device; dtype?: DType } = {}) {
+    super();
+    checkFeatures("RMSNorm", dim);
+    this.eps = opts.eps ?? 1e-6;
+    this.weight = ones([dim], { device: opts.device, dtype: opts.dtype, requiresGrad: true });
+  }
+
+  override forward(x: Tensor): Tensor {
+    return rmsNorm(x, this.weight, this.eps);
+  }
+}
+
+/** Inverted dropout, active in training mode only. */
+export class Dropout extends Module {
+  readonly p: number;
+
+  constructor(p = 0.5) {
+    super();
+    if (typeof p !== "number" || !(p >= 0 && p < 1)) throw new ConfigError(`Dropout: p must be in [0, 1), got ${p}`);
+    this.p = p;
+  }
+
+  /** `seed` fixes the mask (for tests); otherwise each call draws a fresh one. */
+  override forward(x: Tensor, seed?: number): Tensor {
+    return dropout(x, this.p, { training: this.training, seed });
+  }
+}

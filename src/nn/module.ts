@@ -1,0 +1,186 @@
+/**
+ * `Module`: PyTorch's naming and registration rules in JS. A module's children are its own properties
+ * holding a Module (or an array of Modules, named by index), and its parameters are its own properties
+ * holding a Tensor, all in assignment order. Names are dotted paths exactly as PyTorch prints them.
+ * @module
+ */
+import { Tensor } from "../tensor/tensor.ts";
+import type { Device } from "../backend/device.ts";
+import { DeviceError, ShapeError } from "../errors.ts";
+
+/** A value accepted by {@link Module.loadStateDict}: a tensor, or raw row-major values with a shape. */
+export type StateValue = Tensor | { shape: readonly number[]; data: ArrayLike<number> };
+
+/** Base class of layers and models. */
+export class Module {
+  /** Training mode (dropout active); set with {@link train} / {@link eval}. */
+  training = true;
+  #buffers = new Map<string, { tensor: Tensor; persistent: boolean }>();
+
+  /** Registers a tensor that is state but not a parameter; non-persistent ones stay out of stateDict. */
+  registerBuffer(name: string, tensor: Tensor, persistent = true): void {
+    this.#buffers.set(name, { tensor, persistent });
+  }
+
+  /** A registered buffer by name. */
+  buffer(name: string): Tensor | undefined {
+    return this.#buffers.get(name)?.tensor;
+  }
+
+  /** Direct children in assignment order, arrays expanded as `name.i`. */
+  namedChildren(): [string, Module][] {
+    const out: [string, Module][] = [];
+    for (const [key, value] of Object.entries(this)) {
+      if (value instanceof Module) out.push([key, value]);
+      else if (Array.isArray(value) && value.length > 0 && value.every((v) => v instanceof Module)) {
+        value.forEach((m, i) => out.push([`${key}.${i}`, m]));
+      }
+    }
+    return out;
+  }
+
+  /** Every module of the tree with its dotted path, this one first as "" (like PyTorch). */
+  namedModules(prefix = ""): [string, Module][] {
+    const out: [string, Module][] = [[prefix, this]];
+    const seen = new Set<Module>([this]);
+    const walk = (m: Module, p: string) => {
+      for (const [name, child] of m.namedChildren()) {
+        if (seen.has(child)) continue; // shared submodules are listed once, like PyTorch
+        seen.add(child);
+        const full = p === "" ? name : `${p}.${name}`;
+        out.push([full, child]);
+        walk(child, full);
+      }
+    };
+    walk(this, prefix);
+    return out;
+  }
+
+  /** This module's own parameters (not its children's). */
+  ownParameters(): [string, Tensor][] {
+    return Object.entries(this).filter((e): e is [string, Tensor] => e[1] instanceof Tensor);
+  }
+
+  /** All parameters with dotted names, frozen ones included, in registration order; shared ones once. */
+  namedParameters(): [string, Tensor][] {
+    const out: [string, Tensor][] = [];
+    const seen = new Set<Tensor>();
+    for (const [prefix, m] of this.namedModules()) {
+      for (const [name, t] of m.ownParameters()) {
+        if (seen.has(t)) continue;
+        seen.add(t);
+        out.push([prefix === "" ? name : `${prefix}.${name}`, t]);
+      }
+    }
+    return out;
+  }
+
+  /** All parameters, frozen ones included (check `requiresGrad`). */
+  parameters(): Tensor[] {
+    return this.namedParameters().map(([, t]) => t);
+  }
+
+  /** Parameters that require grad. */
+  trainableParameters(): Tensor[] {
+    return this.parameters().filter((t) => t.requiresGrad);
+  }
+
+  /** Parameters and persistent buffers by dotted name. */
+  stateDict(): Record<string, Tensor> {
+    const out: Record<string, Tensor> = Object.create(null);
+    for (const [prefix, m] of this.namedModules()) {
+      const join = (n: string) => (prefix === "" ? n : `${prefix}.${n}`);
+      for (const [name, t] of m.ownParameters()) out[join(name)] ??= t;
+      for (const [name, b] of m.#buffers) if (b.persistent) out[join(name)] ??= b.tensor;
+    }
+    return out;
+  }
+
+  /**
+   * Copies values into the existing tensors in place (identity and requiresGrad kept).
+   * With `strict` (default), missing keys, unexpected keys and shape mismatches are errors.
+   */
+  loadStateDict(sd: Record<string, StateValue>, opts: { strict?: boolean } = {}): { missing: string[]; unexpected: string[] } {
+    const strict = opts.strict ?? true;
+    const own = this.stateDict();
+    const missing = Object.keys(own).filter((k) => !Object.hasOwn(sd, k));
+    const unexpected = Object.keys(sd).filter((k) => !(k in own));
+    if (strict && (missing.length > 0 || unexpected.length > 0)) {
+      const list = (xs: string[]) => xs.slice(0, 8).join(", ") + (xs.length > 8 ? `, … (${xs.length})` : "");
+      throw new ShapeError(
+        `loadStateDict: ${missing.length ? `missing keys: ${list(missing)}` : ""}` +
+          `${missing.length && unexpected.length ? "; " : ""}${unexpected.length ? `unexpected keys: ${list(unexpected)}` : ""}`,
+      );
+    }
+    // Validate every shape before copying anything, so a bad dict changes nothing.
+    const todo: [Tensor, StateValue, string][] = [];
+    for (const [key, target] of Object.entries(own)) {
+      if (!Object.hasOwn(sd, key)) continue;
+      const src = sd[key];
+      const shape = src.shape;
+      if (shape.length !== target.shape.length || shape.some((d, i) => d !== target.shape[i])) {
+        throw new ShapeError(`loadStateDict: ${key} has shape [${shape}] but the module expects [${target.shape}]`);
+      }
+      if (!(src instanceof Tensor) && src.data.length !== target.size) {
+        throw new ShapeError(`loadStateDict: ${key} has ${src.data.length} values for shape [${shape}]`);
+      }
+      todo.push([target, src, key]);
+    }
+    for (const [target, src, key] of todo) copyInto(target, src, key);
+    return { missing, unexpected };
+  }
+
+  /** Moves every parameter and buffer to `device` in place; returns this. */
+  async to(device: Device): Promise<this> {
+    const tensors = new Set<Tensor>(this.parameters());
+    for (const [, m] of this.namedModules()) for (const [, b] of m.#buffers) tensors.add(b.tensor);
+    for (const t of tensors) {
+      if (t.device === device || t.isMeta) continue;
+      device.checkDType(t.dtype, "Module.to");
+      const values = await t.data();
+      t._replaceStorage(device.backend.upload(values, t.dtype), device);
+    }
+    return this;
+  }
+
+  /** Training mode on (recursively); returns this. */
+  train(mode = true): this {
+    for (const [, m] of this.namedModules()) m.training = mode;
+    return this;
+  }
+
+  /** Evaluation mode (dropout off); returns this. */
+  eval(): this {
+    return this.train(false);
+  }
+
+  /** Sets requiresGrad on every parameter; returns this. */
+  requiresGrad_(flag: boolean): this {
+    for (const p of this.parameters()) p.requiresGrad = flag;
+    return this;
+  }
+
+  /** The computation; subclasses override it. */
+  forward(..._args: unknown[]): unknown {
+    throw new Error(`${this.constructor.name}.forward is not implemented`);
+  }
+}
+
+function copyInto(target: Tensor, src: StateValue, key: string): void {
+  const be = target.device.backend;
+  if (src instanceof Tensor) {
+    if (src.device === target.device) {
+      const s = src.storage(`loadStateDict(${key})`);
+      target._replaceStorage(src.dtype === target.dtype ? be.affine(s, 1, 0) : be.cast(s, target.dtype));
+      return;
+    }
+    if (src.device.kind !== "cpu") {
+      throw new DeviceError(
+        `loadStateDict: ${key} lives on ${src.device} but the module is on ${target.device}; move it first`,
+      );
+    }
+    target._replaceStorage(be.upload(src.dataSync(), target.dtype));
+    return;
+  }
+  target._replaceStorage(be.upload(src.data, target.dtype));
+}

@@ -1,0 +1,57 @@
+/**
+ * Patching a whole model: freeze everything, then give each matched Linear an adapter.
+ * @module
+ */
+import type { Module } from "../nn/module.ts";
+import { Linear } from "../nn/layers.ts";
+import { ModuleMatcher } from "./matcher.ts";
+import type { PeftConfig } from "./config.ts";
+import { patchLinearModule } from "./lora_linear.ts";
+import { ConfigError } from "../errors.ts";
+
+/** Whether a model is a causal LM (its config's first architecture or its class name says CausalLM). */
+export function isCausalLM(model: Module): boolean {
+  const cfg = (model as { config?: { architectures?: unknown } }).config;
+  const arch = Array.isArray(cfg?.architectures) ? String(cfg.architectures[0]) : "";
+  return arch.includes("CausalLM") || model.constructor.name.includes("CausalLM");
+}
+
+/** A short sample of module names, for error messages. */
+export function sampleNames(model: Module, n = 8): string {
+  const names = model.namedModules().map(([name]) => name).filter((x) => x !== "");
+  return names.slice(0, n).join(", ") + (names.length > n ? `, … (${names.length} modules)` : "");
+}
+
+/**
+ * Freezes every parameter of `model`, patches each Linear the config matches, and returns the count.
+ * Matching nothing is a ConfigError listing some module names; matching a non-Linear is one too.
+ */
+export function applyLoraToLinearModules(model: Module, config: PeftConfig): number {
+  const matcher = new ModuleMatcher(config.targetModules, config.excludeModules, config.matchAllLinear, isCausalLM(model));
+  const matched = model.namedModules().filter(([name, m]) => name !== "" && matcher.match(m, name));
+  if (matched.length === 0) {
+    throw new ConfigError(
+      `applyLoraToLinearModules: no module matches targetModules=${JSON.stringify(matcher.targetModules)} ` +
+        `excludeModules=${JSON.stringify(matcher.excludeModules)} matchAllLinear=${matcher.matchAllLinear}; ` +
+        `patterns match whole dotted names (e.g. "*.q_proj"); modules are: ${sampleNames(model)}`,
+    );
+  }
+  for (const [name, m] of matched) {
+    if (!(m instanceof Linear)) {
+      throw new ConfigError(`applyLoraToLinearModules: ${name} matches the targets but is a ${m.constructor.name}, not a Linear`);
+    }
+  }
+  for (const p of model.parameters()) p.requiresGrad = false;
+  for (const [, m] of matched) {
+    patchLinearModule(m as Linear, {
+      dim: config.dim,
+      alpha: config.alpha,
+      dropout: config.dropout,
+      dropoutPosition: config.dropoutPosition,
+      loraAInitMethod: config.loraAInit,
+      loraDtype: config.loraDtype,
+      useFused: config.useFused,
+    });
+  }
+  return matched.length;
+}

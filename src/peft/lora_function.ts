@@ -1,0 +1,85 @@
+/**
+ * The fused LoRA linear as one autograd op (the seed's `LoRATritonFunction`, widened to include the base
+ * GEMM and dropout): y = x Wᵀ + b + scale · drop(B(A(x))). Only x, A and B are kept for backward (W and
+ * b are frozen parameters, alive anyway); the token×rank intermediate is recomputed, never stored.
+ * @module
+ */
+import type { FusedDropout } from "../backend/backend.ts";
+import { fromStorage, type Tensor } from "../tensor/tensor.ts";
+import { DeviceError, DTypeError, ShapeError } from "../errors.ts";
+
+/**
+ * Fused LoRA linear on any device. x [..., in] (3-D inputs are flattened to 2-D internally), weight
+ * [out, in], bias [out] or null, loraA [rank, in], loraB [out, rank].
+ */
+export function loraLinear(
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor | null,
+  loraA: Tensor,
+  loraB: Tensor,
+  scale: number,
+  dropout: FusedDropout | null = null,
+): Tensor {
+  const op = "loraLinear";
+  const [outF, inF] = weight.shape;
+  const rank = loraA.shape[0];
+  if (weight.ndim !== 2 || x.ndim < 1 || x.shape[x.ndim - 1] !== inF) {
+    throw new ShapeError(`${op}: input [${x.shape}] does not end in in_features of weight [${weight.shape}]`);
+  }
+  if (loraA.ndim !== 2 || loraA.shape[1] !== inF || loraB.ndim !== 2 || loraB.shape[0] !== outF || loraB.shape[1] !== rank) {
+    throw new ShapeError(
+      `${op}: lora_A [${loraA.shape}] and lora_B [${loraB.shape}] do not fit weight [${weight.shape}] ` +
+        `(need [rank, ${inF}] and [${outF}, rank])`,
+    );
+  }
+  if (bias && (bias.ndim !== 1 || bias.shape[0] !== outF)) {
+    throw new ShapeError(`${op}: bias [${bias.shape}] does not match out_features ${outF}`);
+  }
+  const operands = bias ? [x, weight, bias, loraA, loraB] : [x, weight, loraA, loraB];
+  for (const t of operands) {
+    if (t.device !== x.device) throw new DeviceError(`${op}: operands on different devices (${t.device} vs ${x.device})`);
+    if (t.dtype !== x.dtype) throw new DTypeError(`${op}: operands have different dtypes (${t.dtype} vs ${x.dtype})`);
+  }
+  x.device.checkAlive(op);
+  const be = x.device.backend;
+  const m = x.size / inF;
+  const drop = dropout && dropout.p > 0 ? dropout : null;
+  const common = { m, inFeatures: inF, outFeatures: outF, rank, scale, dropout: drop };
+  const y = be.loraForward({
+    x: x.storage(op),
+    w: weight.storage(op),
+    bias: bias ? bias.storage(op) : null,
+    a: loraA.storage(op),
+    b: loraB.storage(op),
+    ...common,
+  });
+  return fromStorage(y, [...x.shape.slice(0, -1), outF], x.dtype, x.device, {
+    op,
+    inputs: operands,
+    backward: (g) => {
+      const grads = be.loraBackward({
+        dy: g.storage(op),
+        x: x.storage(op),
+        w: weight.storage(op),
+        a: loraA.storage(op),
+        b: loraB.storage(op),
+        needDx: x.requiresGrad,
+        ...common,
+      });
+      const wrap = (s: typeof grads.dA | null, shape: readonly number[]) =>
+        s === null ? null : fromStorage(s, shape, x.dtype, x.device);
+      const dx = wrap(grads.dx, x.shape);
+      const dA = loraA.requiresGrad ? wrap(grads.dA, loraA.shape) : (be.free(grads.dA), null);
+      const dB = loraB.requiresGrad ? wrap(grads.dB, loraB.shape) : (be.free(grads.dB), null);
+      // Unfrozen base weights are unusual for LoRA; their gradients come from the plain linear op.
+      let dW: Tensor | null = null, db: Tensor | null = null;
+      if (weight.requiresGrad) {
+        const args = { batch: 1, aBatch: 1, bBatch: 1, m: outF, k: m, n: inF, transA: true, transB: false };
+        dW = fromStorage(be.matmul(g.storage(op), x.storage(op), args), weight.shape, x.dtype, x.device);
+      }
+      if (bias?.requiresGrad) db = fromStorage(be.sumAxis(g.storage(op), 1, m, outF), bias.shape, x.dtype, x.device);
+      return bias ? [dx, dW, db, dA, dB] : [dx, dW, dA, dB];
+    },
+  });
+}

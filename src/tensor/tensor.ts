@@ -1,0 +1,340 @@
+/**
+ * The Tensor: an n-d array on a device, with optional gradient tracking. Values live in backend
+ * storage; a tensor never changes shape or dtype, but optimizers and `loadStateDict` may replace its
+ * storage in place so that references held by layers and optimizers stay valid.
+ * @module
+ */
+import type { Storage } from "../backend/backend.ts";
+import { currentDevice, Device } from "../backend/device.ts";
+import { type DType, type HostArray, isDType } from "./dtype.ts";
+import { type GradNode, isGradEnabled, runBackward } from "../autograd/graph.ts";
+import { Rng } from "./random.ts";
+import { DeviceError, DTypeError, ShapeError } from "../errors.ts";
+import * as ops from "./ops.ts";
+
+/** Options shared by tensor constructors. */
+export interface TensorOptions {
+  device?: Device;
+  dtype?: DType;
+  requiresGrad?: boolean;
+}
+
+// Frees device memory of tensors the program dropped without dispose().
+const reclaim = new FinalizationRegistry<{ device: Device; storage: Storage }>(({ device, storage }) => {
+  if (device.lostReason === null) device.backend.free(storage);
+});
+
+/** Number of elements of a shape. */
+export function shapeSize(shape: readonly number[]): number {
+  let n = 1;
+  for (const d of shape) n *= d;
+  return n;
+}
+
+/** Throws ShapeError naming `op` unless every entry is a non-negative integer. */
+export function checkShape(shape: readonly number[], op: string): void {
+  if (!Array.isArray(shape) || shape.some((d) => !Number.isInteger(d) || d < 0)) {
+    throw new ShapeError(`${op}: shape must be an array of non-negative integers, got ${JSON.stringify(shape)}`);
+  }
+}
+
+/** An n-dimensional array on a device. */
+export class Tensor {
+  /** Dimensions, row-major. */
+  readonly shape: readonly number[];
+  readonly dtype: DType;
+  /** Whether backward() computes a gradient for this tensor. */
+  requiresGrad: boolean;
+  /** Accumulated gradient (set to null to clear). */
+  grad: Tensor | null = null;
+  /** @internal how this tensor was computed; null for leaves. */
+  _node: GradNode | null = null;
+  #storage: Storage | null;
+  #device: Device;
+  #meta = false;
+
+  /** @internal use the constructor functions ({@link tensor}, {@link zeros}, ...) instead. */
+  constructor(storage: Storage, shape: readonly number[], dtype: DType, device: Device, requiresGrad = false) {
+    this.#storage = storage;
+    this.shape = Object.freeze([...shape]);
+    this.dtype = dtype;
+    this.#device = device;
+    this.requiresGrad = requiresGrad;
+    if (storage !== null) reclaim.register(this, { device, storage }, this);
+  }
+
+  /** The device holding the values. */
+  get device(): Device {
+    return this.#device;
+  }
+
+  /**
+   * @internal a tensor whose values do not exist yet (PyTorch's meta device): shape and dtype only.
+   * Using it is a DeviceError until loadStateDict (or {@link _replaceStorage}) gives it values.
+   */
+  static _meta(shape: readonly number[], dtype: DType, device: Device): Tensor {
+    const t = new Tensor(null as unknown as Storage, shape, dtype, device, false);
+    t.#meta = true;
+    return t;
+  }
+
+  /** Whether the values are not materialised yet (see {@link Tensor._meta}). */
+  get isMeta(): boolean {
+    return this.#meta;
+  }
+
+  /** Number of elements. */
+  get size(): number {
+    return shapeSize(this.shape);
+  }
+
+  /** Number of dimensions. */
+  get ndim(): number {
+    return this.shape.length;
+  }
+
+  /** True for tensors not produced by a recorded op. */
+  get isLeaf(): boolean {
+    return this._node === null;
+  }
+
+  /** @internal the storage, checked alive. */
+  storage(op = "tensor"): Storage {
+    if (this.#meta) {
+      throw new DeviceError(
+        `${op}: tensor [${this.shape}] is not materialised yet (meta); load its values with loadStateDict first`,
+      );
+    }
+    if (this.#storage === null) throw new DeviceError(`${op}: tensor of shape [${this.shape}] was disposed`);
+    this.device.checkAlive(op);
+    return this.#storage;
+  }
+
+  /** @internal replaces the values in place (same shape and dtype); frees the old storage. */
+  _replaceStorage(storage: Storage, device: Device = this.#device): void {
+    const old = this.#meta ? null : this.storage("replace");
+    if (old === storage) return;
+    reclaim.unregister(this);
+    if (old !== null && this.#device.lostReason === null) this.#device.backend.free(old);
+    this.#storage = storage;
+    this.#device = device;
+    this.#meta = false;
+    if (storage !== null) reclaim.register(this, { device, storage }, this);
+  }
+
+  /** Whether dispose() was called. */
+  get isDisposed(): boolean {
+    return this.#storage === null && !this.#meta;
+  }
+
+  /** Copies the values to the host: Float64Array for f64, Float32Array otherwise. */
+  async data(): Promise<HostArray> {
+    return await this.device.backend.read(this.storage("data"));
+  }
+
+  /** Synchronous copy of the values; CPU tensors only (GPU reads are async: use {@link data}). */
+  dataSync(): HostArray {
+    if (this.device.kind !== "cpu") {
+      throw new DeviceError(`dataSync: tensor [${this.shape}] lives on ${this.device}; use await t.data()`);
+    }
+    return this.device.backend.readSync(this.storage("dataSync"));
+  }
+
+  /** The single value of a one-element tensor. */
+  async item(): Promise<number> {
+    if (this.size !== 1) throw new ShapeError(`item: tensor has shape [${this.shape}], not one element`);
+    return (await this.data())[0];
+  }
+
+  /** Nested arrays of the values (handy in examples and tests). */
+  async toArray(): Promise<unknown> {
+    const d = await this.data();
+    const build = (dim: number, off: number): unknown => {
+      if (dim === this.shape.length) return d[off];
+      const stride = shapeSize(this.shape.slice(dim + 1));
+      return Array.from({ length: this.shape[dim] }, (_, i) => build(dim + 1, off + i * stride));
+    };
+    return build(0, 0);
+  }
+
+  /** A copy on `device` (a new leaf tensor; requiresGrad kept). */
+  async to(device: Device): Promise<Tensor> {
+    if (device === this.device) return this;
+    device.checkDType(this.dtype, "to");
+    const values = await this.data();
+    return new Tensor(device.backend.upload(values, this.dtype), this.shape, this.dtype, device, this.requiresGrad);
+  }
+
+  /**
+   * Back-propagates from this tensor, accumulating into `.grad` of every leaf that requires grad.
+   * A scalar needs no argument; otherwise pass d(loss)/d(this) of this tensor's shape.
+   */
+  backward(grad?: Tensor): void {
+    if (!this.requiresGrad) {
+      throw new DeviceError(`backward: tensor [${this.shape}] does not require grad (no graph to walk)`);
+    }
+    let g = grad;
+    if (g === undefined) {
+      if (this.size !== 1) {
+        throw new ShapeError(`backward: tensor has shape [${this.shape}]; pass a gradient for non-scalars`);
+      }
+      g = ones(this.shape, { device: this.device, dtype: this.dtype });
+    } else if (g.shape.join() !== this.shape.join()) {
+      throw new ShapeError(`backward: gradient shape [${g.shape}] differs from tensor shape [${this.shape}]`);
+    }
+    runBackward(this, g, ops.add);
+  }
+
+  /** A new leaf sharing nothing with the graph: same values, requiresGrad false. */
+  detach(): Tensor {
+    return ops.detach(this);
+  }
+
+  /** Frees the device memory now; idempotent. Later use is a DeviceError. */
+  dispose(): void {
+    if (this.#storage === null) return void (this.#meta = false);
+    reclaim.unregister(this);
+    if (this.device.lostReason === null) this.device.backend.free(this.#storage);
+    this.#storage = null;
+    this._node = null;
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  /** Sets requiresGrad (leaves only) and returns this. */
+  requiresGrad_(flag = true): this {
+    if (!this.isLeaf) throw new DeviceError(`requiresGrad_: only leaf tensors can change requiresGrad`);
+    this.requiresGrad = flag;
+    return this;
+  }
+
+  toString(): string {
+    return `Tensor(shape=[${this.shape}], dtype=${this.dtype}, device=${this.device})`;
+  }
+
+  // Method forms of the functional ops.
+  add(o: Tensor | number): Tensor {
+    return ops.add(this, o);
+  }
+  sub(o: Tensor | number): Tensor {
+    return ops.sub(this, o);
+  }
+  mul(o: Tensor | number): Tensor {
+    return ops.mul(this, o);
+  }
+  div(o: Tensor | number): Tensor {
+    return ops.div(this, o);
+  }
+  matmul(o: Tensor): Tensor {
+    return ops.matmul(this, o);
+  }
+  scale(s: number): Tensor {
+    return ops.scale(this, s);
+  }
+  sum(dim?: number | number[], keepDim = false): Tensor {
+    return ops.sum(this, dim, keepDim);
+  }
+  mean(dim?: number | number[], keepDim = false): Tensor {
+    return ops.mean(this, dim, keepDim);
+  }
+  reshape(shape: readonly number[]): Tensor {
+    return ops.reshape(this, shape);
+  }
+  transpose(dim0: number, dim1: number): Tensor {
+    return ops.transpose(this, dim0, dim1);
+  }
+  softmax(dim = -1): Tensor {
+    return ops.softmax(this, dim);
+  }
+  logSoftmax(dim = -1): Tensor {
+    return ops.logSoftmax(this, dim);
+  }
+  silu(): Tensor {
+    return ops.silu(this);
+  }
+  relu(): Tensor {
+    return ops.relu(this);
+  }
+  cast(dtype: DType): Tensor {
+    return ops.cast(this, dtype);
+  }
+}
+
+function resolve(opts: TensorOptions | undefined, op: string): { device: Device; dtype: DType } {
+  const device = opts?.device ?? currentDevice();
+  if (!(device instanceof Device)) throw new DeviceError(`${op}: options.device is not a Device: ${device}`);
+  const dtype = opts?.dtype ?? "f32";
+  if (!isDType(dtype)) throw new DTypeError(`${op}: unknown dtype ${JSON.stringify(dtype)} (use f32, f16 or f64)`);
+  device.checkDType(dtype, op);
+  device.checkAlive(op);
+  return { device, dtype };
+}
+
+/** @internal wraps fresh storage as a tensor; records `node` when grad mode is on and an input needs it. */
+export function fromStorage(
+  storage: Storage,
+  shape: readonly number[],
+  dtype: DType,
+  device: Device,
+  node?: GradNode,
+): Tensor {
+  const t = new Tensor(storage, shape, dtype, device, false);
+  if (node !== undefined && isGradEnabled() && node.inputs.some((i) => i.requiresGrad)) {
+    t.requiresGrad = true;
+    t._node = node;
+  }
+  return t;
+}
+
+/** A tensor holding `data` (row-major) with the given shape. */
+export function tensor(data: ArrayLike<number>, shape?: readonly number[], opts?: TensorOptions): Tensor {
+  const s = shape ?? [data.length];
+  checkShape(s, "tensor");
+  if (shapeSize(s) !== data.length) {
+    throw new ShapeError(`tensor: ${data.length} values do not fill shape [${s}] (${shapeSize(s)} elements)`);
+  }
+  const { device, dtype } = resolve(opts, "tensor");
+  return new Tensor(device.backend.upload(data, dtype), s, dtype, device, opts?.requiresGrad ?? false);
+}
+
+/** A tensor of `shape` filled with `value`. */
+export function full(shape: readonly number[], value: number, opts?: TensorOptions): Tensor {
+  checkShape(shape, "full");
+  const { device, dtype } = resolve(opts, "full");
+  return new Tensor(device.backend.fill(shapeSize(shape), value, dtype), shape, dtype, device, opts?.requiresGrad);
+}
+
+/** Zeros. */
+export function zeros(shape: readonly number[], opts?: TensorOptions): Tensor {
+  return full(shape, 0, opts);
+}
+
+/** Ones. */
+export function ones(shape: readonly number[], opts?: TensorOptions): Tensor {
+  return full(shape, 1, opts);
+}
+
+/** Options of the random constructors: `seed` makes the draw reproducible. */
+export interface RandomOptions extends TensorOptions {
+  seed?: number;
+}
+
+function randomTensor(shape: readonly number[], opts: RandomOptions | undefined, op: string, draw: (r: Rng) => number) {
+  checkShape(shape, op);
+  const rng = new Rng(opts?.seed ?? Math.floor(Math.random() * 2 ** 32));
+  const values = new Float64Array(shapeSize(shape));
+  for (let i = 0; i < values.length; i++) values[i] = draw(rng);
+  return tensor(values, shape, opts);
+}
+
+/** Standard normal samples. */
+export function randn(shape: readonly number[], opts?: RandomOptions): Tensor {
+  return randomTensor(shape, opts, "randn", (r) => r.normal());
+}
+
+/** Uniform samples in [0, 1). */
+export function rand(shape: readonly number[], opts?: RandomOptions): Tensor {
+  return randomTensor(shape, opts, "rand", (r) => r.uniform());
+}
