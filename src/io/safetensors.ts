@@ -124,7 +124,7 @@ const scratch = new DataView(new ArrayBuffer(8));
 /** Rounds a non-negative number below 2^53 to the nearest integer, ties to even. */
 function roundHalfEven(q: number): number {
   const f = Math.floor(q);
-  const d = q - f; // exact: q and f share an exponent range where subtraction loses nothing
+  const d = q - f; // exact: subtracting the integer part of a double drops bits, never rounds
   return d > 0.5 || (d === 0.5 && f % 2 === 1) ? f + 1 : f;
 }
 
@@ -282,7 +282,10 @@ interface Entry {
  *   the tensor and field at fault
  */
 export function readSafetensors(bytes: Uint8Array): SafetensorsFile {
-  if (!(bytes instanceof Uint8Array)) fail(`expected a Uint8Array, got ${typeof bytes}`);
+  // Checked by tag rather than instanceof so Uint8Arrays from other realms (and Node Buffers) pass.
+  if (Object.prototype.toString.call(bytes) !== "[object Uint8Array]") {
+    fail(`expected a Uint8Array, got ${Object.prototype.toString.call(bytes)}`);
+  }
   if (bytes.length < 8) fail(`file is ${bytes.length} bytes, shorter than the 8-byte header length`);
 
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -342,7 +345,11 @@ export function readSafetensors(bytes: Uint8Array): SafetensorsFile {
       );
     }
     if (e.begin > cursor) {
-      fail(`tensor ${quote(e.name)}: data_offsets [${e.begin}, ${e.end}] leave a hole at [${cursor}, ${e.begin}]`);
+      fail(
+        `tensor ${
+          quote(e.name)
+        }: data_offsets [${e.begin}, ${e.end}] leave a hole at [${cursor}, ${e.begin}]`,
+      );
     }
     cursor = e.end;
     prev = e;
@@ -404,7 +411,9 @@ function parseEntry(name: string, raw: unknown, dataLen: number): Entry {
   const nbytes = elements * info!.size;
   if (e - b !== nbytes) {
     fail(
-      `${where}: data_offsets [${b}, ${e}] hold ${e - b} bytes but ${dtype} shape ${show(shape)} needs ${nbytes}`,
+      `${where}: data_offsets [${b}, ${e}] hold ${e - b} bytes but ${dtype} shape ${
+        show(shape)
+      } needs ${nbytes}`,
     );
   }
   return { name, dtype: dtype as string, info: info!, shape, begin: b, end: e };
@@ -458,7 +467,10 @@ function decode(dtype: string, buffer: ArrayBufferLike, offset: number, count: n
   }
   // Big-endian hosts: fill element by element through little-endian reads.
   const dv = le();
-  const fill = <T extends { [i: number]: number | bigint }>(out: T, get: (o: number) => number | bigint): T => {
+  const fill = <T extends { [i: number]: number | bigint }>(
+    out: T,
+    get: (o: number) => number | bigint,
+  ): T => {
     for (let i = 0; i < count; i++) out[i] = get(i * size);
     return out;
   };
@@ -571,7 +583,9 @@ export function writeSafetensors(
     const elements = shape.reduce((a, b) => a * b, 1);
     if (data.length !== elements) {
       throw new ShapeError(
-        `writeSafetensors: ${where} has shape ${show(shape)} (${elements} elements) but ${data.length} values`,
+        `writeSafetensors: ${where} has shape ${
+          show(shape)
+        } (${elements} elements) but ${data.length} values`,
       );
     }
     pending.push({ name, nameBytes: encoder.encode(name), dtype, info, shape, data });
@@ -621,11 +635,15 @@ export function writeSafetensors(
 }
 
 function checkShape(shape: unknown, where: string): number[] {
-  if (!Array.isArray(shape)) throw new ShapeError(`writeSafetensors: ${where} shape ${show(shape)} is not an array`);
+  if (!Array.isArray(shape)) {
+    throw new ShapeError(`writeSafetensors: ${where} shape ${show(shape)} is not an array`);
+  }
   let elements = 1;
   for (const d of shape) {
     if (typeof d !== "number" || !Number.isSafeInteger(d) || d < 0) {
-      throw new ShapeError(`writeSafetensors: ${where} shape ${show(shape)} has ${show(d)}, not a non-negative integer`);
+      throw new ShapeError(
+        `writeSafetensors: ${where} shape ${show(shape)} has ${show(d)}, not a non-negative integer`,
+      );
     }
     elements *= d;
   }
@@ -635,14 +653,16 @@ function checkShape(shape: unknown, where: string): number[] {
   return [...shape];
 }
 
-const INT_RANGES: ReadonlyMap<string, readonly [number, number]> = new Map([
-  ["I8", [-128, 127]],
-  ["U8", [0, 255]],
-  ["I16", [-32768, 32767]],
-  ["U16", [0, 65535]],
-  ["I32", [-(2 ** 31), 2 ** 31 - 1]],
-  ["U32", [0, 2 ** 32 - 1]],
-] as const);
+const INT_RANGES: ReadonlyMap<string, readonly [number, number]> = new Map(
+  [
+    ["I8", [-128, 127]],
+    ["U8", [0, 255]],
+    ["I16", [-32768, 32767]],
+    ["U16", [0, 65535]],
+    ["I32", [-(2 ** 31), 2 ** 31 - 1]],
+    ["U32", [0, 2 ** 32 - 1]],
+  ] as const,
+);
 
 /** Writes one tensor's elements little-endian at byte `at` of the output. */
 function encode(p: Pending, view: DataView, at: number): void {

@@ -13,8 +13,8 @@ import {
   f16BitsToNumber,
   numberToBf16Bits,
   numberToF16Bits,
-  readSafetensors,
   type RawTensorEntry,
+  readSafetensors,
   roundToF16,
   type SafetensorsData,
   type TensorLike,
@@ -69,7 +69,9 @@ function parsesOrFormatError(bytes: Uint8Array): boolean {
   } catch (e) {
     if (e instanceof FormatError && e.message.startsWith("readSafetensors: ")) return false;
     const head = new TextDecoder().decode(bytes.subarray(0, 300));
-    throw new Error(`unexpected ${(e as Error)?.name}: ${(e as Error)?.message}\ninput start: ${JSON.stringify(head)}`);
+    throw new Error(
+      `unexpected ${(e as Error)?.name}: ${(e as Error)?.message}\ninput start: ${JSON.stringify(head)}`,
+    );
   }
   let decoded = 0;
   for (const [name, t] of result.tensors) {
@@ -85,7 +87,10 @@ function parsesOrFormatError(bytes: Uint8Array): boolean {
 function assertFormatError(bytes: Uint8Array, pattern: RegExp): void {
   fuzzCases++;
   assert.throws(() => readSafetensors(bytes), (e: unknown) => {
-    assert.ok(e instanceof FormatError, `expected FormatError, got ${(e as Error)?.name}: ${(e as Error)?.message}`);
+    assert.ok(
+      e instanceof FormatError,
+      `expected FormatError, got ${(e as Error)?.name}: ${(e as Error)?.message}`,
+    );
     assert.match(e.message, /^readSafetensors: /);
     assert.match(e.message, pattern);
     return true;
@@ -93,7 +98,11 @@ function assertFormatError(bytes: Uint8Array, pattern: RegExp): void {
 }
 
 /** Element-wise equality by Object.is (so NaN equals NaN and -0 differs from 0). */
-function assertSameElements(actual: SafetensorsData, expected: ArrayLike<number | bigint>, what: string): void {
+function assertSameElements(
+  actual: SafetensorsData,
+  expected: ArrayLike<number | bigint>,
+  what: string,
+): void {
   assert.equal(actual.length, expected.length, `${what}: length`);
   for (let i = 0; i < expected.length; i++) {
     if (!Object.is(actual[i], expected[i])) {
@@ -157,8 +166,16 @@ const DTYPE_CASES: Record<string, DTypeCase> = {
     decoded: BigInt64Array,
     inputs: [ctor(BigInt64Array)],
   },
-  U64: { value: fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }), decoded: BigUint64Array, inputs: [ctor(BigUint64Array)] },
-  I32: { value: INT(-(2 ** 31), 2 ** 31 - 1), decoded: Int32Array, inputs: [ctor(Int32Array), ctor(Float64Array)] },
+  U64: {
+    value: fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }),
+    decoded: BigUint64Array,
+    inputs: [ctor(BigUint64Array)],
+  },
+  I32: {
+    value: INT(-(2 ** 31), 2 ** 31 - 1),
+    decoded: Int32Array,
+    inputs: [ctor(Int32Array), ctor(Float64Array)],
+  },
   U32: { value: INT(0, 2 ** 32 - 1), decoded: Uint32Array, inputs: [ctor(Uint32Array)] },
   I16: { value: INT(-32768, 32767), decoded: Int16Array, inputs: [ctor(Int16Array)] },
   U16: { value: INT(0, 65535), decoded: Uint16Array, inputs: [ctor(Uint16Array)] },
@@ -170,16 +187,17 @@ const DTYPE_CASES: Record<string, DTypeCase> = {
 /** Ranks 0-4 with dims 0-4: scalars and zero-size tensors come up often. */
 const shapeArb = fc.array(fc.integer({ min: 0, max: 4 }), { maxLength: 4 });
 
-const entryArb: fc.Arbitrary<{ dtype: string; shape: number[]; values: (number | bigint)[]; input: number }> = fc
-  .record({ dtype: fc.constantFrom(...Object.keys(DTYPE_CASES)), shape: shapeArb })
-  .chain(({ dtype, shape }) =>
-    fc.record({
-      dtype: fc.constant(dtype),
-      shape: fc.constant(shape),
-      values: fc.array(DTYPE_CASES[dtype].value, { minLength: product(shape), maxLength: product(shape) }),
-      input: fc.nat(DTYPE_CASES[dtype].inputs.length), // == length: a plain array
-    })
-  );
+const entryArb: fc.Arbitrary<{ dtype: string; shape: number[]; values: (number | bigint)[]; input: number }> =
+  fc
+    .record({ dtype: fc.constantFrom(...Object.keys(DTYPE_CASES)), shape: shapeArb })
+    .chain(({ dtype, shape }) =>
+      fc.record({
+        dtype: fc.constant(dtype),
+        shape: fc.constant(shape),
+        values: fc.array(DTYPE_CASES[dtype].value, { minLength: product(shape), maxLength: product(shape) }),
+        input: fc.nat(DTYPE_CASES[dtype].inputs.length), // == length: a plain array
+      })
+    );
 
 const nameArb = fc.oneof(
   fc.constantFrom(...SPECIAL_NAMES, "a", "a.b", "model.layers.1.weight", "é", "\u{1F600}", "\uFFFF"),
@@ -187,10 +205,16 @@ const nameArb = fc.oneof(
 ).filter((n) => n !== "__metadata__");
 
 const metadataArb = fc.option(
-  fc.uniqueArray(fc.tuple(fc.oneof(fc.constantFrom(...SPECIAL_NAMES), fc.string({ unit: "binary" })), fc.string({ unit: "binary" })), {
-    maxLength: 4,
-    selector: ([k]) => k,
-  }).map((kv) => Object.fromEntries(kv)), // fromEntries defines own keys, "__proto__" included
+  fc.uniqueArray(
+    fc.tuple(
+      fc.oneof(fc.constantFrom(...SPECIAL_NAMES), fc.string({ unit: "binary" })),
+      fc.string({ unit: "binary" }),
+    ),
+    {
+      maxLength: 4,
+      selector: ([k]) => k,
+    },
+  ).map((kv) => Object.fromEntries(kv)), // fromEntries defines own keys, "__proto__" included
   { nil: undefined },
 );
 
@@ -286,7 +310,10 @@ Deno.test("fixture golden.safetensors: ids, losses and logits", () => {
   }
   const grads = [...tensors.keys()].filter((k) => k.startsWith("grad."));
   assert.equal(grads.length, 28); // 2 layers x 7 projections x (A, B)
-  assert.deepEqual(tensors.get("grad.base_model.model.model.layers.0.mlp.down_proj.lora_A.weight")!.shape, [8, 176]);
+  assert.deepEqual(tensors.get("grad.base_model.model.model.layers.0.mlp.down_proj.lora_A.weight")!.shape, [
+    8,
+    176,
+  ]);
 });
 
 Deno.test("fixture linear_lora.safetensors: LinearLoRA cases", () => {
@@ -305,7 +332,10 @@ Deno.test("fixture adapter/adapter_model.safetensors: PEFT's own save", () => {
   assert.deepEqual({ ...metadata }, { format: "pt" });
   assert.equal(tensors.size, 28);
   for (const [name, t] of tensors) {
-    assert.match(name, /^base_model\.model\.model\.layers\.[01]\.(self_attn|mlp)\.\w+_proj\.lora_[AB]\.weight$/);
+    assert.match(
+      name,
+      /^base_model\.model\.model\.layers\.[01]\.(self_attn|mlp)\.\w+_proj\.lora_[AB]\.weight$/,
+    );
     assert.equal(t.dtype, "F32");
     assert.equal(t.shape.length, 2);
     assert.equal(name.includes("lora_A") ? t.shape[0] : t.shape[1], 8); // rank 8
@@ -339,7 +369,10 @@ Deno.test("writer reproduces every Python-written fixture byte for byte", () => 
   ) {
     const bytes = readFixture(path);
     const { tensors, metadata } = readSafetensors(bytes);
-    const rewritten = writeSafetensors(Object.fromEntries(tensors), Object.keys(metadata).length ? metadata : undefined);
+    const rewritten = writeSafetensors(
+      Object.fromEntries(tensors),
+      Object.keys(metadata).length ? metadata : undefined,
+    );
     assert.ok(rewritten.length === bytes.length && rewritten.every((b, i) => b === bytes[i]), path);
   }
 });
@@ -424,7 +457,12 @@ Deno.test("writer: header layout matches the Python library", () => {
   assert.match(text, /^[^ ]+ *$/); // padding is spaces only
   assert.equal(bytes.length, dataStart + 18);
   // No metadata given: no __metadata__ key at all.
-  assert.ok(!Object.hasOwn(headerOf(writeSafetensors({ a: { dtype: "U8", shape: [], data: [1] } })).header, "__metadata__"));
+  assert.ok(
+    !Object.hasOwn(
+      headerOf(writeSafetensors({ a: { dtype: "U8", shape: [], data: [1] } })).header,
+      "__metadata__",
+    ),
+  );
 });
 
 Deno.test("writer: integer and boolean encodings", () => {
@@ -449,13 +487,21 @@ Deno.test("writer: bad input throws FormatError / ShapeError / DTypeError naming
     [{ "": raw("F32", [1], [1]) }, FormatError, /invalid tensor name ""/],
     [{ __metadata__: raw("F32", [1], [1]) }, FormatError, /invalid tensor name "__metadata__"/],
     [{ "bad\uD800": raw("F32", [1], [1]) }, FormatError, /invalid tensor name/],
-    [{ w: raw("F32", [2, 3], [1, 2, 3]) }, ShapeError, /tensor "w" has shape \[2,3\] \(6 elements\) but 3 values/],
+    [
+      { w: raw("F32", [2, 3], [1, 2, 3]) },
+      ShapeError,
+      /tensor "w" has shape \[2,3\] \(6 elements\) but 3 values/,
+    ],
     [{ w: raw("F32", [-1], []) }, ShapeError, /tensor "w" shape \[-1\] has -1/],
     [{ w: raw("F32", [1.5], [1]) }, ShapeError, /tensor "w" shape \[1.5\]/],
     [{ w: raw("F32", "3", [1, 2, 3]) }, ShapeError, /tensor "w" shape "3" is not an array/],
     [{ w: raw("F32", [2 ** 30, 2 ** 30], []) }, ShapeError, /tensor "w" shape .* too large/],
     [{ w: raw("F8_E4M3", [1], [1]) }, DTypeError, /tensor "w" has unsupported dtype "F8_E4M3"/],
-    [{ w: { dtype: "i32", shape: [1], dataSync: () => new Float32Array(1) } }, DTypeError, /tensor "w" has dtype "i32"/],
+    [
+      { w: { dtype: "i32", shape: [1], dataSync: () => new Float32Array(1) } },
+      DTypeError,
+      /tensor "w" has dtype "i32"/,
+    ],
     [{ w: raw("I32", [2], [1, 1.5]) }, FormatError, /tensor "w" \(I32\) element 1 is "1.5", not an integer/],
     [{ w: raw("I32", [1], [2 ** 31]) }, FormatError, /element 0 is "2147483648", outside the I32 range/],
     [{ w: raw("U8", [1], [-1]) }, FormatError, /outside the U8 range/],
@@ -471,7 +517,9 @@ Deno.test("writer: bad input throws FormatError / ShapeError / DTypeError naming
   for (const [entries, Class, pattern] of cases) {
     assert.throws(
       () => writeSafetensors(entries as Record<string, RawTensorEntry>),
-      (e: unknown) => e instanceof Class && pattern.test((e as Error).message) && /^writeSafetensors: /.test((e as Error).message),
+      (e: unknown) =>
+        e instanceof Class && pattern.test((e as Error).message) &&
+        /^writeSafetensors: /.test((e as Error).message),
       `${Class.name} ${pattern}`,
     );
   }
@@ -511,7 +559,11 @@ const refF16 = (x: number) => referenceBits(x, f16BitsToNumber, 0x7c00, 2 ** 16)
 const refBf16 = (x: number) => referenceBits(x, bf16BitsToNumber, 0x7f80, 2 ** 128);
 
 /** Doubles straddling every midpoint between adjacent encodings, where rounding errors would hide. */
-function* midpointProbes(decode: (b: number) => number, maxFinite: number, infValue: number): Generator<number> {
+function* midpointProbes(
+  decode: (b: number) => number,
+  maxFinite: number,
+  infValue: number,
+): Generator<number> {
   const next = (b: number) => b === maxFinite ? infValue : decode(b + 1);
   for (let b = 0; b <= maxFinite; b++) {
     const lo = decode(b), hi = next(b);
@@ -531,7 +583,11 @@ Deno.test("f16: every bit pattern decodes exactly and round-trips", () => {
     const x = f16BitsToNumber(h);
     // Independent decode from the definition.
     const e = (h >> 10) & 31, m = h & 1023, s = h & 0x8000 ? -1 : 1;
-    const expected = e === 31 ? (m ? NaN : s * Infinity) : e === 0 ? s * m * 2 ** -24 : s * (1 + m / 1024) * 2 ** (e - 15);
+    const expected = e === 31
+      ? (m ? NaN : s * Infinity)
+      : e === 0
+      ? s * m * 2 ** -24
+      : s * (1 + m / 1024) * 2 ** (e - 15);
     assert.ok(Object.is(x, expected), `bits ${h.toString(16)}: ${x} vs ${expected}`);
     if (nativeBits) {
       nativeBits[0] = h;
@@ -556,7 +612,25 @@ Deno.test("f16: rounding matches Math.f16round and a reference at every midpoint
     if (f16round) assert.ok(Object.is(roundToF16(x), f16round(x)), `x = ${x}: ${roundToF16(x)} vs f16round`);
   };
   for (const x of midpointProbes(f16BitsToNumber, 0x7bff, 2 ** 16)) check(x);
-  for (const x of [0, -0, 65504, 65519.999, 65520, 65536, 1e300, -1e300, Infinity, -Infinity, NaN, 2 ** -25, 2 ** -26, 3 * 2 ** -26, Number.MIN_VALUE]) {
+  for (
+    const x of [
+      0,
+      -0,
+      65504,
+      65519.999,
+      65520,
+      65536,
+      1e300,
+      -1e300,
+      Infinity,
+      -Infinity,
+      NaN,
+      2 ** -25,
+      2 ** -26,
+      3 * 2 ** -26,
+      Number.MIN_VALUE,
+    ]
+  ) {
     check(x);
   }
   assert.equal(numberToF16Bits(65520), 0x7c00);
@@ -638,7 +712,8 @@ Deno.test("hostile: prototype-like names read back without pollution", () => {
   // Hand-written JSON with __proto__ at every level: entries must not be read through a prototype.
   const data = new Uint8Array(4);
   assert.deepEqual(
-    readSafetensors(fileWith(`{"__proto__":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}`, data)).tensors.get("__proto__")!
+    readSafetensors(fileWith(`{"__proto__":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}`, data)).tensors
+      .get("__proto__")!
       .shape,
     [1],
   );
@@ -646,7 +721,10 @@ Deno.test("hostile: prototype-like names read back without pollution", () => {
     fileWith(`{"a":{"__proto__":{"dtype":"F32"},"shape":[1],"data_offsets":[0,4]}}`, data),
     /tensor "a": dtype must be a string, got undefined/,
   );
-  assertFormatError(fileWith(`{"__metadata__":{"__proto__":{"polluted":"1"}}}`), /__metadata__ entry "__proto__"/);
+  assertFormatError(
+    fileWith(`{"__metadata__":{"__proto__":{"polluted":"1"}}}`),
+    /__metadata__ entry "__proto__"/,
+  );
   assertFormatError(fileWith(`{"__metadata__":{"constructor":1}}`), /__metadata__ entry "constructor"/);
   assertFormatError(fileWith(`{"toString":1}`), /tensor "toString": entry must be an object/);
   assertNoPollution();
@@ -691,7 +769,10 @@ Deno.test("hostile: one-field corruptions throw FormatError naming the key and f
     [set(A, "data_offsets", [a0 + 0.5, a1 + 0.5]), /has \d+\.5, not a non-negative integer/],
     [set(A, "data_offsets", [String(a0), a1]), /data_offsets .* not a non-negative integer/],
     [set(A, "data_offsets", null), /data_offsets must be \[begin, end\], got null/],
-    [set("toString", "data_offsets", [a0, a0 + 6]), /tensor "__proto__": data_offsets \[\d+, \d+\] overlap tensor "toString"/],
+    [
+      set("toString", "data_offsets", [a0, a0 + 6]),
+      /tensor "__proto__": data_offsets \[\d+, \d+\] overlap tensor "toString"/,
+    ],
     [set(A, "data_offsets", [a0 + 1, a1 + 1]), /hole|overlap|run past/],
     [set("x", "data_offsets", [1, 1]), /overlap tensor|hole/],
     [withHeader(SMALL, (h) => void delete h[A]), /hole at|cover only/],
@@ -705,14 +786,34 @@ Deno.test("hostile: one-field corruptions throw FormatError naming the key and f
     [withHeader(SMALL, () => []), /header does not start with "\{"/],
     [withHeader(SMALL, () => "x"), /header does not start with "\{"/],
     [fileWith(`{"a":1,`), /header is not valid UTF-8 JSON/],
-    [fileWith(new Uint8Array([0x7b, 0x22, 0xff, 0x22, 0x3a, 0x31, 0x7d]).reduce((s, b) => s + String.fromCharCode(b), "")), /./],
+    [
+      fileWith(
+        new Uint8Array([0x7b, 0x22, 0xff, 0x22, 0x3a, 0x31, 0x7d]).reduce(
+          (s, b) => s + String.fromCharCode(b),
+          "",
+        ),
+      ),
+      /./,
+    ],
     [fileWith(" {}"), /header does not start with "\{"/],
     [fileWith("\uFEFF{}"), /header does not start with "\{"/],
     [fileWith("{}", 1), /data section is 1 bytes but the tensors cover only \[0, 0\]/],
-    [fileWith(`{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}`, 2), /hole at \[0, 1\]/],
-    [fileWith("{" + '"a":'.repeat(0) + "[".repeat(200_000) + "]".repeat(200_000) + "}"), /header is not valid UTF-8 JSON/],
+    [
+      fileWith(
+        `{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}`,
+        2,
+      ),
+      /hole at \[0, 1\]/,
+    ],
+    [
+      fileWith("{" + '"a":'.repeat(0) + "[".repeat(200_000) + "]".repeat(200_000) + "}"),
+      /header is not valid UTF-8 JSON/,
+    ],
     [fileWith("[".repeat(200_000) + "]".repeat(200_000)), /header does not start/],
-    [fileWith(`{"a":` + "[".repeat(200_000) + "]".repeat(200_000) + "}"), /tensor "a": entry must be an object/],
+    [
+      fileWith(`{"a":` + "[".repeat(200_000) + "]".repeat(200_000) + "}"),
+      /tensor "a": entry must be an object/,
+    ],
   ];
   // Invalid UTF-8 inside the header: a raw 0xff byte.
   const invalidUtf8 = fileWith(`{"\u00ff":1}`);
@@ -729,10 +830,15 @@ Deno.test("hostile: one-field corruptions throw FormatError naming the key and f
     return copy;
   };
   assertFormatError(withLength(0n), /header does not start with "\{"/);
-  assertFormatError(withLength(2n ** 64n - 1n), /header length 18446744073709551615 exceeds the 100000000-byte limit/);
+  assertFormatError(
+    withLength(2n ** 64n - 1n),
+    /header length 18446744073709551615 exceeds the 100000000-byte limit/,
+  );
   assertFormatError(withLength(100_000_001n), /exceeds the 100000000-byte limit/);
   assertFormatError(withLength(BigInt(SMALL.length - 7)), /exceeds the \d+ bytes after the length field/);
-  for (const len of [1, 2, n - 1, n + 1, n + 8, SMALL.length - 8]) parsesOrFormatError(withLength(BigInt(len)));
+  for (const len of [1, 2, n - 1, n + 1, n + 8, SMALL.length - 8]) {
+    parsesOrFormatError(withLength(BigInt(len)));
+  }
   assertFormatError(new Uint8Array(7), /shorter than the 8-byte header length/);
   // deno-lint-ignore no-explicit-any
   assertFormatError([1, 2, 3] as any, /expected a Uint8Array/);
@@ -791,16 +897,32 @@ Deno.test("hostile: random bytes, random JSON headers and random header fields",
     fc.array(fc.nat(3), { maxLength: 3 }),
     fc.dictionary(fc.string({ maxLength: 3 }), fc.nat(3), { maxKeys: 2 }),
   );
-  const dtype = fc.oneof(fc.constantFrom("F32", "F16", "BF16", "F64", "I64", "I32", "U8", "BOOL", "F8_E5M2"), junk);
+  const dtype = fc.oneof(
+    fc.constantFrom("F32", "F16", "BF16", "F64", "I64", "I32", "U8", "BOOL", "F8_E5M2"),
+    junk,
+  );
   const dim = fc.oneof({ weight: 5, arbitrary: fc.nat(4) }, { weight: 1, arbitrary: junk });
   const offset = fc.oneof({ weight: 5, arbitrary: fc.nat(40) }, { weight: 1, arbitrary: junk });
   const entry = fc.oneof(
-    { weight: 8, arbitrary: fc.record({ dtype, shape: fc.oneof(fc.array(dim, { maxLength: 3 }), junk), data_offsets: fc.oneof(fc.tuple(offset, offset), junk) }, { requiredKeys: [] }) },
+    {
+      weight: 8,
+      arbitrary: fc.record({
+        dtype,
+        shape: fc.oneof(fc.array(dim, { maxLength: 3 }), junk),
+        data_offsets: fc.oneof(fc.tuple(offset, offset), junk),
+      }, { requiredKeys: [] }),
+    },
     { weight: 1, arbitrary: junk },
   );
   fc.assert(
     fc.property(
-      fc.uniqueArray(fc.tuple(fc.oneof(fc.constantFrom(...SPECIAL_NAMES, "__metadata__"), fc.string({ maxLength: 3 })), entry), { maxLength: 4, selector: ([k]) => k }),
+      fc.uniqueArray(
+        fc.tuple(
+          fc.oneof(fc.constantFrom(...SPECIAL_NAMES, "__metadata__"), fc.string({ maxLength: 3 })),
+          entry,
+        ),
+        { maxLength: 4, selector: ([k]) => k },
+      ),
       fc.nat(48),
       (kv, dataLen) => {
         parsesOrFormatError(fileWith(Object.fromEntries(kv), dataLen));
@@ -818,7 +940,12 @@ Deno.test("hostile: random bytes, random JSON headers and random header fields",
       fc.oneof(junk, dim, fc.tuple(offset, offset), fc.array(dim, { maxLength: 3 }), dtype),
       (name, field, value) => {
         const file = withHeader(SMALL, (h) => {
-          Object.defineProperty(h[name], field, { value, enumerable: true, writable: true, configurable: true });
+          Object.defineProperty(h[name], field, {
+            value,
+            enumerable: true,
+            writable: true,
+            configurable: true,
+          });
         });
         parsesOrFormatError(file);
       },
