@@ -122,6 +122,25 @@ export class Tensor {
     if (storage !== null) reclaim.register(this, { device, storage }, this);
   }
 
+  /**
+   * @internal replaces the values in place by those of `src` (same shape and dtype), taking over its
+   * storage without a copy; `src` is disposed. Use this rather than `_replaceStorage(src.storage())`,
+   * which leaves `src` owning the storage, so collecting `src` would free this tensor's values.
+   */
+  _assign(src: Tensor): void {
+    if (src === this) return;
+    if (src.dtype !== this.dtype || src.shape.join() !== this.shape.join()) {
+      throw new ShapeError(
+        `assign: source [${src.shape}] ${src.dtype} does not match target [${this.shape}] ${this.dtype}`,
+      );
+    }
+    const storage = src.storage("assign");
+    reclaim.unregister(src);
+    src.#storage = null;
+    src._node = null;
+    this._replaceStorage(storage, src.device);
+  }
+
   /** Whether dispose() was called. */
   get isDisposed(): boolean {
     return this.#storage === null && !this.#meta;
