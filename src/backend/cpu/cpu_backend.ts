@@ -208,18 +208,31 @@ export function createCpuBackend(): Backend {
     matmul(a, b, { batch, aBatch, bBatch, m, k, n, transA, transB }) {
       const av = arr(a), bv = arr(b);
       const r = hostArray(a.dtype, batch * m * n);
+      // Row i of op(A) is gathered once; then both layouts of B are walked contiguously: dot products
+      // against B's rows when transposed, row-scaled accumulation (axpy) otherwise. Sums stay in f64.
+      const row = new Float64Array(k);
       const acc = new Float64Array(n);
       for (let bt = 0; bt < batch; bt++) {
         const ao = aBatch === 1 ? 0 : bt * m * k, bo = bBatch === 1 ? 0 : bt * k * n;
         for (let i = 0; i < m; i++) {
-          acc.fill(0);
-          for (let p = 0; p < k; p++) {
-            const av_ = av[ao + (transA ? p * m + i : i * k + p)];
-            if (av_ === 0) continue;
-            if (transB) for (let j = 0; j < n; j++) acc[j] += av_ * bv[bo + j * k + p];
-            else for (let j = 0; j < n; j++) acc[j] += av_ * bv[bo + p * n + j];
+          if (transA) for (let p = 0; p < k; p++) row[p] = av[ao + p * m + i];
+          else for (let p = 0; p < k; p++) row[p] = av[ao + i * k + p];
+          const ro = bt * m * n + i * n;
+          if (transB) {
+            for (let j = 0; j < n; j++) {
+              const jo = bo + j * k;
+              let s = 0;
+              for (let p = 0; p < k; p++) s += row[p] * bv[jo + p];
+              r[ro + j] = s;
+            }
+          } else {
+            acc.fill(0);
+            for (let p = 0; p < k; p++) {
+              const x = row[p], po = bo + p * n;
+              for (let j = 0; j < n; j++) acc[j] += x * bv[po + j];
+            }
+            r.set(acc, ro);
           }
-          r.set(acc, bt * m * n + i * n);
         }
       }
       return out(a.dtype, r);
