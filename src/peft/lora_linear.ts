@@ -5,7 +5,7 @@
  * @module
  */
 import { Linear } from "../nn/layers.ts";
-import { Tensor, tensor, zeros } from "../tensor/tensor.ts";
+import { type Tensor, tensor, zeros } from "../tensor/tensor.ts";
 import { add, cast, dropout as dropoutOp, linear, matmul, scale as scaleOp, sub } from "../tensor/ops.ts";
 import { noGrad } from "../autograd/graph.ts";
 import type { DType } from "../tensor/dtype.ts";
@@ -149,7 +149,9 @@ function initAdapter(obj: LinearLoRA, opts: LinearLoRAOptions, where: string): v
   const device = obj.weight.device;
   const dtype = parseDType(opts.loraDtype, `${where}.loraDtype`) ?? obj.weight.dtype;
   const rng = new Rng(opts.seed ?? nextSeed());
-  const aValues = loraAInit === "xavier" ? xavierNormal(dim, obj.inFeatures, rng) : kaimingUniform(dim, obj.inFeatures, rng);
+  const aValues = loraAInit === "xavier"
+    ? xavierNormal(dim, obj.inFeatures, rng)
+    : kaimingUniform(dim, obj.inFeatures, rng);
   const loraA = new Linear(obj.inFeatures, dim, { bias: false, materialize: false, device, dtype });
   loraA.weight = tensor(aValues, [dim, obj.inFeatures], { device, dtype, requiresGrad: true });
   const loraB = new Linear(dim, obj.outFeatures, { bias: false, materialize: false, device, dtype });
@@ -173,10 +175,14 @@ function initAdapter(obj: LinearLoRA, opts: LinearLoRAOptions, where: string): v
  */
 export function patchLinearModule(linear: Linear, opts: LinearLoRAOptions = {}): LinearLoRA {
   if (!(linear instanceof Linear)) {
-    throw new ConfigError(`patchLinearModule: expected a Linear, got ${(linear as object)?.constructor?.name ?? linear}`);
+    throw new ConfigError(
+      `patchLinearModule: expected a Linear, got ${(linear as object)?.constructor?.name ?? linear}`,
+    );
   }
   if (linear instanceof LinearLoRA) {
-    throw new ConfigError(`patchLinearModule: this Linear [${linear.outFeatures}, ${linear.inFeatures}] already has a LoRA adapter`);
+    throw new ConfigError(
+      `patchLinearModule: this Linear [${linear.outFeatures}, ${linear.inFeatures}] already has a LoRA adapter`,
+    );
   }
   Object.setPrototypeOf(linear, LinearLoRA.prototype);
   initAdapter(linear as LinearLoRA, opts, "patchLinearModule");

@@ -23,7 +23,9 @@ function common(op: string, ...ts: Tensor[]): { device: Device; dtype: DType; be
   const [first] = ts;
   for (const t of ts) {
     if (t.device !== first.device) {
-      throw new DeviceError(`${op}: operands on different devices: ${ts.map((x) => String(x.device)).join(", ")}`);
+      throw new DeviceError(
+        `${op}: operands on different devices: ${ts.map((x) => String(x.device)).join(", ")}`,
+      );
     }
     if (t.dtype !== first.dtype) {
       throw new DTypeError(`${op}: operands have different dtypes: ${ts.map((x) => x.dtype).join(", ")}`);
@@ -145,7 +147,12 @@ export function maximum(a: Tensor | number, b: Tensor | number): Tensor {
 function binaryNoGrad(op: BinaryOp, a: Tensor, b: Tensor): Tensor {
   const { device, dtype, be } = common(op, a, b);
   const shape = broadcastShapes(a.shape, b.shape, op);
-  return fromStorage(be.binary(op, a.storage(op), a.shape, b.storage(op), b.shape, shape), shape, dtype, device);
+  return fromStorage(
+    be.binary(op, a.storage(op), a.shape, b.storage(op), b.shape, shape),
+    shape,
+    dtype,
+    device,
+  );
 }
 
 function unaryOp(op: UnaryOp, x: Tensor, grad: ((g: Tensor, x: Tensor, y: Tensor) => Tensor) | null): Tensor {
@@ -217,7 +224,9 @@ export function detach(x: Tensor): Tensor {
 function normDims(dim: number | number[] | undefined, rank: number, op: string): number[] {
   if (dim === undefined) return [...Array(rank).keys()];
   const dims = (Array.isArray(dim) ? dim : [dim]).map((d) => normAxis(d, rank, op));
-  if (new Set(dims).size !== dims.length) throw new ShapeError(`${op}: repeated dim in ${JSON.stringify(dim)}`);
+  if (new Set(dims).size !== dims.length) {
+    throw new ShapeError(`${op}: repeated dim in ${JSON.stringify(dim)}`);
+  }
   return dims.sort((a, b) => a - b);
 }
 
@@ -228,7 +237,7 @@ export function sum(x: Tensor, dim?: number | number[], keepDim = false): Tensor
   const dims = normDims(dim, x.ndim, "sum");
   const keptShape = x.shape.map((d, i) => (dims.includes(i) ? 1 : d));
   let storage = x.storage("sum");
-  let cur = [...x.shape];
+  const cur = [...x.shape];
   for (const d of [...dims].reverse()) {
     const outer = shapeSize(cur.slice(0, d)), inner = shapeSize(cur.slice(d + 1));
     const next = be.sumAxis(storage, outer, cur[d], inner);
@@ -257,7 +266,9 @@ export function mean(x: Tensor, dim?: number | number[], keepDim = false): Tenso
 export function broadcastTo(x: Tensor, shape: readonly number[]): Tensor {
   if (sameShape(x.shape, shape)) return x;
   const target = broadcastShapes(x.shape, shape, "broadcastTo");
-  if (!sameShape(target, shape)) throw new ShapeError(`broadcastTo: cannot broadcast [${x.shape}] to [${shape}]`);
+  if (!sameShape(target, shape)) {
+    throw new ShapeError(`broadcastTo: cannot broadcast [${x.shape}] to [${shape}]`);
+  }
   const zero = scalarLike(0, x);
   const { device, dtype, be } = common("broadcastTo", x);
   const storage = be.binary("add", x.storage("broadcastTo"), x.shape, zero.storage(), [], shape);
@@ -348,7 +359,7 @@ export function concat(ts: Tensor[], dim: number): Tensor {
     const sel = new Float32Array(t.shape[d] * total);
     for (let i = 0; i < t.shape[d]; i++) sel[i * total + offset + i] = 1;
     const selT = new Tensor(t.device.backend.upload(sel, t.dtype), [t.shape[d], total], t.dtype, t.device);
-    const placed = matmul(moved, selT);
+    const placed = selectLast(moved, selT);
     out = out === null ? placed : add(out, placed);
     offset += t.shape[d];
   }
@@ -367,7 +378,13 @@ export function slice(x: Tensor, dim: number, start: number, end: number): Tenso
   const sel = new Float32Array(n * (end - start));
   for (let i = start; i < end; i++) sel[i * (end - start) + (i - start)] = 1;
   const selT = new Tensor(x.device.backend.upload(sel, x.dtype), [n, end - start], x.dtype, x.device);
-  return transpose(matmul(moved, selT), d, -1);
+  return transpose(selectLast(moved, selT), d, -1);
+}
+
+/** x [..., n] · sel [n, p] → [..., p] for any rank ≥ 1: matmul needs a row dim, which 1-D x lacks. */
+function selectLast(x: Tensor, sel: Tensor): Tensor {
+  if (x.ndim >= 2) return matmul(x, sel);
+  return reshape(matmul(reshape(x, [1, x.shape[0]]), sel), [sel.shape[1]]);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -380,7 +397,12 @@ interface MatmulPlan {
   bBatch: number;
 }
 
-function planBatch(a: Tensor, b: Tensor, aRows: number, bRows: number): MatmulPlan & { a: Tensor; b: Tensor } {
+function planBatch(
+  a: Tensor,
+  b: Tensor,
+  aRows: number,
+  bRows: number,
+): MatmulPlan & { a: Tensor; b: Tensor } {
   const ab = a.shape.slice(0, -2), bb = b.shape.slice(0, -2);
   const batchShape = broadcastShapes(ab, bb, "matmul");
   const batch = shapeSize(batchShape);
@@ -412,7 +434,9 @@ export function matmul(a: Tensor, b: Tensor): Tensor {
     throw new ShapeError(`matmul: operands need at least 2 dims, got [${a.shape}] and [${b.shape}]`);
   }
   const m = a.shape[a.ndim - 2], k = a.shape[a.ndim - 1], k2 = b.shape[b.ndim - 2], n = b.shape[b.ndim - 1];
-  if (k !== k2) throw new ShapeError(`matmul: inner dims differ: [${a.shape}] · [${b.shape}] (${k} vs ${k2})`);
+  if (k !== k2) {
+    throw new ShapeError(`matmul: inner dims differ: [${a.shape}] · [${b.shape}] (${k} vs ${k2})`);
+  }
   const { device, dtype, be } = common("matmul", a, b);
   const plan = planBatch(a, b, m, k2);
   const storage = be.matmul(plan.a.storage("matmul"), plan.b.storage("matmul"), {
@@ -471,7 +495,9 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor 
   if (weight.ndim !== 2) throw new ShapeError(`linear: weight must be [out, in], got [${weight.shape}]`);
   const [outF, inF] = weight.shape;
   if (x.ndim < 1 || x.shape[x.ndim - 1] !== inF) {
-    throw new ShapeError(`linear: input [${x.shape}] does not end in in_features ${inF} of weight [${weight.shape}]`);
+    throw new ShapeError(
+      `linear: input [${x.shape}] does not end in in_features ${inF} of weight [${weight.shape}]`,
+    );
   }
   if (bias && (bias.ndim !== 1 || bias.shape[0] !== outF)) {
     throw new ShapeError(`linear: bias [${bias.shape}] does not match out_features ${outF}`);
@@ -534,14 +560,20 @@ function softmaxLast(x: Tensor, log: boolean): Tensor {
   const op = log ? "logSoftmax" : "softmax";
   const { device, dtype, be } = common(op, x);
   const n = x.shape[x.ndim - 1] ?? 1;
-  const y: Tensor = fromStorage(be.softmax(x.storage(op), x.size / Math.max(n, 1), n, log), x.shape, dtype, device, {
-    op,
-    inputs: [x],
-    backward: (g) =>
-      log
-        ? [sub(g, mul(exp(y), sum(g, -1, true)))] // d logsoftmax: g − softmax · Σg
-        : [mul(y, sub(g, sum(mul(g, y), -1, true)))], // d softmax: y ⊙ (g − Σ g⊙y)
-  });
+  const y: Tensor = fromStorage(
+    be.softmax(x.storage(op), x.size / Math.max(n, 1), n, log),
+    x.shape,
+    dtype,
+    device,
+    {
+      op,
+      inputs: [x],
+      backward: (g) =>
+        log
+          ? [sub(g, mul(exp(y), sum(g, -1, true)))] // d logsoftmax: g − softmax · Σg
+          : [mul(y, sub(g, sum(mul(g, y), -1, true)))], // d softmax: y ⊙ (g − Σ g⊙y)
+    },
+  );
   return y;
 }
 
@@ -561,7 +593,9 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
   checkTensor(weight, "rmsNorm", "weight");
   const d = x.shape[x.ndim - 1];
   if (weight.ndim !== 1 || weight.shape[0] !== d) {
-    throw new ShapeError(`rmsNorm: weight [${weight.shape}] does not match the last dim of input [${x.shape}]`);
+    throw new ShapeError(
+      `rmsNorm: weight [${weight.shape}] does not match the last dim of input [${x.shape}]`,
+    );
   }
   if (!(eps >= 0)) throw new ConfigError(`rmsNorm: eps must be a non-negative number, got ${eps}`);
   const inv = rsqrt(add(mean(square(x), -1, true), eps));
@@ -587,7 +621,9 @@ export function toIndices(ids: IndexInput | Tensor, op: string): { data: Int32Ar
       const rows = ids as number[][];
       const w = rows[0].length;
       if (rows.some((r) => !Array.isArray(r) || r.length !== w)) {
-        throw new ShapeError(`${op}: index rows have different lengths (${rows.map((r) => r.length).join(", ")})`);
+        throw new ShapeError(
+          `${op}: index rows have different lengths (${rows.map((r) => r.length).join(", ")})`,
+        );
       }
       values = rows.flat();
       shape = [rows.length, w];
@@ -607,7 +643,9 @@ export function toIndices(ids: IndexInput | Tensor, op: string): { data: Int32Ar
   const data = new Int32Array(values.length);
   for (let i = 0; i < values.length; i++) {
     const v = Number(values[i]);
-    if (!Number.isInteger(v)) throw new ShapeError(`${op}: index ${values[i]} at position ${i} is not an integer`);
+    if (!Number.isInteger(v)) {
+      throw new ShapeError(`${op}: index ${values[i]} at position ${i} is not an integer`);
+    }
     data[i] = v;
   }
   return { data, shape };
@@ -628,7 +666,9 @@ export function embedding(ids: IndexInput | Tensor, weight: Tensor): Tensor {
   return fromStorage(be.gatherRows(weight.storage("embedding"), data, dim), [...shape, dim], dtype, device, {
     op: "embedding",
     inputs: [weight],
-    backward: (g) => [fromStorage(be.scatterAddRows(g.storage(), data, num, dim), weight.shape, dtype, device)],
+    backward: (
+      g,
+    ) => [fromStorage(be.scatterAddRows(g.storage(), data, num, dim), weight.shape, dtype, device)],
   });
 }
 
