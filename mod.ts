@@ -73,6 +73,11 @@ export {
   type PeftConfigOptions,
 } from "./src/peft/config.ts";
 export { ModuleMatcher, wildcardMatch } from "./src/peft/matcher.ts";
-export { isLoraLinear, LinearLoRA, type LinearLoRAOptions, patchLinearModule } from "./src/peft/lora_linear.ts";
+export {
+  isLoraLinear,
+  LinearLoRA,
+  type LinearLoRAOptions,
+  patchLinearModule,
+} from "./src/peft/lora_linear.ts";
 export { loraLinear } from "./src/peft/lora_function.ts";
 export { applyLoraToLinearModules } from "./src/peft/apply.ts";

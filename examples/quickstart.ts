@@ -25,7 +25,7 @@ const layer = new Linear(inF, outF, { device, seed: 1 });
 // The target differs from the base by a rank-2 update, which a rank-4 adapter can represent.
 const target = new Linear(inF, outF, { device, seed: 1 });
 const u = randn([outF, 2], { device, seed: 2 }), v = randn([2, inF], { device, seed: 3 });
-noGrad(() => target.weight._replaceStorage(target.weight.add(u.matmul(v).scale(0.2)).storage()));
+noGrad(() => target.weight._assign(target.weight.add(u.matmul(v).scale(0.2))));
 
 const lora = patchLinearModule(layer, { dim: rank, alpha: 2 * rank, seed: 4 });
 const params = [lora.lora_A.weight, lora.lora_B.weight];
@@ -37,7 +37,9 @@ for (let step = 0; step <= steps; step++) {
   for (const p of params) p.grad = null;
   loss.backward();
   noGrad(() => {
-    for (const p of params) p._replaceStorage(sub(p, p.grad!.scale(lr)).storage());
+    for (const p of params) p._assign(sub(p, p.grad!.scale(lr)));
   });
-  if (step % 50 === 0) console.log(`step ${String(step).padStart(4)}  loss ${(await loss.item()).toFixed(6)}`);
+  if (step % 50 === 0) {
+    console.log(`step ${String(step).padStart(4)}  loss ${(await loss.item()).toFixed(6)}`);
+  }
 }

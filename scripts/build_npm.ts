@@ -65,7 +65,10 @@ await Deno.remove(tsconfigPath);
 // tsc keeps `.ts` specifiers in declarations; consumers resolve `.js` ones to the `.d.ts` next to them.
 for await (const file of walk(`${out}/types`)) {
   const text = await Deno.readTextFile(file);
-  await Deno.writeTextFile(file, text.replace(/(from\s+|import\()(["'])(\.{1,2}\/[^"']+)\.ts\2/g, "$1$2$3.js$2"));
+  await Deno.writeTextFile(
+    file,
+    text.replace(/(from\s+|import\()(["'])(\.{1,2}\/[^"']+)\.ts\2/g, "$1$2$3.js$2"),
+  );
 }
 
 const pkg = JSON.parse(await Deno.readTextFile(`${root}package.json`));

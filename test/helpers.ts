@@ -19,7 +19,9 @@ export function fixture(path: string): Uint8Array {
 }
 
 /** Reads a safetensors fixture into a map of { shape, data as number arrays }. */
-export function loadFixture(path: string): Map<string, { shape: number[]; data: Float32Array | Float64Array }> {
+export function loadFixture(
+  path: string,
+): Map<string, { shape: number[]; data: Float32Array | Float64Array }> {
   const out = new Map();
   for (const [k, v] of readSafetensors(fixture(path)).tensors) {
     const data = v.data instanceof BigInt64Array ? Float64Array.from(v.data, Number) : v.data;

@@ -85,7 +85,9 @@ let defaultDev: Device | null = null;
 
 /** Sets the device that tensor constructors and layers use when none is given. */
 export function setDefaultDevice(device: Device): void {
-  if (!(device instanceof Device)) throw new DeviceError(`setDefaultDevice: expected a Device, got ${device}`);
+  if (!(device instanceof Device)) {
+    throw new DeviceError(`setDefaultDevice: expected a Device, got ${device}`);
+  }
   defaultDev = device;
 }
 

@@ -3,7 +3,7 @@
  * @module
  */
 import { Module } from "./module.ts";
-import { Tensor, tensor, ones, type TensorOptions } from "../tensor/tensor.ts";
+import { ones, Tensor, tensor, type TensorOptions } from "../tensor/tensor.ts";
 import { dropout, embedding, type IndexInput, linear, rmsNorm } from "../tensor/ops.ts";
 import { currentDevice, type Device } from "../backend/device.ts";
 import type { DType } from "../tensor/dtype.ts";
@@ -26,7 +26,9 @@ export interface LinearOptions {
 
 function checkFeatures(op: string, ...dims: number[]): void {
   for (const d of dims) {
-    if (!Number.isInteger(d) || d < 1) throw new ConfigError(`${op}: feature sizes must be positive integers, got ${dims}`);
+    if (!Number.isInteger(d) || d < 1) {
+      throw new ConfigError(`${op}: feature sizes must be positive integers, got ${dims}`);
+    }
   }
 }
 
@@ -72,7 +74,11 @@ export class Linear extends Module {
 export class Embedding extends Module {
   weight: Tensor;
 
-  constructor(numEmbeddings: number, embeddingDim: number, opts: { device?: Device; dtype?: DType; seed?: number } = {}) {
+  constructor(
+    numEmbeddings: number,
+    embeddingDim: number,
+    opts: { device?: Device; dtype?: DType; seed?: number } = {},
+  ) {
     super();
     checkFeatures("Embedding", numEmbeddings, embeddingDim);
     const rng = new Rng(opts.seed ?? nextSeed());
@@ -108,7 +114,9 @@ export class Dropout extends Module {
 
   constructor(p = 0.5) {
     super();
-    if (typeof p !== "number" || !(p >= 0 && p < 1)) throw new ConfigError(`Dropout: p must be in [0, 1), got ${p}`);
+    if (typeof p !== "number" || !(p >= 0 && p < 1)) {
+      throw new ConfigError(`Dropout: p must be in [0, 1), got ${p}`);
+    }
     this.p = p;
   }
 

@@ -100,7 +100,10 @@ export class Module {
    * Copies values into the existing tensors in place (identity and requiresGrad kept).
    * With `strict` (default), missing keys, unexpected keys and shape mismatches are errors.
    */
-  loadStateDict(sd: Record<string, StateValue>, opts: { strict?: boolean } = {}): { missing: string[]; unexpected: string[] } {
+  loadStateDict(
+    sd: Record<string, StateValue>,
+    opts: { strict?: boolean } = {},
+  ): { missing: string[]; unexpected: string[] } {
     const strict = opts.strict ?? true;
     const own = this.stateDict();
     const missing = Object.keys(own).filter((k) => !Object.hasOwn(sd, k));
@@ -109,7 +112,9 @@ export class Module {
       const list = (xs: string[]) => xs.slice(0, 8).join(", ") + (xs.length > 8 ? `, … (${xs.length})` : "");
       throw new ShapeError(
         `loadStateDict: ${missing.length ? `missing keys: ${list(missing)}` : ""}` +
-          `${missing.length && unexpected.length ? "; " : ""}${unexpected.length ? `unexpected keys: ${list(unexpected)}` : ""}`,
+          `${missing.length && unexpected.length ? "; " : ""}${
+            unexpected.length ? `unexpected keys: ${list(unexpected)}` : ""
+          }`,
       );
     }
     // Validate every shape before copying anything, so a bad dict changes nothing.
@@ -119,7 +124,9 @@ export class Module {
       const src = sd[key];
       const shape = src.shape;
       if (shape.length !== target.shape.length || shape.some((d, i) => d !== target.shape[i])) {
-        throw new ShapeError(`loadStateDict: ${key} has shape [${shape}] but the module expects [${target.shape}]`);
+        throw new ShapeError(
+          `loadStateDict: ${key} has shape [${shape}] but the module expects [${target.shape}]`,
+        );
       }
       if (!(src instanceof Tensor) && src.data.length !== target.size) {
         throw new ShapeError(`loadStateDict: ${key} has ${src.data.length} values for shape [${shape}]`);

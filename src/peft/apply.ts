@@ -27,18 +27,27 @@ export function sampleNames(model: Module, n = 8): string {
  * Matching nothing is a ConfigError listing some module names; matching a non-Linear is one too.
  */
 export function applyLoraToLinearModules(model: Module, config: PeftConfig): number {
-  const matcher = new ModuleMatcher(config.targetModules, config.excludeModules, config.matchAllLinear, isCausalLM(model));
+  const matcher = new ModuleMatcher(
+    config.targetModules,
+    config.excludeModules,
+    config.matchAllLinear,
+    isCausalLM(model),
+  );
   const matched = model.namedModules().filter(([name, m]) => name !== "" && matcher.match(m, name));
   if (matched.length === 0) {
     throw new ConfigError(
       `applyLoraToLinearModules: no module matches targetModules=${JSON.stringify(matcher.targetModules)} ` +
-        `excludeModules=${JSON.stringify(matcher.excludeModules)} matchAllLinear=${matcher.matchAllLinear}; ` +
+        `excludeModules=${
+          JSON.stringify(matcher.excludeModules)
+        } matchAllLinear=${matcher.matchAllLinear}; ` +
         `patterns match whole dotted names (e.g. "*.q_proj"); modules are: ${sampleNames(model)}`,
     );
   }
   for (const [name, m] of matched) {
     if (!(m instanceof Linear)) {
-      throw new ConfigError(`applyLoraToLinearModules: ${name} matches the targets but is a ${m.constructor.name}, not a Linear`);
+      throw new ConfigError(
+        `applyLoraToLinearModules: ${name} matches the targets but is a ${m.constructor.name}, not a Linear`,
+      );
     }
   }
   for (const p of model.parameters()) p.requiresGrad = false;

@@ -58,7 +58,9 @@ const CAMEL_KEYS = new Set<string>([
 /** Parses "float16", "torch.float16", "fp32", "f16", ... into a dtype; null/undefined stay null. */
 export function parseDType(value: unknown, where: string): DType | null {
   if (value === null || value === undefined) return null;
-  if (typeof value !== "string") throw new ConfigError(`${where}: dtype must be a string, got ${JSON.stringify(value)}`);
+  if (typeof value !== "string") {
+    throw new ConfigError(`${where}: dtype must be a string, got ${JSON.stringify(value)}`);
+  }
   const name = value.replace(/^torch\./, "").toLowerCase();
   const table: Record<string, DType> = {
     f32: "f32",
@@ -75,7 +77,9 @@ export function parseDType(value: unknown, where: string): DType | null {
   };
   const d = table[name];
   if (d === undefined) {
-    throw new ConfigError(`${where}: unsupported dtype ${JSON.stringify(value)} (use float32, float16 or float64)`);
+    throw new ConfigError(
+      `${where}: unsupported dtype ${JSON.stringify(value)} (use float32, float16 or float64)`,
+    );
   }
   return d;
 }
@@ -85,7 +89,9 @@ export function validateLoraOptions(
   where: string,
   o: { dim: number; alpha: number; dropout: number; dropoutPosition: string; loraAInit: string },
 ): void {
-  if (!Number.isInteger(o.dim) || o.dim < 1) throw new ConfigError(`${where}: dim (rank) must be an integer ≥ 1, got ${o.dim}`);
+  if (!Number.isInteger(o.dim) || o.dim < 1) {
+    throw new ConfigError(`${where}: dim (rank) must be an integer ≥ 1, got ${o.dim}`);
+  }
   if (typeof o.alpha !== "number" || !Number.isFinite(o.alpha)) {
     throw new ConfigError(`${where}: alpha must be a finite number, got ${o.alpha}`);
   }
@@ -93,7 +99,9 @@ export function validateLoraOptions(
     throw new ConfigError(`${where}: dropout must be in [0, 1), got ${o.dropout}`);
   }
   if (o.dropoutPosition !== "pre" && o.dropoutPosition !== "post") {
-    throw new ConfigError(`${where}: dropoutPosition must be "pre" or "post", got ${JSON.stringify(o.dropoutPosition)}`);
+    throw new ConfigError(
+      `${where}: dropoutPosition must be "pre" or "post", got ${JSON.stringify(o.dropoutPosition)}`,
+    );
   }
   if (!["xavier", "uniform", "kaiming"].includes(o.loraAInit)) {
     throw new ConfigError(
@@ -137,7 +145,9 @@ export class PeftConfig {
     this.loraDtype = parseDType(opts.loraDtype, "PeftConfig.loraDtype");
     this.useFused = opts.useFused ?? true;
     if (typeof this.matchAllLinear !== "boolean") {
-      throw new ConfigError(`PeftConfig: matchAllLinear must be a boolean, got ${JSON.stringify(this.matchAllLinear)}`);
+      throw new ConfigError(
+        `PeftConfig: matchAllLinear must be a boolean, got ${JSON.stringify(this.matchAllLinear)}`,
+      );
     }
     if (typeof this.useFused !== "boolean") {
       throw new ConfigError(`PeftConfig: useFused must be a boolean, got ${JSON.stringify(this.useFused)}`);

@@ -27,7 +27,10 @@ export function loraLinear(
   if (weight.ndim !== 2 || x.ndim < 1 || x.shape[x.ndim - 1] !== inF) {
     throw new ShapeError(`${op}: input [${x.shape}] does not end in in_features of weight [${weight.shape}]`);
   }
-  if (loraA.ndim !== 2 || loraA.shape[1] !== inF || loraB.ndim !== 2 || loraB.shape[0] !== outF || loraB.shape[1] !== rank) {
+  if (
+    loraA.ndim !== 2 || loraA.shape[1] !== inF || loraB.ndim !== 2 || loraB.shape[0] !== outF ||
+    loraB.shape[1] !== rank
+  ) {
     throw new ShapeError(
       `${op}: lora_A [${loraA.shape}] and lora_B [${loraB.shape}] do not fit weight [${weight.shape}] ` +
         `(need [rank, ${inF}] and [${outF}, rank])`,
@@ -38,8 +41,12 @@ export function loraLinear(
   }
   const operands = bias ? [x, weight, bias, loraA, loraB] : [x, weight, loraA, loraB];
   for (const t of operands) {
-    if (t.device !== x.device) throw new DeviceError(`${op}: operands on different devices (${t.device} vs ${x.device})`);
-    if (t.dtype !== x.dtype) throw new DTypeError(`${op}: operands have different dtypes (${t.dtype} vs ${x.dtype})`);
+    if (t.device !== x.device) {
+      throw new DeviceError(`${op}: operands on different devices (${t.device} vs ${x.device})`);
+    }
+    if (t.dtype !== x.dtype) {
+      throw new DTypeError(`${op}: operands have different dtypes (${t.dtype} vs ${x.dtype})`);
+    }
   }
   x.device.checkAlive(op);
   const be = x.device.backend;
@@ -78,7 +85,9 @@ export function loraLinear(
         const args = { batch: 1, aBatch: 1, bBatch: 1, m: outF, k: m, n: inF, transA: true, transB: false };
         dW = fromStorage(be.matmul(g.storage(op), x.storage(op), args), weight.shape, x.dtype, x.device);
       }
-      if (bias?.requiresGrad) db = fromStorage(be.sumAxis(g.storage(op), 1, m, outF), bias.shape, x.dtype, x.device);
+      if (bias?.requiresGrad) {
+        db = fromStorage(be.sumAxis(g.storage(op), 1, m, outF), bias.shape, x.dtype, x.device);
+      }
       return bias ? [dx, dW, db, dA, dB] : [dx, dW, dA, dB];
     },
   });

@@ -108,7 +108,7 @@ export class LinearLoRA extends Linear {
     }
     noGrad(() => {
       const merged = add(this.weight, loraDelta(this));
-      this.weight._replaceStorage(merged.storage("merge"));
+      this.weight._assign(merged);
     });
     this.merged = true;
   }
@@ -118,7 +118,7 @@ export class LinearLoRA extends Linear {
     if (!this.merged) return Promise.resolve();
     noGrad(() => {
       const restored = sub(this.weight, loraDelta(this));
-      this.weight._replaceStorage(restored.storage("unmerge"));
+      this.weight._assign(restored);
     });
     this.merged = false;
     return Promise.resolve();

@@ -43,7 +43,9 @@ export class ModuleMatcher {
     matchAllLinear = false,
     isCausalLM = false,
   ) {
-    const list = (v: string[] | string | null | undefined) => (v == null ? [] : typeof v === "string" ? [v] : [...v]);
+    const list = (
+      v: string[] | string | null | undefined,
+    ) => (v == null ? [] : typeof v === "string" ? [v] : [...v]);
     this.targetModules = list(targetModules);
     this.excludeModules = list(excludeModules);
     this.matchAllLinear = matchAllLinear;
@@ -55,7 +57,9 @@ export class ModuleMatcher {
       );
     }
     if (matchAllLinear && (this.targetModules.length > 0 || this.excludeModules.length > 0)) {
-      throw new ConfigError(`ModuleMatcher: matchAllLinear cannot be combined with targetModules or excludeModules`);
+      throw new ConfigError(
+        `ModuleMatcher: matchAllLinear cannot be combined with targetModules or excludeModules`,
+      );
     }
     if (!matchAllLinear && this.targetModules.length === 0 && this.excludeModules.length === 0) {
       this.targetModules = ["*_proj"];

@@ -47,7 +47,7 @@ export function roundToF16(x: number): number {
 
 /** Rounds every element of `a` to `dtype` in place (a no-op for f32 arrays and f64). */
 export function roundInPlace(a: HostArray, dtype: DType): HostArray {
-  if (dtype === "f16") for (let i = 0; i < a.length; i++) a[i] = roundToF16(a[i]);
+  if (dtype === "f16") { for (let i = 0; i < a.length; i++) a[i] = roundToF16(a[i]); }
   return a;
 }
 

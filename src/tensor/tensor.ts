@@ -34,7 +34,9 @@ export function shapeSize(shape: readonly number[]): number {
 /** Throws ShapeError naming `op` unless every entry is a non-negative integer. */
 export function checkShape(shape: readonly number[], op: string): void {
   if (!Array.isArray(shape) || shape.some((d) => !Number.isInteger(d) || d < 0)) {
-    throw new ShapeError(`${op}: shape must be an array of non-negative integers, got ${JSON.stringify(shape)}`);
+    throw new ShapeError(
+      `${op}: shape must be an array of non-negative integers, got ${JSON.stringify(shape)}`,
+    );
   }
 }
 
@@ -54,7 +56,13 @@ export class Tensor {
   #meta = false;
 
   /** @internal use the constructor functions ({@link tensor}, {@link zeros}, ...) instead. */
-  constructor(storage: Storage, shape: readonly number[], dtype: DType, device: Device, requiresGrad = false) {
+  constructor(
+    storage: Storage,
+    shape: readonly number[],
+    dtype: DType,
+    device: Device,
+    requiresGrad = false,
+  ) {
     this.#storage = storage;
     this.shape = Object.freeze([...shape]);
     this.dtype = dtype;
@@ -181,7 +189,13 @@ export class Tensor {
     if (device === this.device) return this;
     device.checkDType(this.dtype, "to");
     const values = await this.data();
-    return new Tensor(device.backend.upload(values, this.dtype), this.shape, this.dtype, device, this.requiresGrad);
+    return new Tensor(
+      device.backend.upload(values, this.dtype),
+      this.shape,
+      this.dtype,
+      device,
+      this.requiresGrad,
+    );
   }
 
   /**
@@ -285,7 +299,9 @@ function resolve(opts: TensorOptions | undefined, op: string): { device: Device;
   const device = opts?.device ?? currentDevice();
   if (!(device instanceof Device)) throw new DeviceError(`${op}: options.device is not a Device: ${device}`);
   const dtype = opts?.dtype ?? "f32";
-  if (!isDType(dtype)) throw new DTypeError(`${op}: unknown dtype ${JSON.stringify(dtype)} (use f32, f16 or f64)`);
+  if (!isDType(dtype)) {
+    throw new DTypeError(`${op}: unknown dtype ${JSON.stringify(dtype)} (use f32, f16 or f64)`);
+  }
   device.checkDType(dtype, op);
   device.checkAlive(op);
   return { device, dtype };
@@ -322,7 +338,13 @@ export function tensor(data: ArrayLike<number>, shape?: readonly number[], opts?
 export function full(shape: readonly number[], value: number, opts?: TensorOptions): Tensor {
   checkShape(shape, "full");
   const { device, dtype } = resolve(opts, "full");
-  return new Tensor(device.backend.fill(shapeSize(shape), value, dtype), shape, dtype, device, opts?.requiresGrad);
+  return new Tensor(
+    device.backend.fill(shapeSize(shape), value, dtype),
+    shape,
+    dtype,
+    device,
+    opts?.requiresGrad,
+  );
 }
 
 /** Zeros. */
@@ -340,7 +362,12 @@ export interface RandomOptions extends TensorOptions {
   seed?: number;
 }
 
-function randomTensor(shape: readonly number[], opts: RandomOptions | undefined, op: string, draw: (r: Rng) => number) {
+function randomTensor(
+  shape: readonly number[],
+  opts: RandomOptions | undefined,
+  op: string,
+  draw: (r: Rng) => number,
+) {
   checkShape(shape, op);
   const rng = new Rng(opts?.seed ?? Math.floor(Math.random() * 2 ** 32));
   const values = new Float64Array(shapeSize(shape));

@@ -38,7 +38,9 @@ for (const c of [0, 1, 2]) {
   for (const path of ["LinearLoRA", "patch fused", "patch composed"] as Path[]) {
     Deno.test(`golden linear_lora case${c} via ${path} on the CPU: y, dx, dA, dB within 1e-5`, async () => {
       const errs = await runCase(c, path, cpuDevice());
-      for (const [k, e] of Object.entries(errs)) assert.ok(e <= 1e-5, `case${c} ${path} ${k}: relative error ${e}`);
+      for (const [k, e] of Object.entries(errs)) {
+        assert.ok(e <= 1e-5, `case${c} ${path} ${k}: relative error ${e}`);
+      }
     });
   }
 }

@@ -27,7 +27,9 @@ export class CpuStorage implements Storage {
 
 function arr(s: Storage): HostArray {
   const data = (s as CpuStorage).data;
-  if (data === undefined) throw new DeviceError(`cpu backend: storage was freed or belongs to another device`);
+  if (data === undefined) {
+    throw new DeviceError(`cpu backend: storage was freed or belongs to another device`);
+  }
   return data;
 }
 
@@ -215,7 +217,7 @@ export function createCpuBackend(): Backend {
       for (let bt = 0; bt < batch; bt++) {
         const ao = aBatch === 1 ? 0 : bt * m * k, bo = bBatch === 1 ? 0 : bt * k * n;
         for (let i = 0; i < m; i++) {
-          if (transA) for (let p = 0; p < k; p++) row[p] = av[ao + p * m + i];
+          if (transA) { for (let p = 0; p < k; p++) row[p] = av[ao + p * m + i]; }
           else for (let p = 0; p < k; p++) row[p] = av[ao + i * k + p];
           const ro = bt * m * n + i * n;
           if (transB) {
@@ -377,7 +379,7 @@ function loraBackwardRef(args: LoraBackwardArgs): { dx: HostArray | null; dA: Ho
   const th = d ? dropoutThreshold(d.p) : 0, keep = d ? dropoutKeepScale(d.p) : 1;
   // Gradient reaching B(A(.)) before the scale: post-dropout masks it.
   const dyl = Float64Array.from(dy);
-  if (post) for (let i = 0; i < dyl.length; i++) dyl[i] *= maskAt(d!.seed, i, th, keep);
+  if (post) { for (let i = 0; i < dyl.length; i++) dyl[i] *= maskAt(d!.seed, i, th, keep); }
   const xd = droppedInput(args);
   const t = loraInner(args, xd);
   const g = new Float64Array(m * R); // dyl B
