@@ -70,17 +70,27 @@ export class Linear extends Module {
   }
 }
 
-/** A lookup table [num, dim]; forward takes integer ids. Initialised N(0, 1) like PyTorch. */
+/**
+ * A lookup table [num, dim]; forward takes integer ids. Initialised N(0, 1) like PyTorch, or left
+ * shape-only with `materialize: false` (like {@link Linear}) for loadStateDict to fill.
+ */
 export class Embedding extends Module {
   weight: Tensor;
 
   constructor(
     numEmbeddings: number,
     embeddingDim: number,
-    opts: { device?: Device; dtype?: DType; seed?: number } = {},
+    opts: { device?: Device; dtype?: DType; seed?: number; materialize?: boolean } = {},
   ) {
     super();
     checkFeatures("Embedding", numEmbeddings, embeddingDim);
+    if (opts.materialize === false) {
+      // Checkpoint loaders fill the table right away; drawing a vocabulary-sized init first is wasted time.
+      const device = opts.device ?? currentDevice();
+      const shape = [numEmbeddings, embeddingDim];
+      this.weight = Tensor._meta(shape, opts.dtype ?? "f32", device).requiresGrad_(true);
+      return;
+    }
     const rng = new Rng(opts.seed ?? nextSeed());
     const v = new Float64Array(numEmbeddings * embeddingDim).map(() => rng.normal());
     this.weight = tensor(v, [numEmbeddings, embeddingDim], { ...opts, requiresGrad: true });
