@@ -26,7 +26,7 @@ export {
   zeros,
 } from "./src/tensor/tensor.ts";
 export { manualSeed } from "./src/tensor/random.ts";
-export { noGrad } from "./src/autograd/graph.ts";
+export { disposeGraph, keep, noGrad, tidy } from "./src/autograd/graph.ts";
 export {
   add,
   broadcastTo,

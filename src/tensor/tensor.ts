@@ -7,10 +7,18 @@
 import type { Storage } from "../backend/backend.ts";
 import { currentDevice, Device } from "../backend/device.ts";
 import { type DType, type HostArray, isDType } from "./dtype.ts";
-import { type GradNode, isGradEnabled, runBackward } from "../autograd/graph.ts";
+import {
+  type GradNode,
+  isGradEnabled,
+  registerTensorCheck,
+  runBackward,
+  trackTensor,
+} from "../autograd/graph.ts";
 import { Rng } from "./random.ts";
 import { DeviceError, DTypeError, ShapeError } from "../errors.ts";
 import * as ops from "./ops.ts";
+
+registerTensorCheck((v: unknown): v is Tensor => v instanceof Tensor);
 
 /** Options shared by tensor constructors. */
 export interface TensorOptions {
@@ -51,6 +59,8 @@ export class Tensor {
   grad: Tensor | null = null;
   /** @internal how this tensor was computed; null for leaves. */
   _node: GradNode | null = null;
+  /** @internal survives {@link tidy} scopes (leaf gradients, optimizer state, kept tensors). */
+  _retained = false;
   #storage: Storage | null;
   #device: Device;
   #meta = false;
@@ -69,6 +79,7 @@ export class Tensor {
     this.#device = device;
     this.requiresGrad = requiresGrad;
     if (storage !== null) reclaim.register(this, { device, storage }, this);
+    trackTensor(this);
   }
 
   /** The device holding the values. */
@@ -215,7 +226,8 @@ export class Tensor {
     } else if (g.shape.join() !== this.shape.join()) {
       throw new ShapeError(`backward: gradient shape [${g.shape}] differs from tensor shape [${this.shape}]`);
     }
-    runBackward(this, g, ops.add);
+    runBackward(this, g, { add: ops.add, copy: ops.detach });
+    if (grad === undefined) g.dispose();
   }
 
   /** A new leaf sharing nothing with the graph: same values, requiresGrad false. */
