@@ -81,3 +81,14 @@ export {
 } from "./src/peft/lora_linear.ts";
 export { loraLinear } from "./src/peft/lora_function.ts";
 export { applyLoraToLinearModules } from "./src/peft/apply.ts";
+export {
+  adapterToFiles,
+  adapterToFilesAsync,
+  type AdapterFiles,
+  type AdapterFilesInput,
+  loadAdapter,
+  type LoadAdapterOptions,
+  mergeAndUnload,
+  saveAdapter,
+  type SaveAdapterOptions,
+} from "./src/peft/adapter.ts";

@@ -1,0 +1,542 @@
+/**
+ * LoRA adapters in Hugging Face PEFT's on-disk format, both ways: `adapter_model.safetensors` with keys
+ * `base_model.model.<module path>.lora_A.weight` ([r, in]) and `.lora_B.weight` ([out, r]), plus
+ * `adapter_config.json` (see peft_config.ts for the fields and matching rules).
+ *
+ * Error classes, consistently: ConfigError for what the config asks (unsupported options, targets that
+ * match nothing or a non-Linear, modules that already carry an adapter); FormatError for files that are
+ * missing or malformed and for weight keys that do not fit the config (missing, unexpected, misnamed);
+ * ShapeError for weights of the wrong shape.
+ * @module
+ */
+import type { Module } from "../nn/module.ts";
+import { Linear } from "../nn/layers.ts";
+import type { Tensor } from "../tensor/tensor.ts";
+import { readSafetensors, type SafetensorsTensor, writeSafetensors } from "../io/safetensors.ts";
+import { isNotFoundError, joinPath, mkdirp, pathKind, readFileBytes, writeFilesAtomic } from "../io/fs.ts";
+import { isLoraLinear, type LinearLoRA, patchLinearModule } from "./lora_linear.ts";
+import { validateLoraOptions } from "./config.ts";
+import { isCausalLM, sampleNames } from "./apply.ts";
+import {
+  type AdapterConfig,
+  exactPattern,
+  loraScale,
+  parseAdapterConfig,
+  patternValue,
+  selectorMatches,
+  serializeAdapterConfig,
+} from "./peft_config.ts";
+import { ConfigError, DeviceError, FormatError, ShapeError } from "../errors.ts";
+
+/** File name of the adapter weights in PEFT's layout. */
+export const ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors";
+/** File name of the adapter config in PEFT's layout. */
+export const ADAPTER_CONFIG_NAME = "adapter_config.json";
+
+/** The two files of an adapter, as {@link adapterToFiles} returns them. */
+export interface AdapterFiles {
+  "adapter_model.safetensors": Uint8Array;
+  "adapter_config.json": string;
+}
+
+/** An adapter given by its contents (browsers, or bytes fetched from anywhere); the config as text or bytes. */
+export interface AdapterFilesInput {
+  "adapter_model.safetensors": Uint8Array;
+  "adapter_config.json": string | Uint8Array;
+}
+
+/** Options of {@link saveAdapter} and {@link adapterToFiles}. */
+export interface SaveAdapterOptions {
+  /** Recorded as `base_model_name_or_path` (PEFT uses it to find the base model); default null. */
+  baseModelNameOrPath?: string;
+}
+
+/** Options of {@link loadAdapter}. */
+export interface LoadAdapterOptions {
+  /**
+   * true (default): the loaded adapters train and every non-LoRA parameter is frozen, whatever the
+   * file's `inference_mode` says; false: the loaded adapters are frozen too.
+   */
+  trainable?: boolean;
+}
+
+const KEY_PREFIX = "base_model.model.";
+const FLOAT_FILE_DTYPES = new Set(["F32", "F16", "BF16", "F64"]);
+
+// ---------------------------------------------------------------------------------------------------
+// Saving
+// ---------------------------------------------------------------------------------------------------
+
+/** A tensor's values with what the file needs to store them. */
+interface HostTensor {
+  dtype: string;
+  shape: number[];
+  data: Float32Array | Float64Array;
+}
+
+/** The LoRA layers of a model with their dotted names, in module order; a ConfigError when there are none. */
+function loraLayers(model: Module, op: string): [string, LinearLoRA][] {
+  const found = model.namedModules().filter((e): e is [string, LinearLoRA] => isLoraLinear(e[1]));
+  if (found.length === 0) {
+    throw new ConfigError(`${op}: the model has no LoRA layers to save (modules: ${sampleNames(model)})`);
+  }
+  if (found.some(([name]) => name === "")) {
+    throw new ConfigError(
+      `${op}: the model itself is a LoRA layer; PEFT names adapters by module path, so wrap it`,
+    );
+  }
+  return found;
+}
+
+/** Whether two scales agree up to rounding (alpha / r recomputed may differ in the last bit). */
+function sameScale(a: number, b: number): boolean {
+  return Math.abs(a - b) <= 1e-12 * Math.max(Math.abs(a), Math.abs(b));
+}
+
+/** The value occurring most often (ties: the first seen). */
+function mostCommon(values: number[]): number {
+  const counts = new Map<number, number>();
+  for (const v of values) counts.set(v, (counts.get(v) ?? 0) + 1);
+  let best = values[0];
+  for (const [v, c] of counts) if (c > counts.get(best)!) best = v;
+  return best;
+}
+
+/**
+ * The config describing `layers`. PEFT knows one scale rule per adapter, so rsLoRA is declared only when
+ * every layer's scale is alpha / √r (and the plain rule does not already explain them all); a layer whose
+ * scale fits neither rule with its own alpha (a custom `scale`) is written with the alpha that yields its
+ * scale under the declared rule.
+ */
+function buildConfig(model: Module, layers: [string, LinearLoRA][], opts: SaveAdapterOptions): string {
+  const fitsPlain = (l: LinearLoRA) => sameScale(l.scale, l.alpha / l.dim);
+  const fitsRs = (l: LinearLoRA) => sameScale(l.scale, l.alpha / Math.sqrt(l.dim));
+  const useRslora = layers.every(([, l]) => fitsRs(l)) && !layers.every(([, l]) => fitsPlain(l));
+  const ranks = new Map<string, number>();
+  const alphas = new Map<string, number>();
+  for (const [name, l] of layers) {
+    ranks.set(name, l.dim);
+    const fits = useRslora ? fitsRs(l) : fitsPlain(l);
+    alphas.set(name, fits ? l.alpha : l.scale * (useRslora ? Math.sqrt(l.dim) : l.dim));
+  }
+  const r = mostCommon([...ranks.values()]);
+  const loraAlpha = mostCommon([...alphas.values()]);
+  return serializeAdapterConfig({
+    r,
+    loraAlpha,
+    targetModules: layers.map(([name]) => name),
+    rankPattern: exactPattern(ranks, r),
+    alphaPattern: exactPattern(alphas, loraAlpha),
+    useRslora,
+    loraDropout: mostCommon(layers.map(([, l]) => l.dropoutP)),
+    taskType: isCausalLM(model) ? "CAUSAL_LM" : null,
+    baseModelNameOrPath: opts.baseModelNameOrPath ?? null,
+  });
+}
+
+const FILE_DTYPE: Record<string, string> = { f32: "F32", f16: "F16", f64: "F64" };
+
+function encodeFiles(
+  model: Module,
+  layers: [string, LinearLoRA][],
+  weights: HostTensor[][],
+  opts: SaveAdapterOptions,
+): AdapterFiles {
+  const entries: Record<string, HostTensor> = {};
+  layers.forEach(([name], i) => {
+    entries[`${KEY_PREFIX}${name}.lora_A.weight`] = weights[i][0];
+    entries[`${KEY_PREFIX}${name}.lora_B.weight`] = weights[i][1];
+  });
+  return {
+    [ADAPTER_WEIGHTS_NAME]: writeSafetensors(entries, { format: "pt" }),
+    [ADAPTER_CONFIG_NAME]: buildConfig(model, layers, opts),
+  } as AdapterFiles;
+}
+
+const hostTensor = (t: Tensor, data: Float32Array | Float64Array): HostTensor => ({
+  dtype: FILE_DTYPE[t.dtype],
+  shape: [...t.shape],
+  data,
+});
+
+/**
+ * The adapter of `model` as PEFT's two files, synchronously: every LoRA layer's weights (in their own
+ * dtype) and a config PEFT loads. CPU models only; use {@link adapterToFilesAsync} or {@link saveAdapter}
+ * for a model on a GPU.
+ * @throws {ConfigError} when the model has no LoRA layers
+ * @throws {DeviceError} when an adapter weight is not on the CPU
+ */
+export function adapterToFiles(model: Module, opts: SaveAdapterOptions = {}): AdapterFiles {
+  const layers = loraLayers(model, "adapterToFiles");
+  const weights = layers.map(([name, l]) =>
+    [l.lora_A.weight, l.lora_B.weight].map((t) => {
+      if (t.device.kind !== "cpu") {
+        throw new DeviceError(
+          `adapterToFiles: ${name} has adapter weights on ${t.device}, which cannot be read synchronously; ` +
+            `use await saveAdapter(...) or await adapterToFilesAsync(...), or move the model to the CPU`,
+        );
+      }
+      return hostTensor(t, t.dataSync());
+    })
+  );
+  return encodeFiles(model, layers, weights, opts);
+}
+
+/** {@link adapterToFiles} for models on any device (reads GPU weights back asynchronously). */
+export async function adapterToFilesAsync(
+  model: Module,
+  opts: SaveAdapterOptions = {},
+): Promise<AdapterFiles> {
+  const layers = loraLayers(model, "adapterToFilesAsync");
+  const weights: HostTensor[][] = [];
+  for (const [, l] of layers) {
+    const a = l.lora_A.weight, b = l.lora_B.weight;
+    weights.push([hostTensor(a, await a.data()), hostTensor(b, await b.data())]);
+  }
+  return encodeFiles(model, layers, weights, opts);
+}
+
+/**
+ * Writes the adapter of `model` into directory `dir` (created when missing) as PEFT's
+ * `adapter_model.safetensors` and `adapter_config.json`. Both files are written in full to temporary
+ * names before either replaces an existing file, so a failed save leaves the previous files as they were.
+ * Deno, Node and Bun only; in browsers use {@link adapterToFiles}.
+ */
+export async function saveAdapter(model: Module, dir: string, opts: SaveAdapterOptions = {}): Promise<void> {
+  if (typeof dir !== "string" || dir === "") {
+    throw new ConfigError(`saveAdapter: dir must be a non-empty path string, got ${JSON.stringify(dir)}`);
+  }
+  const files = await adapterToFilesAsync(model, opts);
+  await mkdirp(dir);
+  await writeFilesAtomic({
+    [joinPath(dir, ADAPTER_WEIGHTS_NAME)]: files[ADAPTER_WEIGHTS_NAME],
+    [joinPath(dir, ADAPTER_CONFIG_NAME)]: files[ADAPTER_CONFIG_NAME],
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------------------------------
+
+/** One module to patch, fully checked. */
+interface Planned {
+  name: string;
+  linear: Linear;
+  r: number;
+  alpha: number;
+  scale: number;
+  a: SafetensorsTensor;
+  b: SafetensorsTensor;
+}
+
+async function readRequired(path: string, what: string): Promise<Uint8Array> {
+  try {
+    return await readFileBytes(path);
+  } catch (err) {
+    if (isNotFoundError(err)) throw new FormatError(`loadAdapter: ${path} not found (${what})`);
+    throw err;
+  }
+}
+
+/** The config and weights of an adapter given as a directory or as file contents. */
+async function readAdapterSource(
+  source: string | AdapterFilesInput,
+): Promise<{ config: string | Uint8Array; weights: Uint8Array }> {
+  if (typeof source === "string") {
+    if (source === "") throw new ConfigError(`loadAdapter: the adapter directory path is empty`);
+    const weightsPath = joinPath(source, ADAPTER_WEIGHTS_NAME);
+    const config = await readRequired(joinPath(source, ADAPTER_CONFIG_NAME), "the adapter config");
+    if (
+      (await pathKind(weightsPath)) === null &&
+      (await pathKind(joinPath(source, "adapter_model.bin"))) !== null
+    ) {
+      throw new FormatError(
+        `loadAdapter: ${source} holds adapter_model.bin (a pickled PyTorch file), which is not read here; ` +
+          `re-save it with PEFT's safe_serialization=True to get ${ADAPTER_WEIGHTS_NAME}`,
+      );
+    }
+    return { config, weights: await readRequired(weightsPath, "the adapter weights") };
+  }
+  if (source === null || typeof source !== "object") {
+    throw new ConfigError(
+      `loadAdapter: expected a directory path or a files object, got ${JSON.stringify(source)}`,
+    );
+  }
+  const config = source[ADAPTER_CONFIG_NAME];
+  const weights = source[ADAPTER_WEIGHTS_NAME];
+  const missing = [ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME].filter((k) => !(k in source));
+  if (missing.length > 0) {
+    throw new FormatError(
+      `loadAdapter: the files object lacks ${missing.join(" and ")} (has: ${Object.keys(source)})`,
+    );
+  }
+  if (typeof config !== "string" && !(config instanceof Uint8Array)) {
+    throw new FormatError(`loadAdapter: ${ADAPTER_CONFIG_NAME} must be a string or Uint8Array`);
+  }
+  if (!(weights instanceof Uint8Array)) {
+    throw new FormatError(`loadAdapter: ${ADAPTER_WEIGHTS_NAME} must be a Uint8Array`);
+  }
+  return { config, weights };
+}
+
+/** Whether `name` is a causal LM's output head, which PEFT's "all-linear" leaves out. */
+function isOutputHead(name: string): boolean {
+  return name === "lm_head" || name.endsWith(".lm_head");
+}
+
+/** The modules the config targets, PEFT's way (exclusion first), with adapter internals left out. */
+function targetedModules(model: Module, cfg: AdapterConfig): [string, Module][] {
+  const adapterParts = new Set<Module>();
+  for (const [, m] of model.namedModules()) if (isLoraLinear(m)) adapterParts.add(m.lora_A).add(m.lora_B);
+  const causal = isCausalLM(model);
+  return model.namedModules().filter(([name, m]) => {
+    if (name === "" || adapterParts.has(m)) return false;
+    if (cfg.excludeModules && selectorMatches(cfg.excludeModules, name)) return false;
+    if (cfg.targetModules.kind === "all-linear") {
+      return m instanceof Linear && !(causal && isOutputHead(name));
+    }
+    return selectorMatches(cfg.targetModules, name);
+  });
+}
+
+function describeTargets(cfg: AdapterConfig): string {
+  const t = cfg.targetModules;
+  const targets = t.kind === "list"
+    ? JSON.stringify(t.names)
+    : t.kind === "regex"
+    ? JSON.stringify(t.source)
+    : '"all-linear"';
+  const e = cfg.excludeModules;
+  const excl = e === null
+    ? ""
+    : ` excluding ${
+      e.kind === "list" ? JSON.stringify(e.names) : JSON.stringify((e as { source: string }).source)
+    }`;
+  return `target_modules ${targets}${excl}`;
+}
+
+const list = (xs: string[], n = 8) =>
+  xs.slice(0, n).join(", ") + (xs.length > n ? `, … (${xs.length} in all)` : "");
+
+/** Why a weight key is not in PEFT's standard form, when we can tell. */
+function keyHint(key: string): string {
+  if (/\.lora_[AB]\.[^.]+\.weight$/.test(key)) {
+    return " (the adapter name is still in the key; PEFT saves keys without it, e.g. `.lora_A.weight`)";
+  }
+  if (key.includes("lora_magnitude_vector")) return " (a DoRA magnitude vector; DoRA is not supported)";
+  if (key.includes("lora_embedding_")) return " (an embedding LoRA; only Linear modules are supported)";
+  if (/\.lora_B\.bias$/.test(key)) return " (a lora_B bias; lora_bias is not supported)";
+  if (!key.startsWith(KEY_PREFIX)) return ` (PEFT keys start with "${KEY_PREFIX}")`;
+  return "";
+}
+
+/** Checks that both weights of `p` have the shapes r, in and out demand. */
+function checkShapes(p: Omit<Planned, "scale">): void {
+  const want = { A: [p.r, p.linear.inFeatures], B: [p.linear.outFeatures, p.r] };
+  for (const [which, t] of [["A", p.a], ["B", p.b]] as const) {
+    const expect = want[which];
+    if (t.shape.length !== 2 || t.shape[0] !== expect[0] || t.shape[1] !== expect[1]) {
+      throw new ShapeError(
+        `loadAdapter: ${KEY_PREFIX}${p.name}.lora_${which}.weight has shape [${t.shape}] but ${p.name} ` +
+          `(in ${p.linear.inFeatures}, out ${p.linear.outFeatures}) with r = ${p.r} needs [${expect}]`,
+      );
+    }
+    if (!FLOAT_FILE_DTYPES.has(t.dtype)) {
+      throw new FormatError(
+        `loadAdapter: ${KEY_PREFIX}${p.name}.lora_${which}.weight has dtype ${t.dtype}; expected F32, F16, BF16 or F64`,
+      );
+    }
+  }
+}
+
+/** Validates everything (config, targets, keys, shapes) and returns what to patch; changes nothing. */
+function planLoad(model: Module, cfg: AdapterConfig, tensors: Map<string, SafetensorsTensor>): Planned[] {
+  const targets = targetedModules(model, cfg);
+  if (targets.length === 0) {
+    throw new ConfigError(
+      `loadAdapter: ${describeTargets(cfg)} matches no module of the model; PEFT matches list entries ` +
+        `exactly or as a ".suffix" and regex strings against the whole name; modules are: ${
+          sampleNames(model)
+        }`,
+    );
+  }
+  for (const [name, m] of targets) {
+    if (isLoraLinear(m)) {
+      throw new ConfigError(
+        `loadAdapter: ${name} already has a LoRA adapter; call mergeAndUnload(model) first or load onto a fresh model`,
+      );
+    }
+    if (!(m instanceof Linear)) {
+      throw new ConfigError(
+        `loadAdapter: ${
+          describeTargets(cfg)
+        } matches ${name}, a ${m.constructor.name}; only Linear modules ` +
+          `take LoRA adapters here (PEFT rejects such targets too)`,
+      );
+    }
+  }
+  const byModule = new Map<string, { a?: SafetensorsTensor; b?: SafetensorsTensor }>();
+  for (const [name] of targets) byModule.set(name, {});
+  const unexpected: string[] = [];
+  for (const [key, t] of tensors) {
+    const m = /^base_model\.model\.(.+)\.lora_([AB])\.weight$/.exec(key);
+    const slot = m ? byModule.get(m[1]) : undefined;
+    if (!m || !slot) {
+      unexpected.push(key + keyHint(key));
+      continue;
+    }
+    if (m[2] === "A") slot.a = t;
+    else slot.b = t;
+  }
+  if (unexpected.length > 0) {
+    throw new FormatError(
+      `loadAdapter: ${ADAPTER_WEIGHTS_NAME} has keys that fit no module the config targets: ${
+        list(unexpected, 5)
+      }; ` +
+        `targeted modules: ${list(targets.map(([n]) => n), 5)}`,
+    );
+  }
+  const missing: string[] = [];
+  for (const [name, slot] of byModule) {
+    if (!slot.a) missing.push(`${KEY_PREFIX}${name}.lora_A.weight`);
+    if (!slot.b) missing.push(`${KEY_PREFIX}${name}.lora_B.weight`);
+  }
+  if (missing.length > 0) {
+    throw new FormatError(
+      `loadAdapter: ${ADAPTER_WEIGHTS_NAME} lacks weights for modules the config targets: ${list(missing)}`,
+    );
+  }
+  return targets.map(([name, m]) => {
+    const linear = m as Linear;
+    const r = patternValue(cfg.rankPattern, name, cfg.r);
+    const alpha = patternValue(cfg.alphaPattern, name, cfg.loraAlpha);
+    const slot = byModule.get(name)!;
+    const plan = { name, linear, r, alpha, a: slot.a!, b: slot.b! };
+    checkShapes(plan);
+    validateLoraOptions(`loadAdapter(${name})`, {
+      dim: r,
+      alpha,
+      dropout: cfg.loraDropout,
+      dropoutPosition: "pre",
+      loraAInit: "xavier",
+    });
+    return { ...plan, scale: loraScale(alpha, r, cfg.useRslora) };
+  });
+}
+
+/**
+ * Loads a PEFT LoRA adapter onto `model`: patches every Linear the config targets (PEFT's matching rules,
+ * per-module rank and alpha from `rank_pattern` / `alpha_pattern`, rsLoRA scaling, dropout on the LoRA
+ * input as PEFT places it) and copies in the weights, converted to each module's dtype and device.
+ *
+ * Strict and all-or-nothing: the config, the targeted modules and every weight key and shape are checked
+ * before any module changes. Every weight in the file must land on a targeted module and every targeted
+ * module must get both its weights.
+ *
+ * @param source a directory holding `adapter_config.json` and `adapter_model.safetensors` (Deno, Node,
+ *   Bun), or the two files' contents
+ * @returns the names of the patched modules, in model order
+ * @throws {ConfigError} unsupported options (named), targets matching nothing or a non-Linear module, or a
+ *   targeted module that already has an adapter
+ * @throws {FormatError} missing or malformed files, missing or unexpected weight keys
+ * @throws {ShapeError} weights whose shape does not fit the module and rank
+ */
+export async function loadAdapter(
+  model: Module,
+  source: string | AdapterFilesInput,
+  opts: LoadAdapterOptions = {},
+): Promise<string[]> {
+  const trainable = opts.trainable ?? true;
+  if (typeof trainable !== "boolean") {
+    throw new ConfigError(`loadAdapter: trainable must be a boolean, got ${JSON.stringify(trainable)}`);
+  }
+  const files = await readAdapterSource(source);
+  const cfg = parseAdapterConfig(files.config);
+  const tensors = readSafetensors(files.weights).tensors;
+  const plan = planLoad(model, cfg, tensors);
+
+  for (const p of plan) {
+    const layer = patchLinearModule(p.linear, {
+      dim: p.r,
+      alpha: p.alpha,
+      scale: p.scale,
+      dropout: cfg.loraDropout,
+      dropoutPosition: "pre",
+    });
+    layer.lora_A.loadStateDict({ weight: p.a as { shape: number[]; data: Float32Array | Float64Array } });
+    layer.lora_B.loadStateDict({ weight: p.b as { shape: number[]; data: Float32Array | Float64Array } });
+  }
+  const loaded = new Set<Tensor>();
+  for (const p of plan) {
+    const l = p.linear as LinearLoRA;
+    loaded.add(l.lora_A.weight).add(l.lora_B.weight);
+  }
+  const otherAdapters = new Set<Tensor>();
+  for (const [, m] of model.namedModules()) {
+    if (isLoraLinear(m)) {
+      for (const t of [m.lora_A.weight, m.lora_B.weight]) if (!loaded.has(t)) otherAdapters.add(t);
+    }
+  }
+  for (const t of model.parameters()) {
+    if (loaded.has(t)) t.requiresGrad = trainable;
+    else if (!otherAdapters.has(t)) t.requiresGrad = false;
+  }
+  return plan.map((p) => p.name);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Merging
+// ---------------------------------------------------------------------------------------------------
+
+/** The fields `patchLinearModule` adds to a Linear; removing them all leaves the plain layer. */
+const ADAPTER_FIELDS = [
+  "lora_A",
+  "lora_B",
+  "dim",
+  "alpha",
+  "scale",
+  "dropoutP",
+  "dropoutPosition",
+  "useFused",
+  "dropoutSeed",
+  "merged",
+];
+
+/** Turns a merged LoRA layer back into a plain Linear in place: adapter weights freed, fields removed. */
+function unload(layer: LinearLoRA): Linear {
+  layer.lora_A.weight.dispose();
+  layer.lora_B.weight.dispose();
+  const own = layer as unknown as Record<string, unknown>;
+  for (const f of ADAPTER_FIELDS) delete own[f];
+  Object.setPrototypeOf(layer, Linear.prototype);
+  return layer as Linear;
+}
+
+/**
+ * Folds every LoRA adapter of `model` into its base weight (W ← W + scale · B A) and turns each LoRA
+ * layer back into a plain Linear in place, so `stateDict()` has the base model's keys again. Adapter
+ * weights are checked first (PEFT's safe_merge): any NaN or Inf refuses the whole merge before any weight
+ * changes, naming the module. Returns `model`.
+ * @throws {DeviceError} when an adapter weight holds NaN or Inf (the same class `merge()` uses)
+ */
+export async function mergeAndUnload<M extends Module>(model: M): Promise<M> {
+  const layers = model.namedModules().filter((e): e is [string, LinearLoRA] => isLoraLinear(e[1]));
+  for (const [name, l] of layers) {
+    if (l.merged) continue;
+    for (const [which, t] of [["lora_A", l.lora_A.weight], ["lora_B", l.lora_B.weight]] as const) {
+      if (!(await t.data()).every(Number.isFinite)) {
+        throw new DeviceError(
+          `mergeAndUnload: ${
+            name || "(the model itself)"
+          }.${which} [${t.shape}] holds NaN or Inf; refusing to ` +
+            `merge (no weight was changed)`,
+        );
+      }
+    }
+  }
+  for (const [, l] of layers) {
+    await l.merge();
+    unload(l);
+  }
+  return model;
+}
