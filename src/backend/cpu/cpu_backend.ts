@@ -140,7 +140,8 @@ export function createCpuBackend(): Backend {
     affine(x, mul, add) {
       const a = arr(x);
       const r = hostArray(x.dtype, a.length);
-      for (let i = 0; i < a.length; i++) r[i] = a[i] * mul + add;
+      // Adding a zero would turn −0 into +0, so copies (detach, reshape) and scales would not be exact.
+      for (let i = 0; i < a.length; i++) r[i] = add === 0 ? a[i] * mul : a[i] * mul + add;
       return out(x.dtype, r);
     },
     binary(op, a, aShape, b, bShape, outShape) {
