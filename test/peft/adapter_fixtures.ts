@@ -1,5 +1,6 @@
 /** Module trees for the adapter tests: one named and shaped like the golden tiny Llama, and helpers. */
-import { Embedding, Linear, Module, RMSNorm } from "../../mod.ts";
+import { Embedding, isLoraLinear, Linear, Module, RMSNorm } from "../../mod.ts";
+import { writeSafetensors } from "../../src/io/safetensors.ts";
 import type { Tensor } from "../../mod.ts";
 import { fixture } from "../helpers.ts";
 
@@ -65,3 +66,59 @@ export function hostValues(t: Tensor): number[] {
 export function copyBytes(bytes: Uint8Array): Uint8Array {
   return new Uint8Array(bytes);
 }
+
+/** Deterministic pseudo-random values in [-1, 1). */
+export function seededValues(n: number, seed: number): Float32Array {
+  let s = seed >>> 0 || 1;
+  return Float32Array.from({ length: n }, () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s / 2 ** 31 - 1;
+  });
+}
+
+/**
+ * PEFT-style adapter files for `model`: `config` (PEFT's snake_case fields, peft_type added) and, for each
+ * module named in `ranks`, random lora_A [r, in] and lora_B [out, r] under PEFT's keys.
+ */
+export function peftFiles(
+  model: Module,
+  config: Record<string, unknown>,
+  ranks: Record<string, number>,
+  seed = 3,
+): { "adapter_config.json": string; "adapter_model.safetensors": Uint8Array } {
+  const entries: Record<string, { dtype: string; shape: number[]; data: Float32Array }> = {};
+  let k = seed;
+  for (const [name, r] of Object.entries(ranks)) {
+    const m = moduleAt(model, name) as Linear;
+    entries[`base_model.model.${name}.lora_A.weight`] = {
+      dtype: "F32",
+      shape: [r, m.inFeatures],
+      data: seededValues(r * m.inFeatures, k++),
+    };
+    entries[`base_model.model.${name}.lora_B.weight`] = {
+      dtype: "F32",
+      shape: [m.outFeatures, r],
+      data: seededValues(m.outFeatures * r, k++),
+    };
+  }
+  return {
+    "adapter_config.json": JSON.stringify({ peft_type: "LORA", ...config }),
+    "adapter_model.safetensors": writeSafetensors(entries, { format: "pt" }),
+  };
+}
+
+/** Names of the LoRA layers of `model` with their rank and scale. */
+export function adapterSummary(model: Module): Record<string, { r: number; scale: number }> {
+  const out: Record<string, { r: number; scale: number }> = {};
+  for (const [name, m] of model.namedModules()) {
+    if (isLoraLinear(m)) out[name] = { r: m.dim, scale: m.scale };
+  }
+  return out;
+}
+
+/** The golden tree's 14 adapted projection names, layer by layer. */
+export const PROJECTIONS = [0, 1].flatMap((i) =>
+  ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"]
+    .concat(["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"])
+    .map((p) => `model.layers.${i}.${p}`)
+);
