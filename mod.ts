@@ -92,3 +92,9 @@ export {
   saveAdapter,
   type SaveAdapterOptions,
 } from "./src/peft/adapter.ts";
+export {
+  defaultDevice,
+  isSoftwareAdapter,
+  webgpuDevice,
+  type WebGpuDeviceOptions,
+} from "./src/backend/webgpu/device.ts";

@@ -1,0 +1,19 @@
+// out[i] = x[i] * mul + add.
+struct Params {
+  n: u32,
+  mul: f32,
+  add: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<${T}>;
+@group(0) @binding(2) var<storage, read_write> y: array<${T}>;
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let i = flat_index(wid, nwg, lid, ${WG}u);
+  if (i < p.n) {
+    y[i] = ${T}(f32(x[i]) * p.mul + p.add);
+  }
+}

@@ -1,0 +1,19 @@
+// out[i] = the dropout multiplier of element i: 0 or keep = 1 / (1 - p).
+struct Params {
+  n: u32,
+  seed: u32,
+  threshold: u32,
+  keep: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> y: array<${T}>;
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let i = flat_index(wid, nwg, lid, ${WG}u);
+  if (i < p.n) {
+    y[i] = ${T}(dropout_factor(p.seed, p.threshold, p.keep, i));
+  }
+}

@@ -1,0 +1,22 @@
+// out[i, j] = table[ids[i], j] for a [rows, dim] table.
+struct Params {
+  count: u32,
+  dim: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> table: array<${T}>;
+@group(0) @binding(2) var<storage, read> ids: array<u32>;
+@group(0) @binding(3) var<storage, read_write> y: array<${T}>;
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let e = flat_index(wid, nwg, lid, ${WG}u);
+  if (e >= p.count * p.dim) {
+    return;
+  }
+  let i = e / p.dim;
+  let j = e % p.dim;
+  y[e] = table[ids[i] * p.dim + j];
+}

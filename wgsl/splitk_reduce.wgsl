@@ -1,0 +1,24 @@
+// Sums the partial products of a split-K GEMM: out[i] = alpha · sum over s of part[s · n + i].
+struct Params {
+  n: u32,
+  splits: u32,
+  alpha: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> part: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<${T}>;
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let i = flat_index(wid, nwg, lid, ${WG}u);
+  if (i >= p.n) {
+    return;
+  }
+  var acc = 0.0;
+  for (var s = 0u; s < p.splits; s++) {
+    acc += part[s * p.n + i];
+  }
+  y[i] = ${T}(acc * p.alpha);
+}
