@@ -19,8 +19,10 @@ import { validateLoraOptions } from "./config.ts";
 import { isCausalLM, sampleNames } from "./apply.ts";
 import {
   type AdapterConfig,
+  ALL_LINEAR,
   exactPattern,
   loraScale,
+  type ModuleSelector,
   parseAdapterConfig,
   patternValue,
   selectorMatches,
@@ -299,20 +301,14 @@ function targetedModules(model: Module, cfg: AdapterConfig): [string, Module][] 
   });
 }
 
+/** A selector as the config spelled it, for messages. */
+function showSelector(sel: ModuleSelector): string {
+  return JSON.stringify(sel.kind === "list" ? sel.names : sel.kind === "regex" ? sel.source : ALL_LINEAR);
+}
+
 function describeTargets(cfg: AdapterConfig): string {
-  const t = cfg.targetModules;
-  const targets = t.kind === "list"
-    ? JSON.stringify(t.names)
-    : t.kind === "regex"
-    ? JSON.stringify(t.source)
-    : '"all-linear"';
-  const e = cfg.excludeModules;
-  const excl = e === null
-    ? ""
-    : ` excluding ${
-      e.kind === "list" ? JSON.stringify(e.names) : JSON.stringify((e as { source: string }).source)
-    }`;
-  return `target_modules ${targets}${excl}`;
+  const excl = cfg.excludeModules ? ` excluding ${showSelector(cfg.excludeModules)}` : "";
+  return `target_modules ${showSelector(cfg.targetModules)}${excl}`;
 }
 
 const list = (xs: string[], n = 8) =>
