@@ -4,7 +4,7 @@
  * with grad recording off, so they may freely use the public ops.
  * @module
  */
-import type { Backend, BinaryOp, UnaryOp } from "../backend/backend.ts";
+import type { Backend, BinaryOp, Storage, UnaryOp } from "../backend/backend.ts";
 import type { Device } from "../backend/device.ts";
 import type { DType } from "./dtype.ts";
 import { fromStorage, full, shapeSize, Tensor } from "./tensor.ts";
@@ -340,33 +340,75 @@ export function transpose(x: Tensor, dim0: number, dim1: number): Tensor {
   return permute(x, perm);
 }
 
-/** Concatenates along `dim`. */
+/** `x` with axis `d` moved to the front: rows of `d`, each the contiguous rest of the tensor. */
+function axisToFront(x: Tensor, d: number): Tensor {
+  return d === 0 ? x : permute(x, [d, ...[...x.shape.keys()].filter((i) => i !== d)]);
+}
+
+/** Inverse of {@link axisToFront}: moves the front axis back to position `d`. */
+function frontToAxis(x: Tensor, d: number): Tensor {
+  if (d === 0) return x;
+  const perm = [...x.shape.keys()].slice(1);
+  perm.splice(d, 0, 0);
+  return permute(x, perm);
+}
+
+/** start, start + 1, ..., start + n − 1. */
+function rangeIds(start: number, n: number): Int32Array {
+  return Int32Array.from({ length: n }, (_, i) => start + i);
+}
+
+/**
+ * Concatenates along `dim`. Each part is placed as a block of rows (the axis moved to the front) with
+ * one scatter, so the cost is linear in the output size; values are copied exactly (Inf and NaN too;
+ * a −0 comes out as +0, being added to the zeros around it).
+ */
 export function concat(ts: Tensor[], dim: number): Tensor {
   if (ts.length === 0) throw new ShapeError(`concat: no tensors given`);
+  ts.forEach((t, i) => checkTensor(t, "concat", `tensor ${i}`));
   const d = normAxis(dim, ts[0].ndim, "concat");
   for (const t of ts) {
     if (t.ndim !== ts[0].ndim || t.shape.some((s, i) => i !== d && s !== ts[0].shape[i])) {
       throw new ShapeError(`concat: shapes ${ts.map((x) => `[${x.shape}]`).join(", ")} differ off dim ${d}`);
     }
   }
-  // Built from permute + reshape + padding by matmul would be wasteful; do it on the host-free path:
-  // scatter each part through a one-hot selection matrix along `dim`.
+  const moved = ts.map((t) => axisToFront(t, d));
+  const { device, dtype, be } = common("concat", ...moved);
+  const rest = moved[0].shape.slice(1);
+  const rowSize = shapeSize(rest);
   const total = ts.reduce((p, t) => p + t.shape[d], 0);
-  let out: Tensor | null = null;
+  const ids: Int32Array[] = [];
+  let storage: Storage | null = null;
   let offset = 0;
-  for (const t of ts) {
-    const moved = transpose(t, d, -1); // [..., len]
-    const sel = new Float32Array(t.shape[d] * total);
-    for (let i = 0; i < t.shape[d]; i++) sel[i * total + offset + i] = 1;
-    const selT = new Tensor(t.device.backend.upload(sel, t.dtype), [t.shape[d], total], t.dtype, t.device);
-    const placed = selectLast(moved, selT);
-    out = out === null ? placed : add(out, placed);
-    offset += t.shape[d];
+  for (const m of moved) {
+    ids.push(rangeIds(offset, m.shape[0]));
+    const placed = be.scatterAddRows(m.storage("concat"), ids[ids.length - 1], total, rowSize);
+    if (storage === null) storage = placed;
+    else {
+      const sumOf: Storage = be.binary("add", storage, [total, rowSize], placed, [total, rowSize], [
+        total,
+        rowSize,
+      ]);
+      be.free(storage);
+      be.free(placed);
+      storage = sumOf;
+    }
+    offset += m.shape[0];
   }
-  return transpose(out!, d, -1);
+  const joined = fromStorage(storage!, [total, ...rest], dtype, device, {
+    op: "concat",
+    inputs: moved,
+    backward: (g) =>
+      moved.map((m, i) =>
+        m.requiresGrad
+          ? fromStorage(be.gatherRows(g.storage("concat"), ids[i], rowSize), m.shape, dtype, device)
+          : null
+      ),
+  });
+  return frontToAxis(joined, d);
 }
 
-/** Slices `x` along `dim` to [start, end). */
+/** Slices `x` along `dim` to [start, end) with one row gather (linear cost, exact copy). */
 export function slice(x: Tensor, dim: number, start: number, end: number): Tensor {
   checkTensor(x, "slice", "input");
   const d = normAxis(dim, x.ndim, "slice");
@@ -374,17 +416,25 @@ export function slice(x: Tensor, dim: number, start: number, end: number): Tenso
   if (!Number.isInteger(start) || !Number.isInteger(end) || start < 0 || end > n || start > end) {
     throw new ShapeError(`slice: range [${start}, ${end}) is out of bounds for dim ${d} of [${x.shape}]`);
   }
-  const moved = transpose(x, d, -1);
-  const sel = new Float32Array(n * (end - start));
-  for (let i = start; i < end; i++) sel[i * (end - start) + (i - start)] = 1;
-  const selT = new Tensor(x.device.backend.upload(sel, x.dtype), [n, end - start], x.dtype, x.device);
-  return transpose(selectLast(moved, selT), d, -1);
-}
-
-/** x [..., n] · sel [n, p] → [..., p] for any rank ≥ 1: matmul needs a row dim, which 1-D x lacks. */
-function selectLast(x: Tensor, sel: Tensor): Tensor {
-  if (x.ndim >= 2) return matmul(x, sel);
-  return reshape(matmul(reshape(x, [1, x.shape[0]]), sel), [sel.shape[1]]);
+  const moved = axisToFront(x, d);
+  const { device, dtype, be } = common("slice", moved);
+  const rest = moved.shape.slice(1);
+  const rowSize = shapeSize(rest);
+  const ids = rangeIds(start, end - start);
+  const part = fromStorage(
+    be.gatherRows(moved.storage("slice"), ids, rowSize),
+    [end - start, ...rest],
+    dtype,
+    device,
+    {
+      op: "slice",
+      inputs: [moved],
+      backward: (
+        g,
+      ) => [fromStorage(be.scatterAddRows(g.storage("slice"), ids, n, rowSize), moved.shape, dtype, device)],
+    },
+  );
+  return frontToAxis(part, d);
 }
 
 // ---------------------------------------------------------------------------------------------------
