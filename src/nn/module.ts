@@ -13,6 +13,12 @@ export type StateValue = Tensor | { shape: readonly number[]; data: ArrayLike<nu
 
 /** Base class of layers and models. */
 export class Module {
+  /**
+   * Children and parameters are plain properties (`m.q_proj = new Linear(8, 8)`), as in PyTorch, so a
+   * bare Module accepts any property name.
+   */
+  // deno-lint-ignore no-explicit-any
+  [name: string]: any;
   /** Training mode (dropout active); set with {@link train} / {@link eval}. */
   training = true;
   #buffers = new Map<string, { tensor: Tensor; persistent: boolean }>();
@@ -131,6 +137,7 @@ export class Module {
       if (!(src instanceof Tensor) && src.data.length !== target.size) {
         throw new ShapeError(`loadStateDict: ${key} has ${src.data.length} values for shape [${shape}]`);
       }
+      if (src instanceof Tensor) checkReadable(src, target, key);
       todo.push([target, src, key]);
     }
     for (const [target, src, key] of todo) copyInto(target, src, key);
@@ -173,6 +180,19 @@ export class Module {
   }
 }
 
+/**
+ * Throws unless copyInto can read `src` into `target`: a disposed source, or one on another device that
+ * is not the CPU, must fail validation rather than halfway through the copies.
+ */
+function checkReadable(src: Tensor, target: Tensor, key: string): void {
+  src.storage(`loadStateDict(${key})`);
+  if (src.device !== target.device && src.device.kind !== "cpu") {
+    throw new DeviceError(
+      `loadStateDict: ${key} lives on ${src.device} but the module is on ${target.device}; move it first`,
+    );
+  }
+}
+
 function copyInto(target: Tensor, src: StateValue, key: string): void {
   const be = target.device.backend;
   if (src instanceof Tensor) {
@@ -180,11 +200,6 @@ function copyInto(target: Tensor, src: StateValue, key: string): void {
       const s = src.storage(`loadStateDict(${key})`);
       target._replaceStorage(src.dtype === target.dtype ? be.affine(s, 1, 0) : be.cast(s, target.dtype));
       return;
-    }
-    if (src.device.kind !== "cpu") {
-      throw new DeviceError(
-        `loadStateDict: ${key} lives on ${src.device} but the module is on ${target.device}; move it first`,
-      );
     }
     target._replaceStorage(be.upload(src.dataSync(), target.dtype));
     return;
