@@ -6,7 +6,7 @@ import type { Module } from "../nn/module.ts";
 import { Linear } from "../nn/layers.ts";
 import { ModuleMatcher } from "./matcher.ts";
 import type { PeftConfig } from "./config.ts";
-import { patchLinearModule } from "./lora_linear.ts";
+import { isLoraLinear, patchLinearModule } from "./lora_linear.ts";
 import { ConfigError } from "../errors.ts";
 
 /** Whether a model is a causal LM (its config's first architecture or its class name says CausalLM). */
@@ -24,7 +24,10 @@ export function sampleNames(model: Module, n = 8): string {
 
 /**
  * Freezes every parameter of `model`, patches each Linear the config matches, and returns the count.
- * Matching nothing is a ConfigError listing some module names; matching a non-Linear is one too.
+ * As in the seed, only Linear modules are candidates: a pattern such as `*.layers.1.*` also names the
+ * layer's containers and norms, which are passed over. An adapter's own lora_A / lora_B are never
+ * candidates. Matching no Linear, or matching one that already has an adapter, is a ConfigError thrown
+ * before anything is frozen or patched.
  */
 export function applyLoraToLinearModules(model: Module, config: PeftConfig): number {
   const matcher = new ModuleMatcher(
@@ -33,22 +36,27 @@ export function applyLoraToLinearModules(model: Module, config: PeftConfig): num
     config.matchAllLinear,
     isCausalLM(model),
   );
-  const matched = model.namedModules().filter(([name, m]) => name !== "" && matcher.match(m, name));
+  const modules = model.namedModules();
+  const adapterParts = new Set<Module>(
+    modules.flatMap(([, m]) => (isLoraLinear(m) ? [m.lora_A, m.lora_B] : [])),
+  );
+  const matched = modules.filter(([name, m]) =>
+    name !== "" && m instanceof Linear && !adapterParts.has(m) && matcher.match(m, name)
+  );
   if (matched.length === 0) {
     throw new ConfigError(
-      `applyLoraToLinearModules: no module matches targetModules=${JSON.stringify(matcher.targetModules)} ` +
-        `excludeModules=${
-          JSON.stringify(matcher.excludeModules)
-        } matchAllLinear=${matcher.matchAllLinear}; ` +
+      `applyLoraToLinearModules: no Linear module matches targetModules=${
+        JSON.stringify(matcher.targetModules)
+      } excludeModules=${JSON.stringify(matcher.excludeModules)} matchAllLinear=${matcher.matchAllLinear}; ` +
         `patterns match whole dotted names (e.g. "*.q_proj"); modules are: ${sampleNames(model)}`,
     );
   }
-  for (const [name, m] of matched) {
-    if (!(m instanceof Linear)) {
-      throw new ConfigError(
-        `applyLoraToLinearModules: ${name} matches the targets but is a ${m.constructor.name}, not a Linear`,
-      );
-    }
+  const already = matched.filter(([, m]) => isLoraLinear(m)).map(([name]) => name);
+  if (already.length > 0) {
+    throw new ConfigError(
+      `applyLoraToLinearModules: ${already.slice(0, 8).join(", ")}${already.length > 8 ? ", …" : ""} ` +
+        `already have a LoRA adapter`,
+    );
   }
   for (const p of model.parameters()) p.requiresGrad = false;
   for (const [, m] of matched) {
