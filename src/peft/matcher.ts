@@ -11,7 +11,7 @@ import { ConfigError } from "../errors.ts";
 /** Compiles a `*` wildcard pattern into an anchored RegExp with every other character literal. */
 export function wildcardRegExp(pattern: string): RegExp {
   const body = pattern.split("*").map((part) => part.replace(/[.+?^${}()|[\]\\/-]/g, "\\$&")).join(".*");
-  return new RegExp(`^${body}$`);
+  return new RegExp(`^${body}$`, "s"); // dotAll: a star spans any characters, line breaks too
 }
 
 /** Whether `pattern` (with `*` wildcards) matches all of `name`. */
