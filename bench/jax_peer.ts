@@ -12,7 +12,7 @@ export interface JaxLoraStep {
   dispose(): void;
 }
 
-function randomArray(n: number, seed: number, scale: number): Float32Array {
+function randomArray(n: number, seed: number, scale: number): Float32Array<ArrayBuffer> {
   let s = seed >>> 0;
   const a = new Float32Array(n);
   for (let i = 0; i < n; i++) {

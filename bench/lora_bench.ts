@@ -48,7 +48,7 @@ const gemmSize = mode === "full" ? 4096 : mode === "quick" ? 1024 : 64;
 
 const device: Device = await webgpuDevice();
 const dtypeOpt = opt("--dtype", "both");
-const dtypes: DType[] = (dtypeOpt === "both" ? ["f32", "f16"] : [dtypeOpt as DType])
+const dtypes: DType[] = (dtypeOpt === "both" ? ["f32", "f16"] as DType[] : [dtypeOpt as DType])
   .filter((d) => d === "f32" || device.supportsDType(d));
 console.error(
   `bench: ${mode} on ${device} (${new Date().toISOString().slice(0, 10)}), dtypes ${dtypes.join(", ")}`,
