@@ -98,3 +98,31 @@ export {
   webgpuDevice,
   type WebGpuDeviceOptions,
 } from "./src/backend/webgpu/device.ts";
+export {
+  type LlamaConfig,
+  llamaConfig,
+  type LlamaConfigOptions,
+  parseLlamaConfig,
+  type RopeParameters,
+} from "./src/models/config.ts";
+export {
+  type CausalLMOutput,
+  LlamaForCausalLM,
+  type LlamaForwardOptions,
+  type LlamaModelOptions,
+  type TokenInput,
+} from "./src/models/llama.ts";
+export { argmax, type GenerateOptions, KVCache, sampleToken } from "./src/models/generate.ts";
+export { type ModelSource, modelToFiles, saveModel, type SaveModelOptions } from "./src/models/weights.ts";
+export { ropeInverseFrequencies } from "./src/models/rope.ts";
+export { AdamW, type AdamWOptions, type AdamWStateDict } from "./src/optim/adamw.ts";
+export { clipGradNorm } from "./src/optim/clip.ts";
+export { warmupCosineFactor, type WarmupCosineOptions, WarmupCosineSchedule } from "./src/optim/schedule.ts";
+export { loadCheckpoint, saveCheckpoint, type TrainerState } from "./src/train/checkpoint.ts";
+export {
+  train,
+  type TrainBatch,
+  type TrainOptions,
+  type TrainProgress,
+  type TrainResult,
+} from "./src/train/loop.ts";

@@ -1,0 +1,490 @@
+/**
+ * transformers' `LlamaForCausalLM` (also Mistral-style and SmolLM checkpoints) on the public tensor ops,
+ * so it runs on every device. Module names are exactly transformers' (`model.layers.0.self_attn.q_proj`,
+ * ...), so checkpoint and PEFT adapter keys map one to one.
+ *
+ * Attention follows transformers' eager path: scores = q kᵀ · head_dim^-½ plus an additive mask holding
+ * the dtype's most negative finite value (never −∞, so a fully masked row stays finite), softmax in
+ * float32, then · v. Grouped-query attention runs without repeating keys: the query heads of one
+ * key/value head are stacked along the sequence axis of a single batched matmul.
+ * @module
+ */
+import { Module } from "../nn/module.ts";
+import { Embedding, Linear, RMSNorm } from "../nn/layers.ts";
+import { type Tensor, tensor } from "../tensor/tensor.ts";
+import {
+  add,
+  cast,
+  crossEntropy,
+  dropout,
+  matmul,
+  mean,
+  mul,
+  permute,
+  reshape,
+  rsqrt,
+  silu,
+  slice,
+  softmax,
+  square,
+  transpose,
+} from "../tensor/ops.ts";
+import { keep, noGrad, tidy } from "../autograd/graph.ts";
+import { nextSeed } from "../tensor/random.ts";
+import { currentDevice, type Device } from "../backend/device.ts";
+import type { DType } from "../tensor/dtype.ts";
+import { type LlamaConfig, parseLlamaConfig } from "./config.ts";
+import { RopeTables, rotateHalfMatrix } from "./rope.ts";
+import { type GenerateOptions, generateTokens, type KVCache } from "./generate.ts";
+import { loadLlamaWeights, type ModelSource, saveModel, type SaveModelOptions } from "./weights.ts";
+import { ConfigError, ShapeError } from "../errors.ts";
+
+/** Token ids (or labels, masks, positions): rows of equal length, or flat data with a [batch, seq] shape. */
+export type TokenInput = number[][] | { data: ArrayLike<number>; shape: readonly number[] };
+
+/** Options of {@link LlamaForCausalLM.forward}. */
+export interface LlamaForwardOptions {
+  /** Targets for transformers' causal-LM loss, [batch, seq]; −100 marks positions to ignore. */
+  labels?: TokenInput;
+  /** 1 for real tokens, 0 for padding, [batch, seq] (or [batch, past + seq] with a cache). */
+  attentionMask?: TokenInput;
+  /** Rotary positions, [batch, seq]; default past, past + 1, ... for every row (as transformers). */
+  positionIds?: TokenInput;
+  /** Keys and values of earlier positions; this call appends its own (generate uses it). */
+  cache?: KVCache;
+  /** Compute logits for the last position only (generation's prefill). */
+  lastOnly?: boolean;
+}
+
+/** What {@link LlamaForCausalLM.forward} returns. */
+export interface CausalLMOutput {
+  /** [batch, seq, vocab] ([batch, 1, vocab] with `lastOnly`). */
+  logits: Tensor;
+  /** Mean cross-entropy of the shifted labels, a 0-d tensor; null without labels. */
+  loss: Tensor | null;
+}
+
+/** Options of the constructor and of {@link LlamaForCausalLM.fromPretrained}. */
+export interface LlamaModelOptions {
+  device?: Device;
+  /** Parameter and compute dtype (default f32); checkpoint weights are converted to it. */
+  dtype?: DType;
+  /** false: shape-only weights, to be loaded (what fromPretrained does); default: random init. */
+  materialize?: boolean;
+  /** Seed of the random init. */
+  seed?: number;
+}
+
+/** Per-forward tensors every layer shares. */
+interface LayerContext {
+  cos: Tensor;
+  sin: Tensor;
+  rot: Tensor;
+  /** Additive mask [batch or 1, 1, 1, seq, keys], or null when nothing is masked. */
+  mask: Tensor | null;
+  cache: KVCache | null;
+}
+
+/** The most negative finite value of a dtype: transformers' `torch.finfo(dtype).min` mask value. */
+function maskValue(dtype: DType): number {
+  return dtype === "f64" ? -Number.MAX_VALUE : dtype === "f16" ? -65504 : -3.4028234663852886e38;
+}
+
+/** Softmax and its mask run in f32 for f16 models, as transformers upcasts attention weights. */
+function computeDType(dtype: DType): DType {
+  return dtype === "f16" ? "f32" : dtype;
+}
+
+/** RMSNorm that, like transformers' LlamaRMSNorm, normalises in float32 and casts back before the scale. */
+export class LlamaRMSNorm extends RMSNorm {
+  override forward(x: Tensor): Tensor {
+    if (x.dtype !== "f16") return super.forward(x);
+    const x32 = cast(x, "f32");
+    const normed = mul(x32, rsqrt(add(mean(square(x32), -1, true), this.eps)));
+    return mul(this.weight, cast(normed, x.dtype));
+  }
+}
+
+/** Multi-head attention with rotary embeddings and grouped key/value heads. */
+export class LlamaAttention extends Module {
+  q_proj: Linear;
+  k_proj: Linear;
+  v_proj: Linear;
+  o_proj: Linear;
+  readonly layerIndex: number;
+  readonly numHeads: number;
+  readonly numKeyValueHeads: number;
+  readonly headDim: number;
+  readonly dropoutP: number;
+
+  constructor(config: LlamaConfig, layerIndex: number, opts: LlamaModelOptions = {}) {
+    super();
+    const { hiddenSize, numAttentionHeads: h, numKeyValueHeads: kv, headDim: d } = config;
+    const lin = (inF: number, outF: number, seed: number) =>
+      new Linear(inF, outF, { ...opts, bias: config.attentionBias, seed });
+    const seed = (opts.seed ?? 0) + 1000 * layerIndex;
+    this.q_proj = lin(hiddenSize, h * d, seed + 1);
+    this.k_proj = lin(hiddenSize, kv * d, seed + 3);
+    this.v_proj = lin(hiddenSize, kv * d, seed + 5);
+    this.o_proj = lin(h * d, hiddenSize, seed + 7);
+    this.layerIndex = layerIndex;
+    this.numHeads = h;
+    this.numKeyValueHeads = kv;
+    this.headDim = d;
+    this.dropoutP = config.attentionDropout;
+  }
+
+  /** x [batch, seq, hidden] → [batch, seq, hidden]. */
+  override forward(x: Tensor, ctx: LayerContext): Tensor {
+    const [batch, seq] = x.shape;
+    const h = this.numHeads, kvh = this.numKeyValueHeads, d = this.headDim, group = h / kvh;
+    const heads = (t: Tensor, n: number) => permute(reshape(t, [batch, seq, n, d]), [0, 2, 1, 3]);
+    const rope = (t: Tensor) => add(mul(t, ctx.cos), mul(matmul(t, ctx.rot), ctx.sin));
+    const q = rope(heads(this.q_proj.forward(x), h));
+    let k = rope(heads(this.k_proj.forward(x), kvh));
+    let v = heads(this.v_proj.forward(x), kvh);
+    if (ctx.cache !== null) ({ k, v } = ctx.cache.append(this.layerIndex, k, v));
+    const keys = k.shape[2];
+    // [batch, kvh, group·seq, d]: the `group` query heads that share a key/value head, stacked.
+    const qg = reshape(q, [batch, kvh, group * seq, d]);
+    let scores = mul(matmul(qg, transpose(k, 2, 3)), 1 / Math.sqrt(d));
+    const work = computeDType(x.dtype);
+    if (scores.dtype !== work) scores = cast(scores, work);
+    if (ctx.mask !== null) {
+      scores = reshape(add(reshape(scores, [batch, kvh, group, seq, keys]), ctx.mask), [
+        batch,
+        kvh,
+        group * seq,
+        keys,
+      ]);
+    }
+    let probs = softmax(scores, -1);
+    if (probs.dtype !== x.dtype) probs = cast(probs, x.dtype);
+    if (this.training && this.dropoutP > 0) probs = dropout(probs, this.dropoutP);
+    const out = reshape(matmul(probs, v), [batch, h, seq, d]);
+    return this.o_proj.forward(reshape(permute(out, [0, 2, 1, 3]), [batch, seq, h * d]));
+  }
+}
+
+/** The SwiGLU feed-forward block: down(silu(gate(x)) · up(x)). */
+export class LlamaMLP extends Module {
+  gate_proj: Linear;
+  up_proj: Linear;
+  down_proj: Linear;
+
+  constructor(config: LlamaConfig, layerIndex: number, opts: LlamaModelOptions = {}) {
+    super();
+    const { hiddenSize: hd, intermediateSize: is, mlpBias: bias } = config;
+    const seed = (opts.seed ?? 0) + 1000 * layerIndex + 500;
+    this.gate_proj = new Linear(hd, is, { ...opts, bias, seed: seed + 1 });
+    this.up_proj = new Linear(hd, is, { ...opts, bias, seed: seed + 3 });
+    this.down_proj = new Linear(is, hd, { ...opts, bias, seed: seed + 5 });
+  }
+
+  override forward(x: Tensor): Tensor {
+    return this.down_proj.forward(mul(silu(this.gate_proj.forward(x)), this.up_proj.forward(x)));
+  }
+}
+
+/** One pre-norm transformer block. */
+export class LlamaDecoderLayer extends Module {
+  self_attn: LlamaAttention;
+  mlp: LlamaMLP;
+  input_layernorm: LlamaRMSNorm;
+  post_attention_layernorm: LlamaRMSNorm;
+
+  constructor(config: LlamaConfig, layerIndex: number, opts: LlamaModelOptions = {}) {
+    super();
+    const norm = { eps: config.rmsNormEps, device: opts.device, dtype: opts.dtype };
+    this.self_attn = new LlamaAttention(config, layerIndex, opts);
+    this.mlp = new LlamaMLP(config, layerIndex, opts);
+    this.input_layernorm = new LlamaRMSNorm(config.hiddenSize, norm);
+    this.post_attention_layernorm = new LlamaRMSNorm(config.hiddenSize, norm);
+  }
+
+  override forward(x: Tensor, ctx: LayerContext): Tensor {
+    const h = add(x, this.self_attn.forward(this.input_layernorm.forward(x), ctx));
+    return add(h, this.mlp.forward(this.post_attention_layernorm.forward(h)));
+  }
+}
+
+/** Embeddings, decoder layers and the final norm (transformers' `LlamaModel`). */
+export class LlamaModel extends Module {
+  embed_tokens: Embedding;
+  layers: LlamaDecoderLayer[];
+  norm: LlamaRMSNorm;
+
+  constructor(config: LlamaConfig, opts: LlamaModelOptions = {}) {
+    super();
+    this.embed_tokens = new Embedding(config.vocabSize, config.hiddenSize, { ...opts, seed: opts.seed });
+    this.layers = Array.from(
+      { length: config.numHiddenLayers },
+      (_, i) => new LlamaDecoderLayer(config, i, opts),
+    );
+    this.norm = new LlamaRMSNorm(config.hiddenSize, {
+      eps: config.rmsNormEps,
+      device: opts.device,
+      dtype: opts.dtype,
+    });
+  }
+
+  /** ids → final hidden states [batch, seq, hidden]. */
+  override forward(ids: { data: Int32Array; shape: number[] }, ctx: LayerContext): Tensor {
+    let h = this.embed_tokens.forward(ids);
+    for (const layer of this.layers) h = layer.forward(h, ctx);
+    return this.norm.forward(h);
+  }
+}
+
+/** Reads token-like input into Int32Array + [batch, seq], naming `what` in errors. */
+function toGrid(input: TokenInput, what: string): { data: Int32Array; shape: [number, number] } {
+  let values: ArrayLike<number>;
+  let shape: readonly number[];
+  if (Array.isArray(input)) {
+    if (input.length === 0 || !input.every(Array.isArray)) {
+      throw new ShapeError(`LlamaForCausalLM.forward: ${what} must be a non-empty list of rows`);
+    }
+    const w = input[0].length;
+    if (input.some((r) => r.length !== w)) {
+      throw new ShapeError(
+        `LlamaForCausalLM.forward: ${what} rows have different lengths (${input.map((r) => r.length)}); ` +
+          `pad them and pass an attentionMask`,
+      );
+    }
+    values = input.flat();
+    shape = [input.length, w];
+  } else if (input && typeof input === "object" && "data" in input && "shape" in input) {
+    values = input.data;
+    shape = input.shape;
+  } else {
+    throw new ShapeError(`LlamaForCausalLM.forward: ${what} must be number[][] or { data, shape }`);
+  }
+  if (shape.length !== 2 || shape[0] * shape[1] !== values.length || shape[0] < 1 || shape[1] < 1) {
+    throw new ShapeError(
+      `LlamaForCausalLM.forward: ${what} must be [batch, seq] with ${values.length} values, got shape [${shape}]`,
+    );
+  }
+  const data = new Int32Array(values.length);
+  for (let i = 0; i < values.length; i++) {
+    const v = Number(values[i]);
+    if (!Number.isInteger(v)) {
+      throw new ShapeError(`LlamaForCausalLM.forward: ${what} value ${values[i]} at ${i}`);
+    }
+    data[i] = v;
+  }
+  return { data, shape: [shape[0], shape[1]] };
+}
+
+/** A causal language model: `LlamaModel` plus the output head (tied to the embeddings when configured). */
+export class LlamaForCausalLM extends Module {
+  model: LlamaModel;
+  lm_head: Linear;
+  /** The parsed config.json; `architectures` tells PEFT helpers this is a causal LM. */
+  readonly config: LlamaConfig;
+  /** Parameter dtype. */
+  readonly dtype: DType;
+  #rope: RopeTables;
+  #rotations = new WeakMap<Device, Map<DType, Tensor>>();
+
+  /** A model of `config` (a parsed config or a config.json object) with random or shape-only weights. */
+  constructor(config: LlamaConfig | Record<string, unknown>, opts: LlamaModelOptions = {}) {
+    super();
+    const cfg = "source" in config && "rope" in config ? config as LlamaConfig : parseLlamaConfig(config);
+    const o = {
+      ...opts,
+      device: opts.device ?? currentDevice(),
+      dtype: opts.dtype ?? "f32",
+      seed: opts.seed ?? nextSeed(),
+    };
+    this.model = new LlamaModel(cfg, o);
+    this.lm_head = new Linear(cfg.hiddenSize, cfg.vocabSize, { ...o, bias: false, seed: o.seed + 77 });
+    if (cfg.tieWordEmbeddings) this.lm_head.weight = this.model.embed_tokens.weight;
+    this.config = cfg;
+    this.dtype = o.dtype;
+    this.#rope = new RopeTables(cfg.headDim, cfg.rope);
+  }
+
+  /**
+   * Loads a transformers checkpoint: a directory with `config.json` and `model.safetensors` (or shards
+   * listed in `model.safetensors.index.json`), or `{ config, weights }` with the bytes of the
+   * safetensors file(s). Weights in F32, F16 or BF16 are converted to `opts.dtype` (default f32).
+   * @throws {ConfigError} for unsupported config fields; {@link FormatError} for missing, unexpected or
+   *   mis-shaped weights (naming the key)
+   */
+  static async fromPretrained(source: ModelSource, opts: LlamaModelOptions = {}): Promise<LlamaForCausalLM> {
+    return await loadLlamaWeights(
+      source,
+      (config) => new LlamaForCausalLM(config, { ...opts, materialize: false }),
+    );
+  }
+
+  /** Writes `config.json` and `model.safetensors` as transformers' `save_pretrained` does. */
+  async savePretrained(dir: string, opts: SaveModelOptions = {}): Promise<void> {
+    await saveModel(this, dir, opts);
+  }
+
+  /** The ±1 rotate-half matrix on `device` in `dtype`, uploaded once. */
+  #rotation(device: Device, dtype: DType): Tensor {
+    let byDType = this.#rotations.get(device);
+    if (byDType === undefined) this.#rotations.set(device, byDType = new Map());
+    let rot = byDType.get(dtype);
+    if (rot === undefined || rot.isDisposed) {
+      const d = this.config.headDim;
+      rot = keep(tensor(rotateHalfMatrix(d), [d, d], { device, dtype }));
+      byDType.set(dtype, rot);
+    }
+    return rot;
+  }
+
+  /**
+   * Logits and (with `labels`) transformers' causal-LM loss: labels shifted left by one, mean
+   * cross-entropy over positions whose label is not −100.
+   */
+  override forward(inputIds: TokenInput, opts: LlamaForwardOptions = {}): CausalLMOutput {
+    const ids = toGrid(inputIds, "inputIds");
+    const [batch, seq] = ids.shape;
+    const vocab = this.config.vocabSize;
+    for (let i = 0; i < ids.data.length; i++) {
+      if (ids.data[i] < 0 || ids.data[i] >= vocab) {
+        throw new ShapeError(
+          `LlamaForCausalLM.forward: token id ${ids.data[i]} at ${i} is not in [0, ${vocab})`,
+        );
+      }
+    }
+    const cache = opts.cache ?? null;
+    const past = cache?.length ?? 0;
+    if (cache !== null && cache.keys.length !== this.config.numHiddenLayers) {
+      throw new ShapeError(
+        `LlamaForCausalLM.forward: cache has ${cache.keys.length} layers, the model ${this.config.numHiddenLayers}`,
+      );
+    }
+    const keys = past + seq;
+    const device = this.model.embed_tokens.weight.device;
+    const dtype = this.dtype;
+
+    let keyMask: Int32Array | null = null;
+    if (opts.attentionMask !== undefined) {
+      const m = toGrid(opts.attentionMask, "attentionMask");
+      if (m.shape[0] !== batch || m.shape[1] !== keys) {
+        throw new ShapeError(
+          `LlamaForCausalLM.forward: attentionMask [${m.shape}] does not match [batch, past + seq] = [${batch}, ${keys}]`,
+        );
+      }
+      if (m.data.some((v) => v !== 0 && v !== 1)) {
+        throw new ShapeError(`LlamaForCausalLM.forward: attentionMask must hold only 0 and 1`);
+      }
+      if (m.data.some((v) => v === 0)) keyMask = m.data;
+    }
+
+    let positions: Int32Array;
+    let posBatch = 1;
+    if (opts.positionIds !== undefined) {
+      const p = toGrid(opts.positionIds, "positionIds");
+      if (p.shape[0] !== batch || p.shape[1] !== seq) {
+        throw new ShapeError(`LlamaForCausalLM.forward: positionIds [${p.shape}] must be [${batch}, ${seq}]`);
+      }
+      positions = p.data;
+      posBatch = batch;
+    } else {
+      positions = Int32Array.from({ length: seq }, (_, i) => past + i);
+    }
+    const { cos, sin } = this.#rope.gather(positions);
+    const d = this.config.headDim;
+    const ctx: LayerContext = {
+      cos: tensor(cos, [posBatch, 1, seq, d], { device, dtype }),
+      sin: tensor(sin, [posBatch, 1, seq, d], { device, dtype }),
+      rot: this.#rotation(device, dtype),
+      mask: this.#buildMask(batch, seq, past, keyMask, device),
+      cache,
+    };
+    const hidden = this.model.forward(ids, ctx);
+    const h = opts.lastOnly && seq > 1 ? slice(hidden, 1, seq - 1, seq) : hidden;
+    const logits = this.lm_head.forward(h);
+    let loss: Tensor | null = null;
+    if (opts.labels !== undefined) {
+      if (opts.lastOnly) {
+        throw new ConfigError(`LlamaForCausalLM.forward: labels need every position (drop lastOnly)`);
+      }
+      loss = this.#causalLoss(logits, toGrid(opts.labels, "labels"), batch, seq);
+    }
+    return { logits, loss };
+  }
+
+  /** Causal mask plus padding mask as additive values, or null when no entry is masked. */
+  #buildMask(
+    batch: number,
+    seq: number,
+    past: number,
+    keyMask: Int32Array | null,
+    device: Device,
+  ): Tensor | null {
+    if (seq === 1 && keyMask === null) return null;
+    const keys = past + seq;
+    const rows = keyMask === null ? 1 : batch;
+    const dtype = computeDType(this.dtype);
+    const neg = maskValue(dtype);
+    const m = new Float64Array(rows * seq * keys);
+    for (let b = 0; b < rows; b++) {
+      for (let i = 0; i < seq; i++) {
+        for (let j = 0; j < keys; j++) {
+          const visible = j <= past + i && (keyMask === null || keyMask[b * keys + j] === 1);
+          if (!visible) m[(b * seq + i) * keys + j] = neg;
+        }
+      }
+    }
+    return tensor(m, [rows, 1, 1, seq, keys], { device, dtype });
+  }
+
+  #causalLoss(
+    logits: Tensor,
+    labels: { data: Int32Array; shape: [number, number] },
+    batch: number,
+    seq: number,
+  ) {
+    if (labels.shape[0] !== batch || labels.shape[1] !== seq) {
+      throw new ShapeError(`LlamaForCausalLM.forward: labels [${labels.shape}] must be [${batch}, ${seq}]`);
+    }
+    const vocab = this.config.vocabSize;
+    const targets = new Int32Array(batch * seq).fill(-100);
+    for (let b = 0; b < batch; b++) {
+      for (let i = 0; i + 1 < seq; i++) {
+        const t = labels.data[b * seq + i + 1];
+        if (t !== -100 && (t < 0 || t >= vocab)) {
+          throw new ShapeError(
+            `LlamaForCausalLM.forward: label ${t} at row ${b}, position ${i + 1} is not in [0, ${vocab})`,
+          );
+        }
+        targets[b * seq + i] = t;
+      }
+    }
+    let flat = reshape(logits, [batch * seq, vocab]);
+    if (flat.dtype === "f16") flat = cast(flat, "f32"); // transformers computes the loss in float32
+    return crossEntropy(flat, targets);
+  }
+
+  /** One generation step for {@link generateTokens}: the new positions' last logits, cache extended. */
+  forwardStep(
+    ids: { data: Int32Array; shape: [number, number] },
+    opts: { attentionMask: Int32Array; positionIds: Int32Array; cache: KVCache },
+  ): Tensor {
+    const [batch, seq] = ids.shape;
+    return tidy(() =>
+      noGrad(() =>
+        this.forward(ids, {
+          attentionMask: { data: opts.attentionMask, shape: [batch, opts.attentionMask.length / batch] },
+          positionIds: { data: opts.positionIds, shape: [batch, seq] },
+          cache: opts.cache,
+          lastOnly: true,
+        }).logits
+      )
+    );
+  }
+
+  /**
+   * Greedy or sampled continuation of each prompt with a KV cache; returns prompt + new tokens per row.
+   * Prompts of different lengths are left-padded internally.
+   */
+  async generate(promptIds: number[][], opts: GenerateOptions): Promise<number[][]> {
+    return await generateTokens(this, promptIds, opts);
+  }
+}

@@ -1,0 +1,198 @@
+/**
+ * Training checkpoints: the adapter in PEFT's layout (so the directory is also a loadable adapter),
+ * the optimizer's moment buffers in `optimizer.safetensors` keyed by parameter name, and step counts,
+ * hyperparameters, scheduler position and loss history in `trainer_state.json`. Every file of a
+ * checkpoint is written to a temporary name first and renamed into place together.
+ * @module
+ */
+import type { Module } from "../nn/module.ts";
+import type { Tensor } from "../tensor/tensor.ts";
+import type { AdamW } from "../optim/adamw.ts";
+import { type RawTensorEntry, readSafetensors, writeSafetensors } from "../io/safetensors.ts";
+import { joinPath, mkdirp, pathKind, readFileBytes, readFileText, writeFilesAtomic } from "../io/fs.ts";
+import { ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, adapterToFilesAsync } from "../peft/adapter.ts";
+import { ConfigError, FormatError } from "../errors.ts";
+
+/** File holding the optimizer's moment buffers. */
+export const OPTIMIZER_WEIGHTS_NAME = "optimizer.safetensors";
+/** File holding step counts, hyperparameters, scheduler position and losses. */
+export const TRAINER_STATE_NAME = "trainer_state.json";
+
+/** PEFT's key prefix in adapter files. */
+const PEFT_PREFIX = "base_model.model.";
+
+/** A learning-rate schedule a checkpoint can restore. */
+export interface CheckpointableSchedule {
+  stateDict(): Record<string, unknown>;
+  loadStateDict(sd: Record<string, unknown>): void;
+}
+
+/** What `trainer_state.json` holds. */
+export interface TrainerState {
+  format: "lora-webgpu-trainer/1";
+  /** Steps completed. */
+  step: number;
+  optimizer: {
+    lr: number;
+    betas: [number, number];
+    eps: number;
+    weight_decay: number;
+    /** Per parameter name: steps it has taken (absent: never updated). */
+    steps: Record<string, number>;
+  };
+  scheduler: Record<string, unknown> | null;
+  /** Loss of every completed step. */
+  losses: number[];
+}
+
+/** The optimizer's parameters by their names in `model` (every one must belong to it). */
+function optimizerNames(model: Module, optimizer: AdamW, op: string): string[] {
+  const byTensor = new Map(model.namedParameters().map(([n, t]) => [t, n]));
+  return optimizer.params.map((p, i) => {
+    const name = byTensor.get(p);
+    if (name === undefined) {
+      throw new ConfigError(`${op}: optimizer parameter ${i} [${p.shape}] is not a parameter of the model`);
+    }
+    return name;
+  });
+}
+
+/**
+ * Writes a checkpoint of `model`'s adapter and `optimizer`'s state into `dir` (created when missing).
+ * Only the adapter weights are saved: the optimizer must train exactly the model's LoRA weights.
+ */
+export async function saveCheckpoint(
+  dir: string,
+  args: {
+    model: Module;
+    optimizer: AdamW;
+    step: number;
+    scheduler?: CheckpointableSchedule | null;
+    losses?: number[];
+  },
+): Promise<void> {
+  const { model, optimizer } = args;
+  const names = optimizerNames(model, optimizer, "saveCheckpoint");
+  const adapter = await adapterToFilesAsync(model);
+  const adapterKeys = new Set(readSafetensors(adapter[ADAPTER_WEIGHTS_NAME]).tensors.keys());
+  for (const n of names) {
+    if (!adapterKeys.has(PEFT_PREFIX + n)) {
+      throw new ConfigError(
+        `saveCheckpoint: the optimizer trains ${n}, which is not an adapter weight; checkpoints hold the ` +
+          `adapter and optimizer state only`,
+      );
+    }
+  }
+  const moments: Record<string, RawTensorEntry> = {};
+  const steps: Record<string, number> = {};
+  for (let i = 0; i < names.length; i++) {
+    const s = optimizer.state[i];
+    if (s === null) continue;
+    steps[names[i]] = s.step;
+    for (const [key, t] of [["exp_avg", s.expAvg], ["exp_avg_sq", s.expAvgSq]] as [string, Tensor][]) {
+      moments[`${names[i]}.${key}`] = {
+        dtype: t.dtype === "f64" ? "F64" : "F32",
+        shape: [...t.shape],
+        data: await t.data(),
+      };
+    }
+  }
+  const state: TrainerState = {
+    format: "lora-webgpu-trainer/1",
+    step: args.step,
+    optimizer: {
+      lr: optimizer.lr,
+      betas: [...optimizer.betas],
+      eps: optimizer.eps,
+      weight_decay: optimizer.weightDecay,
+      steps,
+    },
+    scheduler: args.scheduler?.stateDict() ?? null,
+    losses: args.losses ?? [],
+  };
+  await mkdirp(dir);
+  await writeFilesAtomic({
+    [joinPath(dir, ADAPTER_WEIGHTS_NAME)]: adapter[ADAPTER_WEIGHTS_NAME],
+    [joinPath(dir, ADAPTER_CONFIG_NAME)]: adapter[ADAPTER_CONFIG_NAME],
+    [joinPath(dir, OPTIMIZER_WEIGHTS_NAME)]: writeSafetensors(moments),
+    [joinPath(dir, TRAINER_STATE_NAME)]: JSON.stringify(state, null, 2) + "\n",
+  });
+}
+
+async function readRequired(dir: string, name: string): Promise<Uint8Array> {
+  const path = joinPath(dir, name);
+  if ((await pathKind(path)) !== "file") throw new FormatError(`loadCheckpoint: ${path} does not exist`);
+  return await readFileBytes(path);
+}
+
+/**
+ * Restores a checkpoint written by {@link saveCheckpoint} into a model that already carries the same
+ * adapters (adapter weights are copied into them), the optimizer, and the scheduler. Returns the
+ * trainer state (step and loss history).
+ * @throws {FormatError} for missing files or keys; {@link ConfigError} when the optimizer's parameters
+ *   are not the checkpoint's
+ */
+export async function loadCheckpoint(
+  dir: string,
+  args: { model: Module; optimizer: AdamW; scheduler?: CheckpointableSchedule | null },
+): Promise<TrainerState> {
+  const { model, optimizer } = args;
+  const names = optimizerNames(model, optimizer, "loadCheckpoint");
+  const statePath = joinPath(dir, TRAINER_STATE_NAME);
+  if ((await pathKind(statePath)) !== "file") {
+    throw new FormatError(`loadCheckpoint: ${statePath} does not exist`);
+  }
+  let state: TrainerState;
+  try {
+    state = JSON.parse(await readFileText(statePath));
+  } catch (e) {
+    throw new FormatError(`loadCheckpoint: ${statePath} is not valid JSON (${(e as Error).message})`);
+  }
+  if (state?.format !== "lora-webgpu-trainer/1" || !Number.isInteger(state.step) || state.step < 0) {
+    throw new FormatError(`loadCheckpoint: ${statePath} is not a trainer state of this library`);
+  }
+  const adapter = readSafetensors(await readRequired(dir, ADAPTER_WEIGHTS_NAME)).tensors;
+  const moments = readSafetensors(await readRequired(dir, OPTIMIZER_WEIGHTS_NAME)).tensors;
+  const weights: Record<string, { shape: number[]; data: Float32Array | Float64Array }> = {};
+  const optState: Record<number, { step: number; exp_avg: Moment; exp_avg_sq: Moment }> = {};
+  names.forEach((n, i) => {
+    const w = adapter.get(PEFT_PREFIX + n);
+    if (w === undefined) {
+      throw new ConfigError(
+        `loadCheckpoint: the optimizer trains ${n}, but the checkpoint's adapter has no ${PEFT_PREFIX}${n}`,
+      );
+    }
+    weights[n] = { shape: w.shape, data: w.data as Float32Array };
+    const step = state.optimizer.steps[n];
+    if (step === undefined) return;
+    const m = moments.get(`${n}.exp_avg`), v = moments.get(`${n}.exp_avg_sq`);
+    if (m === undefined || v === undefined) {
+      throw new FormatError(`loadCheckpoint: ${OPTIMIZER_WEIGHTS_NAME} lacks the moments of ${n}`);
+    }
+    optState[i] = {
+      step,
+      exp_avg: { shape: m.shape, data: m.data as Float32Array },
+      exp_avg_sq: { shape: v.shape, data: v.data as Float32Array },
+    };
+  });
+  const extra = [...adapter.keys()].filter((k) => !names.includes(k.slice(PEFT_PREFIX.length)));
+  if (extra.length > 0) {
+    throw new ConfigError(
+      `loadCheckpoint: the checkpoint's adapter has weights the optimizer does not train: ${
+        extra.slice(0, 4).join(", ")
+      }`,
+    );
+  }
+  const { lr, betas, eps, weight_decay } = state.optimizer;
+  optimizer.loadStateDict({ state: optState, param_groups: [{ lr, betas, eps, weight_decay }] });
+  model.loadStateDict(weights, { strict: false });
+  if (args.scheduler) {
+    if (state.scheduler === null) {
+      throw new FormatError(`loadCheckpoint: the checkpoint has no scheduler state`);
+    }
+    args.scheduler.loadStateDict(state.scheduler);
+  }
+  return state;
+}
+
+type Moment = { shape: number[]; data: Float32Array };

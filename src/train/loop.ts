@@ -1,0 +1,184 @@
+/**
+ * A training loop for causal LMs: forward with labels, backward, optional clipping, optimizer and
+ * scheduler steps, each step inside a memory scope so its activations are freed at once. Losses stay on
+ * the device and are read back in one transfer every `logEvery` steps (each read is a wait on the GPU,
+ * ≥ 11 ms in Deno), which is also when progress is reported and checkpoints are written.
+ * @module
+ */
+import type { Module } from "../nn/module.ts";
+import type { Tensor } from "../tensor/tensor.ts";
+import { concat, detach, reshape } from "../tensor/ops.ts";
+import { tidy } from "../autograd/graph.ts";
+import type { AdamW } from "../optim/adamw.ts";
+import { clipGradNorm } from "../optim/clip.ts";
+import type { TokenInput } from "../models/llama.ts";
+import { type CheckpointableSchedule, loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
+import { ConfigError, ShapeError } from "../errors.ts";
+
+/** One training batch. */
+export interface TrainBatch {
+  inputIds: TokenInput;
+  /** Default: the input ids, with −100 where `attentionMask` is 0. */
+  labels?: TokenInput;
+  attentionMask?: TokenInput;
+}
+
+/** A model the loop can train: a forward taking labels and returning a loss. */
+export interface TrainableLM extends Module {
+  forward(
+    inputIds: TokenInput,
+    opts: { labels?: TokenInput; attentionMask?: TokenInput },
+  ): { loss: Tensor | null };
+}
+
+/** A schedule the loop steps once per optimizer step. */
+export interface StepSchedule extends CheckpointableSchedule {
+  step(): void;
+}
+
+/** What `onProgress` receives every `logEvery` steps and after the last one. */
+export interface TrainProgress {
+  /** Steps completed. */
+  step: number;
+  /** The step count the run aims at. */
+  totalSteps: number;
+  /** Mean loss of the steps since the previous report. */
+  loss: number;
+  /** Each of those steps' losses. */
+  losses: number[];
+  /** Learning rate now set. */
+  lr: number;
+  /** Tokens (non-padding) per second over those steps. */
+  tokensPerSecond: number;
+  /** Estimated seconds to `totalSteps` at the rate of this run so far. */
+  etaSeconds: number;
+  /** Seconds since this call started. */
+  elapsedSeconds: number;
+}
+
+/** Options of {@link train}. */
+export interface TrainOptions {
+  model: TrainableLM;
+  optimizer: AdamW;
+  /** Step s uses `batches[s % batches.length]`, or `batches(s)`: a resumed run sees the same data. */
+  batches: TrainBatch[] | ((step: number) => TrainBatch);
+  /** Total steps (a resumed run continues from its checkpoint's step to this). */
+  steps: number;
+  /** Read losses, report and (with checkpointDir) checkpoint every this many steps (default 10). */
+  logEvery?: number;
+  onProgress?: (p: TrainProgress) => void;
+  scheduler?: StepSchedule | null;
+  /** Clip the global gradient norm to this before each step. */
+  clipNorm?: number;
+  /** Write a checkpoint here at every report (see saveCheckpoint); the last one after the final step. */
+  checkpointDir?: string;
+  /** Restore model adapter, optimizer and scheduler from this checkpoint directory first. */
+  resumeFrom?: string;
+}
+
+/** What {@link train} returns. */
+export interface TrainResult {
+  /** Steps completed (including those before a resume). */
+  step: number;
+  /** Loss of every completed step, from the checkpoint's history on when resumed. */
+  losses: number[];
+}
+
+function toRows(input: TokenInput): { data: ArrayLike<number>; shape: readonly number[] } {
+  if (Array.isArray(input)) return { data: input.flat(), shape: [input.length, input[0]?.length ?? 0] };
+  return input;
+}
+
+/** Labels defaulting to the inputs with padding ignored; and the count of real tokens. */
+function prepare(batch: TrainBatch): { labels: TokenInput; tokens: number } {
+  const ids = toRows(batch.inputIds);
+  const mask = batch.attentionMask === undefined ? null : toRows(batch.attentionMask);
+  if (mask !== null && mask.data.length !== ids.data.length) {
+    throw new ShapeError(`train: attentionMask [${mask.shape}] does not match inputIds [${ids.shape}]`);
+  }
+  let tokens = ids.data.length;
+  if (mask !== null) {
+    tokens = 0;
+    for (let i = 0; i < mask.data.length; i++) tokens += mask.data[i] === 1 ? 1 : 0;
+  }
+  if (batch.labels !== undefined) return { labels: batch.labels, tokens };
+  const data = Array.from(ids.data, (v, i) => (mask !== null && mask.data[i] === 0 ? -100 : v));
+  return { labels: { data, shape: ids.shape }, tokens };
+}
+
+/**
+ * Trains `model` for `steps` steps (from 0, or from the checkpoint's step with `resumeFrom`) and
+ * returns every step's loss. Everything but the periodic read-back stays on the model's device.
+ */
+export async function train(opts: TrainOptions): Promise<TrainResult> {
+  const { model, optimizer, batches, steps } = opts;
+  const logEvery = opts.logEvery ?? 10;
+  if (!Number.isInteger(steps) || steps < 0) {
+    throw new ConfigError(`train: steps must be a non-negative integer, got ${steps}`);
+  }
+  if (!Number.isInteger(logEvery) || logEvery < 1) {
+    throw new ConfigError(`train: logEvery must be a positive integer, got ${opts.logEvery}`);
+  }
+  if (Array.isArray(batches) ? batches.length === 0 : typeof batches !== "function") {
+    throw new ConfigError(`train: batches must be a non-empty array or a function of the step`);
+  }
+  const scheduler = opts.scheduler ?? null;
+  let step = 0;
+  let losses: number[] = [];
+  if (opts.resumeFrom !== undefined) {
+    const state = await loadCheckpoint(opts.resumeFrom, { model, optimizer, scheduler });
+    step = state.step;
+    losses = state.losses.slice(0, step);
+  }
+  const params = optimizer.params;
+  const started = performance.now();
+  const firstStep = step;
+  let windowStart = started;
+  let windowTokens = 0;
+  let pending: Tensor[] = [];
+  optimizer.zeroGrad();
+  model.train();
+  while (step < steps) {
+    const batch = Array.isArray(batches) ? batches[step % batches.length] : batches(step);
+    const { labels, tokens } = prepare(batch);
+    const loss = tidy(() => {
+      const out = model.forward(batch.inputIds, { labels, attentionMask: batch.attentionMask });
+      if (out.loss === null) throw new ConfigError(`train: the model returned no loss`);
+      out.loss.backward();
+      if (opts.clipNorm !== undefined) clipGradNorm(params, opts.clipNorm);
+      optimizer.step();
+      optimizer.zeroGrad();
+      scheduler?.step();
+      return detach(out.loss);
+    });
+    pending.push(loss);
+    windowTokens += tokens;
+    step += 1;
+    if (step % logEvery !== 0 && step !== steps) continue;
+    const read = tidy(() => concat(pending.map((l) => reshape(l, [1])), 0));
+    const values = Array.from(await read.data());
+    read.dispose();
+    for (const l of pending) l.dispose();
+    pending = [];
+    losses.push(...values);
+    const now = performance.now();
+    const elapsed = (now - started) / 1000;
+    const perStep = elapsed / (step - firstStep);
+    opts.onProgress?.({
+      step,
+      totalSteps: steps,
+      loss: values.reduce((a, b) => a + b, 0) / values.length,
+      losses: values,
+      lr: optimizer.lr,
+      tokensPerSecond: windowTokens / Math.max((now - windowStart) / 1000, 1e-9),
+      etaSeconds: perStep * (steps - step),
+      elapsedSeconds: elapsed,
+    });
+    windowStart = now;
+    windowTokens = 0;
+    if (opts.checkpointDir !== undefined) {
+      await saveCheckpoint(opts.checkpointDir, { model, optimizer, step, scheduler, losses });
+    }
+  }
+  return { step, losses };
+}
