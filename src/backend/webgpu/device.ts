@@ -152,11 +152,11 @@ async function openHardwareGpu(): Promise<Device | null> {
 export async function defaultDevice(): Promise<Device> {
   const explicit = explicitDefaultDevice();
   if (explicit !== null) return explicit;
-  if (defaultGpu !== null) {
-    const d = await defaultGpu;
-    if (d !== null && d.lostReason === null) return d;
-    if (d === null) return cpuDevice();
-  }
+  const cached = defaultGpu === null ? null : await defaultGpu;
+  if (cached !== null && cached.lostReason === null) return cached;
   defaultGpu = openHardwareGpu();
-  return (await defaultGpu) ?? cpuDevice();
+  const opened = await defaultGpu;
+  // Without a hardware GPU, look again next time rather than remembering the absence.
+  if (opened === null) defaultGpu = null;
+  return opened ?? cpuDevice();
 }

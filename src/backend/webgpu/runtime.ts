@@ -288,7 +288,7 @@ export class GpuRuntime {
   /** Copies the first `bytes` bytes of `buf` to the host (submits all recorded work first). */
   async read(buf: GpuBuffer, bytes: number, op = "read"): Promise<ArrayBuffer> {
     this.checkAlive(op);
-    const size = Math.max(4, bytes);
+    const size = Math.max(4, Math.ceil(bytes / 4) * 4);
     const capacity = Math.min(sizeClass(size), Math.max(size, this.limits.maxBufferSize));
     const staging = this.#staging.get(capacity)?.pop() ??
       this.device.createBuffer({ size: capacity, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });

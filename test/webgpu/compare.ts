@@ -1,0 +1,117 @@
+/**
+ * Helpers of the GPU suite: identical random inputs for the WebGPU and CPU backends, running one
+ * computation on both, and the tolerances of the issue (relative error ≤ 1e-4 for f32, ≤ 1e-2 for f16).
+ */
+import assert from "node:assert/strict";
+import fc from "fast-check";
+import { cpuDevice, type Device, type DType } from "../../mod.ts";
+import type { Backend, Storage } from "../../src/backend/backend.ts";
+import { roundToF16 } from "../../src/tensor/dtype.ts";
+import { Rng } from "../../src/tensor/random.ts";
+import { relErr } from "../helpers.ts";
+
+/** The storage dtypes WebGPU has. */
+export type FloatType = "f32" | "f16";
+
+/** Relative error allowed against the CPU reference. */
+export const TOL: Record<FloatType, number> = { f32: 1e-4, f16: 1e-2 };
+
+/** Worst relative error seen per property name (printed at the end of a test file for the report). */
+export const worst = new Map<string, number>();
+
+/** Records an error for {@link worst}. */
+export function note(name: string, err: number): void {
+  worst.set(name, Math.max(worst.get(name) ?? 0, err));
+}
+
+/** Prints the worst errors recorded so far. */
+export function printWorst(file: string): void {
+  const lines = [...worst].map(([k, v]) => `  ${k}: ${v.toExponential(2)}`);
+  console.log(`worst relative errors (${file}):\n${lines.join("\n")}`);
+}
+
+/** Dtypes the property tests draw from: f16 only where the device has it. */
+export function floatTypes(device: Device): fc.Arbitrary<FloatType> {
+  return device.supportsDType("f16")
+    ? fc.constantFrom<FloatType>("f32", "f16")
+    : fc.constant<FloatType>("f32");
+}
+
+/** A dimension in 1..max, biased towards primes and tile edges. */
+export function dim(max = 300): fc.Arbitrary<number> {
+  const special = [1, 2, 3, 5, 7, 13, 31, 61, 63, 64, 65, 127, 128, 129, 251, 257, 293].filter((d) =>
+    d <= max
+  );
+  return fc.oneof(fc.integer({ min: 1, max }), fc.constantFrom(...special));
+}
+
+/** A seed for {@link values}. */
+export const seedArb: fc.Arbitrary<number> = fc.integer({ min: 0, max: 0x7fffffff });
+
+/** How {@link values} draws: standard normal, or uniform in [lo, hi). */
+export type Dist = "normal" | { lo: number; hi: number };
+
+/** `n` seeded random values, already rounded to f16 for f16 so that both backends see the same inputs. */
+export function values(n: number, seed: number, dtype: FloatType, dist: Dist = "normal"): Float32Array {
+  const rng = new Rng(seed);
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    const v = dist === "normal" ? rng.normal() : dist.lo + (dist.hi - dist.lo) * rng.uniform();
+    out[i] = dtype === "f16" ? roundToF16(v) : v;
+  }
+  return out;
+}
+
+/** Uploads host arrays to a backend and frees everything uploaded afterwards. */
+export class Uploads {
+  readonly #made: Storage[] = [];
+  constructor(readonly be: Backend, readonly dtype: DType) {}
+  /** A storage of `data` (kept alive until {@link freeAll}). */
+  up(data: ArrayLike<number>): Storage {
+    const s = this.be.upload(data, this.dtype);
+    this.#made.push(s);
+    return s;
+  }
+  /** Frees every storage made here (and `extra`). */
+  freeAll(...extra: (Storage | null)[]): void {
+    for (const s of [...this.#made, ...extra]) if (s !== null) this.be.free(s);
+  }
+}
+
+/**
+ * Runs `f` on the WebGPU backend and on the CPU reference with the same inputs and returns both results
+ * as host arrays. Frees every storage afterwards and checks that the GPU backend's live memory is back
+ * where it was (no leaks).
+ */
+export async function onBoth(
+  device: Device,
+  dtype: FloatType,
+  f: (u: Uploads) => Storage | Storage[],
+): Promise<{ gpu: Float32Array[]; cpu: Float32Array[] }> {
+  const before = device.backend.memory();
+  const run = async (be: Backend) => {
+    const u = new Uploads(be, dtype);
+    const outs = [f(u)].flat();
+    const host = [];
+    for (const s of outs) host.push(Float32Array.from(await be.read(s)));
+    u.freeAll(...outs);
+    return host;
+  };
+  const gpu = await run(device.backend);
+  const cpu = await run(cpuDevice().backend);
+  assert.deepEqual(device.backend.memory(), before, "GPU storages leaked");
+  return { gpu, cpu };
+}
+
+/** Asserts relative error within the dtype's tolerance and records it under `name`. */
+export function assertClose(
+  name: string,
+  ours: ArrayLike<number>,
+  ref: ArrayLike<number>,
+  dtype: FloatType,
+): void {
+  assert.equal(ours.length, ref.length, `${name}: lengths differ`);
+  const e = relErr(ours, ref);
+  note(`${name} ${dtype}`, e);
+  assert.ok(e <= TOL[dtype], `${name} (${dtype}): relative error ${e} > ${TOL[dtype]}`);
+}

@@ -1,0 +1,41 @@
+/**
+ * The WebGPU device the GPU suite runs on, opened once per test process. In CI (env CI=true) a missing
+ * adapter fails the suite; elsewhere the GPU tests are skipped with a printed reason.
+ */
+import { type Device, webgpuDevice } from "../../mod.ts";
+
+async function open(): Promise<{ device: Device | null; reason: string }> {
+  try {
+    return { device: await webgpuDevice(), reason: "" };
+  } catch (e) {
+    if (Deno.env.get("CI") === "true") {
+      throw new Error(`CI=true but no WebGPU device could be opened, so the GPU suite cannot run: ${e}`);
+    }
+    return { device: null, reason: String((e as Error).message ?? e) };
+  }
+}
+
+const opened = await open();
+if (opened.device === null) {
+  console.warn(`skipping the WebGPU tests: ${opened.reason}`);
+}
+
+/** The shared WebGPU test device, or null when there is none (outside CI). */
+export const gpu: Device | null = opened.device;
+
+/** Whether GPU tests must be skipped (no adapter outside CI). */
+export const noGpu: boolean = gpu === null;
+
+/** The shared device; only call inside tests registered with `ignore: noGpu`. */
+export function gpuDevice(): Device {
+  if (gpu === null) throw new Error("gpuDevice: no WebGPU device (this test should have been ignored)");
+  return gpu;
+}
+
+/**
+ * Registers a GPU test: skipped (with the reason printed once above) when there is no adapter outside CI.
+ * Sanitizers stay on: tests must leave no pending reads behind.
+ */
+export function gpuTest(name: string, fn: (device: Device) => Promise<void> | void): void {
+  Deno.test({ name, ignore: noGpu, fn: () => fn(gpuDevice()) });
+}

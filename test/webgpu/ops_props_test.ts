@@ -1,0 +1,294 @@
+/**
+ * Every public op on WebGPU tensors against the same op on the CPU reference: forward values and the
+ * gradients of every input, for f32 and f16, as fast-check properties over shapes and data.
+ */
+import fc from "fast-check";
+import * as ops from "../../mod.ts";
+import { cpuDevice, type Device, type Tensor, tensor } from "../../mod.ts";
+import {
+  assertClose,
+  type Dist,
+  type FloatType,
+  floatTypes,
+  printWorst,
+  seedArb,
+  values,
+} from "./compare.ts";
+import { gpu, gpuTest } from "./gpu.ts";
+
+const RUNS = 8;
+const f = gpu === null ? fc.constant<FloatType>("f32") : floatTypes(gpu);
+
+/** One input of an op case. */
+interface Input {
+  shape: number[];
+  dist?: Dist;
+  /** Whether the gradient of this input is checked (default true). */
+  grad?: boolean;
+}
+
+/** Runs `fn` on `device`; returns the output and the gradients of the inputs that require them. */
+async function runOn(
+  device: Device,
+  dt: FloatType,
+  inputs: Input[],
+  seed: number,
+  fn: (xs: Tensor[]) => Tensor,
+): Promise<Float32Array[]> {
+  const opts = { device, dtype: dt };
+  const xs = inputs.map((inp, i) => {
+    const n = inp.shape.reduce((p, d) => p * d, 1);
+    return tensor(values(n, seed + i, dt, inp.dist), inp.shape, { ...opts, requiresGrad: inp.grad ?? true });
+  });
+  const y = fn(xs);
+  const out = [Float32Array.from(await y.data())];
+  if (y.requiresGrad) {
+    y.backward(tensor(values(y.size, seed + 99, dt), y.shape, opts));
+    for (const x of xs) if (x.requiresGrad) out.push(Float32Array.from(await x.grad!.data()));
+  }
+  for (const x of [...xs, y]) x.dispose();
+  return out;
+}
+
+/** Checks one op application on WebGPU against the CPU (values and gradients). */
+async function compareOp(
+  name: string,
+  dev: Device,
+  dt: FloatType,
+  inputs: Input[],
+  seed: number,
+  fn: (xs: Tensor[]) => Tensor,
+): Promise<void> {
+  const ours = await runOn(dev, dt, inputs, seed, fn);
+  const ref = await runOn(cpuDevice(), dt, inputs, seed, fn);
+  if (ours.length !== ref.length) {
+    throw new Error(`${name}: ${ours.length} results on WebGPU, ${ref.length} on CPU`);
+  }
+  ours.forEach((o, i) => assertClose(`${name} ${i === 0 ? "value" : `grad ${i - 1}`}`, o, ref[i], dt));
+}
+
+/** Registers a property: `arb` draws a case, `make` turns it into inputs and the op. */
+function opProperty<C>(
+  name: string,
+  arb: fc.Arbitrary<C>,
+  make: (c: C) => { inputs: Input[]; fn: (xs: Tensor[]) => Tensor },
+  runs = RUNS,
+): void {
+  gpuTest(`op ${name} on WebGPU matches the CPU (values and gradients)`, async (dev) => {
+    await fc.assert(
+      fc.asyncProperty(arb, seedArb, f, async (c, seed, dt) => {
+        const { inputs, fn } = make(c);
+        await compareOp(name, dev, dt, inputs, seed, fn);
+      }),
+      { numRuns: runs },
+    );
+  });
+}
+
+const shapeArb = (maxRank = 4, maxDim = 9) =>
+  fc.array(fc.integer({ min: 1, max: maxDim }), { minLength: 1, maxLength: maxRank });
+
+/** Two shapes that broadcast together. */
+const broadcastArb = shapeArb(4, 7).chain((out) =>
+  fc.tuple(
+    fc.constant(out),
+    fc.array(fc.boolean(), { minLength: out.length, maxLength: out.length }),
+    fc.integer({ min: 0, max: out.length - 1 }),
+  ).map(([o, ones, drop]) => [o, o.map((d, i) => (ones[i] ? 1 : d)).slice(drop)] as [number[], number[]])
+);
+
+const binaries = { add: ops.add, sub: ops.sub, mul: ops.mul, div: ops.div, maximum: ops.maximum };
+for (const [name, op] of Object.entries(binaries)) {
+  opProperty(name, fc.tuple(broadcastArb, fc.boolean()), ([[a, b], swap]) => ({
+    inputs: [{ shape: swap ? b : a }, {
+      shape: swap ? a : b,
+      dist: name === "div" ? { lo: 0.5, hi: 3 } : "normal",
+    }],
+    fn: ([x, y]) => op(x, y),
+  }));
+}
+
+const unaries: Record<string, [(x: Tensor) => Tensor, Dist]> = {
+  neg: [ops.neg, "normal"],
+  exp: [ops.exp, { lo: -4, hi: 4 }],
+  log: [ops.log, { lo: 0.2, hi: 10 }],
+  sqrt: [ops.sqrt, { lo: 0.2, hi: 10 }],
+  rsqrt: [ops.rsqrt, { lo: 0.2, hi: 10 }],
+  sigmoid: [ops.sigmoid, { lo: -8, hi: 8 }],
+  silu: [ops.silu, { lo: -8, hi: 8 }],
+  relu: [ops.relu, "normal"],
+  square: [ops.square, "normal"],
+  sin: [ops.sin, { lo: -50, hi: 50 }],
+  cos: [ops.cos, { lo: -50, hi: 50 }],
+};
+for (const [name, [op, dist]] of Object.entries(unaries)) {
+  opProperty(name, shapeArb(), (shape) => ({ inputs: [{ shape, dist }], fn: ([x]) => op(x) }));
+}
+
+opProperty("scale", fc.tuple(shapeArb(), fc.double({ min: -5, max: 5, noNaN: true })), ([shape, s]) => ({
+  inputs: [{ shape }],
+  fn: ([x]) => ops.scale(x, s),
+}));
+
+opProperty(
+  "detach",
+  shapeArb(),
+  (shape) => ({ inputs: [{ shape, grad: false }], fn: ([x]) => ops.detach(x) }),
+);
+
+gpuTest("op cast f32 ⇄ f16 on WebGPU matches the CPU (values and gradients)", async (dev) => {
+  if (!dev.supportsDType("f16")) return;
+  await fc.assert(
+    fc.asyncProperty(shapeArb(), seedArb, async (shape, seed) => {
+      await compareOp("cast", dev, "f16", [{ shape }], seed, ([x]) => ops.cast(ops.cast(x, "f32"), "f16"));
+    }),
+    { numRuns: RUNS },
+  );
+});
+
+/** A shape and a non-empty subset of its axes (as a number when there is one). */
+const dimsArb = shapeArb().chain((shape) =>
+  fc.tuple(
+    fc.constant(shape),
+    fc.subarray([...shape.keys()], { minLength: 1 }),
+    fc.boolean(),
+    fc.boolean(),
+  )
+);
+opProperty("sum", dimsArb, ([shape, dims, keep, all]) => ({
+  inputs: [{ shape }],
+  fn: ([x]) => (all ? ops.sum(x) : ops.sum(x, dims.length === 1 ? dims[0] : dims, keep)),
+}));
+opProperty("mean", dimsArb, ([shape, dims, keep, all]) => ({
+  inputs: [{ shape }],
+  fn: ([x]) => (all ? ops.mean(x) : ops.mean(x, dims, keep)),
+}));
+
+opProperty("broadcastTo", broadcastArb, ([out, small]) => ({
+  inputs: [{ shape: small }],
+  fn: ([x]) => ops.broadcastTo(x, out),
+}));
+
+opProperty("reshape", shapeArb(), (shape) => ({
+  inputs: [{ shape }],
+  fn: ([x]) => ops.reshape(x, [-1, shape[shape.length - 1]]),
+}));
+
+const permArb = shapeArb(5, 6).chain((shape) =>
+  fc.tuple(fc.constant(shape), fc.shuffledSubarray([...shape.keys()], { minLength: shape.length }))
+);
+opProperty(
+  "permute",
+  permArb,
+  ([shape, perm]) => ({ inputs: [{ shape }], fn: ([x]) => ops.permute(x, perm) }),
+);
+opProperty("transpose", permArb, ([shape, perm]) => ({
+  inputs: [{ shape }],
+  fn: ([x]) => ops.transpose(x, perm[0], -1),
+}));
+
+const concatArb = shapeArb(3, 6).chain((shape) =>
+  fc.tuple(
+    fc.constant(shape),
+    fc.integer({ min: 0, max: shape.length - 1 }),
+    fc.array(fc.integer({ min: 1, max: 5 }), { minLength: 1, maxLength: 3 }),
+  )
+);
+opProperty("concat", concatArb, ([shape, d, lens]) => ({
+  inputs: lens.map((len) => ({ shape: shape.map((s, i) => (i === d ? len : s)) })),
+  fn: (xs) => ops.concat(xs, d),
+}));
+
+const sliceArb = shapeArb(3, 8).chain((shape) =>
+  fc.integer({ min: 0, max: shape.length - 1 }).chain((d) =>
+    fc.tuple(fc.constant(shape), fc.constant(d), fc.nat(shape[d]), fc.nat(shape[d]))
+  )
+);
+opProperty("slice", sliceArb, ([shape, d, s, e]) => ({
+  inputs: [{ shape }],
+  fn: ([x]) => ops.slice(x, d, Math.min(s, e), Math.max(s, e)),
+}));
+
+const mmDim = fc.oneof(fc.integer({ min: 1, max: 100 }), fc.constantFrom(1, 63, 64, 65, 97));
+const matmulArb = fc.record({
+  batch: fc.array(fc.integer({ min: 1, max: 3 }), { maxLength: 2 }),
+  aBatch: fc.boolean(),
+  bBatch: fc.boolean(),
+  m: mmDim,
+  k: mmDim,
+  n: mmDim,
+});
+opProperty("matmul", matmulArb, (c) => ({
+  inputs: [
+    { shape: [...(c.aBatch ? c.batch : []), c.m, c.k] },
+    { shape: [...(c.bBatch ? c.batch : []), c.k, c.n] },
+  ],
+  fn: ([a, b]) => ops.matmul(a, b),
+}));
+
+const linearArb = fc.record({
+  lead: fc.array(fc.integer({ min: 1, max: 20 }), { minLength: 1, maxLength: 2 }),
+  inF: mmDim,
+  outF: mmDim,
+  bias: fc.boolean(),
+});
+opProperty("linear", linearArb, (c) => ({
+  inputs: [
+    { shape: [...c.lead, c.inF] },
+    { shape: [c.outF, c.inF] },
+    ...(c.bias ? [{ shape: [c.outF] }] : []),
+  ],
+  fn: ([x, w, b]) => ops.linear(x, w, b ?? null),
+}));
+
+const softmaxArb = shapeArb(3, 40).chain((shape) =>
+  fc.tuple(fc.constant(shape), fc.integer({ min: -shape.length, max: shape.length - 1 }))
+);
+opProperty("softmax", softmaxArb, ([shape, d]) => ({
+  inputs: [{ shape, dist: { lo: -6, hi: 6 } }],
+  fn: ([x]) => ops.softmax(x, d),
+}));
+opProperty("logSoftmax", softmaxArb, ([shape, d]) => ({
+  inputs: [{ shape, dist: { lo: -6, hi: 6 } }],
+  fn: ([x]) => ops.logSoftmax(x, d),
+}));
+
+opProperty("rmsNorm", fc.tuple(shapeArb(3, 40), fc.constantFrom(1e-6, 1e-5, 0.1)), ([shape, eps]) => ({
+  inputs: [{ shape }, { shape: [shape[shape.length - 1]] }],
+  fn: ([x, w]) => ops.rmsNorm(x, w, eps),
+}));
+
+const embeddingArb = fc.record({
+  num: fc.integer({ min: 1, max: 40 }),
+  width: fc.integer({ min: 1, max: 33 }),
+  ids: fc.array(fc.array(fc.nat(), { minLength: 3, maxLength: 3 }), { minLength: 1, maxLength: 4 }),
+});
+opProperty("embedding", embeddingArb, (c) => ({
+  inputs: [{ shape: [c.num, c.width] }],
+  fn: ([w]) => ops.embedding(c.ids.map((row) => row.map((v) => v % c.num)), w),
+}));
+
+const ceArb = fc.record({
+  n: fc.integer({ min: 1, max: 30 }),
+  classes: fc.integer({ min: 1, max: 60 }),
+  raw: fc.array(fc.nat(), { minLength: 30, maxLength: 30 }),
+});
+opProperty("crossEntropy", ceArb, (c) => ({
+  inputs: [{ shape: [c.n, c.classes], dist: { lo: -5, hi: 5 } }],
+  // Every fourth target is ignored, but never all of them (the mean over none is NaN).
+  fn: ([logits]) =>
+    ops.crossEntropy(logits, c.raw.slice(0, c.n).map((v, i) => (i % 4 === 3 ? -100 : v % c.classes))),
+}));
+
+const dropoutArb = fc.tuple(
+  shapeArb(),
+  fc.double({ min: 0, max: 0.9, noNaN: true }),
+  fc.integer({ min: 0, max: 0xffffffff }),
+  fc.boolean(),
+);
+opProperty("dropout", dropoutArb, ([shape, p, seed, training]) => ({
+  inputs: [{ shape }],
+  fn: ([x]) => ops.dropout(x, p, { seed, training }),
+}));
+
+Deno.test({ name: "op property errors summary", ignore: gpu === null, fn: () => printWorst("ops") });

@@ -1,0 +1,246 @@
+/**
+ * The WGSL sources: the template preprocessor, the embedded copy and its staleness check, every kernel
+ * specialisation compiling, and the WGSL dropout hash being bit-identical to the TypeScript one.
+ */
+import assert from "node:assert/strict";
+import fc from "fast-check";
+import { evaluate, expandTemplate, TemplateError } from "../../src/backend/webgpu/template.ts";
+import {
+  GEMM_TILE,
+  GEMM_WG,
+  type KernelName,
+  KERNELS,
+  kernelSource,
+  MAX_RANK,
+} from "../../src/backend/webgpu/kernels.ts";
+import { WGSL_SOURCES } from "../../src/backend/webgpu/wgsl_sources.ts";
+import { readSources, renderSources } from "../../scripts/gen_wgsl.ts";
+import { dropoutHash } from "../../src/tensor/random.ts";
+import type { WebGpuBackend } from "../../src/backend/webgpu/backend.ts";
+import type { TemplateParams } from "../../src/backend/webgpu/template.ts";
+import { gpuTest } from "./gpu.ts";
+
+const ROOT = new URL("../../", import.meta.url);
+
+Deno.test("template: ${} substitutes names and integer arithmetic", () => {
+  const out = expandTemplate("array<${T}, ${BK * BM / 4}> ${N - 1}u ${-N % 3}", {
+    T: "f16",
+    BK: 16,
+    BM: 64,
+    N: 5,
+  });
+  assert.equal(out, "array<f16, 256> 4u -2");
+});
+
+Deno.test("template: //#if, //#elif, //#else pick one branch; //#for unrolls with the loop variable", () => {
+  const src = [
+    '//#if OP == "sum"',
+    "a",
+    '//#elif OP == "max" && FAST',
+    "b",
+    "//#else",
+    "c",
+    "//#end",
+    "//#for i in 0..2",
+    "//#for j in i..2",
+    "v${i}${j}",
+    "//#end",
+    "//#end",
+  ].join("\n");
+  assert.equal(expandTemplate(src, { OP: "sum", FAST: false }), "a\nv00\nv01\nv11");
+  assert.equal(expandTemplate(src, { OP: "max", FAST: true }), "b\nv00\nv01\nv11");
+  assert.equal(expandTemplate(src, { OP: "max", FAST: false }), "c\nv00\nv01\nv11");
+});
+
+Deno.test("template: precedence and comparison follow the usual rules", () => {
+  assert.equal(evaluate("1 + 2 * 3", {}), 7);
+  assert.equal(evaluate("(1 + 2) * 3", {}), 9);
+  assert.equal(evaluate("2 < 3 && !(1 == 2)", {}), true);
+  assert.equal(evaluate("7 / 2", {}), 3);
+});
+
+Deno.test("template: unknown names, bad expressions and unbalanced directives are TemplateErrors", () => {
+  assert.throws(
+    () => expandTemplate("${NOPE}", {}),
+    (e) => e instanceof TemplateError && /unknown name NOPE/.test(e.message),
+  );
+  assert.throws(() => expandTemplate("${1 +}", {}), TemplateError);
+  assert.throws(
+    () => expandTemplate("//#if true\nx", {}),
+    (e) => e instanceof TemplateError && /no \/\/#end/.test(e.message),
+  );
+  assert.throws(() => expandTemplate("//#end", {}), TemplateError);
+  assert.throws(() => expandTemplate("//#for i 0..2\n//#end", {}), TemplateError);
+  assert.throws(() => expandTemplate("${4 / 0}", {}), /division by zero/);
+});
+
+Deno.test("wgsl_sources.ts is the current rendering of wgsl/*.wgsl", async () => {
+  const text = await Deno.readTextFile(new URL("src/backend/webgpu/wgsl_sources.ts", ROOT));
+  assert.equal(text, renderSources(await readSources()), "stale: run `deno task gen:wgsl`");
+});
+
+Deno.test("every kernel template has a kernel table entry and vice versa", () => {
+  const files = Object.keys(WGSL_SOURCES).filter((n) => n !== "common").sort();
+  assert.deepEqual(files, Object.keys(KERNELS).sort());
+});
+
+Deno.test("gen_wgsl.ts --check exits 1 on a stale copy and 0 once regenerated", async () => {
+  // A scratch copy of the layout the script expects, so the real tree is never touched.
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.mkdir(`${dir}/scripts`);
+    await Deno.mkdir(`${dir}/wgsl`);
+    await Deno.mkdir(`${dir}/src/backend/webgpu`, { recursive: true });
+    await Deno.copyFile(new URL("scripts/gen_wgsl.ts", ROOT), `${dir}/scripts/gen_wgsl.ts`);
+    await Deno.writeTextFile(`${dir}/wgsl/a.wgsl`, "fn a() {}\n");
+    await Deno.writeTextFile(`${dir}/src/backend/webgpu/wgsl_sources.ts`, "// old\n");
+    const run = (...args: string[]) =>
+      new Deno.Command(Deno.execPath(), { args: ["run", "-A", `${dir}/scripts/gen_wgsl.ts`, ...args] })
+        .output();
+    assert.equal((await run("--check")).code, 1);
+    assert.equal((await run()).code, 0);
+    assert.equal((await run("--check")).code, 0);
+    await Deno.writeTextFile(`${dir}/wgsl/a.wgsl`, "fn a() { }\n");
+    assert.equal((await run("--check")).code, 1);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/** Every specialisation the backend can ask for, per storage type. */
+function specialisations(t: "f32" | "f16"): [KernelName, TemplateParams][] {
+  const tile = { ...GEMM_TILE, WG: GEMM_WG };
+  const out: [KernelName, TemplateParams][] = [];
+  const base = { WG: 256, T: t };
+  for (
+    const k of [
+      "fill",
+      "affine",
+      "dropout_mask",
+      "gather_rows",
+      "scatter_add_rows",
+      "pick",
+      "unpick",
+      "splitk_reduce",
+    ] as const
+  ) {
+    out.push([k, base]);
+  }
+  for (const S of ["f32", "f16"]) out.push(["cast", { ...base, S }]);
+  for (
+    const OP of [
+      "neg",
+      "exp",
+      "log",
+      "sqrt",
+      "rsqrt",
+      "sigmoid",
+      "silu",
+      "siluGrad",
+      "relu",
+      "step",
+      "square",
+      "recip",
+      "abs",
+      "sin",
+      "cos",
+    ]
+  ) {
+    out.push(["unary", { ...base, OP }]);
+  }
+  for (const OP of ["add", "sub", "mul", "div", "max", "gt"]) out.push(["binary", { ...base, OP, MAX_RANK }]);
+  out.push(["permute", { ...base, MAX_RANK }]);
+  for (const OP of ["sum", "max"]) {
+    out.push(["reduce_rows", { ...base, OP }], ["reduce_cols", { ...base, OP }]);
+  }
+  for (const LOG of [false, true]) out.push(["softmax", { ...base, LOG }]);
+  for (const TRANS_A of [false, true]) {
+    for (const TRANS_B of [false, true]) {
+      for (const [MASK_A, MASK_B] of [[false, false], [true, false], [false, true]]) {
+        for (const C_T of [t, "f32"]) {
+          out.push(["matmul", { A_T: t, B_T: t, C_T, TRANS_A, TRANS_B, MASK_A, MASK_B, ...tile }]);
+        }
+      }
+    }
+  }
+  for (const TRANS of [false, true]) {
+    for (const MASK of [false, true]) {
+      for (const BIAS of [false, true]) out.push(["lora_out", { T: t, TRANS, MASK, BIAS, ...tile }]);
+    }
+  }
+  return out;
+}
+
+gpuTest("every kernel specialisation compiles without errors (f32 and f16)", async (dev) => {
+  const device = (dev.backend as WebGpuBackend).gpuDevice;
+  const types = dev.supportsDType("f16") ? (["f32", "f16"] as const) : (["f32"] as const);
+  for (const t of types) {
+    for (const [name, params] of specialisations(t)) {
+      const module = device.createShaderModule({ code: kernelSource(name, params) });
+      const errors = (await module.getCompilationInfo()).messages.filter((m) => m.type === "error");
+      assert.deepEqual(errors.map((e) => e.message), [], `${name} ${JSON.stringify(params)}`);
+    }
+  }
+});
+
+gpuTest("the WGSL dropout hash is bit-identical to dropoutHash, indices above 2^31 included", async (dev) => {
+  const device = (dev.backend as WebGpuBackend).gpuDevice;
+  const code = `${WGSL_SOURCES.common}
+@group(0) @binding(0) var<storage, read> pairs: array<vec2<u32>>;
+@group(0) @binding(1) var<storage, read_write> hashes: array<u32>;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+  if (g.x < arrayLength(&hashes)) { hashes[g.x] = dropout_hash(pairs[g.x].x, pairs[g.x].y); }
+}`;
+  const pipeline = device.createComputePipeline({
+    layout: "auto",
+    compute: { module: device.createShaderModule({ code }), entryPoint: "main" },
+  });
+  await fc.assert(
+    fc.asyncProperty(
+      fc.array(fc.tuple(fc.integer({ min: 0, max: 0xffffffff }), fc.integer({ min: 0, max: 0xffffffff })), {
+        minLength: 1,
+        maxLength: 500,
+      }),
+      async (list) => {
+        const pairs = new Uint32Array(list.flat());
+        const inBuf = device.createBuffer({
+          size: pairs.byteLength,
+          usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+        });
+        const outBuf = device.createBuffer({
+          size: list.length * 4,
+          usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC,
+        });
+        const readBuf = device.createBuffer({
+          size: list.length * 4,
+          usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+        });
+        device.queue.writeBuffer(inBuf, 0, pairs);
+        const enc = device.createCommandEncoder();
+        const pass = enc.beginComputePass();
+        pass.setPipeline(pipeline);
+        pass.setBindGroup(
+          0,
+          device.createBindGroup({
+            layout: pipeline.getBindGroupLayout(0),
+            entries: [{ binding: 0, resource: { buffer: inBuf } }, {
+              binding: 1,
+              resource: { buffer: outBuf },
+            }],
+          }),
+        );
+        pass.dispatchWorkgroups(Math.ceil(list.length / 64));
+        pass.end();
+        enc.copyBufferToBuffer(outBuf, 0, readBuf, 0, list.length * 4);
+        device.queue.submit([enc.finish()]);
+        await readBuf.mapAsync(GPUMapMode.READ);
+        const got = Array.from(new Uint32Array(readBuf.getMappedRange()));
+        readBuf.unmap();
+        for (const b of [inBuf, outBuf, readBuf]) b.destroy();
+        assert.deepEqual(got, list.map(([seed, index]) => dropoutHash(seed, index)));
+      },
+    ),
+    { numRuns: 10 },
+  );
+});
