@@ -6,18 +6,30 @@ import assert from "node:assert/strict";
 import fc from "fast-check";
 import {
   add,
+  concat,
   cpuDevice,
+  crossEntropy,
   DeviceError,
+  dropout,
   DTypeError,
   full,
+  linear,
+  logSoftmax,
   matmul,
+  mean,
+  mul,
   ones,
   rand,
   randn,
   reshape,
+  rmsNorm,
   ShapeError,
+  slice,
+  softmax,
+  sub,
   type Tensor,
   tensor,
+  tidy,
   zeros,
 } from "../../mod.ts";
 
@@ -354,5 +366,43 @@ Deno.test("disposing a tensor twice never frees another tensor's memory", () => 
   assert.equal(dev.memory().buffers, start.buffers + 1);
   assert.deepEqual([...b.dataSync()], [1, 1, 1, 1]);
   b.dispose();
+  assert.deepEqual(dev.memory(), start);
+});
+
+Deno.test("memory(): inside tidy, composite ops keep only their result; disposing it returns to the start", () => {
+  const x = randn([3, 4], { seed: 1 }), w = randn([5, 4], { seed: 2 }), g = rand([4], { seed: 3 });
+  const start = dev.memory();
+  const ops: [string, () => Tensor][] = [
+    ["scalar operands", () => sub(1, mul(add(x, 2), 0.5))],
+    ["mean", () => mean(x, 0)],
+    ["softmax on dim 0", () => softmax(x, 0)],
+    ["logSoftmax", () => logSoftmax(x)],
+    ["rmsNorm", () => rmsNorm(x, g, 1e-6)],
+    ["linear", () => linear(x, w, zeros([5]))],
+    ["crossEntropy", () => crossEntropy(x, [0, 1, -100])],
+    ["dropout", () => dropout(x, 0.5, { seed: 4 })],
+    ["concat and slice", () => slice(concat([x, x], 1), 1, 2, 6)],
+  ];
+  for (const [name, op] of ops) {
+    const y = tidy(op);
+    assert.equal(dev.memory().buffers, start.buffers + 1, `${name}: only the result is left`);
+    y.dispose();
+    assert.deepEqual(dev.memory(), start, name);
+  }
+});
+
+Deno.test("memory(): a forward + backward step in tidy leaves only the leaf gradients", () => {
+  const w = randn([4, 3], { seed: 5, requiresGrad: true }), x = randn([2, 3], { seed: 6 });
+  const start = dev.memory();
+  tidy(() => {
+    crossEntropy(linear(x, w), [1, 3]).backward();
+  });
+  assert.equal(dev.memory().buffers, start.buffers + 1, "w.grad");
+  tidy(() => {
+    crossEntropy(linear(x, w), [0, 2]).backward();
+  });
+  assert.equal(dev.memory().buffers, start.buffers + 1, "accumulation reuses w.grad");
+  w.grad!.dispose();
+  w.grad = null;
   assert.deepEqual(dev.memory(), start);
 });
