@@ -73,6 +73,7 @@ Deno.test("fromDict reads the seed's snake_case keys and torch dtype strings", (
     loraDtype: "f16",
     useFused: false,
   });
+  assert.deepEqual(PeftConfig.fromDict(c.toDict()).toDict(), c.toDict());
   assert.deepEqual(PeftConfig.fromDict({ exclude_modules: ["lm_head"] }).excludeModules, ["lm_head"]);
   assert.equal(PeftConfig.fromDict({ match_all_linear: true }).matchAllLinear, true);
   assert.equal(PeftConfig.fromDict({ use_triton: true }).useFused, true);

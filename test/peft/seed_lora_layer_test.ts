@@ -452,3 +452,24 @@ Deno.test("loraDtype puts the adapters in another dtype; output keeps the base d
     assert.equal(x.grad!.dtype, "f32");
   }
 });
+
+Deno.test("useFused runs the fused function on the CPU; its forward stores no token×rank intermediate", () => {
+  fc.assert(
+    fc.property(caseArb, (c) => {
+      const fused = makeLayer(c, { useFused: true }), composed = makeLayer(c, { useFused: false });
+      const x = tensor(normal(size([...c.lead, c.inF]), c.seed + 11), [...c.lead, c.inF], {
+        ...F64,
+        requiresGrad: true,
+      });
+      const before = cpuDevice().memory().buffers;
+      const y = fused.forward(x);
+      // One new buffer, the output: x, A and B are what backward reads, nothing else is kept.
+      assert.equal(cpuDevice().memory().buffers, before + 1);
+      assert.equal(y._node?.op, "loraLinear");
+      const saved = new Set(y._node!.inputs);
+      for (const t of [x, fused.lora_A.weight, fused.lora_B.weight]) assert.ok(saved.has(t));
+      assert.notEqual(composed.forward(x)._node?.op, "loraLinear");
+    }),
+    { numRuns: 20 },
+  );
+});
