@@ -14,6 +14,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         @builtin(local_invocation_index) lid: u32) {
   let i = flat_index(wid, nwg, lid, ${WG}u);
   if (i < p.n) {
-    y[i] = ${T}(f32(x[i]) * p.mul + p.add);
+    // Adding a zero would turn -0 into +0; copies (detach, reshape) must be exact.
+    let v = f32(x[i]) * p.mul;
+    y[i] = ${T}(select(v + p.add, v, p.add == 0.0));
   }
 }

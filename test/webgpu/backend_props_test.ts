@@ -6,7 +6,7 @@ import { assertClose, dim, type Dist, floatTypes, onBoth, printWorst, seedArb, v
 import { gpu, gpuTest } from "./gpu.ts";
 import { DeviceError, DTypeError } from "../../mod.ts";
 
-const RUNS = { cheap: 12, gemm: 10 };
+const RUNS = { cheap: 30, gemm: 25 };
 const f = gpu === null ? fc.constant<"f32">("f32") : floatTypes(gpu);
 
 /** Input domains where each unary op is finite and well-conditioned. */
@@ -360,3 +360,12 @@ gpuTest("more dispatches than one batch holds run in order", async (dev) => {
 });
 
 Deno.test({ name: "backend property errors summary", ignore: gpu === null, fn: () => printWorst("backend") });
+
+gpuTest("affine with add 0 copies exactly: -0 stays -0, like the CPU reference", async (dev) => {
+  const v = [-0, 0, -1.5, 3];
+  for (const dt of dev.supportsDType("f16") ? (["f32", "f16"] as const) : (["f32"] as const)) {
+    const r = await onBoth(dev, dt, (u) => u.be.affine(u.up(v), 1, 0));
+    assert.ok(Object.is(r.gpu[0][0], -0), `${dt}: got ${r.gpu[0][0]}`);
+    assert.deepEqual(r.gpu[0], r.cpu[0]);
+  }
+});

@@ -2,7 +2,8 @@
 import assert from "node:assert/strict";
 import { type Device, Linear, LinearLoRA, patchLinearModule, tensor } from "../../mod.ts";
 import { loadFixture, relErr } from "../helpers.ts";
-import { gpuTest } from "./gpu.ts";
+import { gpu, gpuTest } from "./gpu.ts";
+import { note, printWorst } from "./compare.ts";
 
 const golden = loadFixture("llama-tiny-lora/linear_lora.safetensors");
 const cases = [...new Set([...golden.keys()].map((k) => k.split(".")[0]))].sort();
@@ -43,8 +44,15 @@ for (const c of cases) {
     gpuTest(`golden linear_lora ${c} via ${path} on WebGPU: y, dx, dA, dB within 1e-4`, async (device) => {
       const errs = await runGoldenCase(c, path, device);
       for (const [k, e] of Object.entries(errs)) {
+        note(`golden linear_lora ${k}`, e);
         assert.ok(e <= 1e-4, `${c} ${path} ${k}: relative error ${e}`);
       }
     });
   }
 }
+
+Deno.test({
+  name: "golden linear_lora errors summary",
+  ignore: gpu === null,
+  fn: () => printWorst("golden linear_lora"),
+});

@@ -18,7 +18,7 @@ import {
 } from "./compare.ts";
 import { gpu, gpuTest } from "./gpu.ts";
 
-const RUNS = { kernel: 25, op: 15, layer: 12 };
+const RUNS = { kernel: 60, op: 30, layer: 25 };
 const f = gpu === null ? fc.constant<FloatType>("f32") : floatTypes(gpu);
 
 /** One LoRA problem: sizes, bias, dropout, dtype, data seed. */

@@ -16,7 +16,7 @@ import {
 } from "./compare.ts";
 import { gpu, gpuTest } from "./gpu.ts";
 
-const RUNS = 8;
+const RUNS = 20;
 const f = gpu === null ? fc.constant<FloatType>("f32") : floatTypes(gpu);
 
 /** One input of an op case. */
