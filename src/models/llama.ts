@@ -307,15 +307,15 @@ export class LlamaForCausalLM extends Module {
   /**
    * Loads a transformers checkpoint: a directory with `config.json` and `model.safetensors` (or shards
    * listed in `model.safetensors.index.json`), or `{ config, weights }` with the bytes of the
-   * safetensors file(s). Weights in F32, F16 or BF16 are converted to `opts.dtype` (default f32).
+   * safetensors file(s). Weights in F32, F16 or BF16 are converted to `opts.dtype` (default f32). The
+   * model comes back in eval mode, as transformers returns it.
    * @throws {ConfigError} for unsupported config fields; {@link FormatError} for missing, unexpected or
    *   mis-shaped weights (naming the key)
    */
   static async fromPretrained(source: ModelSource, opts: LlamaModelOptions = {}): Promise<LlamaForCausalLM> {
-    return await loadLlamaWeights(
-      source,
-      (config) => new LlamaForCausalLM(config, { ...opts, materialize: false }),
-    );
+    const build = (config: LlamaConfig) => new LlamaForCausalLM(config, { ...opts, materialize: false });
+    // As transformers' from_pretrained: dropout stays off until train() is called.
+    return (await loadLlamaWeights(source, build)).eval();
   }
 
   /** Writes `config.json` and `model.safetensors` as transformers' `save_pretrained` does. */
@@ -423,7 +423,8 @@ export class LlamaForCausalLM extends Module {
     const rows = keyMask === null ? 1 : batch;
     const dtype = computeDType(this.dtype);
     const neg = maskValue(dtype);
-    const m = new Float64Array(rows * seq * keys);
+    // Float32 holds the f32 and f16 mask value; only an f64 model needs the wider array.
+    const m = dtype === "f64" ? new Float64Array(rows * seq * keys) : new Float32Array(rows * seq * keys);
     for (let b = 0; b < rows; b++) {
       for (let i = 0; i < seq; i++) {
         for (let j = 0; j < keys; j++) {

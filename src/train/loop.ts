@@ -137,48 +137,53 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   let windowTokens = 0;
   let pending: Tensor[] = [];
   optimizer.zeroGrad();
+  const wasTraining = model.training;
   model.train();
-  while (step < steps) {
-    const batch = Array.isArray(batches) ? batches[step % batches.length] : batches(step);
-    const { labels, tokens } = prepare(batch);
-    const loss = tidy(() => {
-      const out = model.forward(batch.inputIds, { labels, attentionMask: batch.attentionMask });
-      if (out.loss === null) throw new ConfigError(`train: the model returned no loss`);
-      out.loss.backward();
-      if (opts.clipNorm !== undefined) clipGradNorm(params, opts.clipNorm);
-      optimizer.step();
-      optimizer.zeroGrad();
-      scheduler?.step();
-      return detach(out.loss);
-    });
-    pending.push(loss);
-    windowTokens += tokens;
-    step += 1;
-    if (step % logEvery !== 0 && step !== steps) continue;
-    const read = tidy(() => concat(pending.map((l) => reshape(l, [1])), 0));
-    const values = Array.from(await read.data());
-    read.dispose();
-    for (const l of pending) l.dispose();
-    pending = [];
-    losses.push(...values);
-    const now = performance.now();
-    const elapsed = (now - started) / 1000;
-    const perStep = elapsed / (step - firstStep);
-    opts.onProgress?.({
-      step,
-      totalSteps: steps,
-      loss: values.reduce((a, b) => a + b, 0) / values.length,
-      losses: values,
-      lr: optimizer.lr,
-      tokensPerSecond: windowTokens / Math.max((now - windowStart) / 1000, 1e-9),
-      etaSeconds: perStep * (steps - step),
-      elapsedSeconds: elapsed,
-    });
-    windowStart = now;
-    windowTokens = 0;
-    if (opts.checkpointDir !== undefined) {
-      await saveCheckpoint(opts.checkpointDir, { model, optimizer, step, scheduler, losses });
+  try {
+    while (step < steps) {
+      const batch = Array.isArray(batches) ? batches[step % batches.length] : batches(step);
+      const { labels, tokens } = prepare(batch);
+      const loss = tidy(() => {
+        const out = model.forward(batch.inputIds, { labels, attentionMask: batch.attentionMask });
+        if (out.loss === null) throw new ConfigError(`train: the model returned no loss`);
+        out.loss.backward();
+        if (opts.clipNorm !== undefined) clipGradNorm(params, opts.clipNorm);
+        optimizer.step();
+        optimizer.zeroGrad();
+        scheduler?.step();
+        return detach(out.loss);
+      });
+      pending.push(loss);
+      windowTokens += tokens;
+      step += 1;
+      if (step % logEvery !== 0 && step !== steps) continue;
+      const read = tidy(() => concat(pending.map((l) => reshape(l, [1])), 0));
+      const values = Array.from(await read.data());
+      read.dispose();
+      for (const l of pending) l.dispose();
+      pending = [];
+      losses.push(...values);
+      const now = performance.now();
+      const elapsed = (now - started) / 1000;
+      const perStep = elapsed / (step - firstStep);
+      opts.onProgress?.({
+        step,
+        totalSteps: steps,
+        loss: values.reduce((a, b) => a + b, 0) / values.length,
+        losses: values,
+        lr: optimizer.lr,
+        tokensPerSecond: windowTokens / Math.max((now - windowStart) / 1000, 1e-9),
+        etaSeconds: perStep * (steps - step),
+        elapsedSeconds: elapsed,
+      });
+      windowStart = now;
+      windowTokens = 0;
+      if (opts.checkpointDir !== undefined) {
+        await saveCheckpoint(opts.checkpointDir, { model, optimizer, step, scheduler, losses });
+      }
     }
+  } finally {
+    model.train(wasTraining); // leave the mode as the caller had it
   }
   return { step, losses };
 }

@@ -55,6 +55,7 @@ Deno.test("module names are transformers' names: the model's keys are exactly th
   const model = await LlamaForCausalLM.fromPretrained({ config: CONFIG, weights: WEIGHTS });
   assert.deepEqual(Object.keys(model.stateDict()).sort(), [...TENSORS.keys()].sort());
   assert.deepEqual(model.config.architectures, ["LlamaForCausalLM"]);
+  assert.equal(model.training, false, "loaded in eval mode, as transformers does");
 });
 
 Deno.test("fromPretrained: a missing weight is a FormatError naming its key", async () => {

@@ -67,7 +67,7 @@ Deno.test("train equals the hand-written loop: same losses and same final weight
 });
 
 Deno.test("train reports progress every logEvery steps and after the last, with one read per report", async () => {
-  const model = loraModel();
+  const model = loraModel().eval();
   const reports: TrainProgress[] = [];
   const opt = new AdamW(model.trainableParameters(), { lr: 1e-3 });
   const sched = new WarmupCosineSchedule(opt, { warmupSteps: 2, totalSteps: 7 });
@@ -90,6 +90,7 @@ Deno.test("train reports progress every logEvery steps and after the last, with 
   assert.equal(reports[2].etaSeconds, 0);
   assert.ok(Math.abs(reports[0].lr - sched.lrAt(3)) < 1e-15, "lr after three scheduler steps");
   assert.equal(opt.lr, sched.lrAt(7));
+  assert.equal(model.training, false, "train restores the caller's mode");
 });
 
 Deno.test("checkpoint and resume: 3 steps + resume for 3 equals 6 uninterrupted steps exactly", async () => {
