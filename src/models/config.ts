@@ -14,7 +14,9 @@ export type RopeType = "default" | "linear" | "llama3";
 
 /** Rotary embedding settings (transformers' `rope_parameters`, or `rope_theta` + `rope_scaling`). */
 export interface RopeParameters {
+  /** transformers' `rope_type`. */
   ropeType: RopeType;
+  /** Base of the frequencies (`rope_theta`). */
   theta: number;
   /** "linear" and "llama3": positions (linear) or low frequencies (llama3) are divided by it. */
   factor?: number;
@@ -30,17 +32,27 @@ export interface RopeParameters {
 export interface LlamaConfig {
   /** As in the file (`["LlamaForCausalLM"]` when absent); PEFT helpers read it to spot causal LMs. */
   architectures: string[];
+  /** `model_type`: "llama" or "mistral". */
   modelType: string;
+  /** Tokens in the embedding table and the output head. */
   vocabSize: number;
+  /** Width of the residual stream. */
   hiddenSize: number;
+  /** Width of the SwiGLU feed-forward block. */
   intermediateSize: number;
+  /** Decoder layers. */
   numHiddenLayers: number;
+  /** Query heads. */
   numAttentionHeads: number;
   /** Grouped-query attention: heads share key/value heads in groups of numAttentionHeads / this. */
   numKeyValueHeads: number;
+  /** Width of each attention head. */
   headDim: number;
+  /** Longest context the checkpoint was trained for (informational: RoPE extends past it). */
   maxPositionEmbeddings: number;
+  /** Epsilon of every RMSNorm. */
   rmsNormEps: number;
+  /** Rotary embedding settings. */
   rope: RopeParameters;
   /** q, k, v and o projections carry biases. */
   attentionBias: boolean;
@@ -48,11 +60,15 @@ export interface LlamaConfig {
   mlpBias: boolean;
   /** lm_head shares the embedding table. */
   tieWordEmbeddings: boolean;
+  /** Dropout on attention weights in training mode. */
   attentionDropout: number;
+  /** The MLP activation (only SiLU is implemented). */
   hiddenAct: "silu";
+  /** Beginning-of-sequence token. */
   bosTokenId: number | null;
   /** One id or several (any of them ends generation). */
   eosTokenId: number | number[] | null;
+  /** Padding token. */
   padTokenId: number | null;
   /** The JSON object the config came from; saving writes it back with our changes on top. */
   source: Record<string, unknown>;

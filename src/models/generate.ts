@@ -30,9 +30,12 @@ export interface GenerateOptions {
 
 /** Per-layer keys and values of the positions seen so far, as [batch, kvHeads, length, headDim]. */
 export class KVCache {
+  /** Keys per layer (null before the first forward). */
   readonly keys: (Tensor | null)[];
+  /** Values per layer (null before the first forward). */
   readonly values: (Tensor | null)[];
 
+  /** An empty cache for a model of `numLayers` decoder layers. */
   constructor(numLayers: number) {
     this.keys = new Array(numLayers).fill(null);
     this.values = new Array(numLayers).fill(null);
@@ -66,6 +69,7 @@ export class KVCache {
 
 /** What {@link generateTokens} needs from a model: one forward over new tokens that fills the cache. */
 export interface IncrementalLM {
+  /** Vocabulary size and layer count. */
   readonly config: { vocabSize: number; numHiddenLayers: number };
   /**
    * Runs `ids` [batch, seq] after the cached positions and returns the last position's logits

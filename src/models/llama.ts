@@ -66,6 +66,7 @@ export interface CausalLMOutput {
 
 /** Options of the constructor and of {@link LlamaForCausalLM.fromPretrained}. */
 export interface LlamaModelOptions {
+  /** Where parameters live (default: the default device). */
   device?: Device;
   /** Parameter and compute dtype (default f32); checkpoint weights are converted to it. */
   dtype?: DType;
@@ -97,6 +98,7 @@ function computeDType(dtype: DType): DType {
 
 /** RMSNorm that, like transformers' LlamaRMSNorm, normalises in float32 and casts back before the scale. */
 export class LlamaRMSNorm extends RMSNorm {
+  /** Normalises in f32 for f16 inputs; other dtypes use RMSNorm's own path. */
   override forward(x: Tensor): Tensor {
     if (x.dtype !== "f16") return super.forward(x);
     const x32 = cast(x, "f32");
@@ -107,16 +109,26 @@ export class LlamaRMSNorm extends RMSNorm {
 
 /** Multi-head attention with rotary embeddings and grouped key/value heads. */
 export class LlamaAttention extends Module {
+  /** Query projection [heads·headDim, hidden]. */
   q_proj: Linear;
+  /** Key projection [kvHeads·headDim, hidden]. */
   k_proj: Linear;
+  /** Value projection [kvHeads·headDim, hidden]. */
   v_proj: Linear;
+  /** Output projection [hidden, heads·headDim]. */
   o_proj: Linear;
+  /** Position of this layer (its slot in a KV cache). */
   readonly layerIndex: number;
+  /** Query heads. */
   readonly numHeads: number;
+  /** Key/value heads. */
   readonly numKeyValueHeads: number;
+  /** Width of each head. */
   readonly headDim: number;
+  /** Attention-weight dropout in training mode. */
   readonly dropoutP: number;
 
+  /** The attention block of layer `layerIndex`. */
   constructor(config: LlamaConfig, layerIndex: number, opts: LlamaModelOptions = {}) {
     super();
     const { hiddenSize, numAttentionHeads: h, numKeyValueHeads: kv, headDim: d } = config;
@@ -168,10 +180,14 @@ export class LlamaAttention extends Module {
 
 /** The SwiGLU feed-forward block: down(silu(gate(x)) · up(x)). */
 export class LlamaMLP extends Module {
+  /** Gate projection [intermediate, hidden]. */
   gate_proj: Linear;
+  /** Up projection [intermediate, hidden]. */
   up_proj: Linear;
+  /** Down projection [hidden, intermediate]. */
   down_proj: Linear;
 
+  /** The feed-forward block of layer `layerIndex`. */
   constructor(config: LlamaConfig, layerIndex: number, opts: LlamaModelOptions = {}) {
     super();
     const { hiddenSize: hd, intermediateSize: is, mlpBias: bias } = config;
@@ -181,6 +197,7 @@ export class LlamaMLP extends Module {
     this.down_proj = new Linear(is, hd, { ...opts, bias, seed: seed + 5 });
   }
 
+  /** x [..., hidden] → [..., hidden]. */
   override forward(x: Tensor): Tensor {
     return this.down_proj.forward(mul(silu(this.gate_proj.forward(x)), this.up_proj.forward(x)));
   }
@@ -188,11 +205,16 @@ export class LlamaMLP extends Module {
 
 /** One pre-norm transformer block. */
 export class LlamaDecoderLayer extends Module {
+  /** Self-attention. */
   self_attn: LlamaAttention;
+  /** Feed-forward block. */
   mlp: LlamaMLP;
+  /** Norm before attention. */
   input_layernorm: LlamaRMSNorm;
+  /** Norm before the feed-forward block. */
   post_attention_layernorm: LlamaRMSNorm;
 
+  /** Decoder layer `layerIndex`. */
   constructor(config: LlamaConfig, layerIndex: number, opts: LlamaModelOptions = {}) {
     super();
     const norm = { eps: config.rmsNormEps, device: opts.device, dtype: opts.dtype };
@@ -202,6 +224,7 @@ export class LlamaDecoderLayer extends Module {
     this.post_attention_layernorm = new LlamaRMSNorm(config.hiddenSize, norm);
   }
 
+  /** x [batch, seq, hidden] → the same shape, after attention and MLP residuals. */
   override forward(x: Tensor, ctx: LayerContext): Tensor {
     const h = add(x, this.self_attn.forward(this.input_layernorm.forward(x), ctx));
     return add(h, this.mlp.forward(this.post_attention_layernorm.forward(h)));
@@ -210,10 +233,14 @@ export class LlamaDecoderLayer extends Module {
 
 /** Embeddings, decoder layers and the final norm (transformers' `LlamaModel`). */
 export class LlamaModel extends Module {
+  /** Token embeddings [vocab, hidden]. */
   embed_tokens: Embedding;
+  /** Decoder layers, in order. */
   layers: LlamaDecoderLayer[];
+  /** Final norm. */
   norm: LlamaRMSNorm;
 
+  /** All layers of a model of `config`. */
   constructor(config: LlamaConfig, opts: LlamaModelOptions = {}) {
     super();
     this.embed_tokens = new Embedding(config.vocabSize, config.hiddenSize, { ...opts, seed: opts.seed });
@@ -277,7 +304,9 @@ function toGrid(input: TokenInput, what: string): { data: Int32Array; shape: [nu
 
 /** A causal language model: `LlamaModel` plus the output head (tied to the embeddings when configured). */
 export class LlamaForCausalLM extends Module {
+  /** The decoder stack. */
   model: LlamaModel;
+  /** Output head [vocab, hidden] (the embedding table itself when tied). */
   lm_head: Linear;
   /** The parsed config.json; `architectures` tells PEFT helpers this is a causal LM. */
   readonly config: LlamaConfig;

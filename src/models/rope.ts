@@ -56,12 +56,15 @@ function applyLlama3Scaling(inv: Float32Array, rope: RopeParameters): void {
 
 /** Host-side cos/sin tables, grown on demand, one row of `headDim` values per position. */
 export class RopeTables {
+  /** Width of each head. */
   readonly headDim: number;
+  /** transformers' `inv_freq` in float32. */
   readonly invFreq: Float32Array;
   #cos = new Float32Array(0);
   #sin = new Float32Array(0);
   #rows = 0;
 
+  /** Tables for heads of `headDim` with the given rope settings. */
   constructor(headDim: number, rope: RopeParameters) {
     this.headDim = headDim;
     this.invFreq = ropeInverseFrequencies(headDim, rope);

@@ -22,7 +22,9 @@ export type ModelSource = string | {
 
 /** A model as the loader and saver see it. */
 export interface CheckpointModel extends Module {
+  /** The parsed config. */
   readonly config: LlamaConfig;
+  /** Parameter dtype. */
   readonly dtype: string;
 }
 

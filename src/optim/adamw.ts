@@ -14,6 +14,7 @@ import { ConfigError, ShapeError } from "../errors.ts";
 
 /** Options of {@link AdamW}. */
 export interface AdamWOptions {
+  /** Learning rate. */
   lr: number;
   /** (β₁, β₂), default [0.9, 0.999]. */
   betas?: [number, number];
@@ -27,13 +28,17 @@ export interface AdamWOptions {
 export interface AdamWParamState {
   /** Steps taken for this parameter (parameters without a gradient skip a step, as in torch). */
   step: number;
+  /** First moment (torch's `exp_avg`). */
   expAvg: Tensor;
+  /** Second moment (torch's `exp_avg_sq`). */
   expAvgSq: Tensor;
 }
 
 /** {@link AdamW.stateDict}'s form: torch's layout (state by parameter index, hyperparameters). */
 export interface AdamWStateDict {
+  /** Per parameter index: step count and moments. */
   state: Record<number, { step: number; exp_avg: Tensor; exp_avg_sq: Tensor }>;
+  /** One group: hyperparameters and parameter indices. */
   param_groups: {
     lr: number;
     betas: [number, number];
@@ -63,14 +68,20 @@ function checkHyper(o: { lr: number; betas: [number, number]; eps: number; weigh
 
 /** Adam with decoupled weight decay (torch.optim.AdamW semantics). */
 export class AdamW {
+  /** The parameters updated, in order (indices of the state dict). */
   readonly params: readonly Tensor[];
   /** Learning rate; schedulers change it between steps. */
   lr: number;
+  /** (β₁, β₂). */
   betas: [number, number];
+  /** Added to the denominator. */
   eps: number;
+  /** Decoupled weight decay. */
   weightDecay: number;
+  /** Per parameter: moments and step count, null before its first update. */
   readonly state: (AdamWParamState | null)[];
 
+  /** An optimizer over `params` (each once). */
   constructor(params: Iterable<Tensor>, opts: AdamWOptions) {
     this.params = [...params];
     if (this.params.length === 0) throw new ConfigError(`AdamW: got an empty parameter list`);

@@ -46,13 +46,17 @@ export function warmupCosineFactor(step: number, opts: WarmupCosineOptions): num
 
 /** Anything with a learning rate to drive. */
 export interface HasLearningRate {
+  /** The rate the schedule sets. */
   lr: number;
 }
 
 /** Sets `optimizer.lr` to baseLr · {@link warmupCosineFactor}(step) as steps go by. */
 export class WarmupCosineSchedule {
+  /** What the schedule drives. */
   readonly optimizer: HasLearningRate;
+  /** The rate at the end of warmup. */
   readonly baseLr: number;
+  /** The schedule's settings. */
   readonly opts: WarmupCosineOptions;
   /** Steps taken so far (the rate now set is for this step). */
   lastStep = 0;

@@ -23,15 +23,19 @@ const PEFT_PREFIX = "base_model.model.";
 
 /** A learning-rate schedule a checkpoint can restore. */
 export interface CheckpointableSchedule {
+  /** The schedule's position. */
   stateDict(): Record<string, unknown>;
+  /** Restores a position from {@link stateDict}. */
   loadStateDict(sd: Record<string, unknown>): void;
 }
 
 /** What `trainer_state.json` holds. */
 export interface TrainerState {
+  /** Identifies the file's layout. */
   format: "lora-webgpu-trainer/1";
   /** Steps completed. */
   step: number;
+  /** Optimizer hyperparameters and per-parameter step counts. */
   optimizer: {
     lr: number;
     betas: [number, number];
@@ -40,6 +44,7 @@ export interface TrainerState {
     /** Per parameter name: steps it has taken (absent: never updated). */
     steps: Record<string, number>;
   };
+  /** The schedule's position, null without one. */
   scheduler: Record<string, unknown> | null;
   /** Loss of every completed step. */
   losses: number[];

@@ -17,14 +17,17 @@ import { ConfigError, ShapeError } from "../errors.ts";
 
 /** One training batch. */
 export interface TrainBatch {
+  /** Token ids [batch, seq]. */
   inputIds: TokenInput;
   /** Default: the input ids, with −100 where `attentionMask` is 0. */
   labels?: TokenInput;
+  /** 1 for real tokens, 0 for padding. */
   attentionMask?: TokenInput;
 }
 
 /** A model the loop can train: a forward taking labels and returning a loss. */
 export interface TrainableLM extends Module {
+  /** Returns the mean loss when given labels. */
   forward(
     inputIds: TokenInput,
     opts: { labels?: TokenInput; attentionMask?: TokenInput },
@@ -33,6 +36,7 @@ export interface TrainableLM extends Module {
 
 /** A schedule the loop steps once per optimizer step. */
 export interface StepSchedule extends CheckpointableSchedule {
+  /** Advances one optimizer step. */
   step(): void;
 }
 
@@ -58,7 +62,9 @@ export interface TrainProgress {
 
 /** Options of {@link train}. */
 export interface TrainOptions {
+  /** The model to train (only its optimizer's parameters change). */
   model: TrainableLM;
+  /** Updates the trainable parameters. */
   optimizer: AdamW;
   /** Step s uses `batches[s % batches.length]`, or `batches(s)`: a resumed run sees the same data. */
   batches: TrainBatch[] | ((step: number) => TrainBatch);
@@ -66,7 +72,9 @@ export interface TrainOptions {
   steps: number;
   /** Read losses, report and (with checkpointDir) checkpoint every this many steps (default 10). */
   logEvery?: number;
+  /** Called every `logEvery` steps and after the last. */
   onProgress?: (p: TrainProgress) => void;
+  /** Stepped once per optimizer step (its position is checkpointed). */
   scheduler?: StepSchedule | null;
   /** Clip the global gradient norm to this before each step. */
   clipNorm?: number;
