@@ -126,3 +126,9 @@ export {
   type TrainProgress,
   type TrainResult,
 } from "./src/train/loop.ts";
+export {
+  readSafetensors,
+  type SafetensorsFile,
+  type SafetensorsTensor,
+  writeSafetensors,
+} from "./src/io/safetensors.ts";
