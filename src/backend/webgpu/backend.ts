@@ -7,7 +7,6 @@
 import type {
   Backend,
   BinaryOp,
-  FusedDropout,
   LoraBackwardArgs,
   LoraForwardArgs,
   LoraGrads,
@@ -15,12 +14,13 @@ import type {
   UnaryOp,
 } from "../backend.ts";
 import { type DType, dtypeSize, f32Bits, type HostArray } from "../../tensor/dtype.ts";
-import { dropoutKeepScale, dropoutThreshold } from "../../tensor/random.ts";
 import { f16BitsToNumber, numberToF16Bits } from "../../io/safetensors.ts";
 import { DeviceError, DTypeError, ShapeError } from "../../errors.ts";
-import { GEMM_TILE, GEMM_WG, type KernelName, MAX_RANK, PipelineCache, WORKGROUP_SIZE } from "./kernels.ts";
+import { type KernelName, MAX_RANK, PipelineCache, WORKGROUP_SIZE } from "./kernels.ts";
 import type { TemplateParams } from "./template.ts";
-import { type Binding, type GpuBuffer, GpuRuntime, type Grid } from "./runtime.ts";
+import { type Binding, type GpuBuffer, GpuRuntime } from "./runtime.ts";
+import { bufferBytes, dropoutWords, type GemmContext, recordGemm, type WgslType } from "./gemm.ts";
+import { recordLoraBackward, recordLoraForward } from "./lora.ts";
 
 /** WebGPU storage: a pooled device buffer plus element count and dtype. */
 export class GpuStorage implements Storage {
@@ -33,21 +33,7 @@ export class GpuStorage implements Storage {
 
 /** Bytes a tensor of `size` elements of `dtype` occupies on the GPU (padded to 4, at least 4). */
 function storageBytes(size: number, dtype: DType): number {
-  return Math.max(4, Math.ceil((size * dtypeSize(dtype)) / 4) * 4);
-}
-
-/** WGSL name of a storage dtype. */
-type WgslType = "f32" | "f16";
-
-/** Dropout parameters as kernel words: seed, threshold, keep-scale bits. */
-function dropoutWords(d: FusedDropout | null): [number, number, number] {
-  if (d === null) return [0, 0, f32Bits(1)];
-  return [d.seed >>> 0, dropoutThreshold(d.p), f32Bits(dropoutKeepScale(d.p))];
-}
-
-/** The dropout of `position`, or null when absent or p is 0 (no mask, as the CPU reference does). */
-function dropoutAt(d: FusedDropout | null, position: "pre" | "post"): FusedDropout | null {
-  return d !== null && d.position === position && d.p > 0 ? d : null;
+  return bufferBytes(size, dtype as WgslType);
 }
 
 /** Strides of `shape` right-aligned into `outShape`'s rank, 0 along broadcast axes. */
@@ -91,33 +77,6 @@ function padded(values: readonly number[], n: number): number[] {
   return [...values, ...new Array<number>(n - values.length).fill(0)];
 }
 
-/** One operand of a GEMM: its buffer, element type, layout and dropout flag. */
-interface GemmOperand {
-  bind: Binding;
-  type: WgslType;
-  /** Stored transposed (see matmul.wgsl). */
-  trans: boolean;
-  /** Elements between batch entries; 0 broadcasts one matrix over the batch. */
-  zStride?: number;
-  /** Multiply each element by its dropout factor (keyed by storage index). */
-  masked?: boolean;
-}
-
-/** A GEMM request: C = alpha · op(A) · op(B), batched. */
-interface GemmRequest {
-  a: GemmOperand;
-  b: GemmOperand;
-  m: number;
-  n: number;
-  k: number;
-  batch?: number;
-  alpha?: number;
-  dropout?: FusedDropout | null;
-  outType: WgslType;
-  /** Names the op and result for size-limit errors. */
-  what: string;
-}
-
 /** The WebGPU implementation of {@link Backend}. */
 export class WebGpuBackend implements Backend {
   readonly kind = "webgpu" as const;
@@ -125,6 +84,7 @@ export class WebGpuBackend implements Backend {
   /** The GPU plumbing (exposed for tests and tools). */
   readonly rt: GpuRuntime;
   readonly #kernels: PipelineCache;
+  readonly #ctx: GemmContext;
   readonly #hasF16: boolean;
   #liveBuffers = 0;
   #liveBytes = 0;
@@ -137,6 +97,7 @@ export class WebGpuBackend implements Backend {
     this.description = description;
     this.rt = new GpuRuntime(device);
     this.#kernels = new PipelineCache(device, (msg) => this.rt.reportError(msg));
+    this.#ctx = { rt: this.rt, kernels: this.#kernels };
     this.#hasF16 = device.features.has("shader-f16");
   }
 
@@ -185,12 +146,6 @@ export class WebGpuBackend implements Backend {
 
   #bind(s: GpuStorage): Binding {
     return { buf: s.buf!, bytes: storageBytes(s.size, s.dtype) };
-  }
-
-  /** A scratch buffer for intermediates (not counted as live tensor memory). */
-  #scratch(size: number, what: string): Binding {
-    const bytes = storageBytes(size, "f32");
-    return { buf: this.rt.alloc(bytes, what), bytes };
   }
 
   /** Uploads 32-bit words to a scratch buffer (ids, index lists). */
@@ -253,18 +208,6 @@ export class WebGpuBackend implements Backend {
   // -------------------------------------------------------------------------------------------------
   // Dispatch helpers
 
-  /** Workgroups for `n` invocations of the element-wise kernels, folded onto two grid dimensions. */
-  #grid1d(n: number): Grid {
-    return this.#fold(Math.ceil(n / WORKGROUP_SIZE));
-  }
-
-  /** `groups` workgroups folded onto two grid dimensions (kernels index them row-major). */
-  #fold(groups: number): Grid {
-    const max = this.rt.limits.maxComputeWorkgroupsPerDimension;
-    if (groups <= max) return [groups, 1, 1];
-    return [max, Math.ceil(groups / max), 1];
-  }
-
   #kernel(name: KernelName, spec: TemplateParams) {
     return this.#kernels.get(name, { WG: WORKGROUP_SIZE, ...spec });
   }
@@ -281,7 +224,12 @@ export class WebGpuBackend implements Backend {
   ): GpuStorage {
     const out = this.#new(size, dtype, what);
     if (size > 0) {
-      this.rt.dispatch(this.#kernel(name, spec), params, [...inputs, this.#bind(out)], this.#grid1d(size));
+      this.rt.dispatch(
+        this.#kernel(name, spec),
+        params,
+        [...inputs, this.#bind(out)],
+        this.rt.grid1d(size, WORKGROUP_SIZE),
+      );
     }
     return out;
   }
@@ -405,7 +353,7 @@ export class WebGpuBackend implements Backend {
     const out = this.#new(size, x.dtype, what);
     if (size > 0) {
       const k = this.#kernel("reduce_rows", { T: x.dtype, OP: op });
-      this.rt.dispatch(k, [outer, n, negInf], [xb, this.#bind(out)], this.#fold(outer));
+      this.rt.dispatch(k, [outer, n, negInf], [xb, this.#bind(out)], this.rt.fold(outer));
     }
     return out;
   }
@@ -425,86 +373,13 @@ export class WebGpuBackend implements Backend {
     const out = this.#new(rows * n, x.dtype, `${op}: output [${rows}, ${n}] (${x.dtype})`);
     if (rows * n > 0) {
       const k = this.#kernel("softmax", { T: x.dtype, LOG: log });
-      this.rt.dispatch(k, [rows, n, f32Bits(-Infinity)], [xb, this.#bind(out)], this.#fold(rows));
+      this.rt.dispatch(k, [rows, n, f32Bits(-Infinity)], [xb, this.#bind(out)], this.rt.fold(rows));
     }
     return out;
   }
 
   // -------------------------------------------------------------------------------------------------
   // Matrix products
-
-  /** How many k slices a GEMM with few output tiles splits into, so that enough workgroups run. */
-  #splitCount(m: number, n: number, k: number): number {
-    const tiles = Math.ceil(m / GEMM_TILE.BM) * Math.ceil(n / GEMM_TILE.BN);
-    if (tiles >= 128 || k < 128) return 1;
-    let s = Math.min(Math.floor(k / 64), Math.ceil(256 / tiles), 64);
-    while (s > 1 && s * m * n * 4 > this.rt.limits.maxStorageBufferBindingSize) s = Math.floor(s / 2);
-    return Math.max(1, s);
-  }
-
-  /** Records C = alpha · op(A) · op(B) into a new buffer of batch·m·n `outType` elements. */
-  #gemm(req: GemmRequest): Binding {
-    const { a, b, m, n, k, outType } = req;
-    const batch = req.batch ?? 1;
-    const alpha = req.alpha ?? 1;
-    const outBytes = storageBytes(batch * m * n, outType);
-    const out = { buf: this.rt.alloc(outBytes, req.what), bytes: outBytes };
-    if (batch * m * n === 0) return out;
-    const { BM, BN, BK } = GEMM_TILE;
-    const grid: [number, number] = [Math.ceil(n / BN), Math.ceil(m / BM)];
-    const [seed, threshold, keep] = dropoutWords(req.dropout ?? null);
-    const spec = (cType: WgslType) => ({
-      A_T: a.type,
-      B_T: b.type,
-      C_T: cType,
-      TRANS_A: a.trans,
-      TRANS_B: b.trans,
-      MASK_A: a.masked === true,
-      MASK_B: b.masked === true,
-      ...GEMM_TILE,
-      WG: GEMM_WG,
-    });
-    const splits = batch === 1 ? this.#splitCount(m, n, k) : 1;
-    if (splits === 1) {
-      const kernel = this.#kernels.get("matmul", spec(outType));
-      const maxZ = this.rt.limits.maxComputeWorkgroupsPerDimension;
-      for (let z0 = 0; z0 < batch; z0 += maxZ) {
-        const params = [
-          m,
-          n,
-          k,
-          a.zStride ?? 0,
-          b.zStride ?? 0,
-          m * n,
-          0,
-          k,
-          z0,
-          seed,
-          threshold,
-          keep,
-          f32Bits(alpha),
-        ];
-        this.rt.dispatch(kernel, params, [a.bind, b.bind, out], [
-          grid[0],
-          grid[1],
-          Math.min(maxZ, batch - z0),
-        ]);
-      }
-      return out;
-    }
-    const chunk = Math.ceil(Math.ceil(k / splits) / BK) * BK;
-    const slices = Math.ceil(k / chunk);
-    const part = this.#scratch(slices * m * n, `${req.what} (split-K partial sums)`);
-    const params = [m, n, k, 0, 0, m * n, chunk, chunk, 0, seed, threshold, keep, f32Bits(1)];
-    this.rt.dispatch(this.#kernels.get("matmul", spec("f32")), params, [a.bind, b.bind, part], [
-      ...grid,
-      slices,
-    ]);
-    const reduce = this.#kernel("splitk_reduce", { T: outType });
-    this.rt.dispatch(reduce, [m * n, slices, f32Bits(alpha)], [part, out], this.#grid1d(m * n));
-    this.rt.release(part.buf);
-    return out;
-  }
 
   /** Wraps a GEMM result buffer as a live storage. */
   #adopt(bind: Binding, size: number, dtype: DType): GpuStorage {
@@ -546,7 +421,7 @@ export class WebGpuBackend implements Backend {
       throw new ShapeError(`matmul: operand batches ${aBatch} and ${bBatch} do not broadcast to ${batch}`);
     }
     const T = a.dtype as WgslType;
-    const out = this.#gemm({
+    const out = recordGemm(this.#ctx, {
       a: { bind: ab, type: T, trans: transA, zStride: aBatch === 1 ? 0 : m * k },
       b: { bind: bb, type: T, trans: transB, zStride: bBatch === 1 ? 0 : k * n },
       m,
@@ -698,153 +573,27 @@ export class WebGpuBackend implements Backend {
     }
   }
 
-  /** t = drop_pre(x) · Aᵀ as f32 scratch [m, rank]: the intermediate the fused path never stores. */
-  #loraInner(args: LoraForwardArgs | LoraBackwardArgs, xb: Binding, ab: Binding, op: string): Binding {
-    const T = args.x.dtype as WgslType;
-    const pre = dropoutAt(args.dropout, "pre");
-    return this.#gemm({
-      a: { bind: xb, type: T, trans: false, masked: pre !== null },
-      b: { bind: ab, type: T, trans: true },
-      m: args.m,
-      n: args.rank,
-      k: args.inFeatures,
-      dropout: pre,
-      outType: "f32",
-      what: `${op}: x·Aᵀ [${args.m}, ${args.rank}]`,
-    });
-  }
-
-  /** Records the two-phase output kernel (lora_out.wgsl) into a new storage of [m, n]. */
-  #loraOut(o: {
-    p: Binding;
-    q: Binding;
-    x: Binding;
-    w: Binding;
-    bias: Binding | null;
-    m: number;
-    n: number;
-    k: number;
-    r: number;
-    scale: number;
-    dropout: FusedDropout | null;
-    trans: boolean;
-    dtype: DType;
-    what: string;
-  }): GpuStorage {
-    const out = this.#new(o.m * o.n, o.dtype, o.what);
-    if (o.m * o.n === 0) return out;
-    const spec = {
-      T: o.dtype,
-      TRANS: o.trans,
-      MASK: o.dropout !== null,
-      BIAS: o.bias !== null,
-      ...GEMM_TILE,
-      WG: GEMM_WG,
-    };
-    const params = [o.m, o.n, o.k, o.r, ...dropoutWords(o.dropout), f32Bits(o.scale)];
-    const grid: Grid = [Math.ceil(o.n / GEMM_TILE.BN), Math.ceil(o.m / GEMM_TILE.BM), 1];
-    this.rt.dispatch(this.#kernels.get("lora_out", spec), params, [
-      o.p,
-      o.q,
-      o.x,
-      o.w,
-      o.bias,
-      this.#bind(out),
-    ], grid);
-    return out;
-  }
-
   loraForward(args: LoraForwardArgs): Storage {
     const op = "loraForward";
-    const [xb, wb, ab, bb] = this.#begin(op, args.x, args.w, args.a, args.b);
-    const biasb = args.bias === null ? null : this.#in(args.bias, op);
+    const [x, w, a, b] = this.#begin(op, args.x, args.w, args.a, args.b);
+    const bias = args.bias === null ? null : this.#in(args.bias, op);
     this.#checkLora(op, args, args.bias);
-    const t = this.#loraInner(args, xb, ab, op);
-    const y = this.#loraOut({
-      p: t,
-      q: bb,
-      x: xb,
-      w: wb,
-      bias: biasb,
-      m: args.m,
-      n: args.outFeatures,
-      k: args.inFeatures,
-      r: args.rank,
-      scale: args.scale,
-      dropout: dropoutAt(args.dropout, "post"),
-      trans: true,
-      dtype: args.x.dtype,
-      what: `${op}: output [${args.m}, ${args.outFeatures}] (${args.x.dtype})`,
-    });
-    this.rt.release(t.buf);
-    return y;
+    const y = recordLoraForward(this.#ctx, args, { x, w, a, b, bias });
+    return this.#adopt(y, args.m * args.outFeatures, args.x.dtype);
   }
 
   loraBackward(args: LoraBackwardArgs): LoraGrads {
     const op = "loraBackward";
-    const [dyb, xb, wb, ab, bb] = this.#begin(op, args.dy, args.x, args.w, args.a, args.b);
+    const [dy, x, w, a, b] = this.#begin(op, args.dy, args.x, args.w, args.a, args.b);
     this.#checkLora(op, args, null);
-    const { m, inFeatures: K, outFeatures: N, rank: R, scale } = args;
-    const T = args.x.dtype as WgslType;
-    const pre = dropoutAt(args.dropout, "pre"), post = dropoutAt(args.dropout, "post");
-    // g = dyl · B [m, R], dyl = post-mask ⊙ dy.
-    const g = this.#gemm({
-      a: { bind: dyb, type: T, trans: false, masked: post !== null },
-      b: { bind: bb, type: T, trans: false },
-      m,
-      n: R,
-      k: N,
-      dropout: post,
-      outType: "f32",
-      what: `${op}: dy·B [${m}, ${R}]`,
-    });
-    // dx = dy · W + scale · pre-mask ⊙ (g · A).
-    const dx = args.needDx
-      ? this.#loraOut({
-        p: g,
-        q: ab,
-        x: dyb,
-        w: wb,
-        bias: null,
-        m,
-        n: K,
-        k: N,
-        r: R,
-        scale,
-        dropout: pre,
-        trans: false,
-        dtype: T,
-        what: `${op}: dx [${m}, ${K}] (${T})`,
-      })
-      : null;
-    // dA = scale · gᵀ · drop_pre(x) [R, K], summed over tokens.
-    const dA = this.#gemm({
-      a: { bind: g, type: "f32", trans: true },
-      b: { bind: xb, type: T, trans: false, masked: pre !== null },
-      m: R,
-      n: K,
-      k: m,
-      alpha: scale,
-      dropout: pre,
-      outType: T,
-      what: `${op}: dA [${R}, ${K}] (${T})`,
-    });
-    // dB = scale · dylᵀ · t [N, R], with t recomputed rather than saved by the forward.
-    const t = this.#loraInner(args, xb, ab, op);
-    const dB = this.#gemm({
-      a: { bind: dyb, type: T, trans: true, masked: post !== null },
-      b: { bind: t, type: "f32", trans: false },
-      m: N,
-      n: R,
-      k: m,
-      alpha: scale,
-      dropout: post,
-      outType: T,
-      what: `${op}: dB [${N}, ${R}] (${T})`,
-    });
-    this.rt.release(g.buf);
-    this.rt.release(t.buf);
-    return { dx, dA: this.#adopt(dA, R * K, T), dB: this.#adopt(dB, N * R, T) };
+    const g = recordLoraBackward(this.#ctx, args, { dy, x, w, a, b });
+    const { m, inFeatures: K, outFeatures: N, rank: R } = args;
+    const T = args.x.dtype;
+    return {
+      dx: g.dx === null ? null : this.#adopt(g.dx, m * K, T),
+      dA: this.#adopt(g.dA, R * K, T),
+      dB: this.#adopt(g.dB, N * R, T),
+    };
   }
 
   // -------------------------------------------------------------------------------------------------

@@ -104,6 +104,18 @@ export class GpuRuntime {
     });
   }
 
+  /** `groups` workgroups folded onto two grid dimensions (kernels index them row-major). */
+  fold(groups: number): Grid {
+    const max = this.limits.maxComputeWorkgroupsPerDimension;
+    if (groups <= max) return [groups, 1, 1];
+    return [max, Math.ceil(groups / max), 1];
+  }
+
+  /** Workgroups for `n` invocations in workgroups of `wgSize`, folded onto two grid dimensions. */
+  grid1d(n: number, wgSize: number): Grid {
+    return this.fold(Math.ceil(n / wgSize));
+  }
+
   /** Throws a DeviceError naming `op` when the device is lost or destroyed. */
   checkAlive(op: string): void {
     if (this.lostReason !== null) {

@@ -1,0 +1,147 @@
+/**
+ * The fused LoRA linear on WebGPU, as plans of a few dispatches. Notation: x [m, K], W [N, K], A [R, K],
+ * B [N, R], dy [m, N]; drop_pre / drop_post are the dropout masks (keyed by x and y element indices,
+ * as the CPU reference does).
+ *
+ * Forward, y = x Wᵀ + b + scale · drop_post((drop_pre(x) Aᵀ) Bᵀ):
+ *   1. t = drop_pre(x) Aᵀ, [m, R] in f32 scratch (one row block per workgroup);
+ *   2. lora_out: one pass over y, the LoRA term and the base product in one accumulator set.
+ * Backward, from x, A and B only (t is recomputed, never saved):
+ *   1. g = dyl B, dyl = drop_post(dy), [m, R] f32 scratch;
+ *   2. dx = dy W + scale · drop_pre ⊙ (g A), one lora_out pass;
+ *   3. dA = scale · gᵀ drop_pre(x) and 4. dB = scale · dylᵀ t, GEMMs over the tokens, split-K when
+ *      the token count is deep and the outputs small (partial sums per token chunk, then a reduce).
+ * @module
+ */
+import type { FusedDropout, LoraBackwardArgs, LoraForwardArgs } from "../backend.ts";
+import { type GemmContext, recordGemm, recordLoraOut, type WgslType } from "./gemm.ts";
+import type { Binding } from "./runtime.ts";
+
+/** The dropout of `position`, or null when absent or p is 0 (no mask, as the CPU reference does). */
+function dropoutAt(d: FusedDropout | null, position: "pre" | "post"): FusedDropout | null {
+  return d !== null && d.position === position && d.p > 0 ? d : null;
+}
+
+/** Buffers of the fused operands. */
+export interface LoraBindings {
+  x: Binding;
+  w: Binding;
+  a: Binding;
+  b: Binding;
+}
+
+/** t = drop_pre(x) · Aᵀ as f32 scratch [m, R]. */
+function recordInner(
+  ctx: GemmContext,
+  args: LoraForwardArgs | LoraBackwardArgs,
+  bind: LoraBindings,
+  op: string,
+): Binding {
+  const T = args.x.dtype as WgslType;
+  const pre = dropoutAt(args.dropout, "pre");
+  return recordGemm(ctx, {
+    a: { bind: bind.x, type: T, trans: false, masked: pre !== null },
+    b: { bind: bind.a, type: T, trans: true },
+    m: args.m,
+    n: args.rank,
+    k: args.inFeatures,
+    dropout: pre,
+    outType: "f32",
+    what: `${op}: x·Aᵀ [${args.m}, ${args.rank}]`,
+  });
+}
+
+/** Records the fused forward; returns y [m, N] in x's dtype. */
+export function recordLoraForward(
+  ctx: GemmContext,
+  args: LoraForwardArgs,
+  bind: LoraBindings & { bias: Binding | null },
+): Binding {
+  const op = "loraForward";
+  const T = args.x.dtype as WgslType;
+  const t = recordInner(ctx, args, bind, op);
+  const y = recordLoraOut(ctx, {
+    p: t,
+    q: bind.b,
+    x: bind.x,
+    w: bind.w,
+    bias: bind.bias,
+    m: args.m,
+    n: args.outFeatures,
+    k: args.inFeatures,
+    r: args.rank,
+    scale: args.scale,
+    dropout: dropoutAt(args.dropout, "post"),
+    trans: true,
+    type: T,
+    what: `${op}: output [${args.m}, ${args.outFeatures}] (${T})`,
+  });
+  ctx.rt.release(t.buf);
+  return y;
+}
+
+/** Records the fused backward; returns dx (when asked for), dA and dB in x's dtype. */
+export function recordLoraBackward(
+  ctx: GemmContext,
+  args: LoraBackwardArgs,
+  bind: LoraBindings & { dy: Binding },
+): { dx: Binding | null; dA: Binding; dB: Binding } {
+  const op = "loraBackward";
+  const { m, inFeatures: K, outFeatures: N, rank: R, scale } = args;
+  const T = args.x.dtype as WgslType;
+  const pre = dropoutAt(args.dropout, "pre"), post = dropoutAt(args.dropout, "post");
+  const g = recordGemm(ctx, {
+    a: { bind: bind.dy, type: T, trans: false, masked: post !== null },
+    b: { bind: bind.b, type: T, trans: false },
+    m,
+    n: R,
+    k: N,
+    dropout: post,
+    outType: "f32",
+    what: `${op}: dy·B [${m}, ${R}]`,
+  });
+  const dx = args.needDx
+    ? recordLoraOut(ctx, {
+      p: g,
+      q: bind.a,
+      x: bind.dy,
+      w: bind.w,
+      bias: null,
+      m,
+      n: K,
+      k: N,
+      r: R,
+      scale,
+      dropout: pre,
+      trans: false,
+      type: T,
+      what: `${op}: dx [${m}, ${K}] (${T})`,
+    })
+    : null;
+  const dA = recordGemm(ctx, {
+    a: { bind: g, type: "f32", trans: true },
+    b: { bind: bind.x, type: T, trans: false, masked: pre !== null },
+    m: R,
+    n: K,
+    k: m,
+    alpha: scale,
+    dropout: pre,
+    outType: T,
+    what: `${op}: dA [${R}, ${K}] (${T})`,
+  });
+  const t = recordInner(ctx, args, bind, op);
+  const dB = recordGemm(ctx, {
+    a: { bind: bind.dy, type: T, trans: true, masked: post !== null },
+    b: { bind: t, type: "f32", trans: false },
+    m: N,
+    n: R,
+    k: m,
+    alpha: scale,
+    dropout: post,
+    outType: T,
+    what: `${op}: dB [${N}, ${R}] (${T})`,
+  });
+  ctx.rt.release(g.buf);
+  ctx.rt.release(t.buf);
+  return { dx, dA, dB };
+}
