@@ -45,6 +45,17 @@ export function dim(max = 300): fc.Arbitrary<number> {
   return fc.oneof(fc.integer({ min: 1, max }), fc.constantFrom(...special));
 }
 
+/** The smallest normal f32; GPUs may flush anything smaller to zero (WGSL allows it). */
+export const MIN_NORMAL_F32 = 2 ** -126;
+
+/**
+ * A double in [min, max] that is 0 or far from the f32 subnormal range: products with it stay normal,
+ * so that results do not depend on whether a GPU flushes subnormals (see the named scale test).
+ */
+export function factor(min: number, max: number): fc.Arbitrary<number> {
+  return fc.double({ min, max, noNaN: true }).map((v) => (Math.abs(v) < 1e-20 ? 0 : v));
+}
+
 /** A seed for {@link values}. */
 export const seedArb: fc.Arbitrary<number> = fc.integer({ min: 0, max: 0x7fffffff });
 
