@@ -173,3 +173,23 @@ gpuTest("defaultDevice returns the device given to setDefaultDevice", async () =
     .output();
   assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
 });
+
+gpuTest(
+  "the library loads and runs without the GPUBufferUsage/GPUMapMode/GPUShaderStage globals",
+  async () => {
+    // Node's `webgpu` and Bun inject a GPU object but need not define these globals.
+    const code = `
+    for (const g of ["GPUBufferUsage", "GPUMapMode", "GPUShaderStage"]) delete globalThis[g];
+    const { tensor, webgpuDevice } = await import("./mod.ts");
+    const device = await webgpuDevice({ gpu: navigator.gpu });
+    const t = tensor([1, 2, 3], [3], { device });
+    const got = Array.from(await t.mul(t).data());
+    if (got.join() !== "1,4,9") throw new Error("got " + got);
+    device.destroy();
+  `;
+    const root = new URL("../../", import.meta.url).pathname;
+    const out = await new Deno.Command(Deno.execPath(), { args: ["eval", "--ext=ts", code], cwd: root })
+      .output();
+    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  },
+);

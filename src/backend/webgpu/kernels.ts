@@ -5,6 +5,7 @@
  */
 import { WGSL_SOURCES } from "./wgsl_sources.ts";
 import { expandTemplate, type TemplateParams } from "./template.ts";
+import { GPU_FLAGS } from "./runtime.ts";
 
 /** How a kernel uses a storage binding. Binding 0 is always the uniform parameter block. */
 export type BindingKind = "read" | "write";
@@ -96,10 +97,10 @@ export class PipelineCache {
     let layout = this.#layouts.get(name);
     if (layout === undefined) {
       const entries: GPUBindGroupLayoutEntry[] = [
-        { binding: 0, visibility: GPUShaderStage.COMPUTE, buffer: { type: "uniform" } },
+        { binding: 0, visibility: GPU_FLAGS.STAGE_COMPUTE, buffer: { type: "uniform" } },
         ...KERNELS[name].map((kind, i): GPUBindGroupLayoutEntry => ({
           binding: i + 1,
-          visibility: GPUShaderStage.COMPUTE,
+          visibility: GPU_FLAGS.STAGE_COMPUTE,
           buffer: { type: kind === "read" ? "read-only-storage" : "storage" },
         })),
       ];

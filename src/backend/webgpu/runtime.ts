@@ -21,7 +21,24 @@ export const MAX_BATCH = 256;
 /** Bytes of freed buffers the pool keeps for reuse before destroying more. */
 const POOL_CAP_BYTES = 1 << 30;
 
-const STORAGE_USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+/**
+ * WebGPU's flag values (fixed by the spec), spelled out because the GPUBufferUsage, GPUMapMode and
+ * GPUShaderStage globals may be missing where the GPU object is injected (Node's `webgpu`, Bun), and
+ * importing the library must work without any GPU at all.
+ */
+export const GPU_FLAGS = {
+  MAP_READ: 0x0001,
+  COPY_SRC: 0x0004,
+  COPY_DST: 0x0008,
+  UNIFORM: 0x0040,
+  STORAGE: 0x0080,
+  /** GPUMapMode.READ */
+  MAP_MODE_READ: 0x0001,
+  /** GPUShaderStage.COMPUTE */
+  STAGE_COMPUTE: 0x0004,
+} as const;
+
+const STORAGE_USAGE = GPU_FLAGS.STORAGE | GPU_FLAGS.COPY_SRC | GPU_FLAGS.COPY_DST;
 
 /** A device buffer and the batch that last used it. */
 export class GpuBuffer {
@@ -95,11 +112,12 @@ export class GpuRuntime {
     this.#uniforms = device.createBuffer({
       label: "uniform slots",
       size: this.#uniformSlot * MAX_BATCH,
-      usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+      usage: GPU_FLAGS.UNIFORM | GPU_FLAGS.COPY_DST,
     });
     this.#uniformData = new Uint32Array((this.#uniformSlot * MAX_BATCH) / 4);
-    this.#dummy = device.createBuffer({ label: "unused binding", size: 16, usage: GPUBufferUsage.STORAGE });
-    device.addEventListener("uncapturederror", (ev) => {
+    this.#dummy = device.createBuffer({ label: "unused binding", size: 16, usage: GPU_FLAGS.STORAGE });
+    // Injected GPU objects (Node, Bun) may lack EventTarget; error scopes still catch our own errors.
+    device.addEventListener?.("uncapturederror", (ev) => {
       this.reportError(`webgpu: ${(ev as GPUUncapturedErrorEvent).error.message}`);
     });
   }
@@ -303,7 +321,7 @@ export class GpuRuntime {
     const size = Math.max(4, Math.ceil(bytes / 4) * 4);
     const capacity = Math.min(sizeClass(size), Math.max(size, this.limits.maxBufferSize));
     const staging = this.#staging.get(capacity)?.pop() ??
-      this.device.createBuffer({ size: capacity, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+      this.device.createBuffer({ size: capacity, usage: GPU_FLAGS.MAP_READ | GPU_FLAGS.COPY_DST });
     const encoder = this.#openEncoder();
     if (this.#pass !== null) {
       this.#pass.end();
@@ -313,7 +331,7 @@ export class GpuRuntime {
     encoder.copyBufferToBuffer(buf.gpu, 0, staging, 0, size);
     this.flush();
     try {
-      await staging.mapAsync(GPUMapMode.READ, 0, size);
+      await staging.mapAsync(GPU_FLAGS.MAP_MODE_READ, 0, size);
     } catch (e) {
       this.checkAlive(op);
       throw new DeviceError(
