@@ -15,6 +15,7 @@ import {
 } from "./compare.ts";
 import { gpu, gpuTest } from "./gpu.ts";
 import { DeviceError, DTypeError } from "../../mod.ts";
+import type { WebGpuBackend } from "../../src/backend/webgpu/backend.ts";
 
 const RUNS = { cheap: 30, gemm: 25 };
 const f = gpu === null ? fc.constant<"f32">("f32") : floatTypes(gpu);
@@ -378,4 +379,20 @@ gpuTest("affine with add 0 copies exactly: -0 stays -0, like the CPU reference",
     assert.ok(Object.is(r.gpu[0][0], -0), `${dt}: got ${r.gpu[0][0]}`);
     assert.deepEqual(r.gpu[0], r.cpu[0]);
   }
+});
+
+gpuTest("pipelines are compiled once per kernel specialisation and then reused", async (dev) => {
+  const be = dev.backend as WebGpuBackend;
+  const run = async (m: number, k: number, n: number) => {
+    const a = be.upload(values(m * k, 1, "f32"), "f32"), b = be.upload(values(k * n, 2, "f32"), "f32");
+    const c = be.matmul(a, b, { batch: 1, aBatch: 1, bBatch: 1, m, k, n, transA: false, transB: false });
+    await be.read(c);
+    for (const s of [a, b, c]) be.free(s);
+  };
+  await run(70, 33, 65);
+  const count = be.pipelineCount;
+  // Other sizes with the same specialisation (no split-K: k < 128) need no new pipeline.
+  await run(5, 100, 300);
+  await run(129, 7, 1);
+  assert.equal(be.pipelineCount, count);
 });
