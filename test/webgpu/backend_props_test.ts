@@ -8,6 +8,7 @@ import {
   type Dist,
   factor,
   floatTypes,
+  MIN_NORMAL_F32,
   onBoth,
   printWorst,
   seedArb,
@@ -396,3 +397,13 @@ gpuTest("pipelines are compiled once per kernel specialisation and then reused",
   await run(129, 7, 1);
   assert.equal(be.pipelineCount, count);
 });
+
+gpuTest(
+  "affine with a subnormal add (shrunk counterexample): off by at most the f32 subnormal range",
+  async (dev) => {
+    // fast-check found n 1, seed 0, mul 0, add 1.4e-43: the CPU keeps the subnormal, a GPU may flush it.
+    const add = 1.4198602333119494e-43;
+    const r = await onBoth(dev, "f32", (u) => u.be.affine(u.up(values(1, 0, "f32")), 0, add));
+    assert.ok(Math.abs(r.gpu[0][0] - r.cpu[0][0]) <= MIN_NORMAL_F32, `${r.gpu[0][0]} vs ${r.cpu[0][0]}`);
+  },
+);
