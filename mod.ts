@@ -82,10 +82,10 @@ export {
 export { loraLinear } from "./src/peft/lora_function.ts";
 export { applyLoraToLinearModules } from "./src/peft/apply.ts";
 export {
-  adapterToFiles,
-  adapterToFilesAsync,
   type AdapterFiles,
   type AdapterFilesInput,
+  adapterToFiles,
+  adapterToFilesAsync,
   loadAdapter,
   type LoadAdapterOptions,
   mergeAndUnload,
