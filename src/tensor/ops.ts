@@ -175,7 +175,9 @@ export const sqrt = (x: Tensor): Tensor => unaryOp("sqrt", x, (g, _x, y) => div(
 export const rsqrt = (x: Tensor): Tensor =>
   unaryOp("rsqrt", x, (g, _x, y) => mul(g, scale(mul(y, mul(y, y)), -0.5)));
 /** Logistic sigmoid. */
-export const sigmoid = (x: Tensor): Tensor => unaryOp("sigmoid", x, (g, _x, y) => mul(g, mul(y, sub(1, y))));
+// σ'(x) = σ(x)·σ(−x): unlike σ(1 − σ), no cancellation where σ(x) rounds near 1.
+export const sigmoid = (x: Tensor): Tensor =>
+  unaryOp("sigmoid", x, (g, x, y) => mul(g, mul(y, unaryOp("sigmoid", neg(x), null))));
 /** x · sigmoid(x) (SiLU / swish). */
 export const silu = (x: Tensor): Tensor => unaryOp("silu", x, (g, x) => mul(g, unaryOp("siluGrad", x, null)));
 /** max(x, 0). */

@@ -128,6 +128,19 @@ for (const [name, [op, dist]] of Object.entries(unaries)) {
   opProperty(name, shapeArb(), (shape) => ({ inputs: [{ shape, dist }], fn: ([x]) => op(x) }));
 }
 
+gpuTest("sigmoid gradient near saturation (shrunk counterexample): within f32 tolerance", async (dev) => {
+  // fast-check found shape [1], seed 2, f32: the backward σ(1 − σ) cancelled where σ(x) rounds near 1
+  // (relative error 1.4e-4); ops.sigmoid now differentiates as σ(x)·σ(−x).
+  await compareOp(
+    "sigmoid",
+    dev,
+    "f32",
+    [{ shape: [1], dist: { lo: -8, hi: 8 } }],
+    2,
+    ([x]) => ops.sigmoid(x),
+  );
+});
+
 opProperty("scale", fc.tuple(shapeArb(), factor(-5, 5)), ([shape, s]) => ({
   inputs: [{ shape }],
   fn: ([x]) => ops.scale(x, s),
