@@ -9,6 +9,18 @@ import { concat } from "../tensor/ops.ts";
 import { keep } from "../autograd/graph.ts";
 import { nextSeed, Rng } from "../tensor/random.ts";
 import { ConfigError, ShapeError } from "../errors.ts";
+import { checkOptionalBoolean, checkOptionKeys } from "../nn/options.ts";
+
+/** Names of {@link GenerateOptions}. */
+const GENERATE_OPTION_KEYS = [
+  "maxNewTokens",
+  "greedy",
+  "temperature",
+  "topK",
+  "topP",
+  "seed",
+  "eosTokenId",
+] as const;
 
 /** Options of `generate`. */
 export interface GenerateOptions {
@@ -91,6 +103,8 @@ interface Sampler {
 
 function checkOptions(opts: GenerateOptions, vocab: number): Sampler & { eos: Set<number> } {
   if (opts === null || typeof opts !== "object") throw new ConfigError(`generate: options must be an object`);
+  checkOptionKeys(opts, GENERATE_OPTION_KEYS, "generate");
+  checkOptionalBoolean(opts.greedy, "greedy", "generate");
   const { maxNewTokens } = opts;
   if (!Number.isInteger(maxNewTokens) || maxNewTokens < 0) {
     throw new ConfigError(`generate: maxNewTokens must be a non-negative integer, got ${maxNewTokens}`);

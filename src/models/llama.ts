@@ -31,13 +31,14 @@ import {
 } from "../tensor/ops.ts";
 import { keep, noGrad, tidy } from "../autograd/graph.ts";
 import { nextSeed } from "../tensor/random.ts";
-import { currentDevice, type Device } from "../backend/device.ts";
-import type { DType } from "../tensor/dtype.ts";
+import { currentDevice, Device } from "../backend/device.ts";
+import { type DType, isDType } from "../tensor/dtype.ts";
 import { type LlamaConfig, parseLlamaConfig } from "./config.ts";
 import { RopeTables, rotateHalfMatrix } from "./rope.ts";
 import { type GenerateOptions, generateTokens, type KVCache } from "./generate.ts";
 import { loadLlamaWeights, type ModelSource, saveModel, type SaveModelOptions } from "./weights.ts";
-import { ConfigError, ShapeError } from "../errors.ts";
+import { ConfigError, DeviceError, DTypeError, ShapeError } from "../errors.ts";
+import { checkOptionalBoolean, checkOptionalSeed, checkOptionKeys, showValue } from "../nn/options.ts";
 
 /** Token ids (or labels, masks, positions): rows of equal length, or flat data with a [batch, seq] shape. */
 export type TokenInput = number[][] | { data: ArrayLike<number>; shape: readonly number[] };
@@ -74,6 +75,29 @@ export interface LlamaModelOptions {
   materialize?: boolean;
   /** Seed of the random init. */
   seed?: number;
+}
+
+/**
+ * Checks {@link LlamaModelOptions} before anything is built or read, naming `where` and the option: a
+ * bad device or dtype would otherwise surface deep inside the first layer (or after reading a
+ * multi-gigabyte checkpoint) as an error of some tensor constructor.
+ */
+function checkModelOptions(options: unknown, where: string): LlamaModelOptions {
+  const o = checkOptionKeys(options, ["device", "dtype", "materialize", "seed"], where) as LlamaModelOptions;
+  if (o.device !== undefined && !(o.device instanceof Device)) {
+    throw new DeviceError(
+      `${where}: device must be a Device (e.g. await webgpuDevice()), got ${showValue(o.device)}`,
+    );
+  }
+  if (o.dtype !== undefined) {
+    if (!isDType(o.dtype)) {
+      throw new DTypeError(`${where}: dtype must be "f32", "f16" or "f64", got ${showValue(o.dtype)}`);
+    }
+    (o.device ?? currentDevice()).checkDType(o.dtype, where);
+  }
+  checkOptionalBoolean(o.materialize, "materialize", where);
+  checkOptionalSeed(o.seed, "seed", where);
+  return o;
 }
 
 /** Per-forward tensors every layer shares. */
@@ -316,8 +340,9 @@ export class LlamaForCausalLM extends Module {
   #rotations = new WeakMap<Device, Map<DType, Tensor>>();
 
   /** A model of `config` (a parsed config or a config.json object) with random or shape-only weights. */
-  constructor(config: LlamaConfig | Record<string, unknown>, opts: LlamaModelOptions = {}) {
+  constructor(config: LlamaConfig | Record<string, unknown>, options: LlamaModelOptions = {}) {
     super();
+    const opts = checkModelOptions(options, "LlamaForCausalLM");
     const cfg = "source" in config && "rope" in config ? config as LlamaConfig : parseLlamaConfig(config);
     const o = {
       ...opts,
@@ -341,7 +366,11 @@ export class LlamaForCausalLM extends Module {
    * @throws {ConfigError} for unsupported config fields; {@link FormatError} for missing, unexpected or
    *   mis-shaped weights (naming the key)
    */
-  static async fromPretrained(source: ModelSource, opts: LlamaModelOptions = {}): Promise<LlamaForCausalLM> {
+  static async fromPretrained(
+    source: ModelSource,
+    options: LlamaModelOptions = {},
+  ): Promise<LlamaForCausalLM> {
+    const opts = checkModelOptions(options, "LlamaForCausalLM.fromPretrained");
     const build = (config: LlamaConfig) => new LlamaForCausalLM(config, { ...opts, materialize: false });
     // As transformers' from_pretrained: dropout stays off until train() is called.
     return (await loadLlamaWeights(source, build)).eval();

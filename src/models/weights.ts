@@ -115,7 +115,12 @@ export async function loadLlamaWeights<M extends CheckpointModel>(
     }
     raw = { config: source.config, shards: list.map((bytes, i) => ({ name: `weights[${i}]`, bytes })) };
   } else {
-    throw new ConfigError(`LlamaForCausalLM.fromPretrained: pass a directory path or { config, weights }`);
+    const got = source === null || typeof source !== "object"
+      ? String(source)
+      : `{ ${Object.keys(source).join(", ")} }`;
+    throw new ConfigError(
+      `LlamaForCausalLM.fromPretrained: source must be a directory path or { config, weights }, got ${got}`,
+    );
   }
   const config = parseLlamaConfig(raw.config);
   const model = build(config);

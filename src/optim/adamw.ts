@@ -6,11 +6,15 @@
  * Scalars enter as tensor operands and so are rounded to the parameter dtype, as torch does.
  * @module
  */
-import { type Tensor, zeros } from "../tensor/tensor.ts";
+import { Tensor, zeros } from "../tensor/tensor.ts";
 import { add, div, mul, sqrt, sub } from "../tensor/ops.ts";
 import { keep, noGrad, tidy } from "../autograd/graph.ts";
 import { Module } from "../nn/module.ts";
 import { ConfigError, ShapeError } from "../errors.ts";
+import { checkOptionKeys, showValue } from "../nn/options.ts";
+
+/** Names of {@link AdamWOptions}. */
+const ADAMW_OPTION_KEYS = ["lr", "betas", "eps", "weightDecay"] as const;
 
 /** Options of {@link AdamW}. */
 export interface AdamWOptions {
@@ -58,11 +62,14 @@ function checkHyper(o: { lr: number; betas: [number, number]; eps: number; weigh
   ) {
     throw new ConfigError(`AdamW: betas must be two numbers in [0, 1), got ${JSON.stringify(o.betas)}`);
   }
-  if (typeof o.eps !== "number" || !(o.eps >= 0)) {
-    throw new ConfigError(`AdamW: eps must be non-negative, got ${o.eps}`);
+  // Infinite eps or weight decay would turn every update into 0 or −∞ without an error.
+  if (typeof o.eps !== "number" || !(o.eps >= 0) || !Number.isFinite(o.eps)) {
+    throw new ConfigError(`AdamW: eps must be a finite non-negative number, got ${showValue(o.eps)}`);
   }
-  if (typeof o.weightDecay !== "number" || !(o.weightDecay >= 0)) {
-    throw new ConfigError(`AdamW: weightDecay must be non-negative, got ${o.weightDecay}`);
+  if (typeof o.weightDecay !== "number" || !(o.weightDecay >= 0) || !Number.isFinite(o.weightDecay)) {
+    throw new ConfigError(
+      `AdamW: weightDecay must be a finite non-negative number, got ${showValue(o.weightDecay)}`,
+    );
   }
 }
 
@@ -82,16 +89,26 @@ export class AdamW {
   readonly state: (AdamWParamState | null)[];
 
   /** An optimizer over `params` (each once). */
-  constructor(params: Iterable<Tensor>, opts: AdamWOptions) {
+  constructor(params: Iterable<Tensor>, options: AdamWOptions) {
+    if (typeof (params as Iterable<Tensor> | null)?.[Symbol.iterator] !== "function") {
+      throw new ConfigError(`AdamW: params must be a list of tensors, got ${showValue(params)}`);
+    }
     this.params = [...params];
     if (this.params.length === 0) throw new ConfigError(`AdamW: got an empty parameter list`);
+    const notTensor = this.params.findIndex((p) => !(p instanceof Tensor));
+    if (notTensor >= 0) {
+      throw new ConfigError(
+        `AdamW: params[${notTensor}] is not a Tensor (got ${showValue(this.params[notTensor])})`,
+      );
+    }
+    const opts = checkOptionKeys(options, ADAMW_OPTION_KEYS, "AdamW") as Partial<AdamWOptions>;
     if (new Set(this.params).size !== this.params.length) {
       throw new ConfigError(`AdamW: a parameter appears more than once in the list`);
     }
-    this.lr = opts?.lr;
-    this.betas = opts?.betas ?? [0.9, 0.999];
-    this.eps = opts?.eps ?? 1e-8;
-    this.weightDecay = opts?.weightDecay ?? 0.01;
+    this.lr = opts.lr as number;
+    this.betas = opts.betas ?? [0.9, 0.999];
+    this.eps = opts.eps ?? 1e-8;
+    this.weightDecay = opts.weightDecay ?? 0.01;
     checkHyper(this);
     this.state = this.params.map(() => null);
   }

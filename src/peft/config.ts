@@ -5,6 +5,7 @@
  */
 import type { DType } from "../tensor/dtype.ts";
 import { ConfigError } from "../errors.ts";
+import { checkOptionKeys } from "../nn/options.ts";
 
 /** Initialisation of lora_A: Xavier/Glorot normal, or kaiming-uniform with a = √5 ("uniform" / "kaiming"). */
 export type LoraAInit = "xavier" | "uniform" | "kaiming";
@@ -84,10 +85,14 @@ export function parseDType(value: unknown, where: string): DType | null {
   return d;
 }
 
-/** Checks the LoRA layer options shared by configs and layers; throws ConfigError naming `where`. */
+/**
+ * Checks the LoRA layer options shared by configs and layers; throws ConfigError naming `where` and the
+ * option (`initName` is the init option's name where the caller spells it differently).
+ */
 export function validateLoraOptions(
   where: string,
   o: { dim: number; alpha: number; dropout: number; dropoutPosition: string; loraAInit: string },
+  initName = "loraAInit",
 ): void {
   if (!Number.isInteger(o.dim) || o.dim < 1) {
     throw new ConfigError(`${where}: dim (rank) must be an integer ≥ 1, got ${o.dim}`);
@@ -105,7 +110,7 @@ export function validateLoraOptions(
   }
   if (!["xavier", "uniform", "kaiming"].includes(o.loraAInit)) {
     throw new ConfigError(
-      `${where}: loraAInit must be "xavier", "uniform" or "kaiming", got ${JSON.stringify(o.loraAInit)}`,
+      `${where}: ${initName} must be "xavier", "uniform" or "kaiming", got ${JSON.stringify(o.loraAInit)}`,
     );
   }
 }
@@ -133,7 +138,9 @@ export class PeftConfig {
   /** Fused kernels (the seed's `use_triton`); default true since the fused path is verified equal. */
   useFused: boolean;
 
-  constructor(opts: PeftConfigOptions = {}) {
+  /** Unknown option names are a ConfigError (a misspelt option would otherwise be silently ignored). */
+  constructor(options: PeftConfigOptions = {}) {
+    const opts = checkOptionKeys(options, [...CAMEL_KEYS], "PeftConfig") as PeftConfigOptions;
     this.targetModules = toList(opts.targetModules, "PeftConfig.targetModules");
     this.excludeModules = toList(opts.excludeModules, "PeftConfig.excludeModules");
     this.matchAllLinear = opts.matchAllLinear ?? false;

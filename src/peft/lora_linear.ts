@@ -13,6 +13,20 @@ import { nextSeed, Rng } from "../tensor/random.ts";
 import { loraLinear } from "./lora_function.ts";
 import { type DropoutPosition, type LoraAInit, parseDType, validateLoraOptions } from "./config.ts";
 import { ConfigError, DeviceError } from "../errors.ts";
+import { checkOptionalBoolean, checkOptionalSeed, checkOptionKeys } from "../nn/options.ts";
+
+/** Names of {@link LinearLoRAOptions}. */
+const LORA_OPTION_KEYS = [
+  "dim",
+  "alpha",
+  "dropout",
+  "dropoutPosition",
+  "loraAInitMethod",
+  "loraDtype",
+  "useFused",
+  "seed",
+  "scale",
+] as const;
 
 /** Options of {@link LinearLoRA} and {@link patchLinearModule}. */
 export interface LinearLoRAOptions {
@@ -73,7 +87,7 @@ export class LinearLoRA extends Linear {
     });
     this.weight = linear.weight;
     this.bias = linear.bias;
-    initAdapter(this, opts, "LinearLoRA");
+    installAdapter(this, buildAdapter(linear, opts, "LinearLoRA"));
   }
 
   /** base(x) + dropout-placement(scale · B(A(x))). */
@@ -133,37 +147,74 @@ function loraDelta(l: LinearLoRA): Tensor {
   return d.dtype === l.weight.dtype ? d : cast(d, l.weight.dtype);
 }
 
-/** Adds the adapter fields to a Linear (a new LinearLoRA, or one being patched in place). */
-function initAdapter(obj: LinearLoRA, opts: LinearLoRAOptions, where: string): void {
+/** What an adapter adds to a Linear, built in full before the Linear is touched. */
+interface AdapterFields {
+  lora_A: Linear;
+  lora_B: Linear;
+  dim: number;
+  alpha: number;
+  scale: number;
+  dropoutP: number;
+  dropoutPosition: DropoutPosition;
+  useFused: boolean;
+}
+
+/**
+ * Validates the options and makes the adapter's layers for `base`, changing nothing on `base`: a bad
+ * option (or a dtype the device lacks) must leave the caller's Linear as it was.
+ */
+function buildAdapter(base: Linear, options: LinearLoRAOptions, where: string): AdapterFields {
+  const opts = checkOptionKeys(options, LORA_OPTION_KEYS, where) as LinearLoRAOptions;
   const dim = opts.dim ?? 8;
   const alpha = opts.alpha ?? 32;
   const dropout = opts.dropout ?? 0;
   const dropoutPosition = opts.dropoutPosition ?? "post";
   const loraAInit = opts.loraAInitMethod ?? "xavier";
-  validateLoraOptions(where, { dim, alpha, dropout, dropoutPosition, loraAInit });
+  validateLoraOptions(where, { dim, alpha, dropout, dropoutPosition, loraAInit }, "loraAInitMethod");
+  checkOptionalBoolean(opts.useFused, "useFused", where);
+  checkOptionalSeed(opts.seed, "seed", where);
   if (opts.scale !== undefined && !Number.isFinite(opts.scale)) {
     throw new ConfigError(`${where}: scale must be a finite number, got ${opts.scale}`);
   }
-  obj.weight.requiresGrad = false;
-  if (obj.bias) obj.bias.requiresGrad = false;
-  const device = obj.weight.device;
-  const dtype = parseDType(opts.loraDtype, `${where}.loraDtype`) ?? obj.weight.dtype;
+  const device = base.weight.device;
+  const dtype = parseDType(opts.loraDtype, `${where}.loraDtype`) ?? base.weight.dtype;
   const rng = new Rng(opts.seed ?? nextSeed());
   const aValues = loraAInit === "xavier"
-    ? xavierNormal(dim, obj.inFeatures, rng)
-    : kaimingUniform(dim, obj.inFeatures, rng);
-  const loraA = new Linear(obj.inFeatures, dim, { bias: false, materialize: false, device, dtype });
-  loraA.weight = tensor(aValues, [dim, obj.inFeatures], { device, dtype, requiresGrad: true });
-  const loraB = new Linear(dim, obj.outFeatures, { bias: false, materialize: false, device, dtype });
-  loraB.weight = zeros([obj.outFeatures, dim], { device, dtype, requiresGrad: true });
-  obj.lora_A = loraA;
-  obj.lora_B = loraB;
-  obj.dim = dim;
-  obj.alpha = alpha;
-  obj.scale = opts.scale ?? alpha / dim;
-  obj.dropoutP = dropout;
-  obj.dropoutPosition = dropoutPosition;
-  obj.useFused = opts.useFused ?? true;
+    ? xavierNormal(dim, base.inFeatures, rng)
+    : kaimingUniform(dim, base.inFeatures, rng);
+  const loraA = new Linear(base.inFeatures, dim, { bias: false, materialize: false, device, dtype });
+  loraA.weight = tensor(aValues, [dim, base.inFeatures], { device, dtype, requiresGrad: true });
+  const loraB = new Linear(dim, base.outFeatures, { bias: false, materialize: false, device, dtype });
+  try {
+    loraB.weight = zeros([base.outFeatures, dim], { device, dtype, requiresGrad: true });
+  } catch (e) {
+    loraA.weight.dispose();
+    throw e;
+  }
+  return {
+    lora_A: loraA,
+    lora_B: loraB,
+    dim,
+    alpha,
+    scale: opts.scale ?? alpha / dim,
+    dropoutP: dropout,
+    dropoutPosition,
+    useFused: opts.useFused ?? true,
+  };
+}
+
+/** Freezes the base weights and adds the adapter fields (to a new LinearLoRA, or one patched in place). */
+function installAdapter(obj: LinearLoRA, fields: AdapterFields): void {
+  obj.weight.requiresGrad = false;
+  if (obj.bias) obj.bias.requiresGrad = false;
+  obj.lora_A = fields.lora_A;
+  obj.lora_B = fields.lora_B;
+  obj.dim = fields.dim;
+  obj.alpha = fields.alpha;
+  obj.scale = fields.scale;
+  obj.dropoutP = fields.dropoutP;
+  obj.dropoutPosition = fields.dropoutPosition;
+  obj.useFused = fields.useFused;
   obj.dropoutSeed = null;
   obj.merged = false;
   obj.training = (obj as { training?: boolean }).training ?? true;
@@ -184,8 +235,9 @@ export function patchLinearModule(linear: Linear, opts: LinearLoRAOptions = {}):
       `patchLinearModule: this Linear [${linear.outFeatures}, ${linear.inFeatures}] already has a LoRA adapter`,
     );
   }
+  const fields = buildAdapter(linear, opts, "patchLinearModule");
   Object.setPrototypeOf(linear, LinearLoRA.prototype);
-  initAdapter(linear as LinearLoRA, opts, "patchLinearModule");
+  installAdapter(linear as LinearLoRA, fields);
   return linear as LinearLoRA;
 }
 

@@ -5,15 +5,77 @@
  * ≥ 11 ms in Deno), which is also when progress is reported and checkpoints are written.
  * @module
  */
-import type { Module } from "../nn/module.ts";
+import { Module } from "../nn/module.ts";
 import type { Tensor } from "../tensor/tensor.ts";
 import { add, concat, detach, reshape, square, sum } from "../tensor/ops.ts";
 import { tidy } from "../autograd/graph.ts";
-import type { AdamW } from "../optim/adamw.ts";
+import { AdamW } from "../optim/adamw.ts";
 import { clipGradNorm } from "../optim/clip.ts";
 import type { TokenInput } from "../models/llama.ts";
 import { type CheckpointableSchedule, loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
 import { ConfigError, ShapeError } from "../errors.ts";
+import { checkOptionalBoolean, checkOptionKeys, showValue } from "../nn/options.ts";
+
+/** Names of {@link TrainOptions}. */
+const TRAIN_OPTION_KEYS = [
+  "model",
+  "optimizer",
+  "batches",
+  "steps",
+  "logEvery",
+  "onProgress",
+  "scheduler",
+  "clipNorm",
+  "checkpointDir",
+  "resumeFrom",
+  "skipNonFinite",
+] as const;
+
+/**
+ * Checks every option before the first step, so that a bad one fails at once rather than after minutes
+ * of training (a bad `onProgress` or `checkpointDir` would otherwise surface at the first report).
+ */
+function checkTrainOptions(options: TrainOptions): void {
+  if (options === null || typeof options !== "object") {
+    throw new ConfigError(
+      `train: options must be an object { model, optimizer, batches, steps, ... }, got ${showValue(options)}`,
+    );
+  }
+  const o = checkOptionKeys(options, TRAIN_OPTION_KEYS, "train") as Partial<TrainOptions>;
+  if (!(o.model instanceof Module) || typeof o.model.forward !== "function") {
+    throw new ConfigError(
+      `train: model must be a Module whose forward returns { loss }, got ${showValue(o.model)}`,
+    );
+  }
+  if (!(o.optimizer instanceof AdamW)) {
+    throw new ConfigError(`train: optimizer must be an AdamW, got ${showValue(o.optimizer)}`);
+  }
+  if (o.onProgress !== undefined && typeof o.onProgress !== "function") {
+    throw new ConfigError(`train: onProgress must be a function, got ${showValue(o.onProgress)}`);
+  }
+  const s = o.scheduler;
+  if (
+    s !== undefined && s !== null &&
+    (typeof s !== "object" || typeof s.step !== "function" || typeof s.stateDict !== "function" ||
+      typeof s.loadStateDict !== "function")
+  ) {
+    throw new ConfigError(
+      `train: scheduler must have step(), stateDict() and loadStateDict() (e.g. WarmupCosineSchedule), got ${
+        showValue(s)
+      }`,
+    );
+  }
+  if (o.clipNorm !== undefined && !(typeof o.clipNorm === "number" && o.clipNorm > 0)) {
+    throw new ConfigError(`train: clipNorm must be a positive number, got ${showValue(o.clipNorm)}`);
+  }
+  for (const key of ["checkpointDir", "resumeFrom"] as const) {
+    const v = o[key];
+    if (v !== undefined && (typeof v !== "string" || v === "")) {
+      throw new ConfigError(`train: ${key} must be a non-empty directory path, got ${showValue(v)}`);
+    }
+  }
+  checkOptionalBoolean(o.skipNonFinite, "skipNonFinite", "train");
+}
 
 /** One training batch. */
 export interface TrainBatch {
@@ -140,6 +202,7 @@ function prepare(batch: TrainBatch): { labels: TokenInput; tokens: number } {
  * returns every step's loss. Everything but the periodic read-back stays on the model's device.
  */
 export async function train(opts: TrainOptions): Promise<TrainResult> {
+  checkTrainOptions(opts);
   const { model, optimizer, batches, steps } = opts;
   const logEvery = opts.logEvery ?? 10;
   if (!Number.isInteger(steps) || steps < 0) {
