@@ -337,7 +337,7 @@ export class LlamaForCausalLM extends Module {
   /** Parameter dtype. */
   readonly dtype: DType;
   #rope: RopeTables;
-  #rotations = new WeakMap<Device, Map<DType, Tensor>>();
+  #rotations = new Map<Device, Map<DType, Tensor>>();
 
   /** A model of `config` (a parsed config or a config.json object) with random or shape-only weights. */
   constructor(config: LlamaConfig | Record<string, unknown>, options: LlamaModelOptions = {}) {
@@ -351,8 +351,16 @@ export class LlamaForCausalLM extends Module {
       seed: opts.seed ?? nextSeed(),
     };
     this.model = new LlamaModel(cfg, o);
-    this.lm_head = new Linear(cfg.hiddenSize, cfg.vocabSize, { ...o, bias: false, seed: o.seed + 77 });
-    if (cfg.tieWordEmbeddings) this.lm_head.weight = this.model.embed_tokens.weight;
+    // A tied head is the embedding table itself: a shape-only placeholder avoids allocating (and
+    // leaving to the garbage collector) a second vocabulary-sized matrix.
+    const tied = cfg.tieWordEmbeddings;
+    this.lm_head = new Linear(cfg.hiddenSize, cfg.vocabSize, {
+      ...o,
+      bias: false,
+      seed: o.seed + 77,
+      ...(tied ? { materialize: false } : {}),
+    });
+    if (tied) this.lm_head.weight = this.model.embed_tokens.weight;
     this.config = cfg;
     this.dtype = o.dtype;
     this.#rope = new RopeTables(cfg.headDim, cfg.rope);
@@ -379,6 +387,20 @@ export class LlamaForCausalLM extends Module {
   /** Writes `config.json` and `model.safetensors` as transformers' `save_pretrained` does. */
   async savePretrained(dir: string, opts: SaveModelOptions = {}): Promise<void> {
     await saveModel(this, dir, opts);
+  }
+
+  /**
+   * Moves the model like {@link Module.to} and frees the rotate-half matrices cached on other devices, so
+   * that a model moved away holds no memory where it was.
+   */
+  override async to(device: Device): Promise<this> {
+    await super.to(device);
+    for (const [dev, byDType] of this.#rotations) {
+      if (dev === device) continue;
+      for (const rot of byDType.values()) rot.dispose();
+      this.#rotations.delete(dev);
+    }
+    return this;
   }
 
   /** The ±1 rotate-half matrix on `device` in `dtype`, uploaded once. */
