@@ -4,7 +4,7 @@
  * holding a Tensor, all in assignment order. Names are dotted paths exactly as PyTorch prints them.
  * @module
  */
-import { Tensor } from "../tensor/tensor.ts";
+import { allocating, Tensor } from "../tensor/tensor.ts";
 import type { Device } from "../backend/device.ts";
 import { DeviceError, ShapeError } from "../errors.ts";
 
@@ -152,7 +152,10 @@ export class Module {
       if (t.device === device || t.isMeta) continue;
       device.checkDType(t.dtype, "Module.to");
       const values = await t.data();
-      t._replaceStorage(device.backend.upload(values, t.dtype), device);
+      t._replaceStorage(
+        allocating("Module.to", t.shape, t.dtype, () => device.backend.upload(values, t.dtype)),
+        device,
+      );
     }
     return this;
   }
@@ -187,8 +190,12 @@ export class Module {
 function checkReadable(src: Tensor, target: Tensor, key: string): void {
   src.storage(`loadStateDict(${key})`);
   if (src.device !== target.device && src.device.kind !== "cpu") {
+    const sameName = String(src.device) === String(target.device)
+      ? " (a different device of the same name)"
+      : "";
     throw new DeviceError(
-      `loadStateDict: ${key} lives on ${src.device} but the module is on ${target.device}; move it first`,
+      `loadStateDict: ${key} lives on ${src.device} but the module is on ${target.device}${sameName}; ` +
+        `move it first`,
     );
   }
 }

@@ -6,7 +6,8 @@
  */
 import type { FusedDropout } from "../backend/backend.ts";
 import { fromStorage, type Tensor } from "../tensor/tensor.ts";
-import { DeviceError, DTypeError, ShapeError } from "../errors.ts";
+import { deviceMismatch } from "../tensor/ops.ts";
+import { DTypeError, ShapeError } from "../errors.ts";
 
 /**
  * Fused LoRA linear on any device. x [..., in] (3-D inputs are flattened to 2-D internally), weight
@@ -42,7 +43,7 @@ export function loraLinear(
   const operands = bias ? [x, weight, bias, loraA, loraB] : [x, weight, loraA, loraB];
   for (const t of operands) {
     if (t.device !== x.device) {
-      throw new DeviceError(`${op}: operands on different devices (${t.device} vs ${x.device})`);
+      throw deviceMismatch(op, operands.map((o) => o.device));
     }
     if (t.dtype !== x.dtype) {
       throw new DTypeError(`${op}: operands have different dtypes (${t.dtype} vs ${x.dtype})`);

@@ -18,15 +18,28 @@ function checkTensor(t: unknown, op: string, what: string): asserts t is Tensor 
   if (!(t instanceof Tensor)) throw new ShapeError(`${op}: ${what} must be a Tensor, got ${typeof t}`);
 }
 
+/**
+ * @internal the DeviceError for operands of `op` on several devices, naming each. Two `webgpuDevice()`
+ * calls on one adapter give devices that print alike, so the message says when distinct devices share a
+ * name rather than listing what looks like one device twice.
+ */
+export function deviceMismatch(op: string, devices: readonly Device[]): DeviceError {
+  const distinct = [...new Set(devices)];
+  const names = distinct.map(String);
+  const sameName = new Set(names).size < names.length
+    ? " (distinct devices with the same name: every webgpuDevice() call opens a new device)"
+    : "";
+  return new DeviceError(
+    `${op}: operands on different devices: ${names.join(" and ")}${sameName}; move tensors with ` +
+      `await t.to(device) or the model with await model.to(device)`,
+  );
+}
+
 /** Checks operands share a device and dtype; returns them. */
 function common(op: string, ...ts: Tensor[]): { device: Device; dtype: DType; be: Backend } {
   const [first] = ts;
   for (const t of ts) {
-    if (t.device !== first.device) {
-      throw new DeviceError(
-        `${op}: operands on different devices: ${ts.map((x) => String(x.device)).join(", ")}`,
-      );
-    }
+    if (t.device !== first.device) throw deviceMismatch(op, ts.map((x) => x.device));
     if (t.dtype !== first.dtype) {
       throw new DTypeError(`${op}: operands have different dtypes: ${ts.map((x) => x.dtype).join(", ")}`);
     }
@@ -650,6 +663,7 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
     );
   }
   if (!(eps >= 0)) throw new ConfigError(`rmsNorm: eps must be a non-negative number, got ${eps}`);
+  common("rmsNorm", x, weight); // device and dtype errors name rmsNorm, not the op inside that meets them
   const inv = rsqrt(add(mean(square(x), -1, true), eps));
   return mul(mul(x, inv), weight);
 }

@@ -15,7 +15,7 @@ import {
   trackTensor,
 } from "../autograd/graph.ts";
 import { Rng } from "./random.ts";
-import { DeviceError, DTypeError, ShapeError } from "../errors.ts";
+import { DeviceError, DTypeError, LoraError, ShapeError } from "../errors.ts";
 import * as ops from "./ops.ts";
 
 registerTensorCheck((v: unknown): v is Tensor => v instanceof Tensor);
@@ -167,7 +167,19 @@ export class Tensor {
 
   /** Copies the values to the host: Float64Array for f64, Float32Array otherwise. */
   async data(): Promise<HostArray> {
-    return await this.device.backend.read(this.storage("data"));
+    const storage = this.storage("data");
+    try {
+      return await this.device.backend.read(storage);
+    } catch (e) {
+      if (e instanceof LoraError) throw e;
+      // A device lost while the read waited can surface as the runtime's own exception (a DOMException
+      // "OperationError" on WebGPU); callers catch DeviceError for every device failure.
+      throw new DeviceError(
+        `data: reading tensor [${this.shape}] from ${this.device} failed: ${(e as Error)?.name}: ${
+          (e as Error)?.message ?? e
+        }`,
+      );
+    }
   }
 
   /** Synchronous copy of the values; CPU tensors only (GPU reads are async: use {@link data}). */
@@ -200,13 +212,8 @@ export class Tensor {
     if (device === this.device) return this;
     device.checkDType(this.dtype, "to");
     const values = await this.data();
-    return new Tensor(
-      device.backend.upload(values, this.dtype),
-      this.shape,
-      this.dtype,
-      device,
-      this.requiresGrad,
-    );
+    const storage = allocating("to", this.shape, this.dtype, () => device.backend.upload(values, this.dtype));
+    return new Tensor(storage, this.shape, this.dtype, device, this.requiresGrad);
   }
 
   /**
@@ -335,6 +342,19 @@ export function fromStorage(
   return t;
 }
 
+/**
+ * @internal runs `alloc` (an upload or fill on a device), prefixing a DeviceError — a size limit, an
+ * out-of-memory or lost device — with `op` and the tensor's shape, which the backend does not know.
+ */
+export function allocating<T>(op: string, shape: readonly number[], dtype: DType, alloc: () => T): T {
+  try {
+    return alloc();
+  } catch (e) {
+    if (e instanceof DeviceError) throw new DeviceError(`${op}: tensor [${shape}] (${dtype}): ${e.message}`);
+    throw e;
+  }
+}
+
 /** A tensor holding `data` (row-major) with the given shape. */
 export function tensor(data: ArrayLike<number>, shape?: readonly number[], opts?: TensorOptions): Tensor {
   const s = shape ?? [data.length];
@@ -343,20 +363,16 @@ export function tensor(data: ArrayLike<number>, shape?: readonly number[], opts?
     throw new ShapeError(`tensor: ${data.length} values do not fill shape [${s}] (${shapeSize(s)} elements)`);
   }
   const { device, dtype } = resolve(opts, "tensor");
-  return new Tensor(device.backend.upload(data, dtype), s, dtype, device, opts?.requiresGrad ?? false);
+  const storage = allocating("tensor", s, dtype, () => device.backend.upload(data, dtype));
+  return new Tensor(storage, s, dtype, device, opts?.requiresGrad ?? false);
 }
 
-/** A tensor of `shape` filled with `value`. */
+/** A tensor of `shape` filled with `value` (zeros and ones too: errors name `full`). */
 export function full(shape: readonly number[], value: number, opts?: TensorOptions): Tensor {
   checkShape(shape, "full");
   const { device, dtype } = resolve(opts, "full");
-  return new Tensor(
-    device.backend.fill(shapeSize(shape), value, dtype),
-    shape,
-    dtype,
-    device,
-    opts?.requiresGrad,
-  );
+  const storage = allocating("full", shape, dtype, () => device.backend.fill(shapeSize(shape), value, dtype));
+  return new Tensor(storage, shape, dtype, device, opts?.requiresGrad);
 }
 
 /** Zeros. */
