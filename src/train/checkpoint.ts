@@ -48,6 +48,20 @@ export interface TrainerState {
   scheduler: Record<string, unknown> | null;
   /** Loss of every completed step. */
   losses: number[];
+  /**
+   * SHA-256 (hex) of the adapter weights and optimizer files, by file name. A save that failed after replacing
+   * some files (a rename refused midway) leaves files of two saves side by side; loading checks these so
+   * that such a mix is refused instead of resuming with the new adapter and the old optimizer state.
+   * Absent in checkpoints written before it existed.
+   */
+  files?: Record<string, string>;
+}
+
+/** Hex SHA-256 of `data` (WebCrypto: Deno, Node ≥ 19, Bun and browsers all have it). */
+async function sha256(data: Uint8Array | string): Promise<string> {
+  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 /** The optimizer's parameters by their names in `model` (every one must belong to it). */
@@ -102,6 +116,17 @@ export async function saveCheckpoint(
       };
     }
   }
+  const contents: Record<string, Uint8Array | string> = {
+    [ADAPTER_WEIGHTS_NAME]: adapter[ADAPTER_WEIGHTS_NAME],
+    [ADAPTER_CONFIG_NAME]: adapter[ADAPTER_CONFIG_NAME],
+    [OPTIMIZER_WEIGHTS_NAME]: writeSafetensors(moments),
+  };
+  // The tensors only: adapter_config.json may be rewritten on purpose (saveAdapter into the checkpoint
+  // adds base_model_name_or_path), and a config mixed up with other weights fails their shape checks.
+  const files: Record<string, string> = {};
+  for (const name of [ADAPTER_WEIGHTS_NAME, OPTIMIZER_WEIGHTS_NAME]) {
+    files[name] = await sha256(contents[name]);
+  }
   const state: TrainerState = {
     format: "lora-webgpu-trainer/1",
     step: args.step,
@@ -114,12 +139,12 @@ export async function saveCheckpoint(
     },
     scheduler: args.scheduler?.stateDict() ?? null,
     losses: args.losses ?? [],
+    files,
   };
   await mkdirp(dir);
+  // The trainer state goes last: renamed only once every file it vouches for is in place.
   await writeFilesAtomic({
-    [joinPath(dir, ADAPTER_WEIGHTS_NAME)]: adapter[ADAPTER_WEIGHTS_NAME],
-    [joinPath(dir, ADAPTER_CONFIG_NAME)]: adapter[ADAPTER_CONFIG_NAME],
-    [joinPath(dir, OPTIMIZER_WEIGHTS_NAME)]: writeSafetensors(moments),
+    ...Object.fromEntries(Object.entries(contents).map(([name, data]) => [joinPath(dir, name), data])),
     [joinPath(dir, TRAINER_STATE_NAME)]: JSON.stringify(state, null, 2) + "\n",
   });
 }
@@ -156,8 +181,29 @@ export async function loadCheckpoint(
   if (state?.format !== "lora-webgpu-trainer/1" || !Number.isInteger(state.step) || state.step < 0) {
     throw new FormatError(`loadCheckpoint: ${statePath} is not a trainer state of this library`);
   }
-  const adapter = readSafetensors(await readRequired(dir, ADAPTER_WEIGHTS_NAME)).tensors;
-  const moments = readSafetensors(await readRequired(dir, OPTIMIZER_WEIGHTS_NAME)).tensors;
+  const adapterBytes = await readRequired(dir, ADAPTER_WEIGHTS_NAME);
+  const momentBytes = await readRequired(dir, OPTIMIZER_WEIGHTS_NAME);
+  if (state.files !== undefined) {
+    if (state.files === null || typeof state.files !== "object") {
+      throw new FormatError(`loadCheckpoint: ${statePath} has a malformed "files" entry`);
+    }
+    const present: Record<string, Uint8Array> = {
+      [ADAPTER_WEIGHTS_NAME]: adapterBytes,
+      [OPTIMIZER_WEIGHTS_NAME]: momentBytes,
+    };
+    for (const [name, data] of Object.entries(present)) {
+      if (state.files[name] !== undefined && state.files[name] !== await sha256(data)) {
+        throw new FormatError(
+          `loadCheckpoint: ${
+            joinPath(dir, name)
+          } is not the file ${TRAINER_STATE_NAME} was saved with (a save ` +
+            `that failed midway, or an edit, mixed files of two checkpoints); resume from another checkpoint`,
+        );
+      }
+    }
+  }
+  const adapter = readSafetensors(adapterBytes).tensors;
+  const moments = readSafetensors(momentBytes).tensors;
   const weights: Record<string, { shape: number[]; data: Float32Array | Float64Array }> = {};
   const optState: Record<number, { step: number; exp_avg: Moment; exp_avg_sq: Moment }> = {};
   names.forEach((n, i) => {
