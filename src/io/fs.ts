@@ -158,6 +158,18 @@ async function removeQuietly(fs: FsOps, paths: string[]): Promise<void> {
   }
 }
 
+/** Removes the files that exist among `paths` (absent ones are fine). */
+export async function removeFiles(paths: string[]): Promise<void> {
+  const fs = await fsFor("removeFiles");
+  for (const p of paths) {
+    try {
+      await fs.remove(p);
+    } catch (err) {
+      if (!isNotFoundError(err)) throw err;
+    }
+  }
+}
+
 /** Writes one file via a temporary name and a rename, so the final path never holds partial data. */
 export async function writeFileAtomic(path: string, data: Uint8Array | string): Promise<void> {
   await writeFilesAtomic({ [path]: data });
