@@ -4,7 +4,8 @@
  * @module
  */
 import { cpuDevice, Device, explicitDefaultDevice } from "../device.ts";
-import { DeviceError } from "../../errors.ts";
+import { ConfigError, DeviceError } from "../../errors.ts";
+import { checkOptionKeys, showValue } from "../../nn/options.ts";
 import { WebGpuBackend } from "./backend.ts";
 
 /** Options of {@link webgpuDevice}. */
@@ -77,6 +78,33 @@ function noAdapterMessage(where: string): string {
     `without a GPU, Mesa's lavapipe provides a software adapter (apt-get install mesa-vulkan-drivers)`;
 }
 
+/** Bad option values are the caller's mistake (ConfigError), unlike a missing or failing adapter. */
+function validateOptions(opts: unknown, where: string): asserts opts is WebGpuDeviceOptions {
+  const o = checkOptionKeys(opts, ["gpu", "adapter", "powerPreference"], where);
+  const hasMethod = (v: unknown, m: string) =>
+    typeof v === "object" && v !== null && typeof (v as Record<string, unknown>)[m] === "function";
+  if (o.gpu !== undefined && !hasMethod(o.gpu, "requestAdapter")) {
+    throw new ConfigError(
+      `${where}: option gpu must be a GPU object (with requestAdapter), got ${showValue(o.gpu)}`,
+    );
+  }
+  if (
+    o.adapter !== undefined && (!hasMethod(o.adapter, "requestDevice") || !(o.adapter as GPUAdapter).limits)
+  ) {
+    throw new ConfigError(`${where}: option adapter must be a GPUAdapter, got ${showValue(o.adapter)}`);
+  }
+  if (
+    o.powerPreference !== undefined && o.powerPreference !== "low-power" &&
+    o.powerPreference !== "high-performance"
+  ) {
+    throw new ConfigError(
+      `${where}: option powerPreference must be "low-power" or "high-performance", got ${
+        showValue(o.powerPreference)
+      }`,
+    );
+  }
+}
+
 /**
  * Opens a WebGPU device on any adapter, software ones included. Requests the adapter's own limits and
  * `shader-f16` when offered (f16 tensors need it). Each call opens a new GPUDevice; when one is lost its
@@ -84,6 +112,7 @@ function noAdapterMessage(where: string): string {
  */
 export async function webgpuDevice(opts: WebGpuDeviceOptions = {}): Promise<Device> {
   const where = "webgpuDevice";
+  validateOptions(opts, where);
   let adapter = opts.adapter ?? null;
   if (adapter === null) {
     const gpu = opts.gpu ?? (globalThis.navigator as Navigator | undefined)?.gpu;
