@@ -44,13 +44,13 @@ export async function jaxLoraStep(M: number, D: number, r: number): Promise<JaxL
   return {
     device: "webgpu",
     async run(steps: number) {
-      let last: unknown = null;
-      for (let i = 0; i < steps; i++) {
-        if (last) (last as np.Array[]).forEach((t) => t.dispose());
-        last = step(x.ref, A.ref, B.ref);
-      }
-      await blockUntilReady(last as np.Array[]);
-      (last as np.Array[]).forEach((t) => t.dispose());
+      // jax-js is lazy: an array disposed before it was realized is never computed. Disposing each step's
+      // gradients before the next step (as an earlier version did) ran only the last of `steps` steps, so
+      // every step's results stay alive until the one await.
+      const results: np.Array[][] = [];
+      for (let i = 0; i < steps; i++) results.push(step(x.ref, A.ref, B.ref) as np.Array[]);
+      await blockUntilReady(results);
+      for (const r of results) r.forEach((t) => t.dispose());
     },
     dispose() {
       for (const t of [W, b, dy, x, A, B]) t.dispose();

@@ -1,13 +1,13 @@
-// Tiled GEMM: C[z] = alpha · op(A[z]) · op(B[z]), op(A) [m, k], op(B) [k, n], accumulated in f32.
-// A is stored [m, k] ([k, m] when TRANS_A), B [k, n] ([n, k] when TRANS_B). A workgroup computes a
-// BM × BN block of C, staging BK-deep slabs of A and B in workgroup memory; each invocation keeps a
-// TM × TN register tile as separately named vec4 accumulators (unrolled by the template, never a private
-// array). Edges are bounds-checked: no dimension needs to be a multiple of anything.
+// GEMM for hardware GPUs: C[z] = alpha · op(A[z]) · op(B[z]), plus the optional LoRA pre-phase of the fused
+// linear. Same contract, parameters and bindings as matmul_direct.wgsl (read its header for the layouts,
+// VEC_* flags, split-K, masks and the LoRA phase); only the schedule differs.
 //
-// The z axis of the grid is either the batch (operands advance by their z strides, 0 when broadcast) or a
-// split of k (split-K: slice z covers k in [z · k_z_start, z · k_z_start + k_len) and writes its partial
-// product at z · c_z_stride for splitk_reduce.wgsl to sum). MASK_A / MASK_B multiply each element of A / B
-// by its dropout factor, keyed by the element's index in storage, as the fused LoRA paths need.
+// A workgroup computes a BM × BN block of C from BK-deep slabs staged in workgroup memory, double-buffered
+// (the next slab is fetched from storage into registers while the current one is multiplied; one barrier
+// per slab). Each invocation keeps a TM × TN register tile as separately named vec4 accumulators, every
+// loop over it unrolled by the template: private arrays indexed in loops end up in slow local memory.
+// The invocation's rows are TM / 4 groups of 4 spread BM / (TM / 4) apart (columns likewise), so that
+// neighbouring invocations read neighbouring vec4s of the slabs.
 struct Params {
   m: u32,
   n: u32,
@@ -17,125 +17,374 @@ struct Params {
   c_z_stride: u32,
   k_z_start: u32,
   k_len: u32,
-  // First z of this dispatch: grids are limited to 65535 workgroups along z.
   z_base: u32,
   seed: u32,
   threshold: u32,
   keep: f32,
   alpha: f32,
+  tiles_n: u32,
+  tiles: u32,
+  r: u32,
+  scale: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
+//#if VEC_A
+@group(0) @binding(1) var<storage, read> a: array<vec4<${A_T}>>;
+//#else
 @group(0) @binding(1) var<storage, read> a: array<${A_T}>;
+//#end
+//#if VEC_B
+@group(0) @binding(2) var<storage, read> b: array<vec4<${B_T}>>;
+//#else
 @group(0) @binding(2) var<storage, read> b: array<${B_T}>;
-@group(0) @binding(3) var<storage, read_write> c: array<${C_T}>;
+//#end
+//#if LORA && VEC_P
+@group(0) @binding(3) var<storage, read> lp: array<vec4<f32>>;
+//#elif LORA
+@group(0) @binding(3) var<storage, read> lp: array<f32>;
+//#end
+//#if LORA && VEC_Q
+@group(0) @binding(4) var<storage, read> lq: array<vec4<${B_T}>>;
+//#elif LORA
+@group(0) @binding(4) var<storage, read> lq: array<${B_T}>;
+//#end
+//#if BIAS
+@group(0) @binding(5) var<storage, read> bias: array<${C_T}>;
+//#end
+//#if VEC_C
+@group(0) @binding(6) var<storage, read_write> c: array<vec4<${C_T}>>;
+//#else
+@group(0) @binding(6) var<storage, read_write> c: array<${C_T}>;
+//#end
 
-// Both tiles are k-major so that the inner loop reads a row of each.
-var<workgroup> a_tile: array<f32, ${BK * BM}>;
-var<workgroup> b_tile: array<f32, ${BK * BN}>;
+// Two slabs each, k-major: element (kk, r) of buffer s at vec4 s · BK · BM / 4 + kk · BM / 4 + r / 4.
+var<workgroup> a_tile: array<vec4<f32>, ${2 * BK * BM / 4}>;
+var<workgroup> b_tile: array<vec4<f32>, ${2 * BK * BN / 4}>;
 
-fn store4(row_base: u32, col: u32, v: vec4<f32>) {
-  for (var q = 0u; q < 4u; q++) {
-    if (col + q < p.n) {
-      c[row_base + col + q] = ${C_T}(v[q]);
-    }
-  }
+fn factor4(at: u32) -> vec4<f32> {
+  return vec4<f32>(
+    dropout_factor(p.seed, p.threshold, p.keep, at),
+    dropout_factor(p.seed, p.threshold, p.keep, at + 1u),
+    dropout_factor(p.seed, p.threshold, p.keep, at + 2u),
+    dropout_factor(p.seed, p.threshold, p.keep, at + 3u),
+  );
 }
 
-@compute @workgroup_size(${BN / TN}, ${BM / TM})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-  let z = wid.z + p.z_base;
-  let row0 = wid.y * ${BM}u;
-  let col0 = wid.x * ${BN}u;
-  let tx = lid3.x;
-  let ty = lid3.y;
-  let a_off = z * p.a_z_stride;
-  let b_off = z * p.b_z_stride;
-  let k_begin = z * p.k_z_start;
-  let k_end = min(p.k, k_begin + p.k_len);
-//#for i in 0..TM
-//#for j in 0..TN / 4
-  var acc_${i}_${j} = vec4<f32>(0.0);
-//#end
-//#end
-  for (var k0 = k_begin; k0 < k_end; k0 += ${BK}u) {
-    for (var l = 0u; l < ${BM * BK / WG}u; l++) {
-      let e = l * ${WG}u + lid;
-      // Neighbouring invocations take neighbouring addresses of the stored layout.
-//#if TRANS_A
-      let r = e % ${BM}u;
-      let kk = e / ${BM}u;
-//#else
-      let r = e / ${BK}u;
-      let kk = e % ${BK}u;
-//#end
-      let gr = row0 + r;
-      let gk = k0 + kk;
-      var v = 0.0;
-      if (gr < p.m && gk < k_end) {
-//#if TRANS_A
-        let at = a_off + gk * p.m + gr;
-//#else
-        let at = a_off + gr * p.k + gk;
-//#end
-        v = f32(a[at]);
+//#if VEC_A
+fn load_a(at: u32) -> vec4<f32> {
 //#if MASK_A
-        v *= dropout_factor(p.seed, p.threshold, p.keep, at);
-//#end
-      }
-      a_tile[kk * ${BM}u + r] = v;
-    }
-    for (var l = 0u; l < ${BN * BK / WG}u; l++) {
-      let e = l * ${WG}u + lid;
-//#if TRANS_B
-      let cc = e / ${BK}u;
-      let kk = e % ${BK}u;
+  return vec4<f32>(a[at / 4u]) * factor4(at);
 //#else
-      let cc = e % ${BN}u;
-      let kk = e / ${BN}u;
+  return vec4<f32>(a[at / 4u]);
 //#end
-      let gc = col0 + cc;
-      let gk = k0 + kk;
-      var v = 0.0;
-      if (gc < p.n && gk < k_end) {
-//#if TRANS_B
-        let at = b_off + gc * p.k + gk;
+}
 //#else
-        let at = b_off + gk * p.n + gc;
+fn load_a(at: u32) -> f32 {
+//#if MASK_A
+  return f32(a[at]) * dropout_factor(p.seed, p.threshold, p.keep, at);
+//#else
+  return f32(a[at]);
 //#end
-        v = f32(b[at]);
+}
+//#end
+//#if VEC_B
+fn load_b(at: u32) -> vec4<f32> {
 //#if MASK_B
-        v *= dropout_factor(p.seed, p.threshold, p.keep, at);
+  return vec4<f32>(b[at / 4u]) * factor4(at);
+//#else
+  return vec4<f32>(b[at / 4u]);
+//#end
+}
+//#else
+fn load_b(at: u32) -> f32 {
+//#if MASK_B
+  return f32(b[at]) * dropout_factor(p.seed, p.threshold, p.keep, at);
+//#else
+  return f32(b[at]);
+//#end
+}
+//#end
+//#if LORA && VEC_P
+fn load_p(at: u32) -> vec4<f32> {
+  return lp[at / 4u];
+}
+//#elif LORA
+fn load_p(at: u32) -> f32 {
+  return lp[at];
+}
+//#end
+//#if LORA && VEC_Q
+fn load_q(at: u32) -> vec4<f32> {
+  return vec4<f32>(lq[at / 4u]);
+}
+//#elif LORA
+fn load_q(at: u32) -> f32 {
+  return f32(lq[at]);
+}
+//#end
+
+fn store4(row_base: u32, col: u32, v: vec4<f32>) {
+//#if BIAS
+  let bv = vec4<f32>(
+    f32(bias[min(col, p.n - 1u)]),
+    f32(bias[min(col + 1u, p.n - 1u)]),
+    f32(bias[min(col + 2u, p.n - 1u)]),
+    f32(bias[min(col + 3u, p.n - 1u)]),
+  );
+  let o = v * p.alpha + bv;
+//#else
+  let o = v * p.alpha;
+//#end
+//#if VEC_C
+  if (col < p.n) {
+    c[(row_base + col) / 4u] = vec4<${C_T}>(o);
+  }
+//#else
+  for (var q = 0u; q < 4u; q++) {
+    if (col + q < p.n) {
+      c[row_base + col + q] = ${C_T}(o[q]);
+    }
+  }
+//#end
+}
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let tile = wid.y * nwg.x + wid.x;
+  if (tile >= p.tiles) {
+    return;
+  }
+  let z = wid.z + p.z_base;
+  let row0 = (tile / p.tiles_n) * ${BM}u;
+  let col0 = (tile % p.tiles_n) * ${BN}u;
+  let tx = lid % ${BN / TN}u;
+  let ty = lid / ${BN / TN}u;
+//#for i in 0..TM
+//#for h in 0..TN / 4
+  var acc_${i}_${h} = vec4<f32>(0.0);
+//#end
+//#end
+//#for ph in 0..2
+//#if ph == 1 || LORA
+  {
+//#if ph == 0
+    let k_begin = 0u;
+    let k_end = p.r;
+    let depth = p.r;
+    let a_off = 0u;
+    let b_off = 0u;
+//#else
+    let k_begin = z * p.k_z_start;
+    let k_end = min(p.k, k_begin + p.k_len);
+    let depth = p.k;
+    let a_off = z * p.a_z_stride;
+    let b_off = z * p.b_z_stride;
+//#end
+    // Staging registers of one slab: LA (LB) vec4s of A (B) per invocation.
+//#for l in 0..LA
+    var sa${l} = vec4<f32>(0.0);
+//#end
+//#for l in 0..LB
+    var sb${l} = vec4<f32>(0.0);
+//#end
+    // Step s fetches slab s from storage into the staging registers (zeros outside the matrices),
+    // multiplies slab s - 1 (staged in buffer (s - 1) % 2) meanwhile, then stages slab s into buffer s % 2:
+    // the other buffer, last read in step s - 1, before the barrier that ended it.
+    let slabs = (k_end - min(k_begin, k_end) + ${BK - 1}u) / ${BK}u;
+    for (var s = 0u; s <= slabs; s++) {
+      let k0 = k_begin + s * ${BK}u;
+      if (s < slabs) {
+//#for l in 0..LA
+        {
+          let e = ${l * WG}u + lid;
+//#if (ph == 0 && VEC_P) || (ph == 1 && !TRANS_A && VEC_A)
+          // 4 consecutive k of one row.
+          let r = e / ${BK / 4}u;
+          let kk = (e % ${BK / 4}u) * 4u;
+          let gr = row0 + r;
+          let gk = k0 + kk;
+          if (gr < p.m && gk < k_end) {
+//#if ph == 0
+            sa${l} = load_p(gr * depth + gk);
+//#else
+            sa${l} = load_a(a_off + gr * depth + gk);
+//#end
+          } else {
+            sa${l} = vec4<f32>(0.0);
+          }
+//#elif ph == 1 && TRANS_A && VEC_A
+          // 4 consecutive rows at one k.
+          let kk = e / ${BM / 4}u;
+          let r = (e % ${BM / 4}u) * 4u;
+          let gr = row0 + r;
+          let gk = k0 + kk;
+          if (gr < p.m && gk < k_end) {
+            sa${l} = load_a(a_off + gk * p.m + gr);
+          } else {
+            sa${l} = vec4<f32>(0.0);
+          }
+//#else
+          // Scalar loads, 4 consecutive k of one row.
+          let r = e / ${BK / 4}u;
+          let kk = (e % ${BK / 4}u) * 4u;
+          let gr = row0 + r;
+          for (var q = 0u; q < 4u; q++) {
+            let gk = k0 + kk + q;
+            var v = 0.0;
+            if (gr < p.m && gk < k_end) {
+//#if ph == 0
+              v = load_p(gr * depth + gk);
+//#elif TRANS_A
+              v = load_a(a_off + gk * p.m + gr);
+//#else
+              v = load_a(a_off + gr * depth + gk);
+//#end
+            }
+            sa${l}[q] = v;
+          }
+//#end
+        }
+//#end
+//#for l in 0..LB
+        {
+          let e = ${l * WG}u + lid;
+//#if (ph == 0 && TRANS_B && VEC_Q) || (ph == 1 && TRANS_B && VEC_B)
+          // 4 consecutive k of one column.
+          let cc = e / ${BK / 4}u;
+          let kk = (e % ${BK / 4}u) * 4u;
+          let gc = col0 + cc;
+          let gk = k0 + kk;
+          if (gc < p.n && gk < k_end) {
+//#if ph == 0
+            sb${l} = load_q(gc * depth + gk);
+//#else
+            sb${l} = load_b(b_off + gc * depth + gk);
+//#end
+          } else {
+            sb${l} = vec4<f32>(0.0);
+          }
+//#elif (ph == 0 && VEC_Q) || (ph == 1 && VEC_B)
+          // 4 consecutive columns at one k.
+          let kk = e / ${BN / 4}u;
+          let cc = (e % ${BN / 4}u) * 4u;
+          let gc = col0 + cc;
+          let gk = k0 + kk;
+          if (gc < p.n && gk < k_end) {
+//#if ph == 0
+            sb${l} = load_q(gk * p.n + gc);
+//#else
+            sb${l} = load_b(b_off + gk * p.n + gc);
+//#end
+          } else {
+            sb${l} = vec4<f32>(0.0);
+          }
+//#else
+          // Scalar loads, 4 consecutive columns at one k.
+          let kk = e / ${BN / 4}u;
+          let cc = (e % ${BN / 4}u) * 4u;
+          let gk = k0 + kk;
+          for (var q = 0u; q < 4u; q++) {
+            let gc = col0 + cc + q;
+            var v = 0.0;
+            if (gc < p.n && gk < k_end) {
+//#if ph == 0 && TRANS_B
+              v = load_q(gc * depth + gk);
+//#elif ph == 0
+              v = load_q(gk * p.n + gc);
+//#elif TRANS_B
+              v = load_b(b_off + gc * depth + gk);
+//#else
+              v = load_b(b_off + gk * p.n + gc);
+//#end
+            }
+            sb${l}[q] = v;
+          }
+//#end
+        }
 //#end
       }
-      b_tile[kk * ${BN}u + cc] = v;
-    }
-    workgroupBarrier();
-    for (var kk = 0u; kk < ${BK}u; kk++) {
-      let ab = kk * ${BM}u + ty * ${TM}u;
-      let bb = kk * ${BN}u + tx * ${TN}u;
+      if (s > 0u) {
+        let a_base = ((s + 1u) % 2u) * ${BK * BM / 4}u + ty;
+        let b_base = ((s + 1u) % 2u) * ${BK * BN / 4}u + tx;
+//#for kk in 0..BK
+        {
+//#for g in 0..TM / 4
+          let av${g} = a_tile[a_base + ${kk * BM / 4 + g * BM / TM}u];
+//#end
+//#for h in 0..TN / 4
+          let bv${h} = b_tile[b_base + ${kk * BN / 4 + h * BN / TN}u];
+//#end
 //#for i in 0..TM
-      let a${i} = vec4<f32>(a_tile[ab + ${i}u]);
-//#end
-//#for j in 0..TN / 4
-      let b${j} = vec4<f32>(b_tile[bb + ${j * 4}u], b_tile[bb + ${j * 4 + 1}u], b_tile[bb + ${j * 4 + 2}u], b_tile[bb + ${j * 4 + 3}u]);
-//#end
-//#for i in 0..TM
-//#for j in 0..TN / 4
-      acc_${i}_${j} = fma(a${i}, b${j}, acc_${i}_${j});
+//#for h in 0..TN / 4
+          acc_${i}_${h} = fma(vec4<f32>(av${i / 4}[${i % 4}]), bv${h}, acc_${i}_${h});
 //#end
 //#end
+        }
+//#end
+      }
+      if (s < slabs) {
+        let a_base = (s % 2u) * ${BK * BM / 4}u;
+        let b_base = (s % 2u) * ${BK * BN / 4}u;
+//#for l in 0..LA
+        {
+          let e = ${l * WG}u + lid;
+//#if ph == 1 && TRANS_A && VEC_A
+          a_tile[a_base + e] = sa${l};
+//#else
+          let r = e / ${BK / 4}u;
+          let kk = (e % ${BK / 4}u) * 4u;
+          let at = a_base + kk * ${BM / 4}u + r / 4u;
+          a_tile[at][r % 4u] = sa${l}.x;
+          a_tile[at + ${BM / 4}u][r % 4u] = sa${l}.y;
+          a_tile[at + ${BM / 2}u][r % 4u] = sa${l}.z;
+          a_tile[at + ${3 * BM / 4}u][r % 4u] = sa${l}.w;
+//#end
+        }
+//#end
+//#for l in 0..LB
+        {
+          let e = ${l * WG}u + lid;
+//#if (ph == 0 && TRANS_B && VEC_Q) || (ph == 1 && TRANS_B && VEC_B)
+          let cc = e / ${BK / 4}u;
+          let kk = (e % ${BK / 4}u) * 4u;
+          let at = b_base + kk * ${BN / 4}u + cc / 4u;
+          b_tile[at][cc % 4u] = sb${l}.x;
+          b_tile[at + ${BN / 4}u][cc % 4u] = sb${l}.y;
+          b_tile[at + ${BN / 2}u][cc % 4u] = sb${l}.z;
+          b_tile[at + ${3 * BN / 4}u][cc % 4u] = sb${l}.w;
+//#else
+          b_tile[b_base + e] = sb${l};
+//#end
+        }
+//#end
+      }
+      workgroupBarrier();
     }
-    workgroupBarrier();
   }
+//#if ph == 0
+//#for i in 0..TM
+//#for h in 0..TN / 4
+//#if MASK
+  acc_${i}_${h} *= p.scale * factor4((row0 + (ty + ${(i / 4) * (BM / TM)}u) * 4u + ${i % 4}u) * p.n + col0 + (tx + ${h * BN / TN}u) * 4u);
+//#else
+  acc_${i}_${h} *= p.scale;
+//#end
+//#end
+//#end
+//#end
+//#end
+//#end
   let c_off = z * p.c_z_stride;
 //#for i in 0..TM
-  if (row0 + ty * ${TM}u + ${i}u < p.m) {
-    let row_base = c_off + (row0 + ty * ${TM}u + ${i}u) * p.n;
-//#for j in 0..TN / 4
-    store4(row_base, col0 + tx * ${TN}u + ${j * 4}u, acc_${i}_${j} * p.alpha);
+  {
+    let row = row0 + (ty + ${(i / 4) * (BM / TM)}u) * 4u + ${i % 4}u;
+    if (row < p.m) {
+//#for h in 0..TN / 4
+      store4(c_off + row * p.n, col0 + (tx + ${h * BN / TN}u) * 4u, acc_${i}_${h});
 //#end
+    }
   }
 //#end
 }

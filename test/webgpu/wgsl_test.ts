@@ -5,14 +5,9 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { evaluate, expandTemplate, TemplateError } from "../../src/backend/webgpu/template.ts";
-import {
-  GEMM_TILE,
-  GEMM_WG,
-  type KernelName,
-  KERNELS,
-  kernelSource,
-  MAX_RANK,
-} from "../../src/backend/webgpu/kernels.ts";
+import { type KernelName, KERNELS, kernelSource, MAX_RANK } from "../../src/backend/webgpu/kernels.ts";
+import { gemmSpecialisation } from "../../src/backend/webgpu/gemm.ts";
+import { DIRECT_PROFILE, SCHEDULE_KERNEL, TILED_PROFILE } from "../../src/backend/webgpu/gemm_plan.ts";
 import { WGSL_SOURCES } from "../../src/backend/webgpu/wgsl_sources.ts";
 import { readSources, renderSources } from "../../scripts/gen_wgsl.ts";
 import { dropoutHash } from "../../src/tensor/random.ts";
@@ -109,7 +104,6 @@ Deno.test("gen_wgsl.ts --check exits 1 on a stale copy and 0 once regenerated", 
 
 /** Every specialisation the backend can ask for, per storage type. */
 function specialisations(t: "f32" | "f16"): [KernelName, TemplateParams][] {
-  const tile = { ...GEMM_TILE, WG: GEMM_WG };
   const out: [KernelName, TemplateParams][] = [];
   const base = { WG: 256, T: t };
   for (
@@ -154,18 +148,42 @@ function specialisations(t: "f32" | "f16"): [KernelName, TemplateParams][] {
     out.push(["reduce_rows", { ...base, OP }], ["reduce_cols", { ...base, OP }]);
   }
   for (const LOG of [false, true]) out.push(["softmax", { ...base, LOG }]);
-  for (const TRANS_A of [false, true]) {
-    for (const TRANS_B of [false, true]) {
-      for (const [MASK_A, MASK_B] of [[false, false], [true, false], [false, true]]) {
-        for (const C_T of [t, "f32"]) {
-          out.push(["matmul", { A_T: t, B_T: t, C_T, TRANS_A, TRANS_B, MASK_A, MASK_B, ...tile }]);
+  // GEMMs: on the smallest tile of each schedule every layout, vec4 access everywhere or nowhere, each mask
+  // and output type, and the LoRA output kernel with and without output mask and bias; on every other tile
+  // (the flags do not interact with the tile) a plain and a LoRA kernel.
+  for (const { schedule, tiles } of [TILED_PROFILE, DIRECT_PROFILE]) {
+    const kernel = SCHEDULE_KERNEL[schedule];
+    const smallest = tiles[tiles.length - 1];
+    for (const transA of [false, true]) {
+      for (const transB of [false, true]) {
+        for (const vec of [false, true]) {
+          const common = { aType: t, bType: t, transA, transB, vecA: vec, vecB: vec, vecC: vec };
+          for (const [maskA, maskB] of [[false, false], [true, false], [false, true]]) {
+            for (const cType of [t, "f32"] as const) {
+              const flags = { ...common, cType, maskA, maskB, lora: null, bias: false };
+              out.push([kernel, gemmSpecialisation(flags, smallest)]);
+            }
+          }
+          if (transA) continue;
+          for (const mask of [false, true]) {
+            for (const bias of [false, true]) {
+              const lora = { vecP: vec, vecQ: vec, mask };
+              const flags = { ...common, cType: t, maskA: false, maskB: false, lora, bias };
+              out.push([kernel, gemmSpecialisation(flags, smallest)]);
+            }
+          }
         }
       }
     }
-  }
-  for (const TRANS of [false, true]) {
-    for (const MASK of [false, true]) {
-      for (const BIAS of [false, true]) out.push(["lora_out", { T: t, TRANS, MASK, BIAS, ...tile }]);
+    for (const tile of tiles.slice(0, -1)) {
+      const plain = { aType: t, bType: t, cType: t, transA: false, transB: false, vecA: true, vecB: true };
+      const flags = { ...plain, vecC: true, maskA: true, maskB: false, lora: null, bias: false };
+      out.push([kernel, gemmSpecialisation(flags, tile)]);
+      const lora = { vecP: false, vecQ: false, mask: true };
+      out.push([
+        kernel,
+        gemmSpecialisation({ ...flags, transB: true, vecB: false, maskA: false, lora }, tile),
+      ]);
     }
   }
   return out;

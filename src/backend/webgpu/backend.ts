@@ -20,6 +20,7 @@ import { type KernelName, MAX_RANK, PipelineCache, WORKGROUP_SIZE } from "./kern
 import type { TemplateParams } from "./template.ts";
 import { type Binding, type GpuBuffer, GpuRuntime } from "./runtime.ts";
 import { bufferBytes, dropoutWords, type GemmContext, recordGemm, type WgslType } from "./gemm.ts";
+import { DIRECT_PROFILE, type GemmProfile, TILED_PROFILE } from "./gemm_plan.ts";
 import { recordLoraBackward, recordLoraForward } from "./lora.ts";
 
 /** WebGPU storage: a pooled device buffer plus element count and dtype. */
@@ -92,18 +93,33 @@ export class WebGpuBackend implements Backend {
   /**
    * @param device a GPUDevice (requested with the adapter's limits and, when offered, `shader-f16`)
    * @param description the adapter's name
+   * @param software whether the adapter is a software rasteriser: it then gets the GEMM profile made for
+   *   CPUs (gemm_plan.ts)
    */
-  constructor(device: GPUDevice, description: string) {
+  constructor(device: GPUDevice, description: string, software = false) {
     this.description = description;
     this.rt = new GpuRuntime(device);
     this.#kernels = new PipelineCache(device, (msg) => this.rt.reportError(msg));
-    this.#ctx = { rt: this.rt, kernels: this.#kernels };
+    this.#ctx = { rt: this.rt, kernels: this.#kernels, profile: software ? DIRECT_PROFILE : TILED_PROFILE };
     this.#hasF16 = device.features.has("shader-f16");
   }
 
   /** The underlying GPUDevice. */
   get gpuDevice(): GPUDevice {
     return this.rt.device;
+  }
+
+  /**
+   * The GEMM schedule and tiles: chosen from the adapter class when the backend is made. Every profile
+   * computes the same products up to rounding; tests switch it to check each one on a single adapter.
+   */
+  get gemmProfile(): GemmProfile {
+    return this.#ctx.profile;
+  }
+
+  set gemmProfile(profile: GemmProfile) {
+    if (profile.tiles.length === 0) throw new RangeError("gemmProfile: a profile needs at least one tile");
+    this.#ctx.profile = profile;
   }
 
   /** Number of compiled pipelines (for tests of the cache). */

@@ -147,8 +147,9 @@ export async function webgpuDevice(opts: WebGpuDeviceOptions = {}): Promise<Devi
         `fresh adapter): ${(e as Error).message}`,
     );
   }
-  const backend = new WebGpuBackend(gpuDevice, name);
-  const device = new Device(backend, "webgpu", name, await isSoftwareAdapter(adapter));
+  const software = await isSoftwareAdapter(adapter);
+  const backend = new WebGpuBackend(gpuDevice, name, software);
+  const device = new Device(backend, "webgpu", name, software);
   gpuDevice.lost.then((info) => {
     const reason = `${info.reason ?? "unknown"}: ${info.message || "device lost"}`;
     backend.rt.markLost(reason);

@@ -1,21 +1,25 @@
 /**
- * Recording GEMMs: the tiled matmul kernel (batched, transposed, dropout on load, split-K with a reduce)
- * and the two-phase LoRA output kernel. Results are raw buffers; the backend wraps them as storages.
+ * Recording GEMMs: plain products (batched, transposed, dropout on load, split-K with a reduce) and the
+ * LoRA output product (a LoRA pre-phase, scale, output dropout and bias in the same kernel). Both run on
+ * the schedule of the device (gemm_plan.ts). Results are raw buffers; the backend wraps them as storages.
  * @module
  */
 import type { FusedDropout } from "../backend.ts";
 import { f32Bits } from "../../tensor/dtype.ts";
 import { dropoutKeepScale, dropoutThreshold } from "../../tensor/random.ts";
-import { GEMM_TILE, GEMM_WG, type PipelineCache, WORKGROUP_SIZE } from "./kernels.ts";
+import { type PipelineCache, WORKGROUP_SIZE } from "./kernels.ts";
+import { type GemmPlan, type GemmProfile, type GemmTile, planGemm, SCHEDULE_KERNEL } from "./gemm_plan.ts";
+import type { TemplateParams } from "./template.ts";
 import type { Binding, GpuRuntime, Grid } from "./runtime.ts";
 
 /** WGSL name of a storage element type. */
 export type WgslType = "f32" | "f16";
 
-/** What recording needs: the runtime and the pipelines. */
+/** What recording needs: the runtime, the pipelines and the device's GEMM profile. */
 export interface GemmContext {
   rt: GpuRuntime;
   kernels: PipelineCache;
+  profile: GemmProfile;
 }
 
 /** Bytes a buffer of `size` elements of `type` occupies (padded to 4, at least 4). */
@@ -33,7 +37,7 @@ export function dropoutWords(d: FusedDropout | null): [number, number, number] {
 export interface GemmOperand {
   bind: Binding;
   type: WgslType;
-  /** Stored transposed (see matmul.wgsl). */
+  /** Stored transposed (see matmul_direct.wgsl). */
   trans: boolean;
   /** Elements between batch entries; 0 broadcasts one matrix over the batch. */
   zStride?: number;
@@ -41,7 +45,22 @@ export interface GemmOperand {
   masked?: boolean;
 }
 
-/** A GEMM request: C = alpha · op(A) · op(B), batched. */
+/**
+ * The LoRA pre-phase of the output kernel: scale · mask ⊙ (P · op(Q)) is accumulated before the main
+ * product, op being the main B operand's (transposed when B is).
+ */
+export interface LoraPhase {
+  /** P [m, r], f32. */
+  p: Binding;
+  /** Q: [n, r] when B is transposed, else [r, n]; in B's element type. */
+  q: Binding;
+  r: number;
+  scale: number;
+  /** The dropout whose mask multiplies the LoRA term, keyed by output index. */
+  dropout: FusedDropout | null;
+}
+
+/** A GEMM request: C = alpha · op(A) · op(B) (+ LoRA term) (+ bias), batched. */
 export interface GemmRequest {
   a: GemmOperand;
   b: GemmOperand;
@@ -52,119 +71,157 @@ export interface GemmRequest {
   alpha?: number;
   /** The dropout applied to the operand flagged `masked`. */
   dropout?: FusedDropout | null;
+  lora?: LoraPhase;
+  /** Bias [n] added to every row, in the output type. */
+  bias?: Binding | null;
   outType: WgslType;
   /** Names the op and result for size-limit errors. */
   what: string;
 }
 
-/**
- * How many k slices a GEMM with few output tiles splits into, so that enough workgroups run (and the
- * partial sums fit one binding). Deep, narrow products are the LoRA gradients dA and dB: k is the token
- * count, the output only rank × features.
- */
-export function splitCount(m: number, n: number, k: number, maxBindingBytes: number): number {
-  const tiles = Math.ceil(m / GEMM_TILE.BM) * Math.ceil(n / GEMM_TILE.BN);
-  if (tiles >= 128 || k < 128) return 1;
-  let s = Math.min(Math.floor(k / 64), Math.ceil(256 / tiles), 64);
-  while (s > 1 && s * m * n * 4 > maxBindingBytes) s = Math.floor(s / 2);
-  return Math.max(1, s);
+/** What a GEMM kernel is specialised on besides its tile (see matmul_direct.wgsl for the meanings). */
+export interface GemmFlags {
+  aType: WgslType;
+  bType: WgslType;
+  cType: WgslType;
+  transA: boolean;
+  transB: boolean;
+  vecA: boolean;
+  vecB: boolean;
+  vecC: boolean;
+  maskA: boolean;
+  maskB: boolean;
+  /** The LoRA phase's vec4 flags and output mask, or null without one. */
+  lora: { vecP: boolean; vecQ: boolean; mask: boolean } | null;
+  bias: boolean;
 }
 
-/** Records C = alpha · op(A) · op(B) into a new buffer of batch·m·n `outType` elements. */
+/** Template parameters of a GEMM kernel. */
+export function gemmSpecialisation(f: GemmFlags, t: GemmTile): TemplateParams {
+  return {
+    A_T: f.aType,
+    B_T: f.bType,
+    C_T: f.cType,
+    TRANS_A: f.transA,
+    TRANS_B: f.transB,
+    VEC_A: f.vecA,
+    VEC_B: f.vecB,
+    VEC_C: f.vecC,
+    MASK_A: f.maskA,
+    MASK_B: f.maskB,
+    LORA: f.lora !== null,
+    VEC_P: f.lora?.vecP ?? false,
+    VEC_Q: f.lora?.vecQ ?? false,
+    MASK: f.lora?.mask ?? false,
+    BIAS: f.bias,
+    ...t,
+    // Staging vec4s per invocation of the tiled kernel (unused by the direct one).
+    LA: Math.max(1, (t.BM * t.BK) / 4 / t.WG),
+    LB: Math.max(1, (t.BN * t.BK) / 4 / t.WG),
+  };
+}
+
+/** The flags of a request: vec4 access wherever an operand's contiguous dimension is a multiple of 4. */
+function requestFlags(req: GemmRequest, cType: WgslType): GemmFlags {
+  const { a, b, m, n, k, lora } = req;
+  return {
+    aType: a.type,
+    bType: b.type,
+    cType,
+    transA: a.trans,
+    transB: b.trans,
+    vecA: (a.trans ? m : k) % 4 === 0,
+    vecB: (b.trans ? k : n) % 4 === 0,
+    vecC: n % 4 === 0,
+    maskA: a.masked === true,
+    maskB: b.masked === true,
+    lora: lora === undefined ? null : {
+      vecP: lora.r % 4 === 0,
+      vecQ: (b.trans ? lora.r : n) % 4 === 0,
+      mask: lora.dropout !== null,
+    },
+    bias: req.bias != null,
+  };
+}
+
+/** The dispatch grid of `plan` for `zCount` batch entries or slices, folded onto x and y. */
+function planGrid(rt: GpuRuntime, plan: GemmPlan, zCount: number): Grid {
+  const groups = plan.schedule === "tiled" ? plan.tiles : Math.ceil(plan.tiles / plan.tile.WG);
+  const [x, y] = rt.fold(groups);
+  return [x, y, zCount];
+}
+
+/** Records C = alpha · op(A) · op(B) (+ LoRA term, + bias) into a new buffer of batch·m·n `outType`. */
 export function recordGemm(ctx: GemmContext, req: GemmRequest): Binding {
   const { rt, kernels } = ctx;
-  const { a, b, m, n, k, outType } = req;
+  const { a, b, m, n, k, outType, lora } = req;
   const batch = req.batch ?? 1;
   const alpha = req.alpha ?? 1;
   const outBytes = bufferBytes(batch * m * n, outType);
   const out = { buf: rt.alloc(outBytes, req.what), bytes: outBytes };
   if (batch * m * n === 0) return out;
-  const { BM, BN, BK } = GEMM_TILE;
-  const tiles: [number, number] = [Math.ceil(n / BN), Math.ceil(m / BM)];
-  const [seed, threshold, keep] = dropoutWords(req.dropout ?? null);
-  const spec = (cType: WgslType) => ({
-    A_T: a.type,
-    B_T: b.type,
-    C_T: cType,
-    TRANS_A: a.trans,
-    TRANS_B: b.trans,
-    MASK_A: a.masked === true,
-    MASK_B: b.masked === true,
-    ...GEMM_TILE,
-    WG: GEMM_WG,
-  });
-  const splits = batch === 1 ? splitCount(m, n, k, rt.limits.maxStorageBufferBindingSize) : 1;
-  if (splits === 1) {
-    const kernel = kernels.get("matmul", spec(outType));
+  const flags = requestFlags(req, outType);
+  const plan = planGemm({
+    m,
+    n,
+    k,
+    batch,
+    splittable: lora === undefined && req.bias == null,
+    maxBindingBytes: rt.limits.maxStorageBufferBindingSize,
+    vec4: flags.vecA && flags.vecB && (flags.lora === null || (flags.lora.vecP && flags.lora.vecQ)),
+  }, ctx.profile);
+  const kernelName = SCHEDULE_KERNEL[plan.schedule];
+  const dropWords = lora !== undefined ? dropoutWords(lora.dropout) : dropoutWords(req.dropout ?? null);
+  const params = (
+    zStrides: [number, number, number],
+    kStart: number,
+    kLen: number,
+    zBase: number,
+    al: number,
+  ) => [
+    m,
+    n,
+    k,
+    ...zStrides,
+    kStart,
+    kLen,
+    zBase,
+    ...dropWords,
+    f32Bits(al),
+    plan.tilesN,
+    plan.tiles,
+    lora?.r ?? 0,
+    f32Bits(lora?.scale ?? 1),
+  ];
+  const extra = [lora?.p ?? null, lora?.q ?? null, req.bias ?? null];
+  if (plan.splits === 1) {
+    const kernel = kernels.get(kernelName, gemmSpecialisation(flags, plan.tile));
     const maxZ = rt.limits.maxComputeWorkgroupsPerDimension;
+    const strides: [number, number, number] = [a.zStride ?? 0, b.zStride ?? 0, m * n];
     for (let z0 = 0; z0 < batch; z0 += maxZ) {
-      const params = [
-        m,
-        n,
-        k,
-        a.zStride ?? 0,
-        b.zStride ?? 0,
-        m * n,
-        0,
-        k,
-        z0,
-        seed,
-        threshold,
-        keep,
-        f32Bits(alpha),
-      ];
-      rt.dispatch(kernel, params, [a.bind, b.bind, out], [...tiles, Math.min(maxZ, batch - z0)]);
+      const zCount = Math.min(maxZ, batch - z0);
+      rt.dispatch(
+        kernel,
+        params(strides, 0, k, z0, alpha),
+        [a.bind, b.bind, ...extra, out],
+        planGrid(rt, plan, zCount),
+      );
     }
     return out;
   }
-  // Split-K: slice z sums k in [z · chunk, (z + 1) · chunk) into its own partial product, then one
-  // kernel adds the slices and applies alpha.
-  const chunk = Math.ceil(Math.ceil(k / splits) / BK) * BK;
-  const slices = Math.ceil(k / chunk);
-  const partBytes = bufferBytes(slices * m * n, "f32");
+  // Split-K: slice z sums k in [z · chunk, (z + 1) · chunk) into its own partial product, then one kernel
+  // adds the slices and applies alpha.
+  const partBytes = bufferBytes(plan.splits * m * n, "f32");
   const part = { buf: rt.alloc(partBytes, `${req.what} (split-K partial sums)`), bytes: partBytes };
-  const params = [m, n, k, 0, 0, m * n, chunk, chunk, 0, seed, threshold, keep, f32Bits(1)];
-  rt.dispatch(kernels.get("matmul", spec("f32")), params, [a.bind, b.bind, part], [...tiles, slices]);
+  const kernel = kernels.get(kernelName, gemmSpecialisation({ ...flags, cType: "f32" }, plan.tile));
+  rt.dispatch(
+    kernel,
+    params([0, 0, m * n], plan.chunk, plan.chunk, 0, 1),
+    [a.bind, b.bind, ...extra, part],
+    planGrid(rt, plan, plan.splits),
+  );
   const reduce = kernels.get("splitk_reduce", { T: outType, WG: WORKGROUP_SIZE });
-  rt.dispatch(reduce, [m * n, slices, f32Bits(alpha)], [part, out], rt.grid1d(m * n, WORKGROUP_SIZE));
+  rt.dispatch(reduce, [m * n, plan.splits, f32Bits(alpha)], [part, out], rt.grid1d(m * n, WORKGROUP_SIZE));
   rt.release(part.buf);
-  return out;
-}
-
-/** The operands of the two-phase LoRA output kernel (see lora_out.wgsl for their roles). */
-export interface LoraOutRequest {
-  p: Binding;
-  q: Binding;
-  x: Binding;
-  w: Binding;
-  bias: Binding | null;
-  m: number;
-  n: number;
-  k: number;
-  r: number;
-  scale: number;
-  /** The dropout whose mask multiplies the LoRA term, keyed by output index. */
-  dropout: FusedDropout | null;
-  trans: boolean;
-  type: WgslType;
-  what: string;
-}
-
-/** Records y = scale · mask ⊙ (P · op(Q)) + X · op(W) (+ bias) into a new [m, n] buffer. */
-export function recordLoraOut(ctx: GemmContext, o: LoraOutRequest): Binding {
-  const bytes = bufferBytes(o.m * o.n, o.type);
-  const out = { buf: ctx.rt.alloc(bytes, o.what), bytes };
-  if (o.m * o.n === 0) return out;
-  const spec = {
-    T: o.type,
-    TRANS: o.trans,
-    MASK: o.dropout !== null,
-    BIAS: o.bias !== null,
-    ...GEMM_TILE,
-    WG: GEMM_WG,
-  };
-  const params = [o.m, o.n, o.k, o.r, ...dropoutWords(o.dropout), f32Bits(o.scale)];
-  const grid: Grid = [Math.ceil(o.n / GEMM_TILE.BN), Math.ceil(o.m / GEMM_TILE.BM), 1];
-  ctx.rt.dispatch(ctx.kernels.get("lora_out", spec), params, [o.p, o.q, o.x, o.w, o.bias, out], grid);
   return out;
 }

@@ -21,9 +21,10 @@ export const KERNELS = {
   reduce_rows: ["read", "write"],
   reduce_cols: ["read", "write"],
   softmax: ["read", "write"],
-  matmul: ["read", "read", "write"],
+  // The two GEMM schedules (gemm_plan.ts): A, B, LoRA P, LoRA Q, bias, C; unused ones bind a dummy.
+  matmul: ["read", "read", "read", "read", "read", "write"],
+  matmul_direct: ["read", "read", "read", "read", "read", "write"],
   splitk_reduce: ["read", "write"],
-  lora_out: ["read", "read", "read", "read", "read", "write"],
   gather_rows: ["read", "read", "write"],
   scatter_add_rows: ["read", "read", "write"],
   pick: ["read", "read", "write"],
@@ -39,15 +40,6 @@ export const WORKGROUP_SIZE = 256;
 
 /** Largest rank the broadcasting and permute kernels take (after merging contiguous axes). */
 export const MAX_RANK = 8;
-
-/**
- * Tile shape of the GEMM kernels: BM × BN outputs per workgroup, BK-deep k slabs, TM × TN outputs per
- * invocation (TN a multiple of 4: accumulators are vec4). Speed work tunes these per device.
- */
-export const GEMM_TILE = { BM: 64, BN: 64, BK: 16, TM: 4, TN: 4 } as const;
-
-/** Invocations per GEMM workgroup. */
-export const GEMM_WG = (GEMM_TILE.BM / GEMM_TILE.TM) * (GEMM_TILE.BN / GEMM_TILE.TN);
 
 /** A compiled kernel: its pipeline and the layout its bind groups use. */
 export interface Kernel {

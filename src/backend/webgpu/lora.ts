@@ -5,16 +5,17 @@
  *
  * Forward, y = x Wᵀ + b + scale · drop_post((drop_pre(x) Aᵀ) Bᵀ):
  *   1. t = drop_pre(x) Aᵀ, [m, R] in f32 scratch (one row block per workgroup);
- *   2. lora_out: one pass over y, the LoRA term and the base product in one accumulator set.
+ *   2. one GEMM pass over y: the LoRA term (P = t, Q = B) accumulated first, scaled and masked, then the
+ *      base product and the bias on top (gemm.ts, LoraPhase).
  * Backward, from x, A and B only (t is recomputed, never saved):
  *   1. g = dyl B, dyl = drop_post(dy), [m, R] f32 scratch;
- *   2. dx = dy W + scale · drop_pre ⊙ (g A), one lora_out pass;
+ *   2. dx = dy W + scale · drop_pre ⊙ (g A), one GEMM pass with a LoRA phase;
  *   3. dA = scale · gᵀ drop_pre(x) and 4. dB = scale · dylᵀ t, GEMMs over the tokens, split-K when
  *      the token count is deep and the outputs small (partial sums per token chunk, then a reduce).
  * @module
  */
 import type { FusedDropout, LoraBackwardArgs, LoraForwardArgs } from "../backend.ts";
-import { type GemmContext, recordGemm, recordLoraOut, type WgslType } from "./gemm.ts";
+import { type GemmContext, recordGemm, type WgslType } from "./gemm.ts";
 import type { Binding } from "./runtime.ts";
 
 /** The dropout of `position`, or null when absent or p is 0 (no mask, as the CPU reference does). */
@@ -60,20 +61,15 @@ export function recordLoraForward(
   const op = "loraForward";
   const T = args.x.dtype as WgslType;
   const t = recordInner(ctx, args, bind, op);
-  const y = recordLoraOut(ctx, {
-    p: t,
-    q: bind.b,
-    x: bind.x,
-    w: bind.w,
-    bias: bind.bias,
+  const y = recordGemm(ctx, {
+    a: { bind: bind.x, type: T, trans: false },
+    b: { bind: bind.w, type: T, trans: true },
     m: args.m,
     n: args.outFeatures,
     k: args.inFeatures,
-    r: args.rank,
-    scale: args.scale,
-    dropout: dropoutAt(args.dropout, "post"),
-    trans: true,
-    type: T,
+    lora: { p: t, q: bind.b, r: args.rank, scale: args.scale, dropout: dropoutAt(args.dropout, "post") },
+    bias: bind.bias,
+    outType: T,
     what: `${op}: output [${args.m}, ${args.outFeatures}] (${T})`,
   });
   ctx.rt.release(t.buf);
@@ -101,20 +97,14 @@ export function recordLoraBackward(
     what: `${op}: dy·B [${m}, ${R}]`,
   });
   const dx = args.needDx
-    ? recordLoraOut(ctx, {
-      p: g,
-      q: bind.a,
-      x: bind.dy,
-      w: bind.w,
-      bias: null,
+    ? recordGemm(ctx, {
+      a: { bind: bind.dy, type: T, trans: false },
+      b: { bind: bind.w, type: T, trans: false },
       m,
       n: K,
       k: N,
-      r: R,
-      scale,
-      dropout: pre,
-      trans: false,
-      type: T,
+      lora: { p: g, q: bind.a, r: R, scale, dropout: pre },
+      outType: T,
       what: `${op}: dx [${m}, ${K}] (${T})`,
     })
     : null;

@@ -1,0 +1,169 @@
+/**
+ * GEMM schedules and how a product of a given shape is cut into dispatches: which kernel (workgroup-tiled
+ * for hardware GPUs, direct for software adapters), which tile, how many k slices. Pure functions of the
+ * shape and the device class, so the choice is made the same way every time and never changes results
+ * beyond rounding (each slice and tile computes the same sums).
+ * @module
+ */
+
+/**
+ * `tiled`: workgroup tiles staged in workgroup memory (matmul.wgsl), for hardware GPUs.
+ * `direct`: each invocation reads its block straight from storage, no barriers (matmul_direct.wgsl), for
+ * software adapters, where barriers and per-invocation loads are costly (bench/NOTES.md).
+ */
+export type GemmSchedule = "tiled" | "direct";
+
+/** The kernel template of a schedule. */
+export const SCHEDULE_KERNEL = { tiled: "matmul", direct: "matmul_direct" } as const;
+
+/**
+ * One tile configuration. Tiled: a workgroup of WG invocations computes BM × BN outputs in BK-deep slabs,
+ * TM × TN per invocation. Direct: each of WG invocations computes TM × TN outputs (BM = TM, BN = TN).
+ */
+export interface GemmTile {
+  BM: number;
+  BN: number;
+  BK: number;
+  TM: number;
+  TN: number;
+  WG: number;
+}
+
+/** A tiled configuration; every invocation stages whole vec4s of both slabs (matmul.wgsl). */
+export function tiledTile(BM: number, BN: number, BK: number, TM: number, TN: number): GemmTile {
+  const WG = (BM / TM) * (BN / TN);
+  if ((BM * BK / 4) % WG !== 0 || (BN * BK / 4) % WG !== 0 || TM % 4 !== 0 || TN % 4 !== 0 || BK % 4 !== 0) {
+    throw new RangeError(
+      `tiledTile: ${BM}×${BN}×${BK} with ${TM}×${TN} per invocation does not stage evenly`,
+    );
+  }
+  return { BM, BN, BK, TM, TN, WG };
+}
+
+function directTile(TM: number, TN: number, WG: number): GemmTile {
+  return { BM: TM, BN: TN, BK: 4, TM, TN, WG };
+}
+
+/** The tile configurations a device uses for one schedule, largest first. */
+export interface GemmProfile {
+  schedule: GemmSchedule;
+  tiles: readonly GemmTile[];
+}
+
+/** Hardware GPUs: 128 × 128 workgroup tiles, 64 × 64 for small products. */
+export const TILED_PROFILE: GemmProfile = {
+  schedule: "tiled",
+  tiles: [tiledTile(128, 128, 8, 8, 8), tiledTile(64, 64, 16, 4, 4)],
+};
+
+/**
+ * Software adapters: the larger the block per invocation the fewer loads per FMA (bench/NOTES.md), so
+ * 32 × 32, or the long thin blocks for the rank-wide products of LoRA; 4 × 8 for small products and for
+ * operands without vec4 access. A large block with scalar loads takes seconds to compile on a software
+ * adapter and gains little (its loads are 4 times as many), so it is never used. Workgroups of 8 (one SIMD register of lanes) leave the
+ * most workgroups to spread over the CPU threads.
+ */
+export const DIRECT_PROFILE: GemmProfile = {
+  schedule: "direct",
+  tiles: [
+    directTile(32, 32, 8),
+    directTile(64, 16, 8),
+    directTile(16, 64, 8),
+    directTile(32, 16, 8),
+    directTile(16, 32, 8),
+    directTile(16, 16, 8),
+    directTile(4, 8, 8),
+  ],
+};
+
+/** CPU threads a software adapter spreads workgroups over (lavapipe uses one per core). */
+const CPU_THREADS = Math.max(1, (globalThis.navigator as Navigator | undefined)?.hardwareConcurrency ?? 4);
+
+/**
+ * Work units (tiled: workgroups; direct: invocations) a GEMM wants before it splits k: a GPU's
+ * multiprocessors, a few SIMD registers of lanes per CPU thread.
+ */
+const WANTED_UNITS = { tiled: 128, direct: Math.max(64, 32 * CPU_THREADS) } as const;
+
+/** Below this many multiply-adds a product takes the smallest tile: a larger one would not pay. */
+const SMALL_WORK = { tiled: 1 << 24, direct: 1 << 22 } as const;
+
+/** How one GEMM runs: the tile, the schedule and the k slices (1: no split). */
+export interface GemmPlan {
+  schedule: GemmSchedule;
+  tile: GemmTile;
+  /** Number of k slices (partial products summed by splitk_reduce.wgsl); 1 = no split. */
+  splits: number;
+  /** k per slice (a multiple of 4 and of BK); k itself when not split. */
+  chunk: number;
+  /** Column blocks and all blocks of one batch entry. */
+  tilesN: number;
+  tiles: number;
+}
+
+/** The shape of a GEMM to plan: op(A) [m, k] · op(B) [k, n], `batch` times. */
+export interface GemmShape {
+  m: number;
+  n: number;
+  k: number;
+  batch: number;
+  /** Whether k may be split (not for the LoRA output kernel, whose epilogue must run once). */
+  splittable: boolean;
+  /** Largest binding in bytes, which bounds the split-K partial sums. */
+  maxBindingBytes: number;
+  /** Whether every operand is read as vec4 (its contiguous dimension a multiple of 4). */
+  vec4: boolean;
+}
+
+function blocks(shape: GemmShape, t: GemmTile): { tilesN: number; tiles: number } {
+  const tilesN = Math.ceil(shape.n / t.BN);
+  return { tilesN, tiles: Math.ceil(shape.m / t.BM) * tilesN };
+}
+
+/**
+ * Slices that bring `have` units up to `want`, each at least 64 deep; `strict`: 0 when that many slices
+ * would be too shallow, else as many as k allows.
+ */
+function slicesFor(shape: GemmShape, have: number, want: number, strict: boolean): number {
+  if (have >= want) return 1;
+  if (!shape.splittable || shape.batch !== 1) return strict ? 0 : 1;
+  const splits = Math.min(Math.ceil(want / have), 64);
+  if (shape.k >= 64 * splits) return splits;
+  return strict ? 0 : Math.max(1, Math.floor(shape.k / 64));
+}
+
+function finish(shape: GemmShape, schedule: GemmSchedule, tile: GemmTile, wanted: number): GemmPlan {
+  const { m, n, k } = shape;
+  const { tilesN, tiles } = blocks(shape, tile);
+  let splits = Math.max(1, wanted);
+  while (splits > 1 && splits * m * n * 4 > shape.maxBindingBytes) splits = Math.floor(splits / 2);
+  if (splits === 1) return { schedule, tile, splits, chunk: k, tilesN, tiles };
+  const step = Math.max(4, tile.BK);
+  const chunk = Math.ceil(Math.ceil(k / splits) / step) * step;
+  return { schedule, tile, splits: Math.ceil(k / chunk), chunk, tilesN, tiles };
+}
+
+/**
+ * Plans a GEMM: small products (and, on the direct schedule, ones without vec4 access) take the smallest
+ * tile; others the largest tile that does not overhang a
+ * small m or n by more than padding to 4 and keeps the device busy, by itself or with k split into slices
+ * at least 64 deep. Whatever the tile, k is split when the device would otherwise idle and k allows it.
+ */
+export function planGemm(shape: GemmShape, profile: GemmProfile): GemmPlan {
+  const { schedule, tiles } = profile;
+  const want = WANTED_UNITS[schedule];
+  const units = (t: GemmTile) => blocks(shape, t).tiles * shape.batch;
+  const smallest = tiles[tiles.length - 1];
+  const loose = (t: GemmTile) => finish(shape, schedule, t, slicesFor(shape, units(t), want, false));
+  const small = shape.m * shape.n * shape.k * shape.batch < SMALL_WORK[schedule];
+  if (small || (schedule === "direct" && !shape.vec4)) return loose(smallest);
+  // A direct tile must also leave a full SIMD register of lanes (8) per batch entry or slice.
+  const fits = (t: GemmTile) =>
+    t.TM <= Math.max(4, shape.m + 3) && t.TN <= Math.max(4, shape.n + 3) &&
+    (schedule === "tiled" || blocks(shape, t).tiles >= 8);
+  for (const tile of tiles.filter(fits)) {
+    const splits = slicesFor(shape, units(tile), want, true);
+    if (splits > 0) return finish(shape, schedule, tile, splits);
+  }
+  return loose(smallest);
+}

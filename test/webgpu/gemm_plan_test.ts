@@ -1,0 +1,71 @@
+/**
+ * The GEMM planner (pure, no GPU): every plan uses a tile of its profile, covers k exactly once with
+ * non-empty slices aligned for the kernels' k steps, keeps the partial sums within one binding, never
+ * splits what must not be split, and picks the tiles the schedules were built around.
+ */
+import assert from "node:assert/strict";
+import fc from "fast-check";
+import {
+  DIRECT_PROFILE,
+  type GemmShape,
+  planGemm,
+  TILED_PROFILE,
+} from "../../src/backend/webgpu/gemm_plan.ts";
+
+const shapeArb: fc.Arbitrary<GemmShape> = fc.record({
+  m: fc.integer({ min: 1, max: 5000 }),
+  n: fc.integer({ min: 1, max: 5000 }),
+  k: fc.integer({ min: 0, max: 20000 }),
+  batch: fc.oneof(fc.constant(1), fc.integer({ min: 1, max: 8 })),
+  splittable: fc.boolean(),
+  maxBindingBytes: fc.oneof(fc.constant(2 ** 31), fc.integer({ min: 2 ** 16, max: 2 ** 28 })),
+  vec4: fc.boolean(),
+});
+
+Deno.test("planGemm: tiles from the profile, k covered once by aligned non-empty slices, bounded partials", () => {
+  fc.assert(
+    fc.property(shapeArb, fc.constantFrom(TILED_PROFILE, DIRECT_PROFILE), (s, profile) => {
+      const p = planGemm(s, profile);
+      assert.ok(profile.tiles.includes(p.tile));
+      assert.equal(p.schedule, profile.schedule);
+      assert.equal(p.tilesN, Math.ceil(s.n / p.tile.BN));
+      assert.equal(p.tiles, Math.ceil(s.m / p.tile.BM) * p.tilesN);
+      assert.ok(Number.isInteger(p.splits) && p.splits >= 1);
+      if (p.splits === 1) {
+        assert.equal(p.chunk, s.k);
+        return;
+      }
+      assert.ok(s.splittable && s.batch === 1, "split only what may be split");
+      assert.equal(p.chunk % Math.max(4, p.tile.BK), 0, "slices start on a k step");
+      assert.ok(p.splits * p.chunk >= s.k && (p.splits - 1) * p.chunk < s.k, "k covered, no empty slice");
+      assert.ok(p.splits * s.m * s.n * 4 <= s.maxBindingBytes, "partial sums fit one binding");
+    }),
+    { numRuns: 2000 },
+  );
+});
+
+Deno.test("planGemm: large products take the large tiles, rank-wide ones the long thin tiles", () => {
+  const shape = (m: number, n: number, k: number): GemmShape => ({
+    m,
+    n,
+    k,
+    batch: 1,
+    splittable: true,
+    maxBindingBytes: 2 ** 31,
+    vec4: true,
+  });
+  const tile = (m: number, n: number, k: number, profile = DIRECT_PROFILE) => {
+    const t = planGemm(shape(m, n, k), profile).tile;
+    return `${t.BM}x${t.BN}`;
+  };
+  assert.equal(tile(1024, 256, 256), "32x32");
+  assert.equal(tile(1024, 16, 256), "64x16");
+  assert.equal(tile(16, 256, 1024), "16x32");
+  assert.equal(tile(4096, 4096, 4096, TILED_PROFILE), "128x128");
+  // Deep and narrow (LoRA's dA on a GPU): the large tile with k split.
+  const p = planGemm(shape(16, 4096, 8192), TILED_PROFILE);
+  assert.ok(p.splits > 1, `expected split-K, got ${JSON.stringify(p)}`);
+  // Small products take the smallest tile, and so do direct products without vec4 access.
+  assert.equal(tile(5, 7, 3), "4x8");
+  assert.equal(planGemm({ ...shape(1024, 256, 256), vec4: false }, DIRECT_PROFILE).tile.BM, 4);
+});

@@ -1,0 +1,149 @@
+/**
+ * Every GEMM tile of both schedules (workgroup-tiled for GPUs, direct for software adapters) against the
+ * CPU reference, each forced in turn on the test adapter: plain products (batched, transposed, any shape,
+ * split-K when deep) and the fused LoRA kernels (LoRA phase, output and input dropout, bias). The planner
+ * only ever picks among these tiles, so a wrong tile cannot hide behind the shapes the other suites draw.
+ */
+import fc from "fast-check";
+import type { FusedDropout } from "../../src/backend/backend.ts";
+import type { WebGpuBackend } from "../../src/backend/webgpu/backend.ts";
+import {
+  DIRECT_PROFILE,
+  type GemmProfile,
+  type GemmTile,
+  TILED_PROFILE,
+} from "../../src/backend/webgpu/gemm_plan.ts";
+import { assertClose, type FloatType, floatTypes, onBoth, printWorst, seedArb, values } from "./compare.ts";
+import { gpu, gpuTest } from "./gpu.ts";
+
+const RUNS = { matmul: 5, lora: 2 };
+const f = gpu === null ? fc.constant<FloatType>("f32") : floatTypes(gpu);
+
+/** Sizes around and between tile edges, primes, 1 and multiples of 4 (the vec4 forms). */
+const anySize = (max: number) =>
+  fc.oneof(fc.integer({ min: 1, max }), fc.constantFrom(1, 3, 4, 7, 8, 13, 16, 31, 32, 64, 67));
+
+/** Multiples of 4 only: the direct schedule uses its large tiles only where every operand reads vec4. */
+const vecSize = (max: number) =>
+  fc.oneof(
+    fc.integer({ min: 1, max: Math.floor(max / 4) }).map((d) => 4 * d),
+    fc.constantFrom(4, 12, 32, 36, 64, 68),
+  );
+
+/** Runs `fn` with the backend forced onto `profile`, restoring the device's own profile afterwards. */
+async function withProfile(be: WebGpuBackend, profile: GemmProfile, fn: () => Promise<void>): Promise<void> {
+  const own = be.gemmProfile;
+  be.gemmProfile = profile;
+  try {
+    await fn();
+  } finally {
+    be.gemmProfile = own;
+  }
+}
+
+const dropoutArb: fc.Arbitrary<FusedDropout | null> = fc.oneof(
+  fc.constant(null),
+  fc.record({
+    p: fc.double({ min: 0.1, max: 0.7, noNaN: true }),
+    seed: fc.integer({ min: 0, max: 0xffffffff }),
+    position: fc.constantFrom<"pre" | "post">("pre", "post"),
+  }),
+);
+
+function tileName(t: GemmTile): string {
+  return t.BM === t.TM ? `${t.TM}×${t.TN} per invocation` : `${t.BM}×${t.BN}×${t.BK} (${t.TM}×${t.TN})`;
+}
+
+for (const base of [TILED_PROFILE, DIRECT_PROFILE]) {
+  for (const tile of base.tiles) {
+    const profile: GemmProfile = { schedule: base.schedule, tiles: [tile] };
+    const name = `${base.schedule} GEMM tile ${tileName(tile)}`;
+    const vecOnly = base.schedule === "direct" && tile !== base.tiles[base.tiles.length - 1];
+    const size = vecOnly ? vecSize : anySize;
+    const ranks = vecOnly ? [4, 16] : [1, 4, 7, 16];
+
+    gpuTest(`${name}: matmul (batched, transposed, split-K when deep) matches the CPU`, async (dev) => {
+      const be = dev.backend as WebGpuBackend;
+      await withProfile(be, profile, () =>
+        fc.assert(
+          fc.asyncProperty(
+            fc.record({
+              batch: fc.integer({ min: 1, max: 2 }),
+              m: size(70),
+              n: size(70),
+              // Deep k (with few blocks) takes the split-K path.
+              k: fc.oneof(size(70), size(700).filter((k) => k >= 300)),
+              transA: fc.boolean(),
+              transB: fc.boolean(),
+            }),
+            seedArb,
+            f,
+            async (c, seed, dt) => {
+              const av = values(c.batch * c.m * c.k, seed, dt),
+                bv = values(c.batch * c.k * c.n, seed + 1, dt);
+              const args = { ...c, aBatch: c.batch, bBatch: c.batch };
+              const r = await onBoth(dev, dt, (u) => u.be.matmul(u.up(av), u.up(bv), args));
+              assertClose(`${name} matmul`, r.gpu[0], r.cpu[0], dt);
+            },
+          ),
+          { numRuns: RUNS.matmul },
+        ));
+    });
+
+    gpuTest(`${name}: fused LoRA forward and backward match the CPU`, async (dev) => {
+      const be = dev.backend as WebGpuBackend;
+      await withProfile(be, profile, () =>
+        fc.assert(
+          fc.asyncProperty(
+            fc.record({
+              m: size(70),
+              inF: size(70),
+              outF: size(70),
+              rank: fc.constantFrom(...ranks),
+              bias: fc.boolean(),
+              dropout: dropoutArb,
+            }),
+            seedArb,
+            f,
+            async (c, seed, dt) => {
+              const v = (n: number, k: number) => values(n, seed + k, dt);
+              const sizes = {
+                m: c.m,
+                inFeatures: c.inF,
+                outFeatures: c.outF,
+                rank: c.rank,
+                scale: 2,
+                dropout: c.dropout,
+              };
+              const r = await onBoth(dev, dt, (u) => {
+                const x = u.up(v(c.m * c.inF, 0)), w = u.up(v(c.outF * c.inF, 1));
+                const a = u.up(v(c.rank * c.inF, 2)), b = u.up(v(c.outF * c.rank, 3));
+                const bias = c.bias ? u.up(v(c.outF, 4)) : null;
+                const y = u.be.loraForward({ x, w, a, b, bias, ...sizes });
+                const g = u.be.loraBackward({
+                  x,
+                  w,
+                  a,
+                  b,
+                  dy: u.up(v(c.m * c.outF, 5)),
+                  needDx: true,
+                  ...sizes,
+                });
+                return [y, g.dA, g.dB, g.dx!];
+              });
+              for (const [i, what] of ["y", "dA", "dB", "dx"].entries()) {
+                assertClose(`${name} lora ${what}`, r.gpu[i], r.cpu[i], dt);
+              }
+            },
+          ),
+          { numRuns: RUNS.lora },
+        ));
+    });
+  }
+}
+
+Deno.test({
+  name: "GEMM schedule errors summary",
+  ignore: gpu === null,
+  fn: () => printWorst("gemm schedules"),
+});

@@ -1,0 +1,347 @@
+// GEMM for software adapters (lavapipe/llvmpipe, SwiftShader): C[z] = alpha · op(A[z]) · op(B[z]), plus the
+// optional LoRA pre-phase of the fused linear (see below). Each invocation computes a TM × TN block of C
+// straight from storage: no workgroup memory and no barriers.
+//
+// Why this shape (measured on llvmpipe, bench/NOTES.md): a software adapter runs 8 invocations as the lanes
+// of one SIMD register and turns every storage load into a loop over those lanes, so a vec4 load costs
+// about what a scalar load does and either costs as much as dozens of FMAs; a barrier turns the shader into
+// coroutines whose values live in memory. So the tile per invocation is large (the FMAs per loaded value
+// grow with it), every operand is read as vec4 where its contiguous dimension allows (VEC_*), and
+// invocations never wait for each other.
+//
+// Layouts: A is stored [m, k] ([k, m] when TRANS_A), B [k, n] ([n, k] when TRANS_B), C [m, n]. VEC_A means
+// A's contiguous dimension is a multiple of 4 (k, or m when TRANS_A); likewise VEC_B (n, or k when
+// TRANS_B) and VEC_C (n). k runs in steps of 4; steps past the end of k load clamped indices and use
+// zeros instead. Rows and columns past the edge are clamped on load and skipped on store: no size needs to
+// be a multiple of anything.
+//
+// The z axis of the grid is either the batch (operands advance by their z strides, 0 when broadcast) or a
+// split of k (slice z covers k in [z · k_z_start, z · k_z_start + k_len) and writes its partial product
+// at z · c_z_stride for splitk_reduce.wgsl). MASK_A / MASK_B multiply each element of A / B by its
+// dropout factor, keyed by the element's index in storage.
+//
+// LORA: first accumulate P · op(Q) over depth r (P = lp [m, r] f32, Q = lq [n, r] when TRANS_B else
+// [r, n]), multiply by scale and, with MASK, by the dropout factors of the output elements; then the main
+// product accumulates on top, and BIAS adds bias[col]. VEC_P / VEC_Q are the LoRA phase's counterparts of
+// VEC_A / VEC_B.
+struct Params {
+  m: u32,
+  n: u32,
+  k: u32,
+  a_z_stride: u32,
+  b_z_stride: u32,
+  c_z_stride: u32,
+  k_z_start: u32,
+  k_len: u32,
+  // First z of this dispatch: grids are limited to 65535 workgroups along z.
+  z_base: u32,
+  seed: u32,
+  threshold: u32,
+  keep: f32,
+  alpha: f32,
+  // Column blocks of TN, and all blocks (row blocks × column blocks) of one z.
+  tiles_n: u32,
+  tiles: u32,
+  r: u32,
+  scale: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+//#if VEC_A
+@group(0) @binding(1) var<storage, read> a: array<vec4<${A_T}>>;
+//#else
+@group(0) @binding(1) var<storage, read> a: array<${A_T}>;
+//#end
+//#if VEC_B
+@group(0) @binding(2) var<storage, read> b: array<vec4<${B_T}>>;
+//#else
+@group(0) @binding(2) var<storage, read> b: array<${B_T}>;
+//#end
+//#if LORA && VEC_P
+@group(0) @binding(3) var<storage, read> lp: array<vec4<f32>>;
+//#elif LORA
+@group(0) @binding(3) var<storage, read> lp: array<f32>;
+//#end
+//#if LORA && VEC_Q
+@group(0) @binding(4) var<storage, read> lq: array<vec4<${B_T}>>;
+//#elif LORA
+@group(0) @binding(4) var<storage, read> lq: array<${B_T}>;
+//#end
+//#if BIAS
+@group(0) @binding(5) var<storage, read> bias: array<${C_T}>;
+//#end
+//#if VEC_C
+@group(0) @binding(6) var<storage, read_write> c: array<vec4<${C_T}>>;
+//#else
+@group(0) @binding(6) var<storage, read_write> c: array<${C_T}>;
+//#end
+
+fn factor4(at: u32) -> vec4<f32> {
+  return vec4<f32>(
+    dropout_factor(p.seed, p.threshold, p.keep, at),
+    dropout_factor(p.seed, p.threshold, p.keep, at + 1u),
+    dropout_factor(p.seed, p.threshold, p.keep, at + 2u),
+    dropout_factor(p.seed, p.threshold, p.keep, at + 3u),
+  );
+}
+
+// Loads by element index `at` (a multiple of 4 for the vec4 forms), masked when asked.
+//#if VEC_A
+fn load_a(at: u32) -> vec4<f32> {
+//#if MASK_A
+  return vec4<f32>(a[at / 4u]) * factor4(at);
+//#else
+  return vec4<f32>(a[at / 4u]);
+//#end
+}
+//#else
+fn load_a(at: u32) -> f32 {
+//#if MASK_A
+  return f32(a[at]) * dropout_factor(p.seed, p.threshold, p.keep, at);
+//#else
+  return f32(a[at]);
+//#end
+}
+//#end
+//#if VEC_B
+fn load_b(at: u32) -> vec4<f32> {
+//#if MASK_B
+  return vec4<f32>(b[at / 4u]) * factor4(at);
+//#else
+  return vec4<f32>(b[at / 4u]);
+//#end
+}
+//#else
+fn load_b(at: u32) -> f32 {
+//#if MASK_B
+  return f32(b[at]) * dropout_factor(p.seed, p.threshold, p.keep, at);
+//#else
+  return f32(b[at]);
+//#end
+}
+//#end
+//#if LORA && VEC_P
+fn load_p(at: u32) -> vec4<f32> {
+  return lp[at / 4u];
+}
+//#elif LORA
+fn load_p(at: u32) -> f32 {
+  return lp[at];
+}
+//#end
+//#if LORA && VEC_Q
+fn load_q(at: u32) -> vec4<f32> {
+  return vec4<f32>(lq[at / 4u]);
+}
+//#elif LORA
+fn load_q(at: u32) -> f32 {
+  return f32(lq[at]);
+}
+//#end
+
+// Adds alpha · v (+ bias) into columns col .. col + 3 of the row starting at element row_base.
+fn store4(row_base: u32, col: u32, v: vec4<f32>) {
+//#if BIAS
+  let bv = vec4<f32>(
+    f32(bias[min(col, p.n - 1u)]),
+    f32(bias[min(col + 1u, p.n - 1u)]),
+    f32(bias[min(col + 2u, p.n - 1u)]),
+    f32(bias[min(col + 3u, p.n - 1u)]),
+  );
+  let o = v * p.alpha + bv;
+//#else
+  let o = v * p.alpha;
+//#end
+//#if VEC_C
+  if (col < p.n) {
+    c[(row_base + col) / 4u] = vec4<${C_T}>(o);
+  }
+//#else
+  for (var q = 0u; q < 4u; q++) {
+    if (col + q < p.n) {
+      c[row_base + col + q] = ${C_T}(o[q]);
+    }
+  }
+//#end
+}
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let tile = (wid.y * nwg.x + wid.x) * ${WG}u + lid;
+  if (tile >= p.tiles) {
+    return;
+  }
+  let z = wid.z + p.z_base;
+  let row0 = (tile / p.tiles_n) * ${TM}u;
+  let col0 = (tile % p.tiles_n) * ${TN}u;
+  // Clamped rows and columns for loads (stores skip the clamped ones), and the clamped starts of blocks of 4
+  // for the vec4 forms along m or n (which imply m or n is a multiple of 4; unused otherwise).
+//#for i in 0..TM
+  let ar${i} = min(row0 + ${i}u, p.m - 1u);
+//#end
+//#for i in 0..TM / 4
+  let ab${i} = min(row0 + ${i * 4}u, p.m - 4u);
+//#end
+//#for j in 0..TN
+  let bc${j} = min(col0 + ${j}u, p.n - 1u);
+//#end
+//#for j in 0..TN / 4
+  let bb${j} = min(col0 + ${j * 4}u, p.n - 4u);
+//#end
+//#for i in 0..TM
+//#for jb in 0..TN / 4
+  var acc_${i}_${jb} = vec4<f32>(0.0);
+//#end
+//#end
+//#for ph in 0..2
+//#if ph == 1 || LORA
+  {
+//#if ph == 0
+    let k_begin = 0u;
+    let k_end = p.r;
+    let depth = p.r;
+    let a_off = 0u;
+    let b_off = 0u;
+//#else
+    let k_begin = z * p.k_z_start;
+    let k_end = min(p.k, k_begin + p.k_len);
+    let depth = p.k;
+    let a_off = z * p.a_z_stride;
+    let b_off = z * p.b_z_stride;
+//#end
+    for (var k = k_begin; k < k_end; k += 4u) {
+//#for kk in 0..4
+      let kc${kk} = min(k + ${kk}u, k_end - 1u);
+      let kv${kk} = k + ${kk}u < k_end;
+//#end
+//#if ph == 0 && VEC_P
+//#for i in 0..TM
+      let fa${i} = load_p(ar${i} * depth + k);
+//#end
+//#for i in 0..TM
+//#for kk in 0..4
+      let a${i}_${kk} = fa${i}[${kk}];
+//#end
+//#end
+//#elif ph == 0
+//#for i in 0..TM
+//#for kk in 0..4
+      let a${i}_${kk} = select(0.0, load_p(ar${i} * depth + kc${kk}), kv${kk});
+//#end
+//#end
+//#elif !TRANS_A && VEC_A
+//#for i in 0..TM
+      let fa${i} = load_a(a_off + ar${i} * depth + k);
+//#end
+//#for i in 0..TM
+//#for kk in 0..4
+      let a${i}_${kk} = fa${i}[${kk}];
+//#end
+//#end
+//#elif !TRANS_A
+//#for i in 0..TM
+//#for kk in 0..4
+      let a${i}_${kk} = select(0.0, load_a(a_off + ar${i} * depth + kc${kk}), kv${kk});
+//#end
+//#end
+//#elif VEC_A
+//#for kk in 0..4
+//#for ib in 0..TM / 4
+      let fa${kk}_${ib} = select(vec4<f32>(0.0), load_a(a_off + kc${kk} * p.m + ab${ib}), kv${kk});
+//#end
+//#end
+//#for i in 0..TM
+//#for kk in 0..4
+      let a${i}_${kk} = fa${kk}_${i / 4}[${i % 4}];
+//#end
+//#end
+//#else
+//#for i in 0..TM
+//#for kk in 0..4
+      let a${i}_${kk} = select(0.0, load_a(a_off + kc${kk} * p.m + ar${i}), kv${kk});
+//#end
+//#end
+//#end
+//#if (ph == 0 && TRANS_B && VEC_Q) || (ph == 1 && TRANS_B && VEC_B)
+//#for j in 0..TN
+//#if ph == 0
+      let fb${j} = load_q(bc${j} * depth + k);
+//#else
+      let fb${j} = load_b(b_off + bc${j} * depth + k);
+//#end
+//#end
+//#for kk in 0..4
+//#for jb in 0..TN / 4
+      let b${kk}_${jb} = vec4<f32>(fb${jb * 4}[${kk}], fb${jb * 4 + 1}[${kk}], fb${jb * 4 + 2}[${kk}], fb${jb * 4 + 3}[${kk}]);
+//#end
+//#end
+//#elif TRANS_B
+//#for kk in 0..4
+//#for j in 0..TN
+//#if ph == 0
+      let fb${kk}_${j} = select(0.0, load_q(bc${j} * depth + kc${kk}), kv${kk});
+//#else
+      let fb${kk}_${j} = select(0.0, load_b(b_off + bc${j} * depth + kc${kk}), kv${kk});
+//#end
+//#end
+//#for jb in 0..TN / 4
+      let b${kk}_${jb} = vec4<f32>(fb${kk}_${jb * 4}, fb${kk}_${jb * 4 + 1}, fb${kk}_${jb * 4 + 2}, fb${kk}_${jb * 4 + 3});
+//#end
+//#end
+//#elif (ph == 0 && VEC_Q) || (ph == 1 && VEC_B)
+//#for kk in 0..4
+//#for jb in 0..TN / 4
+//#if ph == 0
+      let b${kk}_${jb} = select(vec4<f32>(0.0), load_q(kc${kk} * p.n + bb${jb}), kv${kk});
+//#else
+      let b${kk}_${jb} = select(vec4<f32>(0.0), load_b(b_off + kc${kk} * p.n + bb${jb}), kv${kk});
+//#end
+//#end
+//#end
+//#else
+//#for kk in 0..4
+//#for j in 0..TN
+//#if ph == 0
+      let fb${kk}_${j} = select(0.0, load_q(kc${kk} * p.n + bc${j}), kv${kk});
+//#else
+      let fb${kk}_${j} = select(0.0, load_b(b_off + kc${kk} * p.n + bc${j}), kv${kk});
+//#end
+//#end
+//#for jb in 0..TN / 4
+      let b${kk}_${jb} = vec4<f32>(fb${kk}_${jb * 4}, fb${kk}_${jb * 4 + 1}, fb${kk}_${jb * 4 + 2}, fb${kk}_${jb * 4 + 3});
+//#end
+//#end
+//#end
+//#for kk in 0..4
+//#for i in 0..TM
+//#for jb in 0..TN / 4
+      acc_${i}_${jb} = fma(vec4<f32>(a${i}_${kk}), b${kk}_${jb}, acc_${i}_${jb});
+//#end
+//#end
+//#end
+    }
+  }
+//#if ph == 0
+  // The LoRA term: scale times the dropout factors of the output elements it lands on.
+//#for i in 0..TM
+//#for jb in 0..TN / 4
+//#if MASK
+  acc_${i}_${jb} *= p.scale * factor4((row0 + ${i}u) * p.n + col0 + ${jb * 4}u);
+//#else
+  acc_${i}_${jb} *= p.scale;
+//#end
+//#end
+//#end
+//#end
+//#end
+//#end
+  let c_off = z * p.c_z_stride;
+//#for i in 0..TM
+  if (row0 + ${i}u < p.m) {
+//#for jb in 0..TN / 4
+    store4(c_off + (row0 + ${i}u) * p.n, col0 + ${jb * 4}u, acc_${i}_${jb});
+//#end
+  }
+//#end
+}
