@@ -55,7 +55,8 @@ Deno.test("planGemm: large products take the large tiles, rank-wide ones the lon
     vec4: true,
   });
   const tile = (m: number, n: number, k: number, profile = DIRECT_PROFILE) => {
-    const t = planGemm(shape(m, n, k), profile).tile;
+    // Two CPU threads, as on the 2-core CI machine: the direct plan scales its work units with the threads.
+    const t = planGemm(shape(m, n, k), profile, 2).tile;
     return `${t.BM}x${t.BN}`;
   };
   assert.equal(tile(1024, 256, 256), "32x32");
@@ -63,9 +64,9 @@ Deno.test("planGemm: large products take the large tiles, rank-wide ones the lon
   assert.equal(tile(16, 256, 1024), "16x32");
   assert.equal(tile(4096, 4096, 4096, TILED_PROFILE), "128x128");
   // Deep and narrow (LoRA's dA on a GPU): the large tile with k split.
-  const p = planGemm(shape(16, 4096, 8192), TILED_PROFILE);
+  const p = planGemm(shape(16, 4096, 8192), TILED_PROFILE, 2);
   assert.ok(p.splits > 1, `expected split-K, got ${JSON.stringify(p)}`);
   // Small products take the smallest tile, and so do direct products without vec4 access.
   assert.equal(tile(5, 7, 3), "4x8");
-  assert.equal(planGemm({ ...shape(1024, 256, 256), vec4: false }, DIRECT_PROFILE).tile.BM, 4);
+  assert.equal(planGemm({ ...shape(1024, 256, 256), vec4: false }, DIRECT_PROFILE, 2).tile.BM, 4);
 });

@@ -83,7 +83,9 @@ const CPU_THREADS = Math.max(1, (globalThis.navigator as Navigator | undefined)?
  * Work units (tiled: workgroups; direct: invocations) a GEMM wants before it splits k: a GPU's
  * multiprocessors, a few SIMD registers of lanes per CPU thread.
  */
-const WANTED_UNITS = { tiled: 128, direct: Math.max(64, 32 * CPU_THREADS) } as const;
+function wantedUnits(schedule: GemmSchedule, cpuThreads: number): number {
+  return schedule === "tiled" ? 128 : Math.max(64, 32 * cpuThreads);
+}
 
 /** Below this many multiply-adds a product takes the smallest tile: a larger one would not pay. */
 const SMALL_WORK = { tiled: 1 << 24, direct: 1 << 22 } as const;
@@ -149,9 +151,9 @@ function finish(shape: GemmShape, schedule: GemmSchedule, tile: GemmTile, wanted
  * small m or n by more than padding to 4 and keeps the device busy, by itself or with k split into slices
  * at least 64 deep. Whatever the tile, k is split when the device would otherwise idle and k allows it.
  */
-export function planGemm(shape: GemmShape, profile: GemmProfile): GemmPlan {
+export function planGemm(shape: GemmShape, profile: GemmProfile, cpuThreads = CPU_THREADS): GemmPlan {
   const { schedule, tiles } = profile;
-  const want = WANTED_UNITS[schedule];
+  const want = wantedUnits(schedule, cpuThreads);
   const units = (t: GemmTile) => blocks(shape, t).tiles * shape.batch;
   const smallest = tiles[tiles.length - 1];
   const loose = (t: GemmTile) => finish(shape, schedule, t, slicesFor(shape, units(t), want, false));
