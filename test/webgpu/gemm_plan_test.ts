@@ -19,7 +19,7 @@ const shapeArb: fc.Arbitrary<GemmShape> = fc.record({
   batch: fc.oneof(fc.constant(1), fc.integer({ min: 1, max: 8 })),
   splittable: fc.boolean(),
   maxBindingBytes: fc.oneof(fc.constant(2 ** 31), fc.integer({ min: 2 ** 16, max: 2 ** 28 })),
-  vec4: fc.boolean(),
+  vec4Unmasked: fc.boolean(),
 });
 
 Deno.test("planGemm: tiles from the profile, k covered once by aligned non-empty slices, bounded partials", () => {
@@ -52,7 +52,7 @@ Deno.test("planGemm: large products take the large tiles, rank-wide ones the lon
     batch: 1,
     splittable: true,
     maxBindingBytes: 2 ** 31,
-    vec4: true,
+    vec4Unmasked: true,
   });
   const tile = (m: number, n: number, k: number, profile = DIRECT_PROFILE) => {
     // Two CPU threads, as on the 2-core CI machine: the direct plan scales its work units with the threads.
@@ -60,13 +60,13 @@ Deno.test("planGemm: large products take the large tiles, rank-wide ones the lon
     return `${t.BM}x${t.BN}`;
   };
   assert.equal(tile(1024, 256, 256), "32x32");
-  assert.equal(tile(1024, 16, 256), "64x16");
+  assert.equal(tile(1024, 16, 256), "32x16");
   assert.equal(tile(16, 256, 1024), "16x32");
   assert.equal(tile(4096, 4096, 4096, TILED_PROFILE), "128x128");
   // Deep and narrow (LoRA's dA on a GPU): the large tile with k split.
   const p = planGemm(shape(16, 4096, 8192), TILED_PROFILE, 2);
   assert.ok(p.splits > 1, `expected split-K, got ${JSON.stringify(p)}`);
-  // Small products take the smallest tile, and so do direct products without vec4 access.
+  // Small products take the smallest tile, and so do direct products without vec4 access or with a mask.
   assert.equal(tile(5, 7, 3), "4x8");
-  assert.equal(planGemm({ ...shape(1024, 256, 256), vec4: false }, DIRECT_PROFILE, 2).tile.BM, 4);
+  assert.equal(planGemm({ ...shape(1024, 256, 256), vec4Unmasked: false }, DIRECT_PROFILE, 2).tile.BM, 4);
 });

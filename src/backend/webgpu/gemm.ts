@@ -168,7 +168,8 @@ export function recordGemm(ctx: GemmContext, req: GemmRequest): Binding {
     batch,
     splittable: lora === undefined && req.bias == null,
     maxBindingBytes: rt.limits.maxStorageBufferBindingSize,
-    vec4: flags.vecA && flags.vecB && (flags.lora === null || (flags.lora.vecP && flags.lora.vecQ)),
+    vec4Unmasked: flags.vecA && flags.vecB && !flags.maskA && !flags.maskB &&
+      (flags.lora === null || (flags.lora.vecP && flags.lora.vecQ && !flags.lora.mask)),
   }, ctx.profile);
   const kernelName = SCHEDULE_KERNEL[plan.schedule];
   const dropWords = lora !== undefined ? dropoutWords(lora.dropout) : dropoutWords(req.dropout ?? null);

@@ -58,17 +58,15 @@ export const TILED_PROFILE: GemmProfile = {
 
 /**
  * Software adapters: the larger the block per invocation the fewer loads per FMA (bench/NOTES.md), so
- * 32 × 32, or the long thin blocks for the rank-wide products of LoRA; 4 × 8 for small products and for
- * operands without vec4 access. A large block with scalar loads takes seconds to compile on a software
- * adapter and gains little (its loads are 4 times as many), so it is never used. Workgroups of 8 (one SIMD register of lanes) leave the
- * most workgroups to spread over the CPU threads.
+ * 32 × 32, or 32 × 16 / 16 × 32 for the rank-wide products of LoRA; 4 × 8 for small products, for
+ * operands without vec4 access and for dropout-masked operands. A software adapter compiles a kernel when
+ * it first runs it, in time that grows faster than the unrolled block (about 1 s for 16 × 16, 5 s for
+ * 32 × 32 on a 2-core machine): the large blocks are kept to the kernels that gain most from them.
  */
 export const DIRECT_PROFILE: GemmProfile = {
   schedule: "direct",
   tiles: [
     directTile(32, 32, 8),
-    directTile(64, 16, 8),
-    directTile(16, 64, 8),
     directTile(32, 16, 8),
     directTile(16, 32, 8),
     directTile(16, 16, 8),
@@ -113,8 +111,8 @@ export interface GemmShape {
   splittable: boolean;
   /** Largest binding in bytes, which bounds the split-K partial sums. */
   maxBindingBytes: number;
-  /** Whether every operand is read as vec4 (its contiguous dimension a multiple of 4). */
-  vec4: boolean;
+  /** Every operand is read as vec4 (its contiguous dimension a multiple of 4) and none is masked. */
+  vec4Unmasked: boolean;
 }
 
 function blocks(shape: GemmShape, t: GemmTile): { tilesN: number; tiles: number } {
@@ -146,8 +144,8 @@ function finish(shape: GemmShape, schedule: GemmSchedule, tile: GemmTile, wanted
 }
 
 /**
- * Plans a GEMM: small products (and, on the direct schedule, ones without vec4 access) take the smallest
- * tile; others the largest tile that does not overhang a
+ * Plans a GEMM: small products (and, on the direct schedule, ones without vec4 access or with a masked
+ * operand) take the smallest tile; others the largest tile that does not overhang a
  * small m or n by more than padding to 4 and keeps the device busy, by itself or with k split into slices
  * at least 64 deep. Whatever the tile, k is split when the device would otherwise idle and k allows it.
  */
@@ -158,7 +156,7 @@ export function planGemm(shape: GemmShape, profile: GemmProfile, cpuThreads = CP
   const smallest = tiles[tiles.length - 1];
   const loose = (t: GemmTile) => finish(shape, schedule, t, slicesFor(shape, units(t), want, false));
   const small = shape.m * shape.n * shape.k * shape.batch < SMALL_WORK[schedule];
-  if (small || (schedule === "direct" && !shape.vec4)) return loose(smallest);
+  if (small || (schedule === "direct" && !shape.vec4Unmasked)) return loose(smallest);
   // A direct tile must also leave a full SIMD register of lanes (8) per batch entry or slice.
   const fits = (t: GemmTile) =>
     t.TM <= Math.max(4, shape.m + 3) && t.TN <= Math.max(4, shape.n + 3) &&
