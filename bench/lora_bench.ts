@@ -8,7 +8,13 @@
  * Usage: deno task bench            (quick sizes, any adapter)
  *        deno task bench:gpu        (the issue's full sizes, for a real GPU)
  *        deno run -A bench/lora_bench.ts --tiny   (a few seconds; CI runs it so the bench cannot rot)
- * Options: --no-jax, --dtype f32|f16|both, --json PATH
+ * Options: --no-jax, --dtype f32|f16|both, --json PATH,
+ *          --tune   (hardware GPUs: time the GEMM with each candidate workgroup tile, check each against the
+ *                    CPU reference, and run the rest of the bench on the fastest)
+ *
+ * Steps per await: 10 in the quick and tiny modes (the software-adapter goal is stated for 10); in the full
+ * mode enough steps to cover about a quarter of a second per await, so that the await's fixed cost stays
+ * small against the millisecond-scale steps being measured.
  */
 import {
   type Device,
@@ -23,6 +29,10 @@ import {
   webgpuDevice,
 } from "../mod.ts";
 import { jaxLoraStep } from "./jax_peer.ts";
+import type { WebGpuBackend } from "../src/backend/webgpu/backend.ts";
+import { type GemmTile, TILED_PROFILE, tiledTile } from "../src/backend/webgpu/gemm_plan.ts";
+import { relErr } from "../test/helpers.ts";
+import { cpuDevice } from "../mod.ts";
 
 interface Shape {
   M: number;
@@ -54,16 +64,36 @@ console.error(
   `bench: ${mode} on ${device} (${new Date().toISOString().slice(0, 10)}), dtypes ${dtypes.join(", ")}`,
 );
 
-/** Median milliseconds per step of `step`, `stepsPerAwait` steps per await. */
-async function time(step: () => void, n = stepsPerAwait): Promise<number> {
+/** Milliseconds the steps of one await should cover in the full mode. */
+const AWAIT_COVER_MS = 250;
+
+/**
+ * Steps per await for a step of about `msPerStep`: fixed outside the full mode, else enough to cover
+ * {@link AWAIT_COVER_MS} (at least 10, at most 500).
+ */
+function stepsFor(msPerStep: number): number {
+  if (mode !== "full") return stepsPerAwait;
+  return Math.min(500, Math.max(stepsPerAwait, Math.ceil(AWAIT_COVER_MS / Math.max(msPerStep, 1e-3))));
+}
+
+/** Steps per await used by the last {@link time} call (for the table). */
+let lastSteps = stepsPerAwait;
+
+/** Median milliseconds per step of `step`, many steps per await. */
+async function time(step: () => void): Promise<number> {
   step();
   await device.backend.sync(); // warm-up: pipelines compiled, pools filled
+  const t0 = performance.now();
+  for (let i = 0; i < stepsPerAwait; i++) step();
+  await device.backend.sync();
+  const n = stepsFor((performance.now() - t0) / stepsPerAwait);
+  lastSteps = n;
   const samples: number[] = [];
   for (let r = 0; r < reps; r++) {
-    const t0 = performance.now();
+    const t1 = performance.now();
     for (let i = 0; i < n; i++) step();
     await device.backend.sync();
-    samples.push((performance.now() - t0) / n);
+    samples.push((performance.now() - t1) / n);
   }
   samples.sort((a, b) => a - b);
   return samples[Math.floor(samples.length / 2)];
@@ -74,15 +104,70 @@ interface Row {
   dtype: string;
   measure: string;
   ms: number;
+  steps: number;
   note?: string;
 }
 const rows: Row[] = [];
-const record = (s: Shape, dtype: string, measure: string, ms: number, note?: string) => {
-  rows.push({ shape: `(${s.M}, ${s.D}, ${s.r})`, dtype, measure, ms, note });
+const record = (s: Shape, dtype: string, measure: string, ms: number, note?: string, steps = lastSteps) => {
+  rows.push({ shape: `(${s.M}, ${s.D}, ${s.r})`, dtype, measure, ms, steps, note });
   console.error(
     `  ${measure.padEnd(28)} ${dtype} ${`(${s.M}, ${s.D}, ${s.r})`.padEnd(18)} ${ms.toFixed(3)} ms`,
   );
 };
+
+/** Workgroup tiles tried by --tune: BM, BN, BK, TM, TN. */
+const TUNE_TILES: readonly [number, number, number, number, number][] = [
+  [128, 128, 8, 8, 8],
+  [128, 128, 16, 8, 8],
+  [128, 64, 8, 8, 8],
+  [64, 128, 8, 8, 8],
+  [128, 128, 8, 8, 16],
+  [256, 128, 8, 16, 8],
+  [64, 64, 16, 4, 4],
+];
+
+/** Relative error of this device's GEMM against the CPU reference on one product (x · wᵀ). */
+async function gemmError(m: number, n: number, k: number): Promise<number> {
+  const x = randn([m, k], { device, seed: 11 }), w = randn([n, k], { device, seed: 12 });
+  const y = linear(x, w);
+  const ours = (await y.toArray()) as number[][];
+  const cpu = cpuDevice();
+  const [xc, wc] = [await x.to(cpu), await w.to(cpu)];
+  const ref = (await linear(xc, wc).toArray()) as number[][];
+  for (const t of [x, w, y, xc, wc]) t.dispose();
+  return relErr(ours.flat(), ref.flat());
+}
+
+const tuneRows: string[] = [];
+if (args.has("--tune") && (!device.isSoftware || mode === "tiny")) {
+  const be = device.backend as unknown as WebGpuBackend;
+  const n = gemmSize;
+  const a = randn([n, n], { device, seed: 7 }), w = randn([n, n], { device, seed: 8 });
+  let best: { tile: GemmTile; ms: number } | null = null;
+  for (const [BM, BN, BK, TM, TN] of TUNE_TILES) {
+    let tile: GemmTile;
+    try {
+      tile = tiledTile(BM, BN, BK, TM, TN);
+    } catch {
+      continue;
+    }
+    if (tile.WG > (be.gpuDevice.limits.maxComputeInvocationsPerWorkgroup ?? 256)) continue;
+    if (2 * BK * (BM + BN) * 4 > be.gpuDevice.limits.maxComputeWorkgroupStorageSize) continue;
+    be.gemmProfile = { schedule: "tiled", tiles: [tile] };
+    const err = Math.max(await gemmError(515, 387, 263), await gemmError(512, 384, 256));
+    const ms = await time(() => tidy(() => void linear(a, w)));
+    const tflops = (2 * n ** 3) / (ms * 1e9);
+    const name = `${BM}x${BN}x${BK} (${TM}x${TN}, ${tile.WG} inv.)`;
+    tuneRows.push(`| ${name} | ${ms.toFixed(3)} | ${tflops.toFixed(2)} | ${err.toExponential(1)} |`);
+    console.error(`  tune ${name.padEnd(28)} ${ms.toFixed(3)} ms  ${tflops.toFixed(2)} TFLOP/s  err ${err.toExponential(1)}`);
+    if (err <= 1e-4 && (best === null || ms < best.ms)) best = { tile, ms };
+  }
+  a.dispose();
+  w.dispose();
+  const small = TILED_PROFILE.tiles[TILED_PROFILE.tiles.length - 1];
+  be.gemmProfile = best === null ? TILED_PROFILE : { schedule: "tiled", tiles: [best.tile, small] };
+  console.error(`  tune: the rest of the run uses ${JSON.stringify(be.gemmProfile.tiles)}`);
+}
 
 for (const s of shapes) {
   for (const dtype of dtypes) {
@@ -125,14 +210,17 @@ for (const s of shapes) {
     try {
       const jax = await jaxLoraStep(s.M, s.D, s.r);
       await jax.run(2);
+      const t0 = performance.now();
+      await jax.run(stepsPerAwait);
+      const n = stepsFor((performance.now() - t0) / stepsPerAwait);
       const samples: number[] = [];
       for (let r = 0; r < reps; r++) {
-        const t0 = performance.now();
-        await jax.run(stepsPerAwait);
-        samples.push((performance.now() - t0) / stepsPerAwait);
+        const t1 = performance.now();
+        await jax.run(n);
+        samples.push((performance.now() - t1) / n);
       }
       samples.sort((a, b) => a - b);
-      record(s, "f32", "jax-js jit(grad) fwd+bwd", samples[Math.floor(samples.length / 2)]);
+      record(s, "f32", "jax-js jit(grad) fwd+bwd", samples[Math.floor(samples.length / 2)], undefined, n);
       jax.dispose();
     } catch (e) {
       console.error(`  jax-js skipped: ${(e as Error).message}`);
@@ -164,17 +252,19 @@ const ratio = (s: string, d: string) =>
 
 const jsonPath = opt("--json", `bench/results/lora_bench_${mode}.json`);
 await Deno.mkdir(jsonPath.replace(/\/[^/]*$/, ""), { recursive: true }).catch(() => {});
-const report = { date: new Date().toISOString(), device: String(device), mode, stepsPerAwait, reps, rows };
+const report = { date: new Date().toISOString(), device: String(device), mode, reps, tune: tuneRows, rows };
 await Deno.writeTextFile(`${jsonPath}.tmp`, JSON.stringify(report, null, 2));
 await Deno.rename(`${jsonPath}.tmp`, jsonPath);
 
-console.log(
-  `\nLoRA linear on ${device}, ${
-    report.date.slice(0, 10)
-  } (median ms per step, ${stepsPerAwait} steps per await)`,
-);
-console.log("| shape (M, D, r) | dtype | measure | ms | note |");
-console.log("|---|---|---|---|---|");
+if (tuneRows.length > 0) {
+  console.log(`\nGEMM ${gemmSize}^3 f32 per workgroup tile (--tune)`);
+  console.log("| tile | ms | TFLOP/s | rel. error vs CPU |");
+  console.log("|---|---|---|---|");
+  for (const r of tuneRows) console.log(r);
+}
+console.log(`\nLoRA linear on ${device}, ${report.date.slice(0, 10)} (median ms per step)`);
+console.log("| shape (M, D, r) | dtype | measure | ms | steps per await | note |");
+console.log("|---|---|---|---|---|---|");
 for (const r of rows) {
   let note = r.note ?? "";
   if (r.measure === "fused forward+backward") {
@@ -184,6 +274,6 @@ for (const r of rows) {
     const ours = byKey.get(`${r.shape}|f32|fused forward+backward`);
     if (ours) note = `ours f32 fused = ${(ours / r.ms).toFixed(2)}× jax-js time`;
   }
-  console.log(`| ${r.shape} | ${r.dtype} | ${r.measure} | ${r.ms.toFixed(3)} | ${note} |`);
+  console.log(`| ${r.shape} | ${r.dtype} | ${r.measure} | ${r.ms.toFixed(3)} | ${r.steps} | ${note} |`);
 }
 console.log(`\nJSON: ${jsonPath}`);

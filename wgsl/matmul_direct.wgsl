@@ -139,27 +139,16 @@ fn load_q(at: u32) -> f32 {
 }
 //#end
 
-// Adds alpha · v (+ bias) into columns col .. col + 3 of the row starting at element row_base.
+// Stores v into columns col .. col + 3 of the row starting at element row_base (those inside the matrix).
 fn store4(row_base: u32, col: u32, v: vec4<f32>) {
-//#if BIAS
-  let bv = vec4<f32>(
-    f32(bias[min(col, p.n - 1u)]),
-    f32(bias[min(col + 1u, p.n - 1u)]),
-    f32(bias[min(col + 2u, p.n - 1u)]),
-    f32(bias[min(col + 3u, p.n - 1u)]),
-  );
-  let o = v * p.alpha + bv;
-//#else
-  let o = v * p.alpha;
-//#end
 //#if VEC_C
   if (col < p.n) {
-    c[(row_base + col) / 4u] = vec4<${C_T}>(o);
+    c[(row_base + col) / 4u] = vec4<${C_T}>(v);
   }
 //#else
   for (var q = 0u; q < 4u; q++) {
     if (col + q < p.n) {
-      c[row_base + col + q] = ${C_T}(o[q]);
+      c[row_base + col + q] = ${C_T}(v[q]);
     }
   }
 //#end
@@ -336,12 +325,32 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 //#end
 //#end
 //#end
-  let c_off = z * p.c_z_stride;
-//#for i in 0..TM
-  if (row0 + ${i}u < p.m) {
+  // The bias of the block's columns, loaded once (not once per row).
 //#for jb in 0..TN / 4
-    store4(c_off + (row0 + ${i}u) * p.n, col0 + ${jb * 4}u, acc_${i}_${jb});
+//#if BIAS
+  let bias${jb} = vec4<f32>(
+    f32(bias[min(col0 + ${jb * 4}u, p.n - 1u)]),
+    f32(bias[min(col0 + ${jb * 4 + 1}u, p.n - 1u)]),
+    f32(bias[min(col0 + ${jb * 4 + 2}u, p.n - 1u)]),
+    f32(bias[min(col0 + ${jb * 4 + 3}u, p.n - 1u)]),
+  );
+//#else
+  let bias${jb} = vec4<f32>(0.0);
+//#end
+//#end
+  // The block is stored one row per loop trip, the rows shifting up after each: a software adapter compiles
+  // a kernel when it first runs it, and one store per block element written out would be half the code.
+  let c_off = z * p.c_z_stride;
+  for (var i = 0u; i < ${TM}u; i++) {
+    if (row0 + i < p.m) {
+//#for jb in 0..TN / 4
+      store4(c_off + (row0 + i) * p.n, col0 + ${jb * 4}u, acc_0_${jb} * p.alpha + bias${jb});
+//#end
+    }
+//#for r in 0..TM - 1
+//#for jb in 0..TN / 4
+    acc_${r}_${jb} = acc_${r + 1}_${jb};
+//#end
 //#end
   }
-//#end
 }
