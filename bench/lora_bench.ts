@@ -159,7 +159,11 @@ if (args.has("--tune") && (!device.isSoftware || mode === "tiny")) {
     const tflops = (2 * n ** 3) / (ms * 1e9);
     const name = `${BM}x${BN}x${BK} (${TM}x${TN}, ${tile.WG} inv.)`;
     tuneRows.push(`| ${name} | ${ms.toFixed(3)} | ${tflops.toFixed(2)} | ${err.toExponential(1)} |`);
-    console.error(`  tune ${name.padEnd(28)} ${ms.toFixed(3)} ms  ${tflops.toFixed(2)} TFLOP/s  err ${err.toExponential(1)}`);
+    console.error(
+      `  tune ${name.padEnd(28)} ${ms.toFixed(3)} ms  ${tflops.toFixed(2)} TFLOP/s  err ${
+        err.toExponential(1)
+      }`,
+    );
     if (err <= 1e-4 && (best === null || ms < best.ms)) best = { tile, ms };
   }
   a.dispose();
