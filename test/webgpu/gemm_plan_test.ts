@@ -63,8 +63,12 @@ Deno.test("planGemm: large products take the large tiles, rank-wide ones the lon
   assert.equal(tile(1024, 16, 256), "32x16");
   assert.equal(tile(16, 256, 1024), "16x32");
   assert.equal(tile(4096, 4096, 4096, TILED_PROFILE), "128x128");
+  assert.equal(tile(8192, 16, 4096, TILED_PROFILE), "128x16");
+  assert.equal(tile(2048, 8, 2048, TILED_PROFILE), "128x16");
+  assert.equal(tile(16, 4096, 8192, TILED_PROFILE), "16x128");
+  assert.equal(tile(200, 200, 100, TILED_PROFILE), "64x64");
   // Deep and narrow (LoRA's dA on a GPU): the large tile with k split.
-  const p = planGemm(shape(16, 4096, 8192), TILED_PROFILE, 2);
+  const p = planGemm(shape(16, 2048, 8192), TILED_PROFILE, 2);
   assert.ok(p.splits > 1, `expected split-K, got ${JSON.stringify(p)}`);
   // Small products take the smallest tile, and so do direct products without vec4 access or with a mask.
   assert.equal(tile(5, 7, 3), "4x8");

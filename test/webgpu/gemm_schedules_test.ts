@@ -22,7 +22,7 @@ import { gpu, gpuTest } from "./gpu.ts";
  * seconds to compile, so those get f32 and fewer runs (the element type does not interact with the tile:
  * the smallest tile covers f16).
  */
-const RUNS = { matmul: 5, lora: 2, largeDirectMatmul: 3, largeDirectLora: 1 };
+const RUNS = { matmul: 5, lora: 1, largeDirectMatmul: 3, largeDirectLora: 1 };
 const f = gpu === null ? fc.constant<FloatType>("f32") : floatTypes(gpu);
 
 /** Sizes around and between tile edges, primes, 1 and multiples of 4 (the vec4 forms). */

@@ -50,10 +50,19 @@ export interface GemmProfile {
   tiles: readonly GemmTile[];
 }
 
-/** Hardware GPUs: 128 × 128 workgroup tiles, 64 × 64 for small products. */
+/**
+ * Hardware GPUs: 128 × 128 workgroup tiles (26 TFLOP/s f32 on an H200, bench/NOTES.md), 64 × 64 for small
+ * products, and 128 × 16 / 16 × 128 for the products one of whose sides is a LoRA rank (x·Aᵀ, dy·B, dA, dB),
+ * which a square tile would mostly pad.
+ */
 export const TILED_PROFILE: GemmProfile = {
   schedule: "tiled",
-  tiles: [tiledTile(128, 128, 8, 8, 8), tiledTile(64, 64, 16, 4, 4)],
+  tiles: [
+    tiledTile(128, 128, 8, 8, 8),
+    tiledTile(64, 64, 16, 4, 4),
+    tiledTile(128, 16, 16, 8, 4),
+    tiledTile(16, 128, 16, 4, 8),
+  ],
 };
 
 /**
@@ -145,23 +154,32 @@ function finish(shape: GemmShape, schedule: GemmSchedule, tile: GemmTile, wanted
 
 /**
  * Plans a GEMM: small products (and, on the direct schedule, ones without vec4 access or with a masked
- * operand) take the smallest tile; others the largest tile that does not overhang a
- * small m or n by more than padding to 4 and keeps the device busy, by itself or with k split into slices
- * at least 64 deep. Whatever the tile, k is split when the device would otherwise idle and k allows it.
+ * operand) take the smallest tile; others the first tile of the profile that fits the product and keeps
+ * the device busy, by itself or with k split into slices at least 64 deep. Whatever the tile, k is split
+ * when the device would otherwise idle and k allows it.
  */
 export function planGemm(shape: GemmShape, profile: GemmProfile, cpuThreads = CPU_THREADS): GemmPlan {
   const { schedule, tiles } = profile;
   const want = wantedUnits(schedule, cpuThreads);
   const units = (t: GemmTile) => blocks(shape, t).tiles * shape.batch;
-  const smallest = tiles[tiles.length - 1];
+  const area = (t: GemmTile) => t.BM * t.BN;
+  // A tile fits when its block does not overhang m or n by more than padding to 4 (to 16 for workgroup
+  // tiles, whose narrowest side is 16). A narrow workgroup tile (a side under 64) is only for products
+  // that narrow; a direct tile must leave a full SIMD register of lanes (8) per batch entry or slice.
+  const floor = schedule === "tiled" ? 16 : 4;
+  const pad = (d: number) => Math.max(floor, Math.ceil(d / 4) * 4);
+  const narrowOk = (side: number, d: number) => side >= 64 || side >= pad(d);
+  const fits = (t: GemmTile) =>
+    t.BM <= pad(shape.m) && t.BN <= pad(shape.n) &&
+    (schedule === "tiled" ? narrowOk(t.BM, shape.m) && narrowOk(t.BN, shape.n) : blocks(shape, t).tiles >= 8);
+  const fitting = tiles.filter(fits);
+  const pool = fitting.length > 0 ? fitting : tiles;
+  const smallest = pool.reduce((a, b) => (area(b) < area(a) ? b : a));
   const loose = (t: GemmTile) => finish(shape, schedule, t, slicesFor(shape, units(t), want, false));
   const small = shape.m * shape.n * shape.k * shape.batch < SMALL_WORK[schedule];
-  if (small || (schedule === "direct" && !shape.vec4Unmasked)) return loose(smallest);
-  // A direct tile must also leave a full SIMD register of lanes (8) per batch entry or slice.
-  const fits = (t: GemmTile) =>
-    t.TM <= Math.max(4, shape.m + 3) && t.TN <= Math.max(4, shape.n + 3) &&
-    (schedule === "tiled" || blocks(shape, t).tiles >= 8);
-  for (const tile of tiles.filter(fits)) {
+  if (schedule === "direct" && (small || !shape.vec4Unmasked)) return loose(tiles[tiles.length - 1]);
+  if (small) return loose(smallest);
+  for (const tile of fitting) {
     const splits = slicesFor(shape, units(tile), want, true);
     if (splits > 0) return finish(shape, schedule, tile, splits);
   }
