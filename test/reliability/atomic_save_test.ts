@@ -22,6 +22,7 @@ import {
   saveModel,
   train,
 } from "../../mod.ts";
+import { withTempDir as withDir } from "../models/tiny_model.ts";
 import { _setFsForTesting, type FsOps } from "../../src/io/fs.ts";
 
 const CONFIG = llamaConfig({
@@ -57,16 +58,6 @@ function snapshot(dir: string): [string, Uint8Array][] {
       name,
       Deno.statSync(`${dir}/${name}`).isDirectory ? new Uint8Array() : Deno.readFileSync(`${dir}/${name}`),
     ]);
-}
-
-/** Runs `fn` with a fresh temporary directory, removed afterwards. */
-async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "lora-atomic-" });
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
 }
 
 type FsCall = "write" | "rename" | "mkdirp";

@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { cpuDevice, llamaConfig, LlamaForCausalLM, saveModel } from "../../mod.ts";
+import { withTempDir as withDir } from "../models/tiny_model.ts";
 
 const CONFIG = llamaConfig({
   vocabSize: 24,
@@ -22,15 +23,6 @@ function baseModel(seed: number): LlamaForCausalLM {
 /** Sorted file names in `dir`. */
 function names(dir: string): string[] {
   return [...Deno.readDirSync(dir)].map((e) => e.name).sort();
-}
-
-async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "lora-resave-" });
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
 }
 
 Deno.test("saveModel: re-saving sharded over a single-file save loads the new weights, not the stale file", async () => {
