@@ -10,8 +10,15 @@
  * ```
  * @module
  */
-export { ConfigError, DeviceError, DTypeError, FormatError, LoraError, ShapeError } from "./src/errors.ts";
-export type { DType } from "./src/tensor/dtype.ts";
+export {
+  ConfigError,
+  DeviceError,
+  DTypeError,
+  FormatError,
+  LoraError,
+  ShapeError,
+} from "./src/core/errors.ts";
+export type { DType } from "./src/core/dtype.ts";
 export { cpuDevice, Device, setDefaultDevice } from "./src/backend/device.ts";
 export type { Backend } from "./src/backend/backend.ts";
 export {
@@ -25,7 +32,7 @@ export {
   type TensorOptions,
   zeros,
 } from "./src/tensor/tensor.ts";
-export { manualSeed } from "./src/tensor/random.ts";
+export { manualSeed } from "./src/core/random.ts";
 export { disposeGraph, keep, noGrad, tidy } from "./src/autograd/graph.ts";
 export {
   add,

@@ -7,7 +7,7 @@
  * checked by the caller; `size`, `m`, `k`, ... are element counts, never byte counts.
  * @module
  */
-import type { DType, HostArray } from "../tensor/dtype.ts";
+import type { DType, HostArray } from "../core/dtype.ts";
 
 /** An opaque handle to device memory holding one tensor's elements. */
 export interface Storage {

@@ -5,8 +5,8 @@
  */
 import type { Backend } from "./backend.ts";
 import { createCpuBackend } from "./cpu/cpu_backend.ts";
-import type { DType } from "../tensor/dtype.ts";
-import { DeviceError, DTypeError } from "../errors.ts";
+import type { DType } from "../core/dtype.ts";
+import { DeviceError, DTypeError } from "../core/errors.ts";
 
 /** A place where tensors live and kernels run. */
 export class Device {

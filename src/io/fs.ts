@@ -7,7 +7,7 @@
  * directory first and is then renamed over the target.
  * @module
  */
-import { ConfigError, LoraError } from "../errors.ts";
+import { ConfigError, LoraError } from "../core/errors.ts";
 
 /** The filesystem operations the helpers need; one implementation per runtime. */
 export interface FsOps {

@@ -4,7 +4,7 @@
  * type, sliding windows, quantization) is a ConfigError naming the field, never silently ignored.
  * @module
  */
-import { ConfigError } from "../errors.ts";
+import { ConfigError } from "../core/errors.ts";
 
 /** Architectures that are exactly transformers' `LlamaForCausalLM` computation. */
 export const SUPPORTED_ARCHITECTURES: readonly string[] = ["LlamaForCausalLM", "MistralForCausalLM"];

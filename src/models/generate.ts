@@ -7,9 +7,9 @@
 import type { Tensor } from "../tensor/tensor.ts";
 import { concat } from "../tensor/ops.ts";
 import { keep } from "../autograd/graph.ts";
-import { nextSeed, Rng } from "../tensor/random.ts";
-import { ConfigError, ShapeError } from "../errors.ts";
-import { checkOptionalBoolean, checkOptionKeys } from "../nn/options.ts";
+import { nextSeed, Rng } from "../core/random.ts";
+import { ConfigError, ShapeError } from "../core/errors.ts";
+import { checkOptionalBoolean, checkOptionKeys } from "../core/options.ts";
 
 /** Names of {@link GenerateOptions}. */
 const GENERATE_OPTION_KEYS = [

@@ -30,15 +30,15 @@ import {
   transpose,
 } from "../tensor/ops.ts";
 import { keep, noGrad, tidy } from "../autograd/graph.ts";
-import { nextSeed } from "../tensor/random.ts";
+import { nextSeed } from "../core/random.ts";
 import { currentDevice, Device } from "../backend/device.ts";
-import { type DType, isDType } from "../tensor/dtype.ts";
+import { type DType, isDType } from "../core/dtype.ts";
 import { type LlamaConfig, parseLlamaConfig } from "./config.ts";
 import { RopeTables, rotateHalfMatrix } from "./rope.ts";
 import { type GenerateOptions, generateTokens, type KVCache } from "./generate.ts";
 import { loadLlamaWeights, type ModelSource, saveModel, type SaveModelOptions } from "./weights.ts";
-import { ConfigError, DeviceError, DTypeError, ShapeError } from "../errors.ts";
-import { checkOptionalBoolean, checkOptionalSeed, checkOptionKeys, showValue } from "../nn/options.ts";
+import { ConfigError, DeviceError, DTypeError, ShapeError } from "../core/errors.ts";
+import { checkOptionalBoolean, checkOptionalSeed, checkOptionKeys, showValue } from "../core/options.ts";
 
 /** Token ids (or labels, masks, positions): rows of equal length, or flat data with a [batch, seq] shape. */
 export type TokenInput = number[][] | { data: ArrayLike<number>; shape: readonly number[] };

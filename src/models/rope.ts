@@ -6,7 +6,7 @@
  * @module
  */
 import type { RopeParameters } from "./config.ts";
-import { ConfigError } from "../errors.ts";
+import { ConfigError } from "../core/errors.ts";
 
 const f = Math.fround;
 

@@ -18,7 +18,7 @@ import {
 } from "../io/fs.ts";
 import { isLoraLinear } from "../peft/lora_linear.ts";
 import { type LlamaConfig, llamaConfigToJson, parseLlamaConfig } from "./config.ts";
-import { ConfigError, FormatError } from "../errors.ts";
+import { ConfigError, FormatError } from "../core/errors.ts";
 
 /** Where a checkpoint comes from: a directory path, or the config and safetensors bytes themselves. */
 export type ModelSource = string | {

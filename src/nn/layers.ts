@@ -6,9 +6,9 @@ import { Module } from "./module.ts";
 import { ones, Tensor, tensor, type TensorOptions } from "../tensor/tensor.ts";
 import { dropout, embedding, type IndexInput, linear, rmsNorm } from "../tensor/ops.ts";
 import { currentDevice, type Device } from "../backend/device.ts";
-import type { DType } from "../tensor/dtype.ts";
-import { nextSeed, Rng } from "../tensor/random.ts";
-import { ConfigError } from "../errors.ts";
+import type { DType } from "../core/dtype.ts";
+import { nextSeed, Rng } from "../core/random.ts";
+import { ConfigError } from "../core/errors.ts";
 
 /** Options of {@link Linear}. */
 export interface LinearOptions {

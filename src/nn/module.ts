@@ -6,7 +6,7 @@
  */
 import { allocating, Tensor } from "../tensor/tensor.ts";
 import type { Device } from "../backend/device.ts";
-import { DeviceError, ShapeError } from "../errors.ts";
+import { DeviceError, ShapeError } from "../core/errors.ts";
 
 /** A value accepted by {@link Module.loadStateDict}: a tensor, or raw row-major values with a shape. */
 export type StateValue = Tensor | { shape: readonly number[]; data: ArrayLike<number> };

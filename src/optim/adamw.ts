@@ -10,8 +10,8 @@ import { Tensor, zeros } from "../tensor/tensor.ts";
 import { add, div, mul, sqrt, sub } from "../tensor/ops.ts";
 import { keep, noGrad, tidy } from "../autograd/graph.ts";
 import { Module } from "../nn/module.ts";
-import { ConfigError, ShapeError } from "../errors.ts";
-import { checkOptionKeys, showValue } from "../nn/options.ts";
+import { ConfigError, ShapeError } from "../core/errors.ts";
+import { checkOptionKeys, showValue } from "../core/options.ts";
 
 /** Names of {@link AdamWOptions}. */
 const ADAMW_OPTION_KEYS = ["lr", "betas", "eps", "weightDecay"] as const;

@@ -7,7 +7,7 @@
 import type { Tensor } from "../tensor/tensor.ts";
 import { add, div, maximum, mul, neg, sqrt, square, sum } from "../tensor/ops.ts";
 import { noGrad, tidy } from "../autograd/graph.ts";
-import { ConfigError } from "../errors.ts";
+import { ConfigError } from "../core/errors.ts";
 
 /**
  * Scales the gradients of `params` in place so their joint L2 norm is at most `maxNorm`; returns the

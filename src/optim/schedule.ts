@@ -4,7 +4,7 @@
  * LambdaLR: construction sets step 0's rate, each `step()` moves to the next.
  * @module
  */
-import { ConfigError } from "../errors.ts";
+import { ConfigError } from "../core/errors.ts";
 
 /** Options of {@link warmupCosineFactor} and {@link WarmupCosineSchedule}. */
 export interface WarmupCosineOptions {

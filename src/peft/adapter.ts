@@ -28,7 +28,7 @@ import {
   selectorMatches,
   serializeAdapterConfig,
 } from "./peft_config.ts";
-import { ConfigError, DeviceError, FormatError, ShapeError } from "../errors.ts";
+import { ConfigError, DeviceError, FormatError, ShapeError } from "../core/errors.ts";
 
 /** File name of the adapter weights in PEFT's layout. */
 export const ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors";

@@ -7,7 +7,7 @@ import { Linear } from "../nn/layers.ts";
 import { ModuleMatcher } from "./matcher.ts";
 import type { PeftConfig } from "./config.ts";
 import { isLoraLinear, patchLinearModule } from "./lora_linear.ts";
-import { ConfigError } from "../errors.ts";
+import { ConfigError } from "../core/errors.ts";
 
 /** Whether a model is a causal LM (its config's first architecture or its class name says CausalLM). */
 export function isCausalLM(model: Module): boolean {

@@ -3,9 +3,9 @@
  * snake_case keys and torch-style dtype strings.
  * @module
  */
-import type { DType } from "../tensor/dtype.ts";
-import { ConfigError } from "../errors.ts";
-import { checkOptionKeys } from "../nn/options.ts";
+import type { DType } from "../core/dtype.ts";
+import { ConfigError } from "../core/errors.ts";
+import { checkOptionKeys } from "../core/options.ts";
 
 /** Initialisation of lora_A: Xavier/Glorot normal, or kaiming-uniform with a = √5 ("uniform" / "kaiming"). */
 export type LoraAInit = "xavier" | "uniform" | "kaiming";

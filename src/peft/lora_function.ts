@@ -7,7 +7,7 @@
 import type { FusedDropout } from "../backend/backend.ts";
 import { fromStorage, type Tensor } from "../tensor/tensor.ts";
 import { deviceMismatch } from "../tensor/ops.ts";
-import { DTypeError, ShapeError } from "../errors.ts";
+import { DTypeError, ShapeError } from "../core/errors.ts";
 
 /**
  * Fused LoRA linear on any device. x [..., in] (3-D inputs are flattened to 2-D internally), weight

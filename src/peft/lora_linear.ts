@@ -8,12 +8,12 @@ import { Linear } from "../nn/layers.ts";
 import { type Tensor, tensor, zeros } from "../tensor/tensor.ts";
 import { add, cast, dropout as dropoutOp, linear, matmul, scale as scaleOp, sub } from "../tensor/ops.ts";
 import { noGrad } from "../autograd/graph.ts";
-import type { DType } from "../tensor/dtype.ts";
-import { nextSeed, Rng } from "../tensor/random.ts";
+import type { DType } from "../core/dtype.ts";
+import { nextSeed, Rng } from "../core/random.ts";
 import { loraLinear } from "./lora_function.ts";
 import { type DropoutPosition, type LoraAInit, parseDType, validateLoraOptions } from "./config.ts";
-import { ConfigError, DeviceError } from "../errors.ts";
-import { checkOptionalBoolean, checkOptionalSeed, checkOptionKeys } from "../nn/options.ts";
+import { ConfigError, DeviceError } from "../core/errors.ts";
+import { checkOptionalBoolean, checkOptionalSeed, checkOptionKeys } from "../core/options.ts";
 
 /** Names of {@link LinearLoRAOptions}. */
 const LORA_OPTION_KEYS = [

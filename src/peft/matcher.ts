@@ -6,7 +6,7 @@
  */
 import type { Module } from "../nn/module.ts";
 import { Linear } from "../nn/layers.ts";
-import { ConfigError } from "../errors.ts";
+import { ConfigError } from "../core/errors.ts";
 
 /** Compiles a `*` wildcard pattern into an anchored RegExp with every other character literal. */
 export function wildcardRegExp(pattern: string): RegExp {

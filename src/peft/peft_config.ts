@@ -13,7 +13,7 @@
  * are refused with a ConfigError naming the field, rather than loaded into silently wrong outputs.
  * @module
  */
-import { ConfigError, FormatError } from "../errors.ts";
+import { ConfigError, FormatError } from "../core/errors.ts";
 
 /** Which modules a config selects, in PEFT's three forms. */
 export type ModuleSelector =

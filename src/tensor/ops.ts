@@ -6,10 +6,10 @@
  */
 import type { Backend, BinaryOp, Storage, UnaryOp } from "../backend/backend.ts";
 import type { Device } from "../backend/device.ts";
-import type { DType } from "./dtype.ts";
+import type { DType } from "../core/dtype.ts";
 import { fromStorage, full, shapeSize, Tensor } from "./tensor.ts";
-import { ConfigError, DeviceError, DTypeError, ShapeError } from "../errors.ts";
-import { nextSeed } from "./random.ts";
+import { ConfigError, DeviceError, DTypeError, ShapeError } from "../core/errors.ts";
+import { nextSeed } from "../core/random.ts";
 
 // ---------------------------------------------------------------------------------------------------
 // Validation helpers

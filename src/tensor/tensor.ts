@@ -6,7 +6,7 @@
  */
 import type { Storage } from "../backend/backend.ts";
 import { currentDevice, Device } from "../backend/device.ts";
-import { type DType, type HostArray, isDType } from "./dtype.ts";
+import { type DType, type HostArray, isDType } from "../core/dtype.ts";
 import {
   type GradNode,
   isGradEnabled,
@@ -14,8 +14,8 @@ import {
   runBackward,
   trackTensor,
 } from "../autograd/graph.ts";
-import { Rng } from "./random.ts";
-import { DeviceError, DTypeError, LoraError, ShapeError } from "../errors.ts";
+import { Rng } from "../core/random.ts";
+import { DeviceError, DTypeError, LoraError, ShapeError } from "../core/errors.ts";
 import * as ops from "./ops.ts";
 
 registerTensorCheck((v: unknown): v is Tensor => v instanceof Tensor);

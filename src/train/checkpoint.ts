@@ -11,7 +11,7 @@ import type { AdamW } from "../optim/adamw.ts";
 import { type RawTensorEntry, readSafetensors, writeSafetensors } from "../io/safetensors.ts";
 import { joinPath, mkdirp, pathKind, readFileBytes, readFileText, writeFilesAtomic } from "../io/fs.ts";
 import { ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, adapterToFilesAsync } from "../peft/adapter.ts";
-import { ConfigError, FormatError } from "../errors.ts";
+import { ConfigError, FormatError } from "../core/errors.ts";
 
 /** File holding the optimizer's moment buffers. */
 export const OPTIMIZER_WEIGHTS_NAME = "optimizer.safetensors";

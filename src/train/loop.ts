@@ -13,8 +13,8 @@ import { AdamW } from "../optim/adamw.ts";
 import { clipGradNorm } from "../optim/clip.ts";
 import type { TokenInput } from "../models/llama.ts";
 import { type CheckpointableSchedule, loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
-import { ConfigError, ShapeError } from "../errors.ts";
-import { checkOptionalBoolean, checkOptionKeys, showValue } from "../nn/options.ts";
+import { ConfigError, ShapeError } from "../core/errors.ts";
+import { checkOptionalBoolean, checkOptionKeys, showValue } from "../core/options.ts";
 
 /** Names of {@link TrainOptions}. */
 const TRAIN_OPTION_KEYS = [

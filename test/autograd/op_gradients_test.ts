@@ -47,7 +47,7 @@ import {
   transpose,
 } from "../../mod.ts";
 import { dropoutMask, pick } from "../../src/tensor/ops.ts";
-import { Rng } from "../../src/tensor/random.ts";
+import { Rng } from "../../src/core/random.ts";
 import { relErr } from "../helpers.ts";
 
 const F64 = { device: cpuDevice(), dtype: "f64" as const };

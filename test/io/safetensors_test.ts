@@ -7,15 +7,17 @@
 
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { DTypeError, FormatError, ShapeError } from "../../src/errors.ts";
+import { DTypeError, FormatError, ShapeError } from "../../src/core/errors.ts";
 import {
   bf16BitsToNumber,
   f16BitsToNumber,
   numberToBf16Bits,
   numberToF16Bits,
+  roundToF16,
+} from "../../src/core/half.ts";
+import {
   type RawTensorEntry,
   readSafetensors,
-  roundToF16,
   type SafetensorsData,
   type TensorLike,
   writeSafetensors,

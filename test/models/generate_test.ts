@@ -1,7 +1,7 @@
 /** generate: KV-cache decoding equals recomputation, seeded sampling, top-k / top-p, EOS, option errors. */
 import assert from "node:assert/strict";
 import { argmax, ConfigError, noGrad, sampleToken, ShapeError } from "../../mod.ts";
-import { Rng } from "../../src/tensor/random.ts";
+import { Rng } from "../../src/core/random.ts";
 import { tinyModel, tokenRows } from "./tiny_model.ts";
 import type { LlamaForCausalLM } from "../../mod.ts";
 

@@ -41,8 +41,8 @@ import {
   transpose,
 } from "../../mod.ts";
 import { dropoutMask } from "../../src/tensor/ops.ts";
-import { dropoutKeepScale } from "../../src/tensor/random.ts";
-import { Rng } from "../../src/tensor/random.ts";
+import { dropoutKeepScale } from "../../src/core/random.ts";
+import { Rng } from "../../src/core/random.ts";
 import { relErr } from "../helpers.ts";
 
 const F64 = { device: cpuDevice(), dtype: "f64" as const };

@@ -10,7 +10,7 @@ import { gemmSpecialisation } from "../../src/backend/webgpu/gemm.ts";
 import { DIRECT_PROFILE, SCHEDULE_KERNEL, TILED_PROFILE } from "../../src/backend/webgpu/gemm_plan.ts";
 import { WGSL_SOURCES } from "../../src/backend/webgpu/wgsl_sources.ts";
 import { readSources, renderSources } from "../../scripts/gen_wgsl.ts";
-import { dropoutHash } from "../../src/tensor/random.ts";
+import { dropoutHash } from "../../src/core/random.ts";
 import type { WebGpuBackend } from "../../src/backend/webgpu/backend.ts";
 import type { TemplateParams } from "../../src/backend/webgpu/template.ts";
 import { gpuTest } from "./gpu.ts";

@@ -13,9 +13,9 @@ import type {
   Storage,
   UnaryOp,
 } from "../backend.ts";
-import { type DType, dtypeSize, type HostArray, hostArray, roundInPlace } from "../../tensor/dtype.ts";
-import { dropoutHash, dropoutKeepScale, dropoutThreshold } from "../../tensor/random.ts";
-import { DeviceError } from "../../errors.ts";
+import { type DType, dtypeSize, type HostArray, hostArray, roundInPlace } from "../../core/dtype.ts";
+import { dropoutHash, dropoutKeepScale, dropoutThreshold } from "../../core/random.ts";
+import { DeviceError } from "../../core/errors.ts";
 
 /** CPU storage: a host array plus its dtype. */
 export class CpuStorage implements Storage {

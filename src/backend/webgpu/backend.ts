@@ -13,9 +13,9 @@ import type {
   Storage,
   UnaryOp,
 } from "../backend.ts";
-import { type DType, dtypeSize, f32Bits, type HostArray } from "../../tensor/dtype.ts";
-import { f16BitsToNumber, numberToF16Bits } from "../../io/safetensors.ts";
-import { DeviceError, DTypeError, ShapeError } from "../../errors.ts";
+import { type DType, dtypeSize, f32Bits, type HostArray } from "../../core/dtype.ts";
+import { f16BitsToNumber, numberToF16Bits } from "../../core/half.ts";
+import { DeviceError, DTypeError, ShapeError } from "../../core/errors.ts";
 import { type KernelName, MAX_RANK, PipelineCache, WORKGROUP_SIZE } from "./kernels.ts";
 import type { TemplateParams } from "./template.ts";
 import { type Binding, type GpuBuffer, GpuRuntime } from "./runtime.ts";

@@ -4,8 +4,8 @@
  * @module
  */
 import { cpuDevice, Device, explicitDefaultDevice } from "../device.ts";
-import { ConfigError, DeviceError } from "../../errors.ts";
-import { checkOptionKeys, showValue } from "../../nn/options.ts";
+import { ConfigError, DeviceError } from "../../core/errors.ts";
+import { checkOptionKeys, showValue } from "../../core/options.ts";
 import { WebGpuBackend } from "./backend.ts";
 
 /** Options of {@link webgpuDevice}. */

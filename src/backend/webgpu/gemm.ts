@@ -5,8 +5,8 @@
  * @module
  */
 import type { FusedDropout } from "../backend.ts";
-import { f32Bits } from "../../tensor/dtype.ts";
-import { dropoutKeepScale, dropoutThreshold } from "../../tensor/random.ts";
+import { f32Bits } from "../../core/dtype.ts";
+import { dropoutKeepScale, dropoutThreshold } from "../../core/random.ts";
 import { type PipelineCache, WORKGROUP_SIZE } from "./kernels.ts";
 import { type GemmPlan, type GemmProfile, type GemmTile, planGemm, SCHEDULE_KERNEL } from "./gemm_plan.ts";
 import type { TemplateParams } from "./template.ts";

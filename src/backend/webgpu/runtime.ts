@@ -12,7 +12,7 @@
  *   batch is submitted (queue order puts that write after all earlier batches finished reading it).
  * @module
  */
-import { DeviceError } from "../../errors.ts";
+import { DeviceError } from "../../core/errors.ts";
 import type { Kernel } from "./kernels.ts";
 
 /** Dispatches recorded before a batch is submitted without being asked to. */

@@ -4,7 +4,7 @@
  * otherwise be ignored without a word and the default used instead.
  * @module
  */
-import { ConfigError } from "../errors.ts";
+import { ConfigError } from "./errors.ts";
 
 /** A value as a message shows it: numbers as JavaScript prints them (NaN, Infinity), the rest as JSON. */
 export function showValue(v: unknown): string {
