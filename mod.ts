@@ -33,7 +33,7 @@ export {
   zeros,
 } from "./src/tensor/tensor.ts";
 export { manualSeed } from "./src/core/random.ts";
-export { disposeGraph, keep, noGrad, tidy } from "./src/autograd/graph.ts";
+export { disposeGraph, keep, noGrad, tidy } from "./src/tensor/graph.ts";
 export {
   add,
   broadcastTo,
@@ -78,7 +78,7 @@ export {
   type LoraAInit,
   PeftConfig,
   type PeftConfigOptions,
-} from "./src/peft/config.ts";
+} from "./src/peft/nemo_config.ts";
 export { ModuleMatcher, wildcardMatch } from "./src/peft/matcher.ts";
 export {
   isLoraLinear,

@@ -1,7 +1,7 @@
 /**
  * LoRA adapters in Hugging Face PEFT's on-disk format, both ways: `adapter_model.safetensors` with keys
  * `base_model.model.<module path>.lora_A.weight` ([r, in]) and `.lora_B.weight` ([out, r]), plus
- * `adapter_config.json` (see peft_config.ts for the fields and matching rules).
+ * `adapter_config.json` (see adapter_config.ts for the fields and matching rules).
  *
  * Error classes, consistently: ConfigError for what the config asks (unsupported options, targets that
  * match nothing or a non-Linear, modules that already carry an adapter); FormatError for files that are
@@ -15,7 +15,7 @@ import type { Tensor } from "../tensor/tensor.ts";
 import { readSafetensors, type SafetensorsTensor, writeSafetensors } from "../io/safetensors.ts";
 import { isNotFoundError, joinPath, mkdirp, pathKind, readFileBytes, writeFilesAtomic } from "../io/fs.ts";
 import { isLoraLinear, type LinearLoRA, patchLinearModule } from "./lora_linear.ts";
-import { validateLoraOptions } from "./config.ts";
+import { validateLoraOptions } from "./nemo_config.ts";
 import { isCausalLM, sampleNames } from "./apply.ts";
 import {
   type AdapterConfig,
@@ -27,7 +27,7 @@ import {
   patternValue,
   selectorMatches,
   serializeAdapterConfig,
-} from "./peft_config.ts";
+} from "./adapter_config.ts";
 import { ConfigError, DeviceError, FormatError, ShapeError } from "../core/errors.ts";
 
 /** File name of the adapter weights in PEFT's layout. */

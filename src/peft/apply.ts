@@ -5,7 +5,7 @@
 import type { Module } from "../nn/module.ts";
 import { Linear } from "../nn/layers.ts";
 import { ModuleMatcher } from "./matcher.ts";
-import type { PeftConfig } from "./config.ts";
+import type { PeftConfig } from "./nemo_config.ts";
 import { isLoraLinear, patchLinearModule } from "./lora_linear.ts";
 import { ConfigError } from "../core/errors.ts";
 
@@ -24,7 +24,7 @@ export function sampleNames(model: Module, n = 8): string {
 
 /**
  * Freezes every parameter of `model`, patches each Linear the config matches, and returns the count.
- * As in the seed, only Linear modules are candidates: a pattern such as `*.layers.1.*` also names the
+ * As in NeMo AutoModel's `apply_lora_to_linear_modules`, only Linear modules are candidates: a pattern such as `*.layers.1.*` also names the
  * layer's containers and norms, which are passed over. An adapter's own lora_A / lora_B are never
  * candidates. Matching no Linear, or matching one that already has an adapter, is a ConfigError thrown
  * before anything is frozen or patched.

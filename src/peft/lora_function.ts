@@ -1,5 +1,5 @@
 /**
- * The fused LoRA linear as one autograd op (the seed's `LoRATritonFunction`, widened to include the base
+ * The fused LoRA linear as one autograd op (NeMo AutoModel's `LoRATritonFunction`, widened to include the base
  * GEMM and dropout): y = x Wᵀ + b + scale · drop(B(A(x))). Only x, A and B are kept for backward (W and
  * b are frozen parameters, alive anyway); the token×rank intermediate is recomputed, never stored.
  * @module

@@ -7,11 +7,11 @@
 import { Linear } from "../nn/layers.ts";
 import { type Tensor, tensor, zeros } from "../tensor/tensor.ts";
 import { add, cast, dropout as dropoutOp, linear, matmul, scale as scaleOp, sub } from "../tensor/ops.ts";
-import { noGrad } from "../autograd/graph.ts";
+import { noGrad } from "../tensor/graph.ts";
 import type { DType } from "../core/dtype.ts";
 import { nextSeed, Rng } from "../core/random.ts";
 import { loraLinear } from "./lora_function.ts";
-import { type DropoutPosition, type LoraAInit, parseDType, validateLoraOptions } from "./config.ts";
+import { type DropoutPosition, type LoraAInit, parseDType, validateLoraOptions } from "./nemo_config.ts";
 import { ConfigError, DeviceError } from "../core/errors.ts";
 import { checkOptionalBoolean, checkOptionalSeed, checkOptionKeys } from "../core/options.ts";
 

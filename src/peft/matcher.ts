@@ -1,6 +1,6 @@
 /**
  * `ModuleMatcher`: which modules get LoRA. Patterns match the whole dotted module name; `*` matches any
- * run of characters and every other character is literal (the seed let `.` match anything, so
+ * run of characters and every other character is literal (NeMo AutoModel's matcher let `.` match anything, so
  * `*.layers.1.*` also hit layer 10).
  * @module
  */
@@ -34,7 +34,7 @@ export class ModuleMatcher {
   #excludes: RegExp[];
 
   /**
-   * With no targets, excludes or matchAllLinear, targets default to `*_proj` (as in the seed).
+   * With no targets, excludes or matchAllLinear, targets default to `*_proj` (as NeMo AutoModel's `PeftConfig` does).
    * targetModules with excludeModules, or matchAllLinear with either, is a ConfigError.
    */
   constructor(

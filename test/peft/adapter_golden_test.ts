@@ -5,7 +5,7 @@ import { readSafetensors } from "../../src/io/safetensors.ts";
 import type { LinearLoRA } from "../../mod.ts";
 import { fixture, loadFixture, relErr } from "../helpers.ts";
 import { moduleAt, tinyLlamaTree } from "./adapter_fixtures.ts";
-import { parseAdapterConfig, selectorMatches } from "../../src/peft/peft_config.ts";
+import { parseAdapterConfig, selectorMatches } from "../../src/peft/adapter_config.ts";
 
 const ADAPTER_DIR = new URL("../fixtures/llama-tiny-lora/adapter/", import.meta.url).pathname;
 const goldenWeights = readSafetensors(fixture("llama-tiny-lora/adapter/adapter_model.safetensors"));

@@ -14,7 +14,7 @@ import {
 } from "../../mod.ts";
 import { createCpuBackend } from "../../src/backend/cpu/cpu_backend.ts";
 import { readSafetensors } from "../../src/io/safetensors.ts";
-import { exactPattern, parseAdapterConfig, patternValue } from "../../src/peft/peft_config.ts";
+import { exactPattern, parseAdapterConfig, patternValue } from "../../src/peft/adapter_config.ts";
 import {
   adapterSummary,
   moduleAt,

@@ -1,6 +1,6 @@
 /**
- * `PeftConfig`: the seed's LoRA options, camelCased, with `fromDict` that also reads the seed's
- * snake_case keys and torch-style dtype strings.
+ * `PeftConfig`: the LoRA options of NeMo AutoModel's `PeftConfig` (the config of its LinearLoRA module),
+ * camelCased, with `fromDict` that also reads NeMo AutoModel's snake_case keys and torch-style dtype strings.
  * @module
  */
 import type { DType } from "../core/dtype.ts";
@@ -124,7 +124,7 @@ function toList(v: string[] | string | undefined | null, where: string): string[
   return [...list];
 }
 
-/** LoRA configuration (the seed's `PeftConfig`). */
+/** LoRA configuration, as NeMo AutoModel's `PeftConfig` defines it. */
 export class PeftConfig {
   targetModules: string[];
   excludeModules: string[];
@@ -135,7 +135,7 @@ export class PeftConfig {
   dropoutPosition: DropoutPosition;
   loraAInit: LoraAInit;
   loraDtype: DType | null;
-  /** Fused kernels (the seed's `use_triton`); default true since the fused path is verified equal. */
+  /** Fused kernels (NeMo AutoModel's `use_triton`); default true since the fused path is verified equal. */
   useFused: boolean;
 
   /** Unknown option names are a ConfigError (a misspelt option would otherwise be silently ignored). */
@@ -178,7 +178,7 @@ export class PeftConfig {
     };
   }
 
-  /** Builds a config from camelCase keys or the seed's snake_case keys; unknown keys are a ConfigError. */
+  /** Builds a config from camelCase keys or NeMo AutoModel's snake_case keys; unknown keys are a ConfigError. */
   static fromDict(d: Record<string, unknown>): PeftConfig {
     if (d === null || typeof d !== "object" || Array.isArray(d)) {
       throw new ConfigError(`PeftConfig.fromDict: expected an object, got ${JSON.stringify(d)}`);

@@ -1,12 +1,12 @@
 /**
- * `PeftConfig`: the seed's defaults, `toDict` / `fromDict` round trips, the seed's snake_case keys and
+ * `PeftConfig`: NeMo AutoModel's defaults, `toDict` / `fromDict` round trips, NeMo AutoModel's snake_case keys and
  * torch dtype strings, and ConfigErrors for unknown keys and bad values.
  */
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { ConfigError, PeftConfig, type PeftConfigOptions } from "../../mod.ts";
 
-Deno.test("PeftConfig defaults follow the seed (useFused true here)", () => {
+Deno.test("PeftConfig defaults follow NeMo AutoModel's PeftConfig (useFused true here)", () => {
   const c = new PeftConfig();
   assert.deepEqual(c.toDict(), {
     targetModules: [],
@@ -49,7 +49,7 @@ Deno.test("fromDict(toDict()) round-trips any valid config; toDict survives JSON
   );
 });
 
-Deno.test("fromDict reads the seed's snake_case keys and torch dtype strings", () => {
+Deno.test("fromDict reads NeMo AutoModel's snake_case keys and torch dtype strings", () => {
   const c = PeftConfig.fromDict({
     target_modules: ["*.q_proj", "*.v_proj"],
     match_all_linear: false,

@@ -1,5 +1,5 @@
 /**
- * The seed's LoRA layer rules: `LinearLoRA` / `patchLinearModule` share and freeze the base weights,
+ * The rules of NeMo AutoModel's LinearLoRA module, as ours follows them: `LinearLoRA` / `patchLinearModule` share and freeze the base weights,
  * add lora_A / lora_B with scale = alpha / dim and B = 0, initialise A as Xavier normal or
  * kaiming-uniform (a = √5) — checked statistically with fixed seeds — place dropout before A or after
  * the scaled branch with a seeded mask, turn dropout off in eval mode, patch shape-only Linears, and give
@@ -249,7 +249,7 @@ Deno.test("A's init is reproducible from a seed and fresh without one", () => {
 
 for (const useFused of [true, false]) {
   for (const position of ["pre", "post"] as const) {
-    Deno.test(`dropout "${position}" uses the seeded mask where the seed puts it (useFused ${useFused})`, () => {
+    Deno.test(`dropout "${position}" uses the seeded mask where NeMo AutoModel's LinearLoRA puts it (useFused ${useFused})`, () => {
       fc.assert(
         fc.property(caseArb, fc.double({ min: 0.2, max: 0.8, noNaN: true }), (c, p) => {
           const layer = makeLayer(c, { dropout: p, dropoutPosition: position, useFused });
