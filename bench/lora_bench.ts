@@ -6,7 +6,8 @@
  * then divides. Warm-up first; the median of several repetitions; random inputs, never zeros.
  *
  * Usage: deno task bench            (quick sizes, any adapter)
- *        deno task bench:gpu        (the issue's full sizes, for a real GPU)
+ *        deno task bench:gpu        (a real GPU; (M, D, r) = (8192, 4096, 16), (2048, 2048, 8),
+ *                                    (512, 4096, 16))
  *        deno run -A bench/lora_bench.ts --tiny   (a few seconds; CI runs it so the bench cannot rot)
  * Options: --no-jax, --dtype f32|f16|both, --json PATH,
  *          --tune   (hardware GPUs: time the GEMM with each candidate workgroup tile, check each against the
