@@ -1,6 +1,7 @@
 /**
  * Helpers of the GPU suite: identical random inputs for the WebGPU and CPU backends, running one
- * computation on both, and the tolerances every kernel must meet (relative error ≤ 1e-4 for f32, ≤ 1e-2 for f16).
+ * computation on both, and the tolerances every kernel must meet (relative error ≤ 1e-4 for f32,
+ * ≤ 1e-2 for f16).
  */
 import assert from "node:assert/strict";
 import fc from "fast-check";
