@@ -87,7 +87,7 @@ export {
   patchLinearModule,
 } from "./src/peft/lora_linear.ts";
 export { loraLinear } from "./src/peft/lora_function.ts";
-export { applyLoraToLinearModules } from "./src/peft/apply.ts";
+export { applyLoraToLinearModules, mergeAndUnload } from "./src/peft/apply.ts";
 export {
   type AdapterFiles,
   type AdapterFilesInput,
@@ -95,7 +95,6 @@ export {
   adapterToFilesAsync,
   loadAdapter,
   type LoadAdapterOptions,
-  mergeAndUnload,
   saveAdapter,
   type SaveAdapterOptions,
 } from "./src/peft/adapter.ts";

@@ -5,7 +5,7 @@
  * @module
  */
 import type { Module } from "../nn/module.ts";
-import type { Tensor } from "../tensor/tensor.ts";
+import type { Tensor } from "../tensor/mod.ts";
 import { type RawTensorEntry, readSafetensors, writeSafetensors } from "../io/safetensors.ts";
 import {
   joinPath,
@@ -16,7 +16,7 @@ import {
   removeFiles,
   writeFilesAtomic,
 } from "../io/fs.ts";
-import { isLoraLinear } from "../peft/lora_linear.ts";
+import { modulesWithAdapters } from "../nn/adapter_hook.ts";
 import { type LlamaConfig, llamaConfigToJson, parseLlamaConfig } from "./config.ts";
 import { ConfigError, FormatError } from "../core/errors.ts";
 
@@ -193,17 +193,20 @@ const DTYPE_BYTES = { F32: 4, F16: 2, BF16: 2 } as const;
 /**
  * The files `save_pretrained` would write for this model: `config.json` and `model.safetensors`, or
  * numbered shards plus `model.safetensors.index.json` past `maxShardBytes`. A tied lm_head is left out.
- * @throws {ConfigError} when LoRA adapters are still attached (merge them with mergeAndUnload first)
+ * @throws {ConfigError} when adapters (LoRA) are still attached (merge them with mergeAndUnload first)
  */
 export async function modelToFiles(
   model: CheckpointModel,
   opts: SaveModelOptions = {},
 ): Promise<Record<string, Uint8Array | string>> {
-  const lora = model.namedModules().filter(([, m]) => isLoraLinear(m)).map(([n]) => n);
-  if (lora.length > 0) {
+  const adapted = modulesWithAdapters(model);
+  if (adapted.length > 0) {
+    const kinds = [...new Set(adapted.map(([, kind]) => kind))].join(" / ");
+    const names = adapted.slice(0, 3).map(([name]) => name || "(the model itself)").join(", ");
     throw new ConfigError(
-      `saveModel: ${lora.length} modules still carry LoRA adapters (${lora.slice(0, 3).join(", ")}, ...); ` +
-        `fold them in with mergeAndUnload(model) first, or save the adapter with saveAdapter`,
+      `saveModel: ${adapted.length} modules still carry ${kinds} adapters (${names}${
+        adapted.length > 3 ? ", ..." : ""
+      }); fold them in with mergeAndUnload(model) first, or save the adapter with saveAdapter`,
     );
   }
   const dtype = opts.dtype ?? (model.dtype === "f16" ? "F16" : "F32");

@@ -9,14 +9,16 @@
  * ShapeError for weights of the wrong shape.
  * @module
  */
-import type { Module } from "../nn/module.ts";
+import type { Module, StateValue } from "../nn/module.ts";
 import { Linear } from "../nn/layers.ts";
-import type { Tensor } from "../tensor/tensor.ts";
+import type { Tensor } from "../tensor/mod.ts";
 import { readSafetensors, type SafetensorsTensor, writeSafetensors } from "../io/safetensors.ts";
 import { isNotFoundError, joinPath, mkdirp, pathKind, readFileBytes, writeFilesAtomic } from "../io/fs.ts";
-import { isLoraLinear, type LinearLoRA, patchLinearModule } from "./lora_linear.ts";
+import { adapterModules, isLoraLinear, type LinearLoRA, patchLinearModule } from "./lora_linear.ts";
+import { adapterWeightKey, adapterWeights, LORA_WEIGHTS, type NamedWeightField } from "./lora_fields.ts";
 import { validateLoraOptions } from "./nemo_config.ts";
 import { isCausalLM, sampleNames } from "./apply.ts";
+import { isOutputHead } from "./matcher.ts";
 import {
   type AdapterConfig,
   ALL_LINEAR,
@@ -62,7 +64,14 @@ export interface LoadAdapterOptions {
   trainable?: boolean;
 }
 
-const KEY_PREFIX = "base_model.model.";
+/** What PEFT puts before a module path in its weight keys (the wrapper's `base_model.model`). */
+export const PEFT_KEY_PREFIX = "base_model.model.";
+const KEY_PREFIX = PEFT_KEY_PREFIX;
+
+/** PEFT's file key of an adapter weight of the module at `modulePath`. */
+function peftKey(modulePath: string, field: NamedWeightField): string {
+  return KEY_PREFIX + adapterWeightKey(modulePath, field);
+}
 const FLOAT_FILE_DTYPES = new Set(["F32", "F16", "BF16", "F64"]);
 
 // ---------------------------------------------------------------------------------------------------
@@ -138,6 +147,7 @@ function buildConfig(model: Module, layers: [string, LinearLoRA][], opts: SaveAd
 
 const FILE_DTYPE: Record<string, string> = { f32: "F32", f16: "F16", f64: "F64" };
 
+/** Both files from each layer's weights (`weights[i]` in LORA_WEIGHTS order for `layers[i]`). */
 function encodeFiles(
   model: Module,
   layers: [string, LinearLoRA][],
@@ -146,8 +156,7 @@ function encodeFiles(
 ): AdapterFiles {
   const entries: Record<string, HostTensor> = {};
   layers.forEach(([name], i) => {
-    entries[`${KEY_PREFIX}${name}.lora_A.weight`] = weights[i][0];
-    entries[`${KEY_PREFIX}${name}.lora_B.weight`] = weights[i][1];
+    LORA_WEIGHTS.forEach((field, j) => entries[peftKey(name, field)] = weights[i][j]);
   });
   return {
     [ADAPTER_WEIGHTS_NAME]: writeSafetensors(entries, { format: "pt" }),
@@ -171,7 +180,7 @@ const hostTensor = (t: Tensor, data: Float32Array | Float64Array): HostTensor =>
 export function adapterToFiles(model: Module, opts: SaveAdapterOptions = {}): AdapterFiles {
   const layers = loraLayers(model, "adapterToFiles");
   const weights = layers.map(([name, l]) =>
-    [l.lora_A.weight, l.lora_B.weight].map((t) => {
+    adapterWeights(l).map(([, t]) => {
       if (t.device.kind !== "cpu") {
         throw new DeviceError(
           `adapterToFiles: ${name} has adapter weights on ${t.device}, which cannot be read synchronously; ` +
@@ -192,8 +201,9 @@ export async function adapterToFilesAsync(
   const layers = loraLayers(model, "adapterToFilesAsync");
   const weights: HostTensor[][] = [];
   for (const [, l] of layers) {
-    const a = l.lora_A.weight, b = l.lora_B.weight;
-    weights.push([hostTensor(a, await a.data()), hostTensor(b, await b.data())]);
+    const host: HostTensor[] = [];
+    for (const [, t] of adapterWeights(l)) host.push(hostTensor(t, await t.data()));
+    weights.push(host);
   }
   return encodeFiles(model, layers, weights, opts);
 }
@@ -227,8 +237,8 @@ interface Planned {
   r: number;
   alpha: number;
   scale: number;
-  a: SafetensorsTensor;
-  b: SafetensorsTensor;
+  /** The file's tensor for each adapter weight, in LORA_WEIGHTS order. */
+  weights: SafetensorsTensor[];
 }
 
 async function readRequired(path: string, what: string): Promise<Uint8Array> {
@@ -281,15 +291,9 @@ async function readAdapterSource(
   return { config, weights };
 }
 
-/** Whether `name` is a causal LM's output head, which PEFT's "all-linear" leaves out. */
-function isOutputHead(name: string): boolean {
-  return name === "lm_head" || name.endsWith(".lm_head");
-}
-
 /** The modules the config targets, PEFT's way (exclusion first), with adapter internals left out. */
 function targetedModules(model: Module, cfg: AdapterConfig): [string, Module][] {
-  const adapterParts = new Set<Module>();
-  for (const [, m] of model.namedModules()) if (isLoraLinear(m)) adapterParts.add(m.lora_A).add(m.lora_B);
+  const adapterParts = adapterModules(model);
   const causal = isCausalLM(model);
   return model.namedModules().filter(([name, m]) => {
     if (name === "" || adapterParts.has(m)) return false;
@@ -314,35 +318,53 @@ function describeTargets(cfg: AdapterConfig): string {
 const list = (xs: string[], n = 8) =>
   xs.slice(0, n).join(", ") + (xs.length > n ? `, … (${xs.length} in all)` : "");
 
+/** The adapter weights' child names as a RegExp alternation ("lora_A|lora_B"). */
+const WEIGHT_NAMES = LORA_WEIGHTS.map((f) => f.name).join("|");
+/** A key that still holds PEFT's adapter name between the child and `weight`. */
+const NAMED_ADAPTER_KEY = new RegExp(`\\.(${WEIGHT_NAMES})\\.[^.]+\\.weight$`);
+/** A bias on an adapter child (PEFT's `lora_bias`). */
+const ADAPTER_BIAS_KEY = new RegExp(`\\.(${WEIGHT_NAMES})\\.bias$`);
+
 /** Why a weight key is not in PEFT's standard form, when we can tell. */
 function keyHint(key: string): string {
-  if (/\.lora_[AB]\.[^.]+\.weight$/.test(key)) {
-    return " (the adapter name is still in the key; PEFT saves keys without it, e.g. `.lora_A.weight`)";
+  if (NAMED_ADAPTER_KEY.test(key)) {
+    return ` (the adapter name is still in the key; PEFT saves keys without it, e.g. \`.${
+      LORA_WEIGHTS[0].stateKey
+    }\`)`;
   }
   if (key.includes("lora_magnitude_vector")) return " (a DoRA magnitude vector; DoRA is not supported)";
   if (key.includes("lora_embedding_")) return " (an embedding LoRA; only Linear modules are supported)";
-  if (/\.lora_B\.bias$/.test(key)) return " (a lora_B bias; lora_bias is not supported)";
+  if (ADAPTER_BIAS_KEY.test(key)) return " (an adapter bias; PEFT's lora_bias is not supported)";
   if (!key.startsWith(KEY_PREFIX)) return ` (PEFT keys start with "${KEY_PREFIX}")`;
   return "";
 }
 
-/** Checks that both weights of `p` have the shapes r, in and out demand. */
+/** Checks that every weight of `p` has the shape its field demands at rank r, and a float dtype. */
 function checkShapes(p: Omit<Planned, "scale">): void {
-  const want = { A: [p.r, p.linear.inFeatures], B: [p.linear.outFeatures, p.r] };
-  for (const [which, t] of [["A", p.a], ["B", p.b]] as const) {
-    const expect = want[which];
+  LORA_WEIGHTS.forEach((field, i) => {
+    const t = p.weights[i];
+    const expect = field.shape(p.linear, p.r);
     if (t.shape.length !== 2 || t.shape[0] !== expect[0] || t.shape[1] !== expect[1]) {
       throw new ShapeError(
-        `loadAdapter: ${KEY_PREFIX}${p.name}.lora_${which}.weight has shape [${t.shape}] but ${p.name} ` +
+        `loadAdapter: ${peftKey(p.name, field)} has shape [${t.shape}] but ${p.name} ` +
           `(in ${p.linear.inFeatures}, out ${p.linear.outFeatures}) with r = ${p.r} needs [${expect}]`,
       );
     }
     if (!FLOAT_FILE_DTYPES.has(t.dtype)) {
       throw new FormatError(
-        `loadAdapter: ${KEY_PREFIX}${p.name}.lora_${which}.weight has dtype ${t.dtype}; expected F32, F16, BF16 or F64`,
+        `loadAdapter: ${peftKey(p.name, field)} has dtype ${t.dtype}; expected F32, F16, BF16 or F64`,
       );
     }
-  }
+  });
+}
+
+/** The module path and weight field a PEFT key names, or null when it names no adapter weight. */
+function parsePeftKey(key: string): { module: string; index: number } | null {
+  if (!key.startsWith(KEY_PREFIX)) return null;
+  const index = LORA_WEIGHTS.findIndex((f) => key.endsWith(`.${f.stateKey}`));
+  if (index < 0) return null;
+  const module = key.slice(KEY_PREFIX.length, key.length - LORA_WEIGHTS[index].stateKey.length - 1);
+  return module === "" ? null : { module, index };
 }
 
 /** Validates everything (config, targets, keys, shapes) and returns what to patch; changes nothing. */
@@ -371,18 +393,17 @@ function planLoad(model: Module, cfg: AdapterConfig, tensors: Map<string, Safete
       );
     }
   }
-  const byModule = new Map<string, { a?: SafetensorsTensor; b?: SafetensorsTensor }>();
-  for (const [name] of targets) byModule.set(name, {});
+  const byModule = new Map<string, (SafetensorsTensor | undefined)[]>();
+  for (const [name] of targets) byModule.set(name, LORA_WEIGHTS.map(() => undefined));
   const unexpected: string[] = [];
   for (const [key, t] of tensors) {
-    const m = /^base_model\.model\.(.+)\.lora_([AB])\.weight$/.exec(key);
-    const slot = m ? byModule.get(m[1]) : undefined;
-    if (!m || !slot) {
+    const parsed = parsePeftKey(key);
+    const slot = parsed ? byModule.get(parsed.module) : undefined;
+    if (!parsed || !slot) {
       unexpected.push(key + keyHint(key));
       continue;
     }
-    if (m[2] === "A") slot.a = t;
-    else slot.b = t;
+    slot[parsed.index] = t;
   }
   if (unexpected.length > 0) {
     throw new FormatError(
@@ -394,8 +415,9 @@ function planLoad(model: Module, cfg: AdapterConfig, tensors: Map<string, Safete
   }
   const missing: string[] = [];
   for (const [name, slot] of byModule) {
-    if (!slot.a) missing.push(`${KEY_PREFIX}${name}.lora_A.weight`);
-    if (!slot.b) missing.push(`${KEY_PREFIX}${name}.lora_B.weight`);
+    LORA_WEIGHTS.forEach((field, i) => {
+      if (!slot[i]) missing.push(peftKey(name, field));
+    });
   }
   if (missing.length > 0) {
     throw new FormatError(
@@ -406,8 +428,7 @@ function planLoad(model: Module, cfg: AdapterConfig, tensors: Map<string, Safete
     const linear = m as Linear;
     const r = patternValue(cfg.rankPattern, name, cfg.r);
     const alpha = patternValue(cfg.alphaPattern, name, cfg.loraAlpha);
-    const slot = byModule.get(name)!;
-    const plan = { name, linear, r, alpha, a: slot.a!, b: slot.b! };
+    const plan = { name, linear, r, alpha, weights: byModule.get(name) as SafetensorsTensor[] };
     checkShapes(plan);
     validateLoraOptions(`loadAdapter(${name})`, {
       dim: r,
@@ -459,80 +480,20 @@ export async function loadAdapter(
       dropout: cfg.loraDropout,
       dropoutPosition: "pre",
     });
-    layer.lora_A.loadStateDict({ weight: p.a as { shape: number[]; data: Float32Array | Float64Array } });
-    layer.lora_B.loadStateDict({ weight: p.b as { shape: number[]; data: Float32Array | Float64Array } });
+    const values = Object.fromEntries(
+      LORA_WEIGHTS.map((field, i) => [field.stateKey, p.weights[i] as StateValue]),
+    );
+    layer.loadStateDict(values, { strict: false });
   }
   const loaded = new Set<Tensor>();
-  for (const p of plan) {
-    const l = p.linear as LinearLoRA;
-    loaded.add(l.lora_A.weight).add(l.lora_B.weight);
-  }
+  for (const p of plan) for (const [, t] of adapterWeights(p.linear as LinearLoRA)) loaded.add(t);
   const otherAdapters = new Set<Tensor>();
   for (const [, m] of model.namedModules()) {
-    if (isLoraLinear(m)) {
-      for (const t of [m.lora_A.weight, m.lora_B.weight]) if (!loaded.has(t)) otherAdapters.add(t);
-    }
+    if (isLoraLinear(m)) { for (const [, t] of adapterWeights(m)) if (!loaded.has(t)) otherAdapters.add(t); }
   }
   for (const t of model.parameters()) {
     if (loaded.has(t)) t.requiresGrad = trainable;
     else if (!otherAdapters.has(t)) t.requiresGrad = false;
   }
   return plan.map((p) => p.name);
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Merging
-// ---------------------------------------------------------------------------------------------------
-
-/** The fields `patchLinearModule` adds to a Linear; removing them all leaves the plain layer. */
-const ADAPTER_FIELDS = [
-  "lora_A",
-  "lora_B",
-  "dim",
-  "alpha",
-  "scale",
-  "dropoutP",
-  "dropoutPosition",
-  "useFused",
-  "dropoutSeed",
-  "merged",
-];
-
-/** Turns a merged LoRA layer back into a plain Linear in place: adapter weights freed, fields removed. */
-function unload(layer: LinearLoRA): Linear {
-  layer.lora_A.weight.dispose();
-  layer.lora_B.weight.dispose();
-  const own = layer as unknown as Record<string, unknown>;
-  for (const f of ADAPTER_FIELDS) delete own[f];
-  Object.setPrototypeOf(layer, Linear.prototype);
-  return layer as Linear;
-}
-
-/**
- * Folds every LoRA adapter of `model` into its base weight (W ← W + scale · B A) and turns each LoRA
- * layer back into a plain Linear in place, so `stateDict()` has the base model's keys again. Adapter
- * weights are checked first (PEFT's safe_merge): any NaN or Inf refuses the whole merge before any weight
- * changes, naming the module. Returns `model`.
- * @throws {DeviceError} when an adapter weight holds NaN or Inf (the same class `merge()` uses)
- */
-export async function mergeAndUnload<M extends Module>(model: M): Promise<M> {
-  const layers = model.namedModules().filter((e): e is [string, LinearLoRA] => isLoraLinear(e[1]));
-  for (const [name, l] of layers) {
-    if (l.merged) continue;
-    for (const [which, t] of [["lora_A", l.lora_A.weight], ["lora_B", l.lora_B.weight]] as const) {
-      if (!(await t.data()).every(Number.isFinite)) {
-        throw new DeviceError(
-          `mergeAndUnload: ${
-            name || "(the model itself)"
-          }.${which} [${t.shape}] holds NaN or Inf; refusing to ` +
-            `merge (no weight was changed)`,
-        );
-      }
-    }
-  }
-  for (const [, l] of layers) {
-    await l.merge();
-    unload(l);
-  }
-  return model;
 }

@@ -1,12 +1,22 @@
 /**
- * Patching a whole model: freeze everything, then give each matched Linear an adapter.
+ * A whole model's LoRA lifecycle, each step beside its inverse: {@link applyLoraToLinearModules} freezes
+ * everything and patches each matched Linear; {@link mergeAndUnload} folds every adapter into its base
+ * weight and unpatches the layer. The per-layer steps are in lora_linear.ts.
  * @module
  */
 import type { Module } from "../nn/module.ts";
 import { Linear } from "../nn/layers.ts";
 import { ModuleMatcher } from "./matcher.ts";
 import type { PeftConfig } from "./nemo_config.ts";
-import { isLoraLinear, patchLinearModule } from "./lora_linear.ts";
+import {
+  adapterModules,
+  checkAdapterFinite,
+  isLoraLinear,
+  type LinearLoRA,
+  mergeLinearLoRA,
+  patchLinearModule,
+  unpatchLinearModule,
+} from "./lora_linear.ts";
 import { ConfigError } from "../core/errors.ts";
 
 /** Whether a model is a causal LM (its config's first architecture or its class name says CausalLM). */
@@ -37,9 +47,7 @@ export function applyLoraToLinearModules(model: Module, config: PeftConfig): num
     isCausalLM(model),
   );
   const modules = model.namedModules();
-  const adapterParts = new Set<Module>(
-    modules.flatMap(([, m]) => (isLoraLinear(m) ? [m.lora_A, m.lora_B] : [])),
-  );
+  const adapterParts = adapterModules(model);
   const matched = modules.filter(([name, m]) =>
     name !== "" && m instanceof Linear && !adapterParts.has(m) && matcher.match(m, name)
   );
@@ -71,4 +79,23 @@ export function applyLoraToLinearModules(model: Module, config: PeftConfig): num
     });
   }
   return matched.length;
+}
+
+/**
+ * Folds every LoRA adapter of `model` into its base weight (W ← W + scale · B A) and turns each LoRA
+ * layer back into a plain Linear in place, so `stateDict()` has the base model's keys again. Adapter
+ * weights are checked first (PEFT's safe_merge): any NaN or Inf refuses the whole merge before any weight
+ * changes, naming the module. Returns `model`.
+ * @throws {FormatError} when an adapter weight holds NaN or Inf (the same class `merge()` uses)
+ */
+export async function mergeAndUnload<M extends Module>(model: M): Promise<M> {
+  const layers = model.namedModules().filter((e): e is [string, LinearLoRA] => isLoraLinear(e[1]));
+  for (const [name, l] of layers) {
+    if (!l.merged) await checkAdapterFinite(l, "mergeAndUnload", name || "(the model itself)");
+  }
+  for (const [, l] of layers) {
+    await mergeLinearLoRA(l);
+    unpatchLinearModule(l);
+  }
+  return model;
 }

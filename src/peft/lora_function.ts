@@ -5,8 +5,7 @@
  * @module
  */
 import type { FusedDropout } from "../backend/backend.ts";
-import { fromStorage, type Tensor } from "../tensor/tensor.ts";
-import { deviceMismatch } from "../tensor/ops.ts";
+import { deviceMismatch, fromStorage, type Tensor } from "../tensor/mod.ts";
 import { DTypeError, ShapeError } from "../core/errors.ts";
 
 /**

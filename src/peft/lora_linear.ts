@@ -1,18 +1,45 @@
 /**
- * `LinearLoRA`: a Linear plus a low-rank update, y = x Wᵀ + b + scale · drop(B(A(x))). It keeps the
- * wrapped layer's weight and bias at the same names (checkpoints keep their structure) and freezes
- * them; `lora_A` [dim, in] and `lora_B` [out, dim] are `Linear` children, B zero-initialised.
+ * `LinearLoRA`: a Linear plus a low-rank update, y = x Wᵀ + b + scale · drop(B(A(x))), after NeMo
+ * AutoModel's LinearLoRA module. It keeps the wrapped layer's weight and bias at the same names
+ * (checkpoints keep their structure) and freezes them; the adapter's fields are those of
+ * {@link LORA_FIELDS} (`lora_A` [dim, in] and `lora_B` [out, dim] as `Linear` children, B zero at first).
+ *
+ * A layer's whole lifecycle lives here, each step beside its inverse: {@link patchLinearModule} /
+ * {@link unpatchLinearModule}, {@link mergeLinearLoRA} / {@link unmergeLinearLoRA}.
  * @module
  */
 import { Linear } from "../nn/layers.ts";
-import { type Tensor, tensor, zeros } from "../tensor/tensor.ts";
-import { add, cast, dropout as dropoutOp, linear, matmul, scale as scaleOp, sub } from "../tensor/ops.ts";
-import { noGrad } from "../tensor/graph.ts";
+import type { Module } from "../nn/module.ts";
+import { ADAPTER_KIND } from "../nn/adapter_hook.ts";
+import {
+  add,
+  cast,
+  dropout as dropoutOp,
+  linear,
+  matmul,
+  noGrad,
+  scale as scaleOp,
+  sub,
+  type Tensor,
+  tensor,
+  zeros,
+} from "../tensor/mod.ts";
 import type { DType } from "../core/dtype.ts";
 import { nextSeed, Rng } from "../core/random.ts";
 import { loraLinear } from "./lora_function.ts";
 import { type DropoutPosition, type LoraAInit, parseDType, validateLoraOptions } from "./nemo_config.ts";
-import { ConfigError, DeviceError } from "../core/errors.ts";
+import {
+  adapterChildren,
+  adapterWeights,
+  LORA_ADAPTER_KEYS,
+  LORA_FIELD_NAMES,
+  LORA_LAYER_STATE,
+  LORA_WEIGHTS,
+  type LoraAdapter,
+  type LoraLayerState,
+  type LoraWeightName,
+} from "./lora_fields.ts";
+import { ConfigError, FormatError } from "../core/errors.ts";
 import { checkOptionalBoolean, checkOptionalSeed, checkOptionKeys } from "../core/options.ts";
 
 /** Names of {@link LinearLoRAOptions}. */
@@ -59,23 +86,13 @@ function kaimingUniform(fanOut: number, fanIn: number, rng: Rng): Float64Array {
   return new Float64Array(fanOut * fanIn).map(() => (rng.uniform() * 2 - 1) * bound);
 }
 
+// The adapter's fields (lora_A, lora_B, dim, ..., merged) come from LORA_FIELDS through this interface,
+// which TypeScript merges into the class below.
+/** A Linear layer with a LoRA adapter; its adapter fields are declared once, in {@link LORA_FIELDS}. */
+export interface LinearLoRA extends LoraAdapter, LoraLayerState {}
+
 /** A Linear layer with a LoRA adapter. */
 export class LinearLoRA extends Linear {
-  declare lora_A: Linear;
-  declare lora_B: Linear;
-  /** Rank r. */
-  declare dim: number;
-  declare alpha: number;
-  /** Multiplier of the LoRA branch (alpha / dim unless overridden). */
-  declare scale: number;
-  declare dropoutP: number;
-  declare dropoutPosition: DropoutPosition;
-  declare useFused: boolean;
-  /** Fixes the dropout mask seed (tests, reproducibility); null draws a fresh seed per forward. */
-  declare dropoutSeed: number | null;
-  /** Whether the adapter is folded into the base weight (see {@link merge}). */
-  declare merged: boolean;
-
   /** Wraps `linear` in a new LoRA layer sharing its weight and bias tensors (no copy). */
   constructor(linear: Linear, opts: LinearLoRAOptions = {}) {
     if (!(linear instanceof Linear)) throw new ConfigError(`LinearLoRA: expected a Linear, got ${linear}`);
@@ -108,62 +125,45 @@ export class LinearLoRA extends Linear {
     return add(base, lora.dtype === base.dtype ? lora : cast(lora, base.dtype));
   }
 
-  /**
-   * Folds the adapter into the base weight: W ← W + scale · B A. Refuses non-finite adapter weights
-   * (PEFT's safe_merge) so a diverged adapter cannot corrupt the base. No-op when already merged.
-   */
-  async merge(): Promise<void> {
-    if (this.merged) return;
-    for (const [name, t] of [["lora_A", this.lora_A.weight], ["lora_B", this.lora_B.weight]] as const) {
-      const v = await t.data();
-      if (!v.every(Number.isFinite)) {
-        throw new DeviceError(`merge: ${name} weight [${t.shape}] holds NaN or Inf; refusing to merge`);
-      }
-    }
-    noGrad(() => {
-      const merged = add(this.weight, loraDelta(this));
-      this.weight._assign(merged);
-    });
-    this.merged = true;
+  /** Tells base-model savers that this layer carries parameters no base checkpoint has. */
+  [ADAPTER_KIND](): string {
+    return "LoRA";
   }
 
-  /** Undoes {@link merge}: W ← W − scale · B A. No-op when not merged. */
+  /** {@link mergeLinearLoRA} on this layer. */
+  merge(): Promise<void> {
+    return mergeLinearLoRA(this);
+  }
+
+  /** {@link unmergeLinearLoRA} on this layer. */
   unmerge(): Promise<void> {
-    if (!this.merged) return Promise.resolve();
-    noGrad(() => {
-      const restored = sub(this.weight, loraDelta(this));
-      this.weight._assign(restored);
-    });
-    this.merged = false;
-    return Promise.resolve();
+    return unmergeLinearLoRA(this);
   }
 }
 
-// A module function rather than a private method: patched layers never ran LinearLoRA's constructor,
-// so they lack its private brand.
-/** scale · B A as a [out, in] tensor in the base weight's dtype. */
-function loraDelta(l: LinearLoRA): Tensor {
-  const d = scaleOp(matmul(l.lora_B.weight, l.lora_A.weight), l.scale);
-  return d.dtype === l.weight.dtype ? d : cast(d, l.weight.dtype);
+/** Whether `m` carries a LoRA adapter. */
+export function isLoraLinear(m: unknown): m is LinearLoRA {
+  return m instanceof LinearLoRA;
 }
 
-/** What an adapter adds to a Linear, built in full before the Linear is touched. */
-interface AdapterFields {
-  lora_A: Linear;
-  lora_B: Linear;
-  dim: number;
-  alpha: number;
-  scale: number;
-  dropoutP: number;
-  dropoutPosition: DropoutPosition;
-  useFused: boolean;
+/** The Linear children of every LoRA layer of `model`: adapter internals, never targets themselves. */
+export function adapterModules(model: Module): Set<Module> {
+  const parts = new Set<Module>();
+  for (const [, m] of model.namedModules()) {
+    if (isLoraLinear(m)) { for (const c of adapterChildren(m)) parts.add(c); }
+  }
+  return parts;
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Building and installing an adapter
+// ---------------------------------------------------------------------------------------------------
 
 /**
- * Validates the options and makes the adapter's layers for `base`, changing nothing on `base`: a bad
- * option (or a dtype the device lacks) must leave the caller's Linear as it was.
+ * Validates the options and makes the adapter for `base`, changing nothing on `base`: a bad option (or a
+ * dtype the device lacks) must leave the caller's Linear as it was.
  */
-function buildAdapter(base: Linear, options: LinearLoRAOptions, where: string): AdapterFields {
+function buildAdapter(base: Linear, options: LinearLoRAOptions, where: string): LoraAdapter {
   const opts = checkOptionKeys(options, LORA_OPTION_KEYS, where) as LinearLoRAOptions;
   const dim = opts.dim ?? 8;
   const alpha = opts.alpha ?? 32;
@@ -179,21 +179,26 @@ function buildAdapter(base: Linear, options: LinearLoRAOptions, where: string): 
   const device = base.weight.device;
   const dtype = parseDType(opts.loraDtype, `${where}.loraDtype`) ?? base.weight.dtype;
   const rng = new Rng(opts.seed ?? nextSeed());
-  const aValues = loraAInit === "xavier"
-    ? xavierNormal(dim, base.inFeatures, rng)
-    : kaimingUniform(dim, base.inFeatures, rng);
-  const loraA = new Linear(base.inFeatures, dim, { bias: false, materialize: false, device, dtype });
-  loraA.weight = tensor(aValues, [dim, base.inFeatures], { device, dtype, requiresGrad: true });
-  const loraB = new Linear(dim, base.outFeatures, { bias: false, materialize: false, device, dtype });
+  const weights: Partial<Record<LoraWeightName, Linear>> = {};
   try {
-    loraB.weight = zeros([base.outFeatures, dim], { device, dtype, requiresGrad: true });
+    for (const field of LORA_WEIGHTS) {
+      const [rows, cols] = field.shape(base, dim);
+      const child = new Linear(cols, rows, { bias: false, materialize: false, device, dtype });
+      child.weight = field.init === "zeros"
+        ? zeros([rows, cols], { device, dtype, requiresGrad: true })
+        : tensor(
+          loraAInit === "xavier" ? xavierNormal(rows, cols, rng) : kaimingUniform(rows, cols, rng),
+          [rows, cols],
+          { device, dtype, requiresGrad: true },
+        );
+      weights[field.name] = child;
+    }
   } catch (e) {
-    loraA.weight.dispose();
+    for (const child of Object.values(weights)) child.weight.dispose();
     throw e;
   }
-  return {
-    lora_A: loraA,
-    lora_B: loraB,
+  const adapter: LoraAdapter = {
+    ...(weights as Record<LoraWeightName, Linear>),
     dim,
     alpha,
     scale: opts.scale ?? alpha / dim,
@@ -201,24 +206,22 @@ function buildAdapter(base: Linear, options: LinearLoRAOptions, where: string): 
     dropoutPosition,
     useFused: opts.useFused ?? true,
   };
+  return adapter;
 }
 
-/** Freezes the base weights and adds the adapter fields (to a new LinearLoRA, or one patched in place). */
-function installAdapter(obj: LinearLoRA, fields: AdapterFields): void {
-  obj.weight.requiresGrad = false;
-  if (obj.bias) obj.bias.requiresGrad = false;
-  obj.lora_A = fields.lora_A;
-  obj.lora_B = fields.lora_B;
-  obj.dim = fields.dim;
-  obj.alpha = fields.alpha;
-  obj.scale = fields.scale;
-  obj.dropoutP = fields.dropoutP;
-  obj.dropoutPosition = fields.dropoutPosition;
-  obj.useFused = fields.useFused;
-  obj.dropoutSeed = null;
-  obj.merged = false;
-  obj.training = (obj as { training?: boolean }).training ?? true;
+/** Freezes the base weights and adds the adapter's fields and fresh layer state to `layer`. */
+function installAdapter(layer: LinearLoRA, adapter: LoraAdapter): void {
+  layer.weight.requiresGrad = false;
+  if (layer.bias) layer.bias.requiresGrad = false;
+  const own = layer as unknown as Record<string, unknown>;
+  for (const key of LORA_ADAPTER_KEYS) own[key] = adapter[key];
+  for (const [key, initial] of LORA_LAYER_STATE) own[key] = initial;
+  layer.training = (layer as { training?: boolean }).training ?? true;
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Lifecycle: patch ↔ unpatch, merge ↔ unmerge
+// ---------------------------------------------------------------------------------------------------
 
 /**
  * Turns an existing Linear into a LoRA linear in place and returns the same object; works on a Linear
@@ -235,13 +238,68 @@ export function patchLinearModule(linear: Linear, opts: LinearLoRAOptions = {}):
       `patchLinearModule: this Linear [${linear.outFeatures}, ${linear.inFeatures}] already has a LoRA adapter`,
     );
   }
-  const fields = buildAdapter(linear, opts, "patchLinearModule");
+  const adapter = buildAdapter(linear, opts, "patchLinearModule");
   Object.setPrototypeOf(linear, LinearLoRA.prototype);
-  installAdapter(linear as LinearLoRA, fields);
+  installAdapter(linear as LinearLoRA, adapter);
   return linear as LinearLoRA;
 }
 
-/** Whether `m` carries a LoRA adapter. */
-export function isLoraLinear(m: unknown): m is LinearLoRA {
-  return m instanceof LinearLoRA;
+/**
+ * Undoes {@link patchLinearModule} in place: frees the adapter's weights, removes every adapter field and
+ * returns the same object as a plain Linear. A merged adapter stays folded into the base weight (that is
+ * mergeAndUnload); an unmerged one is dropped. The base weights keep their `requiresGrad`.
+ */
+export function unpatchLinearModule(layer: LinearLoRA): Linear {
+  if (!isLoraLinear(layer)) {
+    throw new ConfigError(
+      `unpatchLinearModule: expected a LoRA layer, got ${(layer as object)?.constructor?.name ?? layer}`,
+    );
+  }
+  for (const [, t] of adapterWeights(layer)) t.dispose();
+  const own = layer as unknown as Record<string, unknown>;
+  for (const key of LORA_FIELD_NAMES) delete own[key];
+  Object.setPrototypeOf(layer, Linear.prototype);
+  return layer as Linear;
+}
+
+/**
+ * Throws a FormatError when an adapter weight of `layer` holds NaN or Inf (PEFT's safe_merge), naming
+ * `where`, the module path, the weight and its shape: a diverged adapter must not be folded into the base.
+ */
+export async function checkAdapterFinite(layer: LinearLoRA, where: string, modulePath = ""): Promise<void> {
+  for (const [field, t] of adapterWeights(layer)) {
+    if (!(await t.data()).every(Number.isFinite)) {
+      throw new FormatError(
+        `${where}: ${modulePath === "" ? "" : `${modulePath}.`}${field.name} weight [${t.shape}] holds NaN ` +
+          `or Inf; refusing to merge (no weight was changed)`,
+      );
+    }
+  }
+}
+
+/**
+ * Folds the adapter into the base weight: W ← W + scale · B A. Refuses non-finite adapter weights with a
+ * FormatError (PEFT's safe_merge) so a diverged adapter cannot corrupt the base. No-op when merged.
+ */
+export async function mergeLinearLoRA(layer: LinearLoRA): Promise<void> {
+  if (layer.merged) return;
+  await checkAdapterFinite(layer, "merge");
+  noGrad(() => layer.weight._assign(add(layer.weight, loraDelta(layer))));
+  layer.merged = true;
+}
+
+/** Undoes {@link mergeLinearLoRA}: W ← W − scale · B A. No-op when not merged. */
+export function unmergeLinearLoRA(layer: LinearLoRA): Promise<void> {
+  if (!layer.merged) return Promise.resolve();
+  noGrad(() => layer.weight._assign(sub(layer.weight, loraDelta(layer))));
+  layer.merged = false;
+  return Promise.resolve();
+}
+
+// A module function rather than a private method: patched layers never ran LinearLoRA's constructor,
+// so they lack its private brand.
+/** scale · B A as a [out, in] tensor in the base weight's dtype. */
+function loraDelta(l: LinearLoRA): Tensor {
+  const d = scaleOp(matmul(l.lora_B.weight, l.lora_A.weight), l.scale);
+  return d.dtype === l.weight.dtype ? d : cast(d, l.weight.dtype);
 }

@@ -20,7 +20,7 @@ export function wildcardMatch(pattern: string, name: string): boolean {
 }
 
 /** Whether `name` is a causal LM's output head (`lm_head` or `<prefix>.lm_head`). */
-function isOutputHead(name: string): boolean {
+export function isOutputHead(name: string): boolean {
   return name === "lm_head" || name.endsWith(".lm_head");
 }
 

@@ -6,20 +6,22 @@
  * @module
  */
 import type { Module } from "../nn/module.ts";
-import type { Tensor } from "../tensor/tensor.ts";
+import type { Tensor } from "../tensor/mod.ts";
 import type { AdamW } from "../optim/adamw.ts";
 import { type RawTensorEntry, readSafetensors, writeSafetensors } from "../io/safetensors.ts";
 import { joinPath, mkdirp, pathKind, readFileBytes, readFileText, writeFilesAtomic } from "../io/fs.ts";
-import { ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, adapterToFilesAsync } from "../peft/adapter.ts";
+import {
+  ADAPTER_CONFIG_NAME,
+  ADAPTER_WEIGHTS_NAME,
+  adapterToFilesAsync,
+  PEFT_KEY_PREFIX as PEFT_PREFIX,
+} from "../peft/adapter.ts";
 import { ConfigError, FormatError } from "../core/errors.ts";
 
 /** File holding the optimizer's moment buffers. */
 export const OPTIMIZER_WEIGHTS_NAME = "optimizer.safetensors";
 /** File holding step counts, hyperparameters, scheduler position and losses. */
 export const TRAINER_STATE_NAME = "trainer_state.json";
-
-/** PEFT's key prefix in adapter files. */
-const PEFT_PREFIX = "base_model.model.";
 
 /** A learning-rate schedule a checkpoint can restore. */
 export interface CheckpointableSchedule {

@@ -1,18 +1,24 @@
 /** merge / unmerge on single layers and mergeAndUnload on a whole tree, including PEFT's safe_merge refusal. */
 import assert from "node:assert/strict";
 import {
-  DeviceError,
+  applyLoraToLinearModules,
+  ConfigError,
+  FormatError,
   isLoraLinear,
   Linear,
   LinearLoRA,
   type LinearLoRAOptions,
   loadAdapter,
   mergeAndUnload,
+  modelToFiles,
   patchLinearModule,
+  PeftConfig,
   randn,
   type Tensor,
 } from "../../mod.ts";
+import { unpatchLinearModule } from "../../src/peft/lora_linear.ts";
 import { relErr } from "../helpers.ts";
+import { tinyModel } from "../models/tiny_model.ts";
 import { moduleAt, peftFiles, PROJECTIONS, seededValues, tinyLlamaTree } from "./adapter_fixtures.ts";
 
 /** Overwrites a Linear's weight in place with `values` (default: seeded random values). */
@@ -74,7 +80,7 @@ Deno.test("merge: a NaN in lora_B or an Inf in lora_A is refused and the base we
     bad[3] = which === "lora_B" ? NaN : Infinity;
     fill(l[which], 0, bad);
     const w0 = await l.weight.data();
-    await assert.rejects(l.merge(), (e: Error) => e instanceof DeviceError && e.message.includes(which));
+    await assert.rejects(l.merge(), (e: Error) => e instanceof FormatError && e.message.includes(which));
     assert.equal(l.merged, false);
     assert.deepEqual(await l.weight.data(), w0);
   }
@@ -136,10 +142,46 @@ Deno.test("mergeAndUnload: a NaN in one lora_B refuses the whole merge, naming t
   const before = Object.fromEntries(Object.entries(model.stateDict()).map(([k, t]) => [k, t.dataSync()]));
   await assert.rejects(
     mergeAndUnload(model),
-    (e: Error) => e instanceof DeviceError && e.message.includes(`${culprit}.lora_B`),
+    (e: Error) => e instanceof FormatError && e.message.includes(`${culprit}.lora_B`),
   );
   for (const name of PROJECTIONS) {
     assert.ok(isLoraLinear(moduleAt(model, name)), `${name} still has its adapter`);
   }
   for (const [k, t] of Object.entries(model.stateDict())) assert.deepEqual(t.dataSync(), before[k], k);
+});
+
+Deno.test("unpatchLinearModule: an unmerged adapter is dropped; the Linear keeps its weight tensor and output", async () => {
+  const base = new Linear(12, 10, { seed: 4 });
+  const ownKeys = Object.keys(base).sort();
+  const weight = base.weight;
+  const x = randn([5, 12], { seed: 7 });
+  const y0 = await base.forward(x).data();
+  const l = patchLinearModule(base, { dim: 3, seed: 5 });
+  fill(l.lora_B, 6); // a non-zero update, so dropping it is visible
+  const adapterWeights = [l.lora_A.weight, l.lora_B.weight];
+  assert.ok(relErr(await l.forward(x).data(), y0) > 1e-3, "the adapter changes the output");
+  const plain = unpatchLinearModule(l);
+  assert.equal(plain, base);
+  assert.ok(!isLoraLinear(plain) && Object.getPrototypeOf(plain) === Linear.prototype);
+  assert.deepEqual(Object.keys(plain).sort(), ownKeys, "no adapter field is left");
+  assert.equal(plain.weight, weight);
+  assert.deepEqual(await plain.forward(x).data(), y0);
+  for (const t of adapterWeights) assert.throws(() => t.dataSync(), "adapter weights are freed");
+  assert.throws(() => unpatchLinearModule(plain as LinearLoRA), ConfigError);
+  const again = patchLinearModule(plain, { dim: 2 });
+  assert.deepEqual(again.lora_A.weight.shape, [2, 12], "an unpatched Linear can be patched again");
+});
+
+Deno.test("saveModel refuses a Llama that still carries LoRA adapters, naming them; after mergeAndUnload it saves", async () => {
+  const model = tinyModel();
+  applyLoraToLinearModules(model, new PeftConfig({ targetModules: ["*.q_proj"], dim: 2 }));
+  await assert.rejects(
+    modelToFiles(model),
+    (e: Error) =>
+      e instanceof ConfigError && e.message.includes("LoRA") &&
+      e.message.includes("model.layers.0.self_attn.q_proj") && e.message.includes("mergeAndUnload"),
+  );
+  await mergeAndUnload(model);
+  const files = await modelToFiles(model);
+  assert.ok(files["model.safetensors"] instanceof Uint8Array);
 });

@@ -22,7 +22,7 @@ import {
   tensor,
   zeros,
 } from "../../mod.ts";
-import { dropoutMask } from "../../src/tensor/ops.ts";
+import { dropoutMask } from "../../src/tensor/mod.ts";
 import { Rng } from "../../src/core/random.ts";
 import { relErr } from "../helpers.ts";
 
