@@ -11,6 +11,7 @@
  * @module
  */
 export {
+  AutogradError,
   ConfigError,
   DeviceError,
   DTypeError,
@@ -31,9 +32,9 @@ export {
   tensor,
   type TensorOptions,
   zeros,
-} from "./src/tensor/tensor.ts";
+} from "./src/tensor/mod.ts";
 export { manualSeed } from "./src/core/random.ts";
-export { disposeGraph, keep, noGrad, tidy } from "./src/tensor/graph.ts";
+export { disposeGraph, keep, noGrad, tidy } from "./src/tensor/mod.ts";
 export {
   add,
   broadcastTo,
@@ -70,7 +71,7 @@ export {
   sub,
   sum,
   transpose,
-} from "./src/tensor/ops.ts";
+} from "./src/tensor/mod.ts";
 export { Module, type StateValue } from "./src/nn/module.ts";
 export { Dropout, Embedding, Linear, type LinearOptions, RMSNorm } from "./src/nn/layers.ts";
 export {

@@ -1,6 +1,6 @@
 /** Shared test utilities: relative error, fixtures, finite differences. */
 import { readSafetensors } from "../src/io/safetensors.ts";
-import type { Tensor } from "../src/tensor/tensor.ts";
+import type { Tensor } from "../src/tensor/mod.ts";
 
 /** ||ours − ref|| / ||ref|| over the whole array (the project's definition of relative error). */
 export function relErr(ours: ArrayLike<number>, ref: ArrayLike<number>): number {

@@ -26,3 +26,10 @@ export class FormatError extends LoraError {}
 
 /** Bad options, unsupported PEFT features, patterns that match nothing. */
 export class ConfigError extends LoraError {}
+
+/**
+ * Misuse of the autograd graph: backward from a tensor that needs no gradient, `requiresGrad_` on a
+ * computed (non-leaf) tensor, a `tidy` body that returns a Promise. A ConfigError, since the call is set
+ * up wrong (nothing about the device or the data is at fault).
+ */
+export class AutogradError extends ConfigError {}

@@ -4,9 +4,7 @@
  * transformers applies its logits warpers).
  * @module
  */
-import type { Tensor } from "../tensor/tensor.ts";
-import { concat } from "../tensor/ops.ts";
-import { keep } from "../autograd/graph.ts";
+import { concat, keep, type Tensor } from "../tensor/mod.ts";
 import { nextSeed, Rng } from "../core/random.ts";
 import { ConfigError, ShapeError } from "../core/errors.ts";
 import { checkOptionalBoolean, checkOptionKeys } from "../core/options.ts";

@@ -11,15 +11,16 @@
  */
 import { Module } from "../nn/module.ts";
 import { Embedding, Linear, RMSNorm } from "../nn/layers.ts";
-import { type Tensor, tensor } from "../tensor/tensor.ts";
 import {
   add,
   cast,
   crossEntropy,
   dropout,
+  keep,
   matmul,
   mean,
   mul,
+  noGrad,
   permute,
   reshape,
   rsqrt,
@@ -27,9 +28,12 @@ import {
   slice,
   softmax,
   square,
+  type Tensor,
+  tensor,
+  tidy,
+  toIndices,
   transpose,
-} from "../tensor/ops.ts";
-import { keep, noGrad, tidy } from "../autograd/graph.ts";
+} from "../tensor/mod.ts";
 import { nextSeed } from "../core/random.ts";
 import { currentDevice, Device } from "../backend/device.ts";
 import { type DType, isDType } from "../core/dtype.ts";
@@ -287,41 +291,23 @@ export class LlamaModel extends Module {
   }
 }
 
-/** Reads token-like input into Int32Array + [batch, seq], naming `what` in errors. */
+/** Reads token-like input into Int32Array + [batch, seq] via toIndices, naming `what` in errors. */
 function toGrid(input: TokenInput, what: string): { data: Int32Array; shape: [number, number] } {
-  let values: ArrayLike<number>;
-  let shape: readonly number[];
-  if (Array.isArray(input)) {
-    if (input.length === 0 || !input.every(Array.isArray)) {
-      throw new ShapeError(`LlamaForCausalLM.forward: ${what} must be a non-empty list of rows`);
-    }
-    const w = input[0].length;
-    if (input.some((r) => r.length !== w)) {
+  const op = "LlamaForCausalLM.forward";
+  if (Array.isArray(input) && !input.every(Array.isArray)) {
+    throw new ShapeError(`${op}: ${what} must be a non-empty list of rows, got a flat list`);
+  }
+  if (!Array.isArray(input) && input && typeof input === "object" && "shape" in input && "data" in input) {
+    const { shape, data } = input;
+    if (shape.length !== 2 || shape[0] * shape[1] !== data.length) {
       throw new ShapeError(
-        `LlamaForCausalLM.forward: ${what} rows have different lengths (${input.map((r) => r.length)}); ` +
-          `pad them and pass an attentionMask`,
+        `${op}: ${what} must be [batch, seq] with ${data.length} values, got shape [${shape}]`,
       );
     }
-    values = input.flat();
-    shape = [input.length, w];
-  } else if (input && typeof input === "object" && "data" in input && "shape" in input) {
-    values = input.data;
-    shape = input.shape;
-  } else {
-    throw new ShapeError(`LlamaForCausalLM.forward: ${what} must be number[][] or { data, shape }`);
   }
-  if (shape.length !== 2 || shape[0] * shape[1] !== values.length || shape[0] < 1 || shape[1] < 1) {
-    throw new ShapeError(
-      `LlamaForCausalLM.forward: ${what} must be [batch, seq] with ${values.length} values, got shape [${shape}]`,
-    );
-  }
-  const data = new Int32Array(values.length);
-  for (let i = 0; i < values.length; i++) {
-    const v = Number(values[i]);
-    if (!Number.isInteger(v)) {
-      throw new ShapeError(`LlamaForCausalLM.forward: ${what} value ${values[i]} at ${i}`);
-    }
-    data[i] = v;
+  const { data, shape } = toIndices(input, op, what);
+  if (shape.length !== 2 || shape[0] < 1 || shape[1] < 1) {
+    throw new ShapeError(`${op}: ${what} must be [batch, seq] with batch, seq >= 1, got shape [${shape}]`);
   }
   return { data, shape: [shape[0], shape[1]] };
 }

@@ -3,8 +3,17 @@
  * @module
  */
 import { Module } from "./module.ts";
-import { ones, Tensor, tensor, type TensorOptions } from "../tensor/tensor.ts";
-import { dropout, embedding, type IndexInput, linear, rmsNorm } from "../tensor/ops.ts";
+import {
+  dropout,
+  embedding,
+  type IndexInput,
+  linear,
+  ones,
+  rmsNorm,
+  Tensor,
+  tensor,
+  type TensorOptions,
+} from "../tensor/mod.ts";
 import { currentDevice, type Device } from "../backend/device.ts";
 import type { DType } from "../core/dtype.ts";
 import { nextSeed, Rng } from "../core/random.ts";

@@ -4,7 +4,7 @@
  * holding a Tensor, all in assignment order. Names are dotted paths exactly as PyTorch prints them.
  * @module
  */
-import { allocating, Tensor } from "../tensor/tensor.ts";
+import { allocating, Tensor } from "../tensor/mod.ts";
 import type { Device } from "../backend/device.ts";
 import { DeviceError, ShapeError } from "../core/errors.ts";
 

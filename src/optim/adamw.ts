@@ -6,9 +6,7 @@
  * Scalars enter as tensor operands and so are rounded to the parameter dtype, as torch does.
  * @module
  */
-import { Tensor, zeros } from "../tensor/tensor.ts";
-import { add, div, mul, sqrt, sub } from "../tensor/ops.ts";
-import { keep, noGrad, tidy } from "../autograd/graph.ts";
+import { add, div, keep, mul, noGrad, sqrt, sub, Tensor, tidy, zeros } from "../tensor/mod.ts";
 import { Module } from "../nn/module.ts";
 import { ConfigError, ShapeError } from "../core/errors.ts";
 import { checkOptionKeys, showValue } from "../core/options.ts";

@@ -4,9 +4,7 @@
  * norm comes back as a 0-d tensor to read whenever convenient.
  * @module
  */
-import type { Tensor } from "../tensor/tensor.ts";
-import { add, div, maximum, mul, neg, sqrt, square, sum } from "../tensor/ops.ts";
-import { noGrad, tidy } from "../autograd/graph.ts";
+import { add, div, maximum, mul, neg, noGrad, sqrt, square, sum, type Tensor, tidy } from "../tensor/mod.ts";
 import { ConfigError } from "../core/errors.ts";
 
 /**

@@ -315,16 +315,16 @@ export function reshape(x: Tensor, shape: readonly number[]): Tensor {
   }
   if (sameShape(s, x.shape)) return x;
   const { device, dtype } = common("reshape", x);
-  return fromStorage(viewOf(x), s, dtype, device, {
+  return fromStorage(copiedStorage(x, "reshape"), s, dtype, device, {
     op: "reshape",
     inputs: [x],
     backward: (g) => [reshape(g, x.shape)],
   });
 }
 
-/** A storage holding x's values for a reshaped tensor: a copy, so each tensor owns its storage. */
-function viewOf(x: Tensor) {
-  return x.device.backend.affine(x.storage("reshape"), 1, 0);
+/** A new storage holding a copy of x's values (a reshape copies, so each tensor owns its storage). */
+function copiedStorage(x: Tensor, op: string): Storage {
+  return x.device.backend.affine(x.storage(op), 1, 0);
 }
 
 /** Permutes axes: output axis i is input axis perm[i]. */
@@ -669,14 +669,25 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
 }
 
 /** Integer indices with a shape: from number[][], number[], Int32Array + shape, or a Tensor of integers. */
-export type IndexInput = number[] | number[][] | Int32Array | { data: ArrayLike<number>; shape: number[] };
+export type IndexInput =
+  | number[]
+  | number[][]
+  | Int32Array
+  | { data: ArrayLike<number>; shape: readonly number[] };
 
-/** Flattens index input to Int32Array + shape, checking integrality. */
-export function toIndices(ids: IndexInput | Tensor, op: string): { data: Int32Array; shape: number[] } {
+/**
+ * Flattens index input to Int32Array + shape, checking integrality; errors name `op` and `what` (the
+ * argument, e.g. "inputIds"). The one reader of integer input: embedding ids, token ids, masks, labels.
+ */
+export function toIndices(
+  ids: IndexInput | Tensor,
+  op: string,
+  what = "indices",
+): { data: Int32Array; shape: number[] } {
   let values: ArrayLike<number>;
   let shape: number[];
   if (ids instanceof Tensor) {
-    if (ids.device.kind !== "cpu") throw new DeviceError(`${op}: index tensors must live on the CPU`);
+    if (ids.device.kind !== "cpu") throw new DeviceError(`${op}: ${what} tensors must live on the CPU`);
     values = ids.dataSync();
     shape = [...ids.shape];
   } else if (ids instanceof Int32Array) {
@@ -688,7 +699,8 @@ export function toIndices(ids: IndexInput | Tensor, op: string): { data: Int32Ar
       const w = rows[0].length;
       if (rows.some((r) => !Array.isArray(r) || r.length !== w)) {
         throw new ShapeError(
-          `${op}: index rows have different lengths (${rows.map((r) => r.length).join(", ")})`,
+          `${op}: ${what} rows have different lengths (${rows.map((r) => r.length).join(", ")}); ` +
+            `pad them to one length`,
         );
       }
       values = rows.flat();
@@ -701,16 +713,16 @@ export function toIndices(ids: IndexInput | Tensor, op: string): { data: Int32Ar
     values = ids.data;
     shape = [...ids.shape];
     if (shapeSize(shape) !== values.length) {
-      throw new ShapeError(`${op}: ${values.length} indices do not fill shape [${shape}]`);
+      throw new ShapeError(`${op}: ${values.length} ${what} do not fill shape [${shape}]`);
     }
   } else {
-    throw new ShapeError(`${op}: indices must be number[][], number[], Int32Array or { data, shape }`);
+    throw new ShapeError(`${op}: ${what} must be number[][], number[], Int32Array or { data, shape }`);
   }
   const data = new Int32Array(values.length);
   for (let i = 0; i < values.length; i++) {
     const v = Number(values[i]);
     if (!Number.isInteger(v)) {
-      throw new ShapeError(`${op}: index ${values[i]} at position ${i} is not an integer`);
+      throw new ShapeError(`${op}: ${what} value ${values[i]} at position ${i} is not an integer`);
     }
     data[i] = v;
   }

@@ -7,18 +7,9 @@
 import type { Storage } from "../backend/backend.ts";
 import { currentDevice, Device } from "../backend/device.ts";
 import { type DType, type HostArray, isDType } from "../core/dtype.ts";
-import {
-  type GradNode,
-  isGradEnabled,
-  registerTensorCheck,
-  runBackward,
-  trackTensor,
-} from "../autograd/graph.ts";
+import { type GradNode, isGradEnabled, trackTensor } from "./graph.ts";
 import { Rng } from "../core/random.ts";
-import { DeviceError, DTypeError, LoraError, ShapeError } from "../core/errors.ts";
-import * as ops from "./ops.ts";
-
-registerTensorCheck((v: unknown): v is Tensor => v instanceof Tensor);
+import { AutogradError, DeviceError, DTypeError, LoraError, ShapeError } from "../core/errors.ts";
 
 /** Options shared by tensor constructors. */
 export interface TensorOptions {
@@ -48,6 +39,51 @@ export function checkShape(shape: readonly number[], op: string): void {
   }
 }
 
+/**
+ * The method forms of the functional ops (`t.add(u)` is `add(t, u)`) and `backward`. They call ops.ts,
+ * which imports this module, so methods.ts (imported by the folder's entry, mod.ts) installs them on the
+ * prototype; declaring them here, merged into the class, keeps the imports one-way.
+ */
+export interface Tensor {
+  /**
+   * Back-propagates from this tensor, accumulating into `.grad` of every leaf that requires grad.
+   * A scalar needs no argument; otherwise pass d(loss)/d(this) of this tensor's shape.
+   */
+  backward(grad?: Tensor): void;
+  /** A new leaf sharing nothing with the graph: same values, requiresGrad false. */
+  detach(): Tensor;
+  /** `add(this, o)`. */
+  add(o: Tensor | number): Tensor;
+  /** `sub(this, o)`. */
+  sub(o: Tensor | number): Tensor;
+  /** `mul(this, o)`. */
+  mul(o: Tensor | number): Tensor;
+  /** `div(this, o)`. */
+  div(o: Tensor | number): Tensor;
+  /** `matmul(this, o)`. */
+  matmul(o: Tensor): Tensor;
+  /** `scale(this, s)`. */
+  scale(s: number): Tensor;
+  /** `sum(this, dim, keepDim)`. */
+  sum(dim?: number | number[], keepDim?: boolean): Tensor;
+  /** `mean(this, dim, keepDim)`. */
+  mean(dim?: number | number[], keepDim?: boolean): Tensor;
+  /** `reshape(this, shape)`. */
+  reshape(shape: readonly number[]): Tensor;
+  /** `transpose(this, dim0, dim1)`. */
+  transpose(dim0: number, dim1: number): Tensor;
+  /** `softmax(this, dim)`. */
+  softmax(dim?: number): Tensor;
+  /** `logSoftmax(this, dim)`. */
+  logSoftmax(dim?: number): Tensor;
+  /** `silu(this)`. */
+  silu(): Tensor;
+  /** `relu(this)`. */
+  relu(): Tensor;
+  /** `cast(this, dtype)`. */
+  cast(dtype: DType): Tensor;
+}
+
 /** An n-dimensional array on a device. */
 export class Tensor {
   /** Dimensions, row-major. */
@@ -58,7 +94,7 @@ export class Tensor {
   /** Accumulated gradient (set to null to clear). */
   grad: Tensor | null = null;
   /** @internal how this tensor was computed; null for leaves. */
-  _node: GradNode | null = null;
+  _node: GradNode<Tensor> | null = null;
   /** @internal survives {@link tidy} scopes (leaf gradients, optimizer state, kept tensors). */
   _retained = false;
   #storage: Storage | null;
@@ -216,32 +252,6 @@ export class Tensor {
     return new Tensor(storage, this.shape, this.dtype, device, this.requiresGrad);
   }
 
-  /**
-   * Back-propagates from this tensor, accumulating into `.grad` of every leaf that requires grad.
-   * A scalar needs no argument; otherwise pass d(loss)/d(this) of this tensor's shape.
-   */
-  backward(grad?: Tensor): void {
-    if (!this.requiresGrad) {
-      throw new DeviceError(`backward: tensor [${this.shape}] does not require grad (no graph to walk)`);
-    }
-    let g = grad;
-    if (g === undefined) {
-      if (this.size !== 1) {
-        throw new ShapeError(`backward: tensor has shape [${this.shape}]; pass a gradient for non-scalars`);
-      }
-      g = ones(this.shape, { device: this.device, dtype: this.dtype });
-    } else if (g.shape.join() !== this.shape.join()) {
-      throw new ShapeError(`backward: gradient shape [${g.shape}] differs from tensor shape [${this.shape}]`);
-    }
-    runBackward(this, g, { add: ops.add, copy: ops.detach });
-    if (grad === undefined) g.dispose();
-  }
-
-  /** A new leaf sharing nothing with the graph: same values, requiresGrad false. */
-  detach(): Tensor {
-    return ops.detach(this);
-  }
-
   /** Frees the device memory now; idempotent. Later use is a DeviceError. */
   dispose(): void {
     if (this.#storage === null) return void (this.#meta = false);
@@ -257,60 +267,13 @@ export class Tensor {
 
   /** Sets requiresGrad (leaves only) and returns this. */
   requiresGrad_(flag = true): this {
-    if (!this.isLeaf) throw new DeviceError(`requiresGrad_: only leaf tensors can change requiresGrad`);
+    if (!this.isLeaf) throw new AutogradError(`requiresGrad_: only leaf tensors can change requiresGrad`);
     this.requiresGrad = flag;
     return this;
   }
 
   toString(): string {
     return `Tensor(shape=[${this.shape}], dtype=${this.dtype}, device=${this.device})`;
-  }
-
-  // Method forms of the functional ops.
-  add(o: Tensor | number): Tensor {
-    return ops.add(this, o);
-  }
-  sub(o: Tensor | number): Tensor {
-    return ops.sub(this, o);
-  }
-  mul(o: Tensor | number): Tensor {
-    return ops.mul(this, o);
-  }
-  div(o: Tensor | number): Tensor {
-    return ops.div(this, o);
-  }
-  matmul(o: Tensor): Tensor {
-    return ops.matmul(this, o);
-  }
-  scale(s: number): Tensor {
-    return ops.scale(this, s);
-  }
-  sum(dim?: number | number[], keepDim = false): Tensor {
-    return ops.sum(this, dim, keepDim);
-  }
-  mean(dim?: number | number[], keepDim = false): Tensor {
-    return ops.mean(this, dim, keepDim);
-  }
-  reshape(shape: readonly number[]): Tensor {
-    return ops.reshape(this, shape);
-  }
-  transpose(dim0: number, dim1: number): Tensor {
-    return ops.transpose(this, dim0, dim1);
-  }
-  softmax(dim = -1): Tensor {
-    return ops.softmax(this, dim);
-  }
-  logSoftmax(dim = -1): Tensor {
-    return ops.logSoftmax(this, dim);
-  }
-  silu(): Tensor {
-    return ops.silu(this);
-  }
-  relu(): Tensor {
-    return ops.relu(this);
-  }
-  cast(dtype: DType): Tensor {
-    return ops.cast(this, dtype);
   }
 }
 
@@ -332,7 +295,7 @@ export function fromStorage(
   shape: readonly number[],
   dtype: DType,
   device: Device,
-  node?: GradNode,
+  node?: GradNode<Tensor>,
 ): Tensor {
   const t = new Tensor(storage, shape, dtype, device, false);
   if (node !== undefined && isGradEnabled() && node.inputs.some((i) => i.requiresGrad)) {

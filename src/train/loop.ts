@@ -6,9 +6,7 @@
  * @module
  */
 import { Module } from "../nn/module.ts";
-import type { Tensor } from "../tensor/tensor.ts";
-import { add, concat, detach, reshape, square, sum } from "../tensor/ops.ts";
-import { tidy } from "../autograd/graph.ts";
+import { add, concat, detach, reshape, square, sum, type Tensor, tidy } from "../tensor/mod.ts";
 import { AdamW } from "../optim/adamw.ts";
 import { clipGradNorm } from "../optim/clip.ts";
 import type { TokenInput } from "../models/llama.ts";

@@ -40,7 +40,7 @@ import {
   tensor,
   transpose,
 } from "../../mod.ts";
-import { dropoutMask } from "../../src/tensor/ops.ts";
+import { dropoutMask } from "../../src/tensor/mod.ts";
 import { dropoutKeepScale } from "../../src/core/random.ts";
 import { Rng } from "../../src/core/random.ts";
 import { relErr } from "../helpers.ts";

@@ -20,7 +20,7 @@ import {
   type Tensor,
   tensor,
 } from "../../mod.ts";
-import { isGradEnabled } from "../../src/autograd/graph.ts";
+import { isGradEnabled } from "../../src/tensor/mod.ts";
 import { relErr } from "../helpers.ts";
 
 const F64 = { device: cpuDevice(), dtype: "f64" as const };

@@ -3,17 +3,44 @@
  * a closure mapping the output's gradient to the inputs' gradients. `backward` walks the graph once in
  * reverse topological order, summing the gradients of tensors used by several ops, and accumulates into
  * the `.grad` of leaves like PyTorch.
+ *
+ * This module sits below the Tensor class (tensor.ts imports it, never the other way): it sees tensors
+ * only through {@link GraphTensor}, the few members the graph walk and the memory scopes use.
  * @module
  */
-import type { Tensor } from "../tensor/tensor.ts";
+import { AutogradError } from "../core/errors.ts";
+
+/**
+ * What the graph needs of a tensor. `Tensor` satisfies it; naming the members here instead of importing
+ * the class keeps the imports one-way (tensor.ts imports graph.ts).
+ */
+export interface GraphTensor {
+  /** Dimensions, row-major. */
+  readonly shape: readonly number[];
+  /** Whether backward computes a gradient for this tensor. */
+  requiresGrad: boolean;
+  /** The accumulated gradient of a leaf. */
+  grad: this | null;
+  /** How this tensor was computed; null for leaves. */
+  _node: GradNode<this> | null;
+  /** Survives {@link tidy} scopes. */
+  _retained: boolean;
+  /** Frees the values now. */
+  dispose(): void;
+  /** Replaces the values in place by those of `src`, taking over its storage. */
+  _assign(src: this): void;
+}
 
 /** How a tensor was computed, for backward. */
-export interface GradNode {
+export interface GradNode<T = GraphTensor> {
   /** Op name, for error messages and debugging. */
   readonly op: string;
-  readonly inputs: readonly Tensor[];
-  /** Maps d(loss)/d(output) to d(loss)/d(input) for each input (null where no gradient flows). */
-  readonly backward: (grad: Tensor) => (Tensor | null)[];
+  readonly inputs: readonly T[];
+  /**
+   * Maps d(loss)/d(output) to d(loss)/d(input) for each input (null where no gradient flows). A method
+   * signature: its parameter is compared both ways, so a node of `Tensor`s is a node of GraphTensors.
+   */
+  backward(grad: T): (T | null)[];
 }
 
 let gradEnabled = true;
@@ -42,11 +69,11 @@ export function noGrad<T>(fn: () => T): T {
 }
 
 /** Tensors reachable from `root` through nodes, inputs before users. */
-function topoOrder(root: Tensor): Tensor[] {
-  const order: Tensor[] = [];
-  const seen = new Set<Tensor>();
+function topoOrder<T extends GraphTensor>(root: T): T[] {
+  const order: T[] = [];
+  const seen = new Set<T>();
   // Iterative DFS: model graphs are deep enough to overflow the call stack.
-  const stack: [Tensor, number][] = [[root, 0]];
+  const stack: [T, number][] = [[root, 0]];
   seen.add(root);
   while (stack.length > 0) {
     const top = stack[stack.length - 1];
@@ -72,23 +99,27 @@ function topoOrder(root: Tensor): Tensor[] {
 // scope and not kept are freed when it ends. Backward runs in its own scope: every temporary it makes
 // is freed, only the gradients it leaves on leaves survive.
 
-const scopes: Set<Tensor>[] = [];
+const scopes: Set<GraphTensor>[] = [];
 
 /** @internal called for every new tensor: records it in the innermost open scope. */
-export function trackTensor(t: Tensor): void {
+export function trackTensor(t: GraphTensor): void {
   if (scopes.length > 0) scopes[scopes.length - 1].add(t);
 }
 
-/** Tensors inside a returned value (a Tensor, or arrays / plain objects holding them). */
-function collectTensors(
+/**
+ * Adds to `out` the tensors of `scope` inside a returned value (a tensor, or arrays / plain objects
+ * holding them). Membership in the scope is what marks an object as one of its tensors, so no class
+ * check is needed; a tensor is not a plain object, so the walk never looks inside one.
+ */
+function collectScoped(
   value: unknown,
-  out: Set<Tensor>,
-  isTensor: (v: unknown) => v is Tensor,
+  scope: ReadonlySet<GraphTensor>,
+  out: Set<GraphTensor>,
   depth = 0,
 ): void {
   if (depth > 8 || value === null || typeof value !== "object") return;
-  if (isTensor(value)) {
-    out.add(value);
+  if (scope.has(value as GraphTensor)) {
+    out.add(value as GraphTensor);
     return;
   }
   const items = Array.isArray(value)
@@ -96,14 +127,7 @@ function collectTensors(
     : Object.getPrototypeOf(value) === Object.prototype
     ? Object.values(value)
     : [];
-  for (const v of items) collectTensors(v, out, isTensor, depth + 1);
-}
-
-let isTensorCheck: (v: unknown) => v is Tensor = (_v): _v is Tensor => false;
-
-/** @internal lets this module recognise tensors without importing the class (avoids a cycle). */
-export function registerTensorCheck(check: (v: unknown) => v is Tensor): void {
-  isTensorCheck = check;
+  for (const v of items) collectScoped(v, scope, out, depth + 1);
 }
 
 /**
@@ -112,7 +136,7 @@ export function registerTensorCheck(check: (v: unknown) => v is Tensor): void {
  * `fn` must be synchronous: work after an await would escape the scope.
  */
 export function tidy<T>(fn: () => T): T {
-  const scope = new Set<Tensor>();
+  const scope = new Set<GraphTensor>();
   scopes.push(scope);
   let result: T;
   try {
@@ -121,10 +145,10 @@ export function tidy<T>(fn: () => T): T {
     scopes.pop();
   }
   if (result instanceof Promise) {
-    throw new Error("tidy: the function returned a Promise; tidy scopes must be synchronous");
+    throw new AutogradError("tidy: the function returned a Promise; tidy scopes must be synchronous");
   }
-  const survivors = new Set<Tensor>();
-  collectTensors(result, survivors, isTensorCheck);
+  const survivors = new Set<GraphTensor>();
+  collectScoped(result, scope, survivors);
   const outer = scopes[scopes.length - 1];
   for (const t of scope) {
     if (survivors.has(t) || t._retained) outer?.add(t);
@@ -134,7 +158,7 @@ export function tidy<T>(fn: () => T): T {
 }
 
 /** Exempts `t` from every enclosing {@link tidy} scope (e.g. optimizer state); returns it. */
-export function keep<T extends Tensor>(t: T): T {
+export function keep<T extends GraphTensor>(t: T): T {
   t._retained = true;
   return t;
 }
@@ -143,9 +167,9 @@ export function keep<T extends Tensor>(t: T): T {
  * Frees every intermediate tensor of the graph that produced `root` (not leaves, not `root` itself,
  * not tensors in `except`): activations a training step no longer needs once backward has run.
  */
-export function disposeGraph(root: Tensor, except: Tensor[] = []): void {
-  const spare = new Set<Tensor>([root, ...except]);
-  const seen = new Set<Tensor>();
+export function disposeGraph<T extends GraphTensor>(root: T, except: T[] = []): void {
+  const spare = new Set<T>([root, ...except]);
+  const seen = new Set<T>();
   const stack = [root];
   while (stack.length > 0) {
     const t = stack.pop()!;
@@ -163,9 +187,11 @@ export function disposeGraph(root: Tensor, except: Tensor[] = []): void {
 }
 
 /** The two tensor ops backward needs, passed in to keep this module free of op imports. */
-export interface BackwardOps {
-  add(a: Tensor, b: Tensor): Tensor;
-  copy(a: Tensor): Tensor;
+export interface BackwardOps<T extends GraphTensor> {
+  /** a + b (same shape). */
+  add(a: T, b: T): T;
+  /** A copy of the values, outside the graph. */
+  copy(a: T): T;
 }
 
 /**
@@ -173,11 +199,11 @@ export interface BackwardOps {
  * into `.grad` in place (the tensor object a caller holds keeps its identity, like PyTorch); every
  * temporary made on the way is freed before returning.
  */
-export function runBackward(root: Tensor, grad: Tensor, ops: BackwardOps): void {
+export function runBackward<T extends GraphTensor>(root: T, grad: T, ops: BackwardOps<T>): void {
   const order = topoOrder(root);
-  const grads = new Map<Tensor, Tensor>([[root, grad]]);
-  const claimed = new Set<Tensor>();
-  const scope = new Set<Tensor>();
+  const grads = new Map<T, T>([[root, grad]]);
+  const claimed = new Set<T>();
+  const scope = new Set<GraphTensor>();
   const prev = gradEnabled;
   gradEnabled = false;
   scopes.push(scope);

@@ -46,7 +46,7 @@ import {
   tensor,
   transpose,
 } from "../../mod.ts";
-import { dropoutMask, pick } from "../../src/tensor/ops.ts";
+import { dropoutMask, pick } from "../../src/tensor/mod.ts";
 import { Rng } from "../../src/core/random.ts";
 import { relErr } from "../helpers.ts";
 
