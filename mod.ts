@@ -109,8 +109,11 @@ export {
   type LlamaConfig,
   llamaConfig,
   type LlamaConfigOptions,
+  type ModelFamily,
   parseLlamaConfig,
+  parseModelConfig,
   type RopeParameters,
+  SUPPORTED_ARCHITECTURES,
 } from "./src/models/config.ts";
 export {
   type CausalLMOutput,
@@ -120,6 +123,13 @@ export {
   type TokenInput,
 } from "./src/models/llama.ts";
 export { argmax, type GenerateOptions, KVCache, sampleToken } from "./src/models/generate.ts";
+export { MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM } from "./src/models/families.ts";
+export { type AutoCausalLM, AutoModelForCausalLM, type FromConfigOptions } from "./src/models/auto.ts";
+export {
+  type GenerationConfig,
+  type ModelSourceWithGeneration,
+  parseGenerationConfig,
+} from "./src/models/generation_config.ts";
 export { type ModelSource, modelToFiles, saveModel, type SaveModelOptions } from "./src/models/weights.ts";
 export { ropeInverseFrequencies } from "./src/models/rope.ts";
 export { AdamW, type AdamWOptions, type AdamWStateDict } from "./src/optim/adamw.ts";

@@ -1,13 +1,37 @@
 /**
- * Parsing transformers' `config.json` for Llama-family causal LMs. Everything the forward pass depends
- * on is read and checked; a field whose value we do not implement (another activation, a rope scaling
- * type, sliding windows, quantization) is a ConfigError naming the field, never silently ignored.
+ * Parsing transformers' `config.json` for the decoder-only causal LMs we implement: Llama (and Mistral,
+ * the same computation), Qwen2/2.5 and Qwen3. Everything the forward pass depends on is read and
+ * checked; a field whose value we do not implement (another activation, a rope scaling type, sliding
+ * windows, partial rotary embeddings, quantization) is a ConfigError naming the field, never silently
+ * ignored.
  * @module
  */
 import { ConfigError } from "../core/errors.ts";
 
-/** Architectures that are exactly transformers' `LlamaForCausalLM` computation. */
-export const SUPPORTED_ARCHITECTURES: readonly string[] = ["LlamaForCausalLM", "MistralForCausalLM"];
+/**
+ * Families of one computation each: "llama" (Llama, Mistral without a sliding window), "qwen2" (biases
+ * on q, k and v only), "qwen3" (per-head RMSNorm on queries and keys, head_dim 128 unless given).
+ */
+export type ModelFamily = "llama" | "qwen2" | "qwen3";
+
+/** transformers' architecture names we load, with their family and the `model_type` they are saved with. */
+export const ARCHITECTURE_FAMILIES: Readonly<Record<string, { family: ModelFamily; modelType: string }>> = {
+  LlamaForCausalLM: { family: "llama", modelType: "llama" },
+  MistralForCausalLM: { family: "llama", modelType: "mistral" },
+  Qwen2ForCausalLM: { family: "qwen2", modelType: "qwen2" },
+  Qwen3ForCausalLM: { family: "qwen3", modelType: "qwen3" },
+};
+
+/** `model_type` values and the family each one computes. */
+const MODEL_TYPE_FAMILIES: Readonly<Record<string, ModelFamily>> = {
+  llama: "llama",
+  mistral: "llama",
+  qwen2: "qwen2",
+  qwen3: "qwen3",
+};
+
+/** Every architecture name in {@link ARCHITECTURE_FAMILIES}. */
+export const SUPPORTED_ARCHITECTURES: readonly string[] = Object.keys(ARCHITECTURE_FAMILIES);
 
 /** RoPE variants: transformers' `rope_type` values we compute. */
 export type RopeType = "default" | "linear" | "llama3";
@@ -28,12 +52,17 @@ export interface RopeParameters {
   originalMaxPositionEmbeddings?: number;
 }
 
-/** A parsed, validated Llama-family config (camelCase names of transformers' fields). */
+/**
+ * A parsed, validated decoder config (camelCase names of transformers' fields). The name is historical:
+ * it describes every family in {@link ModelFamily}.
+ */
 export interface LlamaConfig {
-  /** As in the file (`["LlamaForCausalLM"]` when absent); PEFT helpers read it to spot causal LMs. */
+  /** As in the file (from `model_type` when absent); PEFT helpers read it to spot causal LMs. */
   architectures: string[];
-  /** `model_type`: "llama" or "mistral". */
+  /** `model_type`: "llama", "mistral", "qwen2" or "qwen3". */
   modelType: string;
+  /** Which computation the config describes (from `model_type` and `architectures`). */
+  family: ModelFamily;
   /** Tokens in the embedding table and the output head. */
   vocabSize: number;
   /** Width of the residual stream. */
@@ -54,8 +83,15 @@ export interface LlamaConfig {
   rmsNormEps: number;
   /** Rotary embedding settings. */
   rope: RopeParameters;
-  /** q, k, v and o projections carry biases. */
+  /**
+   * q, k and v projections carry biases (Llama and Qwen3: `attention_bias`, which covers o_proj too;
+   * Qwen2: always).
+   */
   attentionBias: boolean;
+  /** o_proj carries a bias (`attention_bias` for Llama and Qwen3; never for Qwen2). */
+  attentionOutputBias: boolean;
+  /** Qwen3: RMSNorm over each head's queries and keys (`q_norm`, `k_norm`) before the rotary embedding. */
+  qkNorm: boolean;
   /** gate, up and down projections carry biases. */
   mlpBias: boolean;
   /** lm_head shares the embedding table. */
@@ -180,8 +216,98 @@ function parseRope(obj: Json): RopeParameters {
   );
 }
 
+/** The family of the config: from `architectures` and `model_type`, which must agree. */
+function parseFamily(obj: Json): { architectures: string[]; modelType: string; family: ModelFamily } {
+  const archField = field(obj, "architectures");
+  const typeField = field(obj, "model_type");
+  if (typeField !== undefined && typeField !== null && typeof typeField !== "string") {
+    throw new ConfigError(`LlamaConfig: model_type must be a string, got ${JSON.stringify(typeField)}`);
+  }
+  let architectures: unknown = archField;
+  if (archField === undefined || archField === null) {
+    const fromType = Object.entries(ARCHITECTURE_FAMILIES).find(([, v]) => v.modelType === typeField);
+    architectures = [fromType?.[0] ?? "LlamaForCausalLM"];
+  }
+  if (
+    !Array.isArray(architectures) || architectures.length === 0 ||
+    architectures.some((a) => typeof a !== "string")
+  ) {
+    throw new ConfigError(
+      `LlamaConfig: architectures must be a list of names, got ${JSON.stringify(architectures)}`,
+    );
+  }
+  const names = architectures as string[];
+  const unsupported = names.filter((a) => !Object.hasOwn(ARCHITECTURE_FAMILIES, a));
+  if (unsupported.length > 0) {
+    throw new ConfigError(
+      `LlamaConfig: architectures ${JSON.stringify(unsupported)} are not supported ` +
+        `(supported: ${SUPPORTED_ARCHITECTURES.join(", ")})`,
+    );
+  }
+  const families = new Set(names.map((a) => ARCHITECTURE_FAMILIES[a].family));
+  if (families.size > 1) {
+    throw new ConfigError(
+      `LlamaConfig: architectures ${JSON.stringify(names)} name different model families`,
+    );
+  }
+  const family = [...families][0];
+  const modelType = (typeField ?? ARCHITECTURE_FAMILIES[names[0]].modelType) as string;
+  if (!Object.hasOwn(MODEL_TYPE_FAMILIES, modelType)) {
+    throw new ConfigError(
+      `LlamaConfig: model_type ${JSON.stringify(modelType)} is not supported ` +
+        `(${Object.keys(MODEL_TYPE_FAMILIES).join(", ")})`,
+    );
+  }
+  if (MODEL_TYPE_FAMILIES[modelType] !== family) {
+    throw new ConfigError(
+      `LlamaConfig: model_type ${JSON.stringify(modelType)} does not match architectures ` +
+        `${JSON.stringify(names)}`,
+    );
+  }
+  return { architectures: [...names], modelType, family };
+}
+
 /**
- * Parses and validates a transformers `config.json` object (or its text) for a Llama-family model.
+ * Sliding-window attention is not implemented. Llama/Mistral configs must say so with `sliding_window`
+ * null; Qwen configs carry a `sliding_window` that transformers ignores unless `use_sliding_window` is
+ * true. Any `layer_types` (transformers 5 writes them for Qwen) must be all "full_attention".
+ */
+function checkFullAttention(obj: Json, family: ModelFamily, layers: number): void {
+  const useSliding = field(obj, "use_sliding_window");
+  if (useSliding !== undefined && useSliding !== null && typeof useSliding !== "boolean") {
+    throw new ConfigError(
+      `LlamaConfig: use_sliding_window must be true or false, got ${JSON.stringify(useSliding)}`,
+    );
+  }
+  if (useSliding === true) {
+    throw new ConfigError(`LlamaConfig: use_sliding_window true is not implemented`);
+  }
+  const sliding = field(obj, "sliding_window");
+  if (family === "llama" && sliding !== undefined && sliding !== null) {
+    throw new ConfigError(
+      `LlamaConfig: sliding_window ${JSON.stringify(sliding)} is not implemented (must be null)`,
+    );
+  }
+  const layerTypes = field(obj, "layer_types");
+  if (layerTypes === undefined || layerTypes === null) return;
+  if (!Array.isArray(layerTypes) || layerTypes.length !== layers) {
+    throw new ConfigError(
+      `LlamaConfig: layer_types must list one type for each of the ${layers} layers, got ` +
+        JSON.stringify(layerTypes),
+    );
+  }
+  const other = layerTypes.findIndex((t) => t !== "full_attention");
+  if (other >= 0) {
+    throw new ConfigError(
+      `LlamaConfig: layer_types[${other}] ${JSON.stringify(layerTypes[other])} is not implemented ` +
+        `(only "full_attention")`,
+    );
+  }
+}
+
+/**
+ * Parses and validates a transformers `config.json` object (or its text) for any supported family
+ * (Llama, Mistral, Qwen2, Qwen3; see {@link ARCHITECTURE_FAMILIES}).
  * @throws {ConfigError} naming the field that is missing, malformed or not supported
  */
 export function parseLlamaConfig(input: Json | string): LlamaConfig {
@@ -198,48 +324,25 @@ export function parseLlamaConfig(input: Json | string): LlamaConfig {
   if (obj === null || typeof obj !== "object" || Array.isArray(obj)) {
     throw new ConfigError(`LlamaConfig: the config must be a JSON object, got ${JSON.stringify(obj)}`);
   }
-  const archField = field(obj, "architectures");
-  const architectures = archField === undefined || archField === null ? ["LlamaForCausalLM"] : archField;
-  if (
-    !Array.isArray(architectures) || architectures.length === 0 ||
-    architectures.some((a) => typeof a !== "string")
-  ) {
-    throw new ConfigError(
-      `LlamaConfig: architectures must be a list of names, got ${JSON.stringify(architectures)}`,
-    );
-  }
-  const unsupported = (architectures as string[]).filter((a) => !SUPPORTED_ARCHITECTURES.includes(a));
-  if (unsupported.length > 0) {
-    throw new ConfigError(
-      `LlamaConfig: architectures ${JSON.stringify(unsupported)} are not supported ` +
-        `(supported: ${SUPPORTED_ARCHITECTURES.join(", ")})`,
-    );
-  }
-  const modelType = field(obj, "model_type") ?? "llama";
-  if (modelType !== "llama" && modelType !== "mistral") {
-    throw new ConfigError(
-      `LlamaConfig: model_type ${JSON.stringify(modelType)} is not supported (llama, mistral)`,
-    );
-  }
+  const { architectures, modelType, family } = parseFamily(obj);
   const hiddenAct = field(obj, "hidden_act") ?? "silu";
   if (hiddenAct !== "silu") {
     throw new ConfigError(
       `LlamaConfig: hidden_act ${JSON.stringify(hiddenAct)} is not supported (only "silu")`,
     );
   }
-  const sliding = field(obj, "sliding_window");
-  if (sliding !== undefined && sliding !== null) {
-    throw new ConfigError(
-      `LlamaConfig: sliding_window ${JSON.stringify(sliding)} is not implemented (must be null)`,
-    );
-  }
-  if (field(obj, "use_sliding_window") === true) {
-    throw new ConfigError(`LlamaConfig: use_sliding_window true is not implemented`);
-  }
+  const numHiddenLayers = positiveInt(obj, "num_hidden_layers");
+  checkFullAttention(obj, family, numHiddenLayers);
   const quant = field(obj, "quantization_config");
   if (quant !== undefined && quant !== null) {
     throw new ConfigError(
       `LlamaConfig: quantization_config is set; quantized checkpoints are not supported yet`,
+    );
+  }
+  const partial = field(obj, "partial_rotary_factor");
+  if (partial !== undefined && partial !== null && partial !== 1) {
+    throw new ConfigError(
+      `LlamaConfig: partial_rotary_factor ${JSON.stringify(partial)} is not implemented (only 1)`,
     );
   }
   const hiddenSize = positiveInt(obj, "hidden_size");
@@ -251,7 +354,8 @@ export function parseLlamaConfig(input: Json | string): LlamaConfig {
         `${numKeyValueHeads}`,
     );
   }
-  const defaultHeadDim = hiddenSize / numAttentionHeads;
+  // Qwen3Config's own default is 128; the others derive it from the hidden size.
+  const defaultHeadDim = family === "qwen3" ? 128 : hiddenSize / numAttentionHeads;
   const headDimField = field(obj, "head_dim");
   const headDim = headDimField === undefined || headDimField === null
     ? defaultHeadDim
@@ -271,21 +375,27 @@ export function parseLlamaConfig(input: Json | string): LlamaConfig {
       `LlamaConfig: attention_dropout must be in [0, 1), got ${JSON.stringify(attentionDropout)}`,
     );
   }
+  // Qwen2's projections are fixed in its modeling code (q, k, v biased, o not; no MLP bias) whatever
+  // the file says; Qwen3 has attention_bias but no mlp_bias.
+  const attentionBias = family === "qwen2" ? true : bool(obj, "attention_bias", false);
   return {
-    architectures: [...(architectures as string[])],
-    modelType: modelType as string,
+    architectures,
+    modelType,
+    family,
     vocabSize: positiveInt(obj, "vocab_size"),
     hiddenSize,
     intermediateSize: positiveInt(obj, "intermediate_size"),
-    numHiddenLayers: positiveInt(obj, "num_hidden_layers"),
+    numHiddenLayers,
     numAttentionHeads,
     numKeyValueHeads,
     headDim,
     maxPositionEmbeddings: positiveInt(obj, "max_position_embeddings", 2048),
     rmsNormEps: positiveNumber(obj, "rms_norm_eps", "LlamaConfig", 1e-6),
     rope: parseRope(obj),
-    attentionBias: bool(obj, "attention_bias", false),
-    mlpBias: bool(obj, "mlp_bias", false),
+    attentionBias,
+    attentionOutputBias: family === "qwen2" ? false : attentionBias,
+    qkNorm: family === "qwen3",
+    mlpBias: family === "llama" ? bool(obj, "mlp_bias", false) : false,
     tieWordEmbeddings: bool(obj, "tie_word_embeddings", false),
     attentionDropout,
     hiddenAct: "silu",
@@ -296,21 +406,33 @@ export function parseLlamaConfig(input: Json | string): LlamaConfig {
   };
 }
 
-/** Options of {@link llamaConfig}: the sizes of a model, in camelCase, for building one from scratch. */
-export type LlamaConfigOptions = Partial<Omit<LlamaConfig, "source" | "rope" | "hiddenAct">> & {
-  vocabSize: number;
-  hiddenSize: number;
-  intermediateSize: number;
-  numHiddenLayers: number;
-  numAttentionHeads: number;
-  ropeTheta?: number;
-};
+/** The same parser under a family-neutral name. */
+export const parseModelConfig: (input: Json | string) => LlamaConfig = parseLlamaConfig;
 
-/** A config for a new model (tests, examples), written as transformers would and parsed back. */
+/** Options of {@link llamaConfig}: the sizes of a model, in camelCase, for building one from scratch. */
+export type LlamaConfigOptions =
+  & Partial<
+    Omit<LlamaConfig, "source" | "rope" | "hiddenAct" | "family" | "attentionOutputBias" | "qkNorm">
+  >
+  & {
+    vocabSize: number;
+    hiddenSize: number;
+    intermediateSize: number;
+    numHiddenLayers: number;
+    numAttentionHeads: number;
+    ropeTheta?: number;
+  };
+
+/**
+ * A config for a new model (tests, examples), written as transformers would and parsed back. The family
+ * follows `architectures` (default `["LlamaForCausalLM"]`); fields a family does not have are left out.
+ */
 export function llamaConfig(opts: LlamaConfigOptions): LlamaConfig {
+  const architectures = opts.architectures ?? ["LlamaForCausalLM"];
+  const known = ARCHITECTURE_FAMILIES[architectures[0]];
   const json: Json = {
-    architectures: opts.architectures ?? ["LlamaForCausalLM"],
-    model_type: "llama",
+    architectures,
+    model_type: opts.modelType ?? known?.modelType ?? "llama",
     vocab_size: opts.vocabSize,
     hidden_size: opts.hiddenSize,
     intermediate_size: opts.intermediateSize,
@@ -330,6 +452,8 @@ export function llamaConfig(opts: LlamaConfigOptions): LlamaConfig {
     eos_token_id: opts.eosTokenId ?? null,
     pad_token_id: opts.padTokenId ?? null,
   };
+  if (known?.family === "qwen2") delete json.attention_bias;
+  if (known?.family !== undefined && known.family !== "llama") delete json.mlp_bias;
   return parseLlamaConfig(json);
 }
 
@@ -369,8 +493,6 @@ export function llamaConfigToJson(config: LlamaConfig, dtype: "float32" | "float
     head_dim: config.headDim,
     max_position_embeddings: config.maxPositionEmbeddings,
     rms_norm_eps: config.rmsNormEps,
-    attention_bias: config.attentionBias,
-    mlp_bias: config.mlpBias,
     tie_word_embeddings: config.tieWordEmbeddings,
     attention_dropout: config.attentionDropout,
     hidden_act: config.hiddenAct,
@@ -378,6 +500,9 @@ export function llamaConfigToJson(config: LlamaConfig, dtype: "float32" | "float
     eos_token_id: config.eosTokenId,
     pad_token_id: config.padTokenId,
   });
+  // Only the fields the family's transformers config has: Qwen2 fixes its biases in code.
+  if (config.family !== "qwen2") out.attention_bias = config.attentionBias;
+  if (config.family === "llama") out.mlp_bias = config.mlpBias;
   if (Object.hasOwn(out, "torch_dtype") && !Object.hasOwn(out, "dtype")) out.torch_dtype = dtype;
   else out.dtype = dtype;
   return out;

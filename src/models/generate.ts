@@ -34,8 +34,11 @@ export interface GenerateOptions {
   topP?: number;
   /** Sampling only: seeds the draw, so equal seeds give equal tokens (default: from the global stream). */
   seed?: number;
-  /** A row stops after producing this token (or any of these), which is kept in its output. */
-  eosTokenId?: number | number[];
+  /**
+   * A row stops after producing this token (or any of these), which is kept in its output. A model's
+   * `generate` defaults it to the checkpoint's EOS id(s); null never stops early.
+   */
+  eosTokenId?: number | number[] | null;
 }
 
 /** Per-layer keys and values of the positions seen so far, as [batch, kvHeads, length, headDim]. */
@@ -128,7 +131,7 @@ function checkOptions(opts: GenerateOptions, vocab: number): Sampler & { eos: Se
   if (opts.seed !== undefined && !Number.isInteger(opts.seed)) {
     throw new ConfigError(`generate: seed must be an integer, got ${opts.seed}`);
   }
-  const eosList = opts.eosTokenId === undefined ? [] : [opts.eosTokenId].flat();
+  const eosList = opts.eosTokenId === undefined || opts.eosTokenId === null ? [] : [opts.eosTokenId].flat();
   for (const e of eosList) {
     if (!Number.isInteger(e) || e < 0 || e >= vocab) {
       throw new ConfigError(`generate: eosTokenId ${e} is not a token id of a ${vocab}-token vocabulary`);

@@ -37,7 +37,13 @@ import {
 import { nextSeed } from "../core/random.ts";
 import { currentDevice, Device } from "../backend/device.ts";
 import { type DType, isDType } from "../core/dtype.ts";
-import { type LlamaConfig, parseLlamaConfig } from "./config.ts";
+import { type LlamaConfig, type ModelFamily, parseLlamaConfig } from "./config.ts";
+import {
+  defaultEosTokenId,
+  type GenerationConfig,
+  type ModelSourceWithGeneration,
+  readGenerationConfig,
+} from "./generation_config.ts";
 import { RopeTables, rotateHalfMatrix } from "./rope.ts";
 import { type GenerateOptions, generateTokens, type KVCache } from "./generate.ts";
 import { loadLlamaWeights, type ModelSource, saveModel, type SaveModelOptions } from "./weights.ts";
@@ -135,7 +141,11 @@ export class LlamaRMSNorm extends RMSNorm {
   }
 }
 
-/** Multi-head attention with rotary embeddings and grouped key/value heads. */
+/**
+ * Multi-head attention with rotary embeddings and grouped key/value heads. The family's options come
+ * from the config: which projections carry biases (Qwen2: q, k and v only) and Qwen3's per-head
+ * RMSNorm of queries and keys (`q_norm`, `k_norm`, applied before the rotary embedding).
+ */
 export class LlamaAttention extends Module {
   /** Query projection [heads·headDim, hidden]. */
   q_proj: Linear;
@@ -145,6 +155,10 @@ export class LlamaAttention extends Module {
   v_proj: Linear;
   /** Output projection [hidden, heads·headDim]. */
   o_proj: Linear;
+  /** Qwen3: RMSNorm over each query head [headDim]; absent otherwise. */
+  q_norm?: LlamaRMSNorm;
+  /** Qwen3: RMSNorm over each key head [headDim]; absent otherwise. */
+  k_norm?: LlamaRMSNorm;
   /** Position of this layer (its slot in a KV cache). */
   readonly layerIndex: number;
   /** Query heads. */
@@ -160,13 +174,18 @@ export class LlamaAttention extends Module {
   constructor(config: LlamaConfig, layerIndex: number, opts: LlamaModelOptions = {}) {
     super();
     const { hiddenSize, numAttentionHeads: h, numKeyValueHeads: kv, headDim: d } = config;
-    const lin = (inF: number, outF: number, seed: number) =>
-      new Linear(inF, outF, { ...opts, bias: config.attentionBias, seed });
+    const lin = (inF: number, outF: number, seed: number, bias: boolean) =>
+      new Linear(inF, outF, { ...opts, bias, seed });
     const seed = (opts.seed ?? 0) + 1000 * layerIndex;
-    this.q_proj = lin(hiddenSize, h * d, seed + 1);
-    this.k_proj = lin(hiddenSize, kv * d, seed + 3);
-    this.v_proj = lin(hiddenSize, kv * d, seed + 5);
-    this.o_proj = lin(h * d, hiddenSize, seed + 7);
+    this.q_proj = lin(hiddenSize, h * d, seed + 1, config.attentionBias);
+    this.k_proj = lin(hiddenSize, kv * d, seed + 3, config.attentionBias);
+    this.v_proj = lin(hiddenSize, kv * d, seed + 5, config.attentionBias);
+    this.o_proj = lin(h * d, hiddenSize, seed + 7, config.attentionOutputBias);
+    if (config.qkNorm) {
+      const norm = { eps: config.rmsNormEps, device: opts.device, dtype: opts.dtype };
+      this.q_norm = new LlamaRMSNorm(d, norm);
+      this.k_norm = new LlamaRMSNorm(d, norm);
+    }
     this.layerIndex = layerIndex;
     this.numHeads = h;
     this.numKeyValueHeads = kv;
@@ -180,8 +199,11 @@ export class LlamaAttention extends Module {
     const h = this.numHeads, kvh = this.numKeyValueHeads, d = this.headDim, group = h / kvh;
     const heads = (t: Tensor, n: number) => permute(reshape(t, [batch, seq, n, d]), [0, 2, 1, 3]);
     const rope = (t: Tensor) => add(mul(t, ctx.cos), mul(matmul(t, ctx.rot), ctx.sin));
-    const q = rope(heads(this.q_proj.forward(x), h));
-    let k = rope(heads(this.k_proj.forward(x), kvh));
+    // Qwen3 normalises each head's [headDim] vector; the head layout does not change that.
+    const qn = (t: Tensor) => this.q_norm === undefined ? t : this.q_norm.forward(t);
+    const kn = (t: Tensor) => this.k_norm === undefined ? t : this.k_norm.forward(t);
+    const q = rope(qn(heads(this.q_proj.forward(x), h)));
+    let k = rope(kn(heads(this.k_proj.forward(x), kvh)));
     let v = heads(this.v_proj.forward(x), kvh);
     if (ctx.cache !== null) ({ k, v } = ctx.cache.append(this.layerIndex, k, v));
     const keys = k.shape[2];
@@ -322,14 +344,33 @@ export class LlamaForCausalLM extends Module {
   readonly config: LlamaConfig;
   /** Parameter dtype. */
   readonly dtype: DType;
+  /**
+   * The checkpoint's `generation_config.json` (null when it has none); `generate` takes its
+   * `eos_token_id` as the default stop.
+   */
+  generationConfig: GenerationConfig | null = null;
+  /**
+   * Families (see {@link ModelFamily}) whose configs this class builds; a subclass for another family
+   * (Qwen2ForCausalLM, ...) sets its own. Everything else is shared: the families differ only in what the
+   * config switches on.
+   */
+  static readonly families: readonly ModelFamily[] = ["llama"];
   #rope: RopeTables;
   #rotations = new Map<Device, Map<DType, Tensor>>();
 
   /** A model of `config` (a parsed config or a config.json object) with random or shape-only weights. */
   constructor(config: LlamaConfig | Record<string, unknown>, options: LlamaModelOptions = {}) {
     super();
-    const opts = checkModelOptions(options, "LlamaForCausalLM");
+    const cls = new.target as typeof LlamaForCausalLM;
+    const opts = checkModelOptions(options, cls.name);
     const cfg = "source" in config && "rope" in config ? config as LlamaConfig : parseLlamaConfig(config);
+    if (!cls.families.includes(cfg.family)) {
+      throw new ConfigError(
+        `${cls.name}: config.json describes ${JSON.stringify(cfg.architectures)} (model_type ` +
+          `${JSON.stringify(cfg.modelType)}), which ${cls.name} does not build; load it with ` +
+          `AutoModelForCausalLM`,
+      );
+    }
     const o = {
       ...opts,
       device: opts.device ?? currentDevice(),
@@ -360,14 +401,27 @@ export class LlamaForCausalLM extends Module {
    * @throws {ConfigError} for unsupported config fields; {@link FormatError} for missing, unexpected or
    *   mis-shaped weights (naming the key)
    */
-  static async fromPretrained(
-    source: ModelSource,
+  static async fromPretrained<T extends LlamaForCausalLM>(
+    this: new (config: LlamaConfig, options?: LlamaModelOptions) => T,
+    source: ModelSource | ModelSourceWithGeneration,
     options: LlamaModelOptions = {},
-  ): Promise<LlamaForCausalLM> {
-    const opts = checkModelOptions(options, "LlamaForCausalLM.fromPretrained");
-    const build = (config: LlamaConfig) => new LlamaForCausalLM(config, { ...opts, materialize: false });
+  ): Promise<T> {
+    const opts = checkModelOptions(options, `${this.name}.fromPretrained`);
+    const build = (config: LlamaConfig) => new this(config, { ...opts, materialize: false });
+    // Read first: a malformed generation_config.json fails before the weights are read.
+    const generation = await readGenerationConfig(source, `${this.name}.fromPretrained`);
+    const model = await loadLlamaWeights(source, build);
+    model.generationConfig = generation;
     // As transformers' from_pretrained: dropout stays off until train() is called.
-    return (await loadLlamaWeights(source, build)).eval();
+    return model.eval();
+  }
+
+  /**
+   * The token id(s) `generate` stops at unless told otherwise: `generation_config.json`'s
+   * `eos_token_id`, else config.json's; null when neither has one.
+   */
+  get defaultEosTokenId(): number | number[] | null {
+    return defaultEosTokenId(this.generationConfig, this.config);
   }
 
   /** Writes `config.json` and `model.safetensors` as transformers' `save_pretrained` does. */
@@ -552,6 +606,10 @@ export class LlamaForCausalLM extends Module {
    * Prompts of different lengths are left-padded internally.
    */
   async generate(promptIds: number[][], opts: GenerateOptions): Promise<number[][]> {
-    return await generateTokens(this, promptIds, opts);
+    if (opts === null || typeof opts !== "object" || opts.eosTokenId !== undefined) {
+      return await generateTokens(this, promptIds, opts); // null: never stop early
+    }
+    const eos = this.defaultEosTokenId;
+    return await generateTokens(this, promptIds, eos === null ? opts : { ...opts, eosTokenId: eos });
   }
 }
