@@ -66,12 +66,12 @@ export interface LoadAdapterOptions {
 
 /** What PEFT puts before a module path in its weight keys (the wrapper's `base_model.model`). */
 export const PEFT_KEY_PREFIX = "base_model.model.";
-const KEY_PREFIX = PEFT_KEY_PREFIX;
 
 /** PEFT's file key of an adapter weight of the module at `modulePath`. */
 function peftKey(modulePath: string, field: NamedWeightField): string {
-  return KEY_PREFIX + adapterWeightKey(modulePath, field);
+  return PEFT_KEY_PREFIX + adapterWeightKey(modulePath, field);
 }
+
 const FLOAT_FILE_DTYPES = new Set(["F32", "F16", "BF16", "F64"]);
 
 // ---------------------------------------------------------------------------------------------------
@@ -335,7 +335,7 @@ function keyHint(key: string): string {
   if (key.includes("lora_magnitude_vector")) return " (a DoRA magnitude vector; DoRA is not supported)";
   if (key.includes("lora_embedding_")) return " (an embedding LoRA; only Linear modules are supported)";
   if (ADAPTER_BIAS_KEY.test(key)) return " (an adapter bias; PEFT's lora_bias is not supported)";
-  if (!key.startsWith(KEY_PREFIX)) return ` (PEFT keys start with "${KEY_PREFIX}")`;
+  if (!key.startsWith(PEFT_KEY_PREFIX)) return ` (PEFT keys start with "${PEFT_KEY_PREFIX}")`;
   return "";
 }
 
@@ -360,10 +360,10 @@ function checkShapes(p: Omit<Planned, "scale">): void {
 
 /** The module path and weight field a PEFT key names, or null when it names no adapter weight. */
 function parsePeftKey(key: string): { module: string; index: number } | null {
-  if (!key.startsWith(KEY_PREFIX)) return null;
+  if (!key.startsWith(PEFT_KEY_PREFIX)) return null;
   const index = LORA_WEIGHTS.findIndex((f) => key.endsWith(`.${f.stateKey}`));
   if (index < 0) return null;
-  const module = key.slice(KEY_PREFIX.length, key.length - LORA_WEIGHTS[index].stateKey.length - 1);
+  const module = key.slice(PEFT_KEY_PREFIX.length, key.length - LORA_WEIGHTS[index].stateKey.length - 1);
   return module === "" ? null : { module, index };
 }
 
