@@ -6,7 +6,7 @@
  */
 import { allocating, Tensor } from "../tensor/mod.ts";
 import type { Device } from "../backend/device.ts";
-import { DeviceError, ShapeError } from "../core/errors.ts";
+import { ConfigError, DeviceError, ShapeError } from "../core/errors.ts";
 
 /** A value accepted by {@link Module.loadStateDict}: a tensor, or raw row-major values with a shape. */
 export type StateValue = Tensor | { shape: readonly number[]; data: ArrayLike<number> };
@@ -177,9 +177,11 @@ export class Module {
     return this;
   }
 
-  /** The computation; subclasses override it. */
+  /** The computation; subclasses override it (calling it on one that does not is a ConfigError). */
   forward(..._args: unknown[]): unknown {
-    throw new Error(`${this.constructor.name}.forward is not implemented`);
+    throw new ConfigError(
+      `${this.constructor.name}.forward is not implemented: a Module subclass defines forward(...)`,
+    );
   }
 }
 

@@ -9,7 +9,14 @@ import { currentDevice, Device } from "../backend/device.ts";
 import { type DType, type HostArray, isDType } from "../core/dtype.ts";
 import { type GradNode, isGradEnabled, trackTensor } from "./graph.ts";
 import { Rng } from "../core/random.ts";
-import { AutogradError, DeviceError, DTypeError, LoraError, ShapeError } from "../core/errors.ts";
+import {
+  AutogradError,
+  ConfigError,
+  DeviceError,
+  DTypeError,
+  LoraError,
+  ShapeError,
+} from "../core/errors.ts";
 
 /** Options shared by tensor constructors. */
 export interface TensorOptions {
@@ -279,7 +286,7 @@ export class Tensor {
 
 function resolve(opts: TensorOptions | undefined, op: string): { device: Device; dtype: DType } {
   const device = opts?.device ?? currentDevice();
-  if (!(device instanceof Device)) throw new DeviceError(`${op}: options.device is not a Device: ${device}`);
+  if (!(device instanceof Device)) throw new ConfigError(`${op}: options.device is not a Device: ${device}`);
   const dtype = opts?.dtype ?? "f32";
   if (!isDType(dtype)) {
     throw new DTypeError(`${op}: unknown dtype ${JSON.stringify(dtype)} (use f32, f16 or f64)`);

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import {
+  ConfigError,
   cpuDevice,
   Dropout,
   Embedding,
@@ -297,4 +298,12 @@ Deno.test("requiresGrad_ on a module sets every parameter; trainableParameters l
   assert.equal(m.trainableParameters().length, 0);
   m.mlp.weight.requiresGrad = true;
   assert.deepEqual(m.trainableParameters(), [m.mlp.weight]);
+});
+
+Deno.test("forward of a Module that does not define it is a ConfigError naming the class", () => {
+  class NoForward extends Module {}
+  assert.throws(
+    () => new NoForward().forward(),
+    (e: unknown) => e instanceof ConfigError && /NoForward\.forward/.test(e.message),
+  );
 });

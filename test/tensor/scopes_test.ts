@@ -1,6 +1,8 @@
 /** Memory scopes: tidy / keep, backward freeing its temporaries, disposeGraph. */
 import assert from "node:assert/strict";
 import {
+  AutogradError,
+  ConfigError,
   cpuDevice,
   crossEntropy,
   disposeGraph,
@@ -93,4 +95,18 @@ Deno.test("a LoRA training loop under tidy + disposeGraph keeps live buffers fla
     counts.push(live());
   }
   assert.equal(new Set(counts.slice(1)).size, 1, `live buffers drifted: ${counts.join(", ")}`);
+});
+
+Deno.test("graph misuse is an AutogradError (a ConfigError): async tidy bodies, requiresGrad_ on non-leaves", () => {
+  assert.throws(
+    () => tidy(() => Promise.resolve(1)),
+    (e: unknown) => e instanceof AutogradError && /tidy/.test(e.message),
+  );
+  const x = tensor([1, 2], [2], { requiresGrad: true });
+  const y = x.mul(2);
+  assert.throws(
+    () => y.requiresGrad_(false),
+    (e: unknown) => e instanceof AutogradError && e instanceof ConfigError,
+  );
+  assert.throws(() => tensor([1]).backward(), AutogradError);
 });

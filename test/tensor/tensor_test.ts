@@ -7,8 +7,10 @@ import fc from "fast-check";
 import {
   add,
   concat,
+  ConfigError,
   cpuDevice,
   crossEntropy,
+  type Device,
   DeviceError,
   dropout,
   DTypeError,
@@ -405,4 +407,13 @@ Deno.test("memory(): a forward + backward step in tidy leaves only the leaf grad
   w.grad!.dispose();
   w.grad = null;
   assert.deepEqual(dev.memory(), start);
+});
+
+Deno.test("options.device that is not a Device is a ConfigError naming the constructor", () => {
+  const notADevice = { kind: "cpu" } as unknown as Device;
+  assert.throws(
+    () => tensor([1, 2], [2], { device: notADevice }),
+    (e: unknown) => e instanceof ConfigError && /^tensor: options\.device/.test(e.message),
+  );
+  assert.throws(() => zeros([2], { device: notADevice }), /^ConfigError: full: options\.device/);
 });
