@@ -473,3 +473,27 @@ Deno.test("useFused runs the fused function on the CPU; its forward stores no to
     { numRuns: 20 },
   );
 });
+
+Deno.test("new LinearLoRA and patchLinearModule install the same fields with the same values", () => {
+  const opts: LinearLoRAOptions = { dim: 3, alpha: 5, dropout: 0.25, dropoutPosition: "pre", seed: 11 };
+  const wrapped = new LinearLoRA(new Linear(6, 4, { seed: 2 }), opts);
+  const patched = patchLinearModule(new Linear(6, 4, { seed: 2 }), opts);
+  assert.deepEqual(Object.keys(patched).sort(), Object.keys(wrapped).sort());
+  const expectedKeys = ["weight", "bias", "lora_A.weight", "lora_B.weight"];
+  assert.deepEqual(Object.keys(patched.stateDict()), expectedKeys);
+  assert.deepEqual(Object.keys(wrapped.stateDict()), expectedKeys);
+  for (const key of Object.keys(wrapped)) {
+    const a = (wrapped as Record<string, unknown>)[key], b = (patched as Record<string, unknown>)[key];
+    if (a instanceof Linear && b instanceof Linear) {
+      assert.deepEqual(b.weight.dataSync(), a.weight.dataSync(), key);
+      assert.equal(b.weight.requiresGrad, true, `${key} trains`);
+    } else if (!(a instanceof Object)) assert.equal(b, a, key);
+  }
+  assert.deepEqual([patched.dim, patched.alpha, patched.scale, patched.dropoutP], [3, 5, 5 / 3, 0.25]);
+  assert.deepEqual([patched.dropoutPosition, patched.useFused, patched.dropoutSeed, patched.merged], [
+    "pre",
+    true,
+    null,
+    false,
+  ]);
+});
