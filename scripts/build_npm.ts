@@ -1,18 +1,26 @@
 /**
- * Builds the npm package in `npm/`: one ESM bundle from esbuild plus `.d.ts` files from
- * `tsc --emitDeclarationOnly` and a package.json with an exports map — what dnt would do, which
- * JSR-only hosting keeps out of reach. Usage: `deno run -A scripts/build_npm.ts [--out DIR]`.
+ * Builds the npm package in `npm/`: one ESM bundle of `mod.ts` from esbuild plus `.d.ts` files from
+ * `tsc --emitDeclarationOnly`, a package.json whose exports map serves `import` and `require()` alike,
+ * the LICENSE and the package's own README (`scripts/npm_package_README.md`). This is what dnt would do;
+ * dnt is published on JSR only, which these machines cannot reach.
+ *
+ * The bundle must load unbundled in a browser, so the build fails when it would keep a static import
+ * of anything (a bare package name or a `node:` module); Node's file access is reached through a
+ * computed dynamic import only where a path is given.
+ *
+ * Usage: `deno run -A scripts/build_npm.ts [--out DIR]`.
  */
 const root = new URL("../", import.meta.url).pathname;
 const outArg = Deno.args.indexOf("--out");
 const out = outArg >= 0 ? Deno.args[outArg + 1] : `${root}npm`;
 const bin = (name: string) => `${root}node_modules/.bin/${name}`;
 
-async function* walk(dir: string): AsyncGenerator<string> {
+/** The files under `dir` whose names end with `suffix`. */
+async function* walk(dir: string, suffix: string): AsyncGenerator<string> {
   for await (const e of Deno.readDir(dir)) {
     const path = `${dir}/${e.name}`;
-    if (e.isDirectory) yield* walk(path);
-    else if (path.endsWith(".d.ts")) yield path;
+    if (e.isDirectory) yield* walk(path, suffix);
+    else if (path.endsWith(suffix)) yield path;
   }
 }
 
@@ -21,12 +29,18 @@ async function run(cmd: string, args: string[]): Promise<void> {
   if (!p.success) throw new Error(`build_npm: ${cmd} ${args.join(" ")} failed with exit code ${p.code}`);
 }
 
+/** The parts of esbuild's metafile read here. */
+interface Metafile {
+  outputs: Record<string, { imports: { path: string; kind: string; external?: boolean }[] }>;
+}
+
 const started = performance.now();
 await Deno.remove(out, { recursive: true }).catch(() => {});
 await Deno.mkdir(`${out}/esm`, { recursive: true });
 
-// One self-contained ESM file; no runtime dependencies. `node:*` imports stay external and are only
-// reached through dynamic import on runtimes that have them.
+// One self-contained ESM file with the WGSL sources embedded. The source map keeps names and positions
+// for stack traces but not the sources themselves, which would be most of the package.
+const metafilePath = `${out}/meta.json`;
 await run(bin("esbuild"), [
   "mod.ts",
   "--bundle",
@@ -35,16 +49,29 @@ await run(bin("esbuild"), [
   "--target=es2022",
   "--external:node:*",
   "--sourcemap",
+  "--sources-content=false",
+  `--metafile=${metafilePath}`,
   `--outfile=${out}/esm/mod.js`,
   "--log-level=warning",
 ]);
+const meta = JSON.parse(await Deno.readTextFile(metafilePath)) as Metafile;
+await Deno.remove(metafilePath);
+for (const [file, output] of Object.entries(meta.outputs)) {
+  const kept = output.imports.filter((i) => i.external);
+  if (kept.length > 0) {
+    throw new Error(
+      `build_npm: ${file} would keep imports a browser cannot resolve: ` +
+        kept.map((i) => `${i.kind} ${i.path}`).join(", "),
+    );
+  }
+}
 
 const tsconfig = {
   compilerOptions: {
     target: "ES2022",
     module: "ESNext",
     moduleResolution: "Bundler",
-    lib: ["ES2023", "DOM"],
+    lib: ["ES2023", "ESNext.Disposable", "DOM"],
     typeRoots: [`${root}node_modules/@types`, `${root}node_modules/@webgpu`],
     types: ["types", "node"],
     declaration: true,
@@ -62,30 +89,51 @@ const tsconfigPath = `${out}/tsconfig.build.json`;
 await Deno.writeTextFile(tsconfigPath, JSON.stringify(tsconfig, null, 2));
 await run(bin("tsc"), ["-p", tsconfigPath]);
 await Deno.remove(tsconfigPath);
-// tsc keeps `.ts` specifiers in declarations; consumers resolve `.js` ones to the `.d.ts` next to them.
-for await (const file of walk(`${out}/types`)) {
+
+/**
+ * The declarations name WebGPU's types (`GPU`, `GPUAdapter`...) and `Symbol.dispose`; a consumer gets
+ * them from these references rather than from its own `types` and `lib` settings, which a strict project
+ * may leave empty (`types: []`) or at an older ECMAScript.
+ */
+const references = '/// <reference types="@webgpu/types" />\n/// <reference lib="esnext.disposable" />\n';
+for await (const file of walk(`${out}/types`, ".d.ts")) {
   const text = await Deno.readTextFile(file);
-  await Deno.writeTextFile(
-    file,
-    text.replace(/(from\s+|import\()(["'])(\.{1,2}\/[^"']+)\.ts\2/g, "$1$2$3.js$2"),
-  );
+  // tsc keeps `.ts` specifiers in declarations; consumers resolve `.js` ones to the `.d.ts` next to them.
+  const rewritten = text.replace(/(from\s+|import\()(["'])(\.{1,2}\/[^"']+)\.ts\2/g, "$1$2$3.js$2");
+  await Deno.writeTextFile(file, references + rewritten);
 }
 
 const pkg = JSON.parse(await Deno.readTextFile(`${root}package.json`));
 const deno = JSON.parse(await Deno.readTextFile(`${root}deno.json`));
+const webgpuTypes = pkg.devDependencies["@webgpu/types"];
+if (typeof webgpuTypes !== "string") throw new Error("build_npm: package.json lacks @webgpu/types");
 const npmPkg = {
   name: pkg.name,
   version: deno.version,
   description: pkg.description,
+  keywords: pkg.keywords,
+  homepage: pkg.homepage,
+  repository: pkg.repository,
+  bugs: pkg.bugs,
   license: pkg.license,
   type: "module",
   main: "./esm/mod.js",
   types: "./types/mod.d.ts",
-  exports: { ".": { types: "./types/mod.d.ts", import: "./esm/mod.js" } },
+  // `default` serves require(): Node 20.19+ loads an ES module synchronously when it has no top-level
+  // await, which the bundle never has.
+  exports: {
+    ".": { types: "./types/mod.d.ts", import: "./esm/mod.js", default: "./esm/mod.js" },
+    "./package.json": "./package.json",
+  },
   sideEffects: false,
-  files: ["esm", "types", "README.md"],
-  engines: { node: ">=20" },
+  files: ["esm", "types", "README.md", "LICENSE"],
+  engines: { node: ">=20.19" },
+  dependencies: { "@webgpu/types": webgpuTypes },
 };
+for (const [key, value] of Object.entries(npmPkg)) {
+  if (value === undefined) throw new Error(`build_npm: package.json lacks "${key}"`);
+}
 await Deno.writeTextFile(`${out}/package.json`, JSON.stringify(npmPkg, null, 2) + "\n");
-await Deno.copyFile(`${root}README.md`, `${out}/README.md`).catch(() => {});
+await Deno.copyFile(`${root}LICENSE`, `${out}/LICENSE`);
+await Deno.copyFile(`${root}scripts/npm_package_README.md`, `${out}/README.md`);
 console.log(`build_npm: wrote ${out} in ${((performance.now() - started) / 1000).toFixed(1)} s`);
