@@ -96,11 +96,13 @@ async function isNullBackend(adapter: GPUAdapter): Promise<boolean> {
  */
 export async function isSoftwareAdapter(adapter: GPUAdapter): Promise<boolean> {
   const info = await adapterInfo(adapter);
+  // The flag moved from the adapter into its info; the old attribute is read only when the info lacks
+  // it (bun-webgpu's old attribute logs and throws, its info has the flag).
   const flags = adapter as GPUAdapter & { isFallbackAdapter?: boolean };
-  if (
-    readSafely(() => flags.isFallbackAdapter) === true || info.isFallbackAdapter === true ||
-    info.adapterType === WGPU_ADAPTER_CPU || info.adapterType === "cpu"
-  ) {
+  const fallback = "isFallbackAdapter" in info
+    ? info.isFallbackAdapter
+    : readSafely(() => flags.isFallbackAdapter);
+  if (fallback === true || info.adapterType === WGPU_ADAPTER_CPU || info.adapterType === "cpu") {
     return true;
   }
   return SOFTWARE_NAMES.test([info.description, info.device, info.vendor, info.architecture].join(" "));
