@@ -1,11 +1,4 @@
 // out[i] = x[i] * mul + add.
-struct Params {
-  n: u32,
-  mul: f32,
-  add: f32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<${T}>;
 @group(0) @binding(2) var<storage, read_write> y: array<${T}>;
 

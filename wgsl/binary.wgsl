@@ -1,15 +1,6 @@
 // Broadcasting element-wise op: out[i] = op(a[ia], b[ib]) where ia and ib come from i's coordinates in
 // the output shape and each operand's strides (0 along broadcast axes). Shapes arrive collapsed to at
 // most MAX_RANK axes.
-struct Params {
-  n: u32,
-  rank: u32,
-  shape: array<vec4<u32>, ${MAX_RANK / 4}>,
-  a_strides: array<vec4<u32>, ${MAX_RANK / 4}>,
-  b_strides: array<vec4<u32>, ${MAX_RANK / 4}>,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<${T}>;
 @group(0) @binding(2) var<storage, read> b: array<${T}>;
 @group(0) @binding(3) var<storage, read_write> y: array<${T}>;

@@ -1,9 +1,4 @@
 // out[i] = x[i] converted from ${S} to ${T}.
-struct Params {
-  n: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<${S}>;
 @group(0) @binding(2) var<storage, read_write> y: array<${T}>;
 

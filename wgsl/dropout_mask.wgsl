@@ -1,12 +1,4 @@
 // out[i] = the dropout multiplier of element i: 0 or keep = 1 / (1 - p).
-struct Params {
-  n: u32,
-  seed: u32,
-  threshold: u32,
-  keep: f32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> y: array<${T}>;
 
 @compute @workgroup_size(${WG})

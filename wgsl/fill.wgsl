@@ -1,10 +1,4 @@
 // out[i] = value.
-struct Params {
-  n: u32,
-  value: f32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> y: array<${T}>;
 
 @compute @workgroup_size(${WG})

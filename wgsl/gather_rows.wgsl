@@ -1,10 +1,4 @@
 // out[i, j] = table[ids[i], j] for a [rows, dim] table.
-struct Params {
-  count: u32,
-  dim: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> table: array<${T}>;
 @group(0) @binding(2) var<storage, read> ids: array<u32>;
 @group(0) @binding(3) var<storage, read_write> y: array<${T}>;

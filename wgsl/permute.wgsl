@@ -1,13 +1,5 @@
 // Contiguous copy with permuted axes: out[i] = x[src(i)], where src sums i's output coordinates times
 // the input strides of the axes they came from. Shapes arrive collapsed to at most MAX_RANK axes.
-struct Params {
-  n: u32,
-  rank: u32,
-  shape: array<vec4<u32>, ${MAX_RANK / 4}>,
-  src_strides: array<vec4<u32>, ${MAX_RANK / 4}>,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<${T}>;
 @group(0) @binding(2) var<storage, read_write> y: array<${T}>;
 

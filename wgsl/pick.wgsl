@@ -1,10 +1,4 @@
 // out[i] = x[i, idx[i]] for [rows, n], or 0 where idx[i] < 0.
-struct Params {
-  rows: u32,
-  n: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<${T}>;
 @group(0) @binding(2) var<storage, read> idx: array<i32>;
 @group(0) @binding(3) var<storage, read_write> y: array<${T}>;

@@ -1,14 +1,5 @@
 // Sum or max over the middle axis of [outer, n, inner] (OP = "sum" | "max"): one invocation per output
 // element; neighbouring invocations read neighbouring addresses.
-struct Params {
-  outer: u32,
-  n: u32,
-  inner: u32,
-  // -Infinity, passed in: constant infinities are shader-creation errors in WGSL.
-  neg_inf: f32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<${T}>;
 @group(0) @binding(2) var<storage, read_write> y: array<${T}>;
 

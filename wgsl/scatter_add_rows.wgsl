@@ -1,12 +1,6 @@
 // out[r, j] = sum of src[s, j] over the source rows s with ids[s] = r. The host sorts the ids into a
 // compressed list (csr[r] .. csr[r + 1] index csr[rows + 1 + ...] = source rows), so each invocation
 // owns one output element and no float atomics are needed.
-struct Params {
-  rows: u32,
-  dim: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> src: array<${T}>;
 @group(0) @binding(2) var<storage, read> csr: array<u32>;
 @group(0) @binding(3) var<storage, read_write> y: array<${T}>;

@@ -1,13 +1,5 @@
 // Softmax (LOG = false) or log-softmax (LOG = true) over each row of [rows, n]: one workgroup per row;
 // the row maximum is subtracted before exponentiating, so large logits cannot overflow.
-struct Params {
-  rows: u32,
-  n: u32,
-  // -Infinity, passed in: constant infinities are shader-creation errors in WGSL.
-  neg_inf: f32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<${T}>;
 @group(0) @binding(2) var<storage, read_write> y: array<${T}>;
 

@@ -1,9 +1,4 @@
 // out[i] = f(x[i]) for the element-wise function named by OP (the UnaryOp names of backend.ts).
-struct Params {
-  n: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<${T}>;
 @group(0) @binding(2) var<storage, read_write> y: array<${T}>;
 

@@ -1,10 +1,4 @@
 // The inverse of pick: out[i, j] = src[i] where j = idx[i], else 0 ([rows, n]).
-struct Params {
-  rows: u32,
-  n: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> src: array<${T}>;
 @group(0) @binding(2) var<storage, read> idx: array<i32>;
 @group(0) @binding(3) var<storage, read_write> y: array<${T}>;

@@ -8,6 +8,10 @@
  * @module
  */
 import type { DType, HostArray } from "../core/dtype.ts";
+import type { KernelRecord } from "./kernels/record.ts";
+import type { MatmulArgs } from "./shape.ts";
+
+export type { MatmulArgs } from "./shape.ts";
 
 /** An opaque handle to device memory holding one tensor's elements. */
 export interface Storage {
@@ -122,20 +126,7 @@ export interface Backend {
    * A[b] is [m, k] ([k, m] stored when transA); B[b] is [k, n] ([n, k] stored when transB).
    * `aBatch`/`bBatch` are 1 (broadcast) or `batch`.
    */
-  matmul(
-    a: Storage,
-    b: Storage,
-    args: {
-      batch: number;
-      aBatch: number;
-      bBatch: number;
-      m: number;
-      k: number;
-      n: number;
-      transA: boolean;
-      transB: boolean;
-    },
-  ): Storage;
+  matmul(a: Storage, b: Storage, args: MatmulArgs): Storage;
   /** Contiguous copy of `x` (of `shape`) with axes permuted: out axis i is input axis perm[i]. */
   permute(x: Storage, shape: readonly number[], perm: readonly number[]): Storage;
   /** Copies rows of a [rows, dim] table: out[i] = table[ids[i]]. */
@@ -152,6 +143,12 @@ export interface Backend {
   loraForward(args: LoraForwardArgs): Storage;
   /** Fused LoRA linear backward. */
   loraBackward(args: LoraBackwardArgs): LoraGrads;
+  /**
+   * Runs one kernel record (src/backend/kernels/): the CPU calls its reference, WebGPU dispatches its
+   * template. `inputs` are the storage bindings before the record's scratch words and outputs; returns
+   * the outputs in binding order. New kernels are called this way, with no method of their own.
+   */
+  run<A>(record: KernelRecord<A>, inputs: readonly Storage[], args: A): Storage[];
   /** Waits for queued work (no-op on the CPU). */
   sync(): Promise<void>;
   /** Releases the device; later use is a DeviceError. */

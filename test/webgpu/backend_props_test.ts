@@ -17,6 +17,8 @@ import {
 import { gpu, gpuTest } from "./gpu.ts";
 import { DeviceError, DTypeError } from "../../mod.ts";
 import type { WebGpuBackend } from "../../src/backend/webgpu/backend.ts";
+import { requestPipelines } from "../../src/backend/webgpu/gemm.ts";
+import { matmulArgs } from "../../src/backend/shape.ts";
 
 const RUNS = { cheap: 30, gemm: 25 };
 const f = gpu === null ? fc.constant<"f32">("f32") : floatTypes(gpu);
@@ -384,18 +386,34 @@ gpuTest("affine with add 0 copies exactly: -0 stays -0, like the CPU reference",
 
 gpuTest("pipelines are compiled once per kernel specialisation and then reused", async (dev) => {
   const be = dev.backend as WebGpuBackend;
-  const run = async (m: number, k: number, n: number) => {
-    const a = be.upload(values(m * k, 1, "f32"), "f32"), b = be.upload(values(k * n, 2, "f32"), "f32");
-    const c = be.matmul(a, b, { batch: 1, aBatch: 1, bBatch: 1, m, k, n, transA: false, transB: false });
+  const maxBinding = be.gpuDevice.limits.maxStorageBufferBindingSize;
+  const run = async ([m, k, n]: readonly number[], seed: number) => {
+    const a = be.upload(values(m * k, seed, "f32"), "f32"),
+      b = be.upload(values(k * n, seed + 1, "f32"), "f32");
+    const c = be.matmul(a, b, matmulArgs(m, k, n));
     await be.read(c);
     for (const s of [a, b, c]) be.free(s);
   };
-  await run(70, 33, 65);
+  // The pipelines a product needs on this adapter's GEMM profile (tiled on hardware GPUs, direct on
+  // software ones), predicted from the planner rather than assumed.
+  const predicted = ([m, k, n]: readonly number[]) =>
+    requestPipelines(
+      { a: { type: "f32", trans: false }, b: { type: "f32", trans: false }, m, n, k, outType: "f32" },
+      be.gemmProfile,
+      maxBinding,
+    ).map(([record, spec]) => `${record.name}|${JSON.stringify({ ...spec })}`);
+  // Small products (smallest tile), k and n not multiples of 4 (vec4 access is part of the
+  // specialisation), a vec4 one, and one large enough to take another tile or split k.
+  const shapes = [[70, 33, 65], [71, 37, 66], [5, 101, 301], [129, 7, 1], [64, 64, 64], [256, 512, 256]];
+  assert.deepEqual(predicted(shapes[0]), predicted(shapes[1]), "two sizes of one specialisation");
+  const before = new Set(be.pipelineKeys());
+  for (const shape of shapes) await run(shape, 1);
+  const compiled = be.pipelineKeys().filter((key) => !before.has(key)).sort();
+  const expected = [...new Set(shapes.flatMap(predicted))].filter((key) => !before.has(key)).sort();
+  assert.deepEqual(compiled, expected);
   const count = be.pipelineCount;
-  // Other sizes with the same specialisation need no new pipeline: small products (one tile), no split-K
-  // (k < 128), and k and n not multiples of 4 like 33 and 65 (vec4 access is part of the specialisation).
-  await run(5, 101, 301);
-  await run(129, 7, 1);
+  // Every shape again, with other values: nothing new is compiled.
+  for (const shape of shapes) await run(shape, 7);
   assert.equal(be.pipelineCount, count);
 });
 

@@ -5,9 +5,16 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { evaluate, expandTemplate, TemplateError } from "../../src/backend/webgpu/template.ts";
-import { type KernelName, KERNELS, kernelSource, MAX_RANK } from "../../src/backend/webgpu/kernels.ts";
-import { gemmSpecialisation } from "../../src/backend/webgpu/gemm.ts";
-import { DIRECT_PROFILE, SCHEDULE_KERNEL, TILED_PROFILE } from "../../src/backend/webgpu/gemm_plan.ts";
+import { kernelSource } from "../../src/backend/webgpu/pipelines.ts";
+import { gemmSpecialisation, SCHEDULE_TEMPLATE } from "../../src/backend/webgpu/gemm.ts";
+import { DIRECT_PROFILE, TILED_PROFILE } from "../../src/backend/webgpu/gemm_plan.ts";
+import {
+  type KernelTemplate,
+  MAX_RANK,
+  packParams,
+  type ParamLayout,
+  paramsRead,
+} from "../../src/backend/kernels/record.ts";
 import { WGSL_SOURCES } from "../../src/backend/webgpu/wgsl_sources.ts";
 import { readSources, renderSources } from "../../scripts/gen_wgsl.ts";
 import { dropoutHash } from "../../src/core/random.ts";
@@ -69,14 +76,89 @@ Deno.test("template: unknown names, bad expressions and unbalanced directives ar
   assert.throws(() => expandTemplate("${4 / 0}", {}), /division by zero/);
 });
 
-Deno.test("wgsl_sources.ts is the current rendering of wgsl/*.wgsl", async () => {
+Deno.test("wgsl_sources.ts is the current rendering of the files under wgsl/", async () => {
   const text = await Deno.readTextFile(new URL("src/backend/webgpu/wgsl_sources.ts", ROOT));
   assert.equal(text, renderSources(await readSources()), "stale: run `deno task gen:wgsl`");
 });
 
-Deno.test("every kernel template has a kernel table entry and vice versa", () => {
-  const files = Object.keys(WGSL_SOURCES).filter((n) => n !== "common").sort();
-  assert.deepEqual(files, Object.keys(KERNELS).sort());
+/**
+ * Every kernel record of src/backend/kernels/, found by importing each file there and keeping the exports
+ * shaped like a record: the registry has no index file, so a new kernel is its record and its template.
+ */
+async function allRecords(): Promise<Map<string, KernelTemplate>> {
+  const dir = new URL("src/backend/kernels/", ROOT);
+  const records = new Map<string, KernelTemplate>();
+  for await (const e of Deno.readDir(dir)) {
+    if (!e.isFile || !e.name.endsWith(".ts")) continue;
+    const mod = await import(new URL(e.name, dir).href);
+    for (const v of Object.values(mod)) {
+      const r = v as KernelTemplate;
+      if (
+        typeof r === "object" && r !== null && typeof r.template === "string" && Array.isArray(r.bindings)
+      ) {
+        assert.ok(!records.has(r.name) || records.get(r.name) === r, `two records named ${r.name}`);
+        records.set(r.name, r);
+      }
+    }
+  }
+  return records;
+}
+
+Deno.test("every WGSL file is common, a record's template or a record's include; every one named exists", async () => {
+  const records = [...(await allRecords()).values()];
+  const named = new Set(["common", ...records.flatMap((r) => [r.template, ...(r.includes ?? [])])]);
+  assert.deepEqual(Object.keys(WGSL_SOURCES).sort(), [...named].sort());
+});
+
+Deno.test("each record's parameter layout names every p.<field> its WGSL reads, and nothing it does not", async () => {
+  for (const r of (await allRecords()).values()) {
+    const text = [r.template, ...(r.includes ?? [])].map((n) => WGSL_SOURCES[n]).join("\n");
+    assert.ok(!/struct Params/.test(text), `${r.name}: struct Params is generated, not written in WGSL`);
+    const read = [...paramsRead(text)].sort();
+    assert.deepEqual(read, r.params.map((f) => f.name).sort(), `${r.name}: fields read vs layout`);
+  }
+});
+
+Deno.test("each record's bindings match its WGSL declarations: index, name and access", async () => {
+  for (const r of (await allRecords()).values()) {
+    const text = [r.template, ...(r.includes ?? [])].map((n) => WGSL_SOURCES[n]).join("\n");
+    const declared = new Map<number, string>();
+    for (const m of text.matchAll(/@binding\((\d+)\) var<storage, (read|read_write)> (\w+)/g)) {
+      const entry = `${m[3]} ${m[2] === "read" ? "read" : "write"}`;
+      const index = Number(m[1]);
+      // Alternative declarations of one binding (vec4 or scalar) must agree on name and access.
+      assert.ok(
+        !declared.has(index) || declared.get(index) === entry,
+        `${r.name}: binding ${index} declared twice`,
+      );
+      declared.set(index, entry);
+    }
+    assert.deepEqual(
+      [...declared.entries()].sort((a, b) => a[0] - b[0]),
+      r.bindings.map((b, i) => [i + 1, `${b.name} ${b.access}`]),
+      r.name,
+    );
+  }
+});
+
+Deno.test("packParams lays fields out as WGSL does: vec4 arrays 16-byte aligned, floats as bits", () => {
+  const layout: ParamLayout = [
+    { name: "n", type: "u32" },
+    { name: "x", type: "f32" },
+    { name: "v", type: "vec4u", count: 2 },
+    { name: "y", type: "f32" },
+  ];
+  const words = packParams(layout, { n: 7, x: 1, v: [1, 2, 3], y: -2 }, "test");
+  assert.deepEqual(words, [7, 0x3f800000, 0, 0, 1, 2, 3, 0, 0, 0, 0, 0, 0xc0000000]);
+  assert.throws(() => packParams(layout, { n: 1, x: 1, v: [] }, "test"), /parameter y has no value/);
+  assert.throws(
+    () => packParams(layout, { n: 1, x: 1, v: [], y: 0, z: 1 }, "test"),
+    /z is not in the layout/,
+  );
+  assert.throws(
+    () => packParams(layout, { n: 1, x: 1, v: [1, 2, 3, 4, 5, 6, 7, 8, 9], y: 0 }, "test"),
+    /room for 8/,
+  );
 });
 
 Deno.test("gen_wgsl.ts --check exits 1 on a stale copy and 0 once regenerated", async () => {
@@ -103,8 +185,12 @@ Deno.test("gen_wgsl.ts --check exits 1 on a stale copy and 0 once regenerated", 
 });
 
 /** Every specialisation the backend can ask for, per storage type. */
-function specialisations(t: "f32" | "f16"): [KernelName, TemplateParams][] {
-  const out: [KernelName, TemplateParams][] = [];
+function specialisations(
+  t: "f32" | "f16",
+  records: ReadonlyMap<string, KernelTemplate>,
+): [KernelTemplate, TemplateParams][] {
+  const out: [KernelTemplate, TemplateParams][] = [];
+  const named = (name: string) => records.get(name)!;
   const base = { WG: 256, T: t };
   for (
     const k of [
@@ -118,9 +204,9 @@ function specialisations(t: "f32" | "f16"): [KernelName, TemplateParams][] {
       "splitk_reduce",
     ] as const
   ) {
-    out.push([k, base]);
+    out.push([named(k), base]);
   }
-  for (const S of ["f32", "f16"]) out.push(["cast", { ...base, S }]);
+  for (const S of ["f32", "f16"]) out.push([named("cast"), { ...base, S }]);
   for (
     const OP of [
       "neg",
@@ -140,19 +226,21 @@ function specialisations(t: "f32" | "f16"): [KernelName, TemplateParams][] {
       "cos",
     ]
   ) {
-    out.push(["unary", { ...base, OP }]);
+    out.push([named("unary"), { ...base, OP }]);
   }
-  for (const OP of ["add", "sub", "mul", "div", "max", "gt"]) out.push(["binary", { ...base, OP, MAX_RANK }]);
-  out.push(["permute", { ...base, MAX_RANK }]);
+  for (const OP of ["add", "sub", "mul", "div", "max", "gt"]) {
+    out.push([named("binary"), { ...base, OP, MAX_RANK }]);
+  }
+  out.push([named("permute"), { ...base, MAX_RANK }]);
   for (const OP of ["sum", "max"]) {
-    out.push(["reduce_rows", { ...base, OP }], ["reduce_cols", { ...base, OP }]);
+    out.push([named("reduce_rows"), { ...base, OP }], [named("reduce_cols"), { ...base, OP }]);
   }
-  for (const LOG of [false, true]) out.push(["softmax", { ...base, LOG }]);
+  for (const LOG of [false, true]) out.push([named("softmax"), { ...base, LOG }]);
   // GEMMs: on the smallest tile of each schedule every layout, vec4 access everywhere or nowhere, each mask
   // and output type, and the LoRA output kernel with and without output mask and bias; on every other tile
   // (the flags do not interact with the tile) a plain and a LoRA kernel.
   for (const { schedule, tiles } of [TILED_PROFILE, DIRECT_PROFILE]) {
-    const kernel = SCHEDULE_KERNEL[schedule];
+    const kernel = SCHEDULE_TEMPLATE[schedule];
     const smallest = tiles[tiles.length - 1];
     for (const transA of [false, true]) {
       for (const transB of [false, true]) {
@@ -192,11 +280,12 @@ function specialisations(t: "f32" | "f16"): [KernelName, TemplateParams][] {
 gpuTest("every kernel specialisation compiles without errors (f32 and f16)", async (dev) => {
   const device = (dev.backend as WebGpuBackend).gpuDevice;
   const types = dev.supportsDType("f16") ? (["f32", "f16"] as const) : (["f32"] as const);
+  const records = await allRecords();
   for (const t of types) {
-    for (const [name, params] of specialisations(t)) {
-      const module = device.createShaderModule({ code: kernelSource(name, params) });
+    for (const [record, params] of specialisations(t, records)) {
+      const module = device.createShaderModule({ code: kernelSource(record, params) });
       const errors = (await module.getCompilationInfo()).messages.filter((m) => m.type === "error");
-      assert.deepEqual(errors.map((e) => e.message), [], `${name} ${JSON.stringify(params)}`);
+      assert.deepEqual(errors.map((e) => e.message), [], `${record.name} ${JSON.stringify(params)}`);
     }
   }
 });

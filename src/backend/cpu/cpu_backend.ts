@@ -4,18 +4,23 @@
  * obviously right over being fast.
  * @module
  */
-import type {
-  Backend,
-  BinaryOp,
-  LoraBackwardArgs,
-  LoraForwardArgs,
-  LoraGrads,
-  Storage,
-  UnaryOp,
-} from "../backend.ts";
+import type { Backend, LoraBackwardArgs, LoraForwardArgs, LoraGrads, Storage } from "../backend.ts";
 import { type DType, dtypeSize, type HostArray, hostArray, roundInPlace } from "../../core/dtype.ts";
-import { dropoutHash, dropoutKeepScale, dropoutThreshold } from "../../core/random.ts";
+import { dropoutKeepScale, dropoutThreshold } from "../../core/random.ts";
 import { DeviceError } from "../../core/errors.ts";
+import type { KernelRecord } from "../kernels/record.ts";
+import { AFFINE } from "../kernels/affine.ts";
+import { BINARY } from "../kernels/binary.ts";
+import { CAST } from "../kernels/cast.ts";
+import { DROPOUT_MASK, dropoutFactor } from "../kernels/dropout_mask.ts";
+import { FILL } from "../kernels/fill.ts";
+import { GATHER_ROWS } from "../kernels/gather_rows.ts";
+import { PERMUTE } from "../kernels/permute.ts";
+import { PICK, UNPICK } from "../kernels/pick.ts";
+import { REDUCE_COLS } from "../kernels/reduce_axis.ts";
+import { SCATTER_ADD_ROWS } from "../kernels/scatter_add_rows.ts";
+import { SOFTMAX } from "../kernels/softmax.ts";
+import { UNARY } from "../kernels/unary.ts";
 
 /** CPU storage: a host array plus its dtype. */
 export class CpuStorage implements Storage {
@@ -37,54 +42,6 @@ function make(dtype: DType, data: HostArray): CpuStorage {
   return new CpuStorage(roundInPlace(data, dtype), dtype);
 }
 
-const UNARY: Record<UnaryOp, (x: number) => number> = {
-  neg: (x) => -x,
-  exp: Math.exp,
-  log: Math.log,
-  sqrt: Math.sqrt,
-  rsqrt: (x) => 1 / Math.sqrt(x),
-  sigmoid: (x) => 1 / (1 + Math.exp(-x)),
-  silu: (x) => x / (1 + Math.exp(-x)),
-  siluGrad: (x) => {
-    const s = 1 / (1 + Math.exp(-x));
-    return s * (1 + x * (1 - s));
-  },
-  relu: (x) => (x > 0 ? x : 0),
-  step: (x) => (x > 0 ? 1 : 0),
-  square: (x) => x * x,
-  recip: (x) => 1 / x,
-  abs: Math.abs,
-  sin: Math.sin,
-  cos: Math.cos,
-};
-
-const BINARY: Record<BinaryOp, (a: number, b: number) => number> = {
-  add: (a, b) => a + b,
-  sub: (a, b) => a - b,
-  mul: (a, b) => a * b,
-  div: (a, b) => a / b,
-  max: (a, b) => (a >= b || Number.isNaN(a) ? a : b),
-  gt: (a, b) => (a > b ? 1 : 0),
-};
-
-/** Strides of `shape` right-aligned into `rank` dims, 0 on broadcast axes. */
-function broadcastStrides(shape: readonly number[], outShape: readonly number[]): number[] {
-  const rank = outShape.length;
-  const strides = new Array<number>(rank).fill(0);
-  let s = 1;
-  for (let i = shape.length - 1; i >= 0; i--) {
-    const o = rank - shape.length + i;
-    strides[o] = shape[i] === 1 ? 0 : s;
-    s *= shape[i];
-  }
-  return strides;
-}
-
-/** The dropout multiplier for element `i`. */
-function maskAt(seed: number, i: number, threshold: number, keep: number): number {
-  return dropoutHash(seed, i) >= threshold ? keep : 0;
-}
-
 /** Creates the CPU reference backend. */
 export function createCpuBackend(): Backend {
   let liveBuffers = 0;
@@ -95,6 +52,13 @@ export function createCpuBackend(): Backend {
     return s;
   };
   const out = (dtype: DType, data: HostArray) => track(make(dtype, data));
+  /** Any kernel record: its checks, then its reference, each output rounded once to its dtype. */
+  const run = <A>(record: KernelRecord<A>, inputs: readonly Storage[], args: A): Storage[] => {
+    const values = inputs.map(arr);
+    record.check?.(inputs, args);
+    const specs = record.outputs(inputs, args);
+    return record.reference(values, args, specs).map((v, i) => out(specs[i].dtype, v));
+  };
 
   const backend: Backend = {
     kind: "cpu",
@@ -121,93 +85,14 @@ export function createCpuBackend(): Backend {
     },
     memory: () => ({ buffers: liveBuffers, bytes: liveBytes }),
 
-    fill(size, value, dtype) {
-      return out(dtype, hostArray(dtype, size).fill(value));
-    },
-    cast(x, dtype) {
-      const a = arr(x);
-      const r = hostArray(dtype, a.length);
-      for (let i = 0; i < a.length; i++) r[i] = a[i];
-      return out(dtype, r);
-    },
-    unary(op, x) {
-      const f = UNARY[op];
-      const a = arr(x);
-      const r = hostArray(x.dtype, a.length);
-      for (let i = 0; i < a.length; i++) r[i] = f(a[i]);
-      return out(x.dtype, r);
-    },
-    affine(x, mul, add) {
-      const a = arr(x);
-      const r = hostArray(x.dtype, a.length);
-      // Adding a zero would turn −0 into +0, so copies (detach, reshape) and scales would not be exact.
-      for (let i = 0; i < a.length; i++) r[i] = add === 0 ? a[i] * mul : a[i] * mul + add;
-      return out(x.dtype, r);
-    },
-    binary(op, a, aShape, b, bShape, outShape) {
-      const f = BINARY[op];
-      const av = arr(a), bv = arr(b);
-      const n = outShape.reduce((p, d) => p * d, 1);
-      const r = hostArray(a.dtype, n);
-      const rank = outShape.length;
-      const as = broadcastStrides(aShape, outShape), bs = broadcastStrides(bShape, outShape);
-      const idx = new Array<number>(rank).fill(0);
-      let ai = 0, bi = 0;
-      for (let i = 0; i < n; i++) {
-        r[i] = f(av[ai], bv[bi]);
-        // Odometer increment keeps the two source offsets in step with the output index.
-        for (let d = rank - 1; d >= 0; d--) {
-          idx[d]++;
-          ai += as[d];
-          bi += bs[d];
-          if (idx[d] < outShape[d]) break;
-          ai -= as[d] * idx[d];
-          bi -= bs[d] * idx[d];
-          idx[d] = 0;
-        }
-      }
-      return out(a.dtype, r);
-    },
-    sumAxis(x, outer, n, inner) {
-      const a = arr(x);
-      const r = hostArray(x.dtype, outer * inner);
-      for (let o = 0; o < outer; o++) {
-        for (let j = 0; j < inner; j++) {
-          let s = 0;
-          for (let i = 0; i < n; i++) s += a[(o * n + i) * inner + j];
-          r[o * inner + j] = s;
-        }
-      }
-      return out(x.dtype, r);
-    },
-    maxAxis(x, outer, n, inner) {
-      const a = arr(x);
-      const r = hostArray(x.dtype, outer * inner);
-      for (let o = 0; o < outer; o++) {
-        for (let j = 0; j < inner; j++) {
-          let s = -Infinity;
-          for (let i = 0; i < n; i++) s = Math.max(s, a[(o * n + i) * inner + j]);
-          r[o * inner + j] = s;
-        }
-      }
-      return out(x.dtype, r);
-    },
-    softmax(x, rows, n, log) {
-      const a = arr(x);
-      const r = hostArray(x.dtype, rows * n);
-      for (let i = 0; i < rows; i++) {
-        let mx = -Infinity;
-        for (let j = 0; j < n; j++) mx = Math.max(mx, a[i * n + j]);
-        let s = 0;
-        for (let j = 0; j < n; j++) s += Math.exp(a[i * n + j] - mx);
-        const ls = Math.log(s);
-        for (let j = 0; j < n; j++) {
-          const z = a[i * n + j] - mx;
-          r[i * n + j] = log ? z - ls : Math.exp(z) / s;
-        }
-      }
-      return out(x.dtype, r);
-    },
+    fill: (size, value, dtype) => run(FILL, [], { size, value, dtype })[0],
+    cast: (x, dtype) => run(CAST, [x], { dtype })[0],
+    unary: (op, x) => run(UNARY, [x], { op })[0],
+    affine: (x, mul, add) => run(AFFINE, [x], { mul, add })[0],
+    binary: (op, a, aShape, b, bShape, outShape) => run(BINARY, [a, b], { op, aShape, bShape, outShape })[0],
+    sumAxis: (x, outer, n, inner) => run(REDUCE_COLS, [x], { op: "sum", outer, n, inner })[0],
+    maxAxis: (x, outer, n, inner) => run(REDUCE_COLS, [x], { op: "max", outer, n, inner })[0],
+    softmax: (x, rows, n, log) => run(SOFTMAX, [x], { rows, n, log })[0],
     matmul(a, b, { batch, aBatch, bBatch, m, k, n, transA, transB }) {
       const av = arr(a), bv = arr(b);
       const r = hostArray(a.dtype, batch * m * n);
@@ -240,67 +125,12 @@ export function createCpuBackend(): Backend {
       }
       return out(a.dtype, r);
     },
-    permute(x, shape, perm) {
-      const a = arr(x);
-      const rank = shape.length;
-      const inStrides = new Array<number>(rank);
-      let s = 1;
-      for (let i = rank - 1; i >= 0; i--) {
-        inStrides[i] = s;
-        s *= shape[i];
-      }
-      const outShape = perm.map((p) => shape[p]);
-      const st = perm.map((p) => inStrides[p]);
-      const r = hostArray(x.dtype, a.length);
-      const idx = new Array<number>(rank).fill(0);
-      let src = 0;
-      for (let i = 0; i < a.length; i++) {
-        r[i] = a[src];
-        for (let d = rank - 1; d >= 0; d--) {
-          idx[d]++;
-          src += st[d];
-          if (idx[d] < outShape[d]) break;
-          src -= st[d] * idx[d];
-          idx[d] = 0;
-        }
-      }
-      return out(x.dtype, r);
-    },
-    gatherRows(table, ids, dim) {
-      const t = arr(table);
-      const r = hostArray(table.dtype, ids.length * dim);
-      for (let i = 0; i < ids.length; i++) r.set(t.subarray(ids[i] * dim, ids[i] * dim + dim), i * dim);
-      return out(table.dtype, r);
-    },
-    scatterAddRows(src, ids, rows, dim) {
-      const s = arr(src);
-      const acc = new Float64Array(rows * dim);
-      for (let i = 0; i < ids.length; i++) {
-        if (ids[i] < 0) continue;
-        for (let j = 0; j < dim; j++) acc[ids[i] * dim + j] += s[i * dim + j];
-      }
-      const r = hostArray(src.dtype, rows * dim);
-      r.set(acc);
-      return out(src.dtype, r);
-    },
-    pick(x, idx, n) {
-      const a = arr(x);
-      const r = hostArray(x.dtype, idx.length);
-      for (let i = 0; i < idx.length; i++) r[i] = idx[i] < 0 ? 0 : a[i * n + idx[i]];
-      return out(x.dtype, r);
-    },
-    unpick(src, idx, n) {
-      const s = arr(src);
-      const r = hostArray(src.dtype, idx.length * n);
-      for (let i = 0; i < idx.length; i++) if (idx[i] >= 0) r[i * n + idx[i]] = s[i];
-      return out(src.dtype, r);
-    },
-    dropoutMask(size, p, seed, dtype) {
-      const th = dropoutThreshold(p), keep = dropoutKeepScale(p);
-      const r = hostArray(dtype, size);
-      for (let i = 0; i < size; i++) r[i] = maskAt(seed, i, th, keep);
-      return out(dtype, r);
-    },
+    permute: (x, shape, perm) => run(PERMUTE, [x], { shape, perm })[0],
+    gatherRows: (table, ids, dim) => run(GATHER_ROWS, [table], { ids, dim })[0],
+    scatterAddRows: (src, ids, rows, dim) => run(SCATTER_ADD_ROWS, [src], { ids, rows, dim })[0],
+    pick: (x, idx, n) => run(PICK, [x], { idx, n })[0],
+    unpick: (src, idx, n) => run(UNPICK, [src], { idx, n })[0],
+    dropoutMask: (size, p, seed, dtype) => run(DROPOUT_MASK, [], { size, p, seed, dtype })[0],
     loraForward(args) {
       return out(args.x.dtype, loraForwardRef(args));
     },
@@ -313,6 +143,7 @@ export function createCpuBackend(): Backend {
         dB: out(dtype, g.dB),
       } as LoraGrads;
     },
+    run,
     sync: () => Promise.resolve(),
     destroy() {},
   };
@@ -326,7 +157,7 @@ function droppedInput(args: LoraForwardArgs | LoraBackwardArgs): Float64Array {
   const d = args.dropout;
   if (d && d.position === "pre" && d.p > 0) {
     const th = dropoutThreshold(d.p), keep = dropoutKeepScale(d.p);
-    for (let i = 0; i < xd.length; i++) xd[i] *= maskAt(d.seed, i, th, keep);
+    for (let i = 0; i < xd.length; i++) xd[i] *= dropoutFactor(d.seed, i, th, keep);
   }
   return xd;
 }
@@ -363,7 +194,7 @@ function loraForwardRef(args: LoraForwardArgs): HostArray {
       let lora = 0;
       for (let r = 0; r < R; r++) lora += t[i * R + r] * B[o * R + r];
       lora *= scale;
-      if (post) lora *= maskAt(d.seed, i * N + o, th, keep);
+      if (post) lora *= dropoutFactor(d.seed, i * N + o, th, keep);
       y[i * N + o] = base + lora;
     }
   }
@@ -380,7 +211,7 @@ function loraBackwardRef(args: LoraBackwardArgs): { dx: HostArray | null; dA: Ho
   const th = d ? dropoutThreshold(d.p) : 0, keep = d ? dropoutKeepScale(d.p) : 1;
   // Gradient reaching B(A(.)) before the scale: post-dropout masks it.
   const dyl = Float64Array.from(dy);
-  if (post) { for (let i = 0; i < dyl.length; i++) dyl[i] *= maskAt(d!.seed, i, th, keep); }
+  if (post) { for (let i = 0; i < dyl.length; i++) dyl[i] *= dropoutFactor(d!.seed, i, th, keep); }
   const xd = droppedInput(args);
   const t = loraInner(args, xd);
   const g = new Float64Array(m * R); // dyl B
@@ -402,7 +233,7 @@ function loraBackwardRef(args: LoraBackwardArgs): { dx: HostArray | null; dA: Ho
         let lora = 0;
         for (let r = 0; r < R; r++) lora += g[i * R + r] * A[r * K + k];
         lora *= scale;
-        if (pre) lora *= maskAt(d!.seed, i * K + k, th, keep);
+        if (pre) lora *= dropoutFactor(d!.seed, i * K + k, th, keep);
         dx[i * K + k] = base + lora;
       }
     }

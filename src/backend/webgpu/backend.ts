@@ -10,16 +10,29 @@ import type {
   LoraBackwardArgs,
   LoraForwardArgs,
   LoraGrads,
+  MatmulArgs,
   Storage,
   UnaryOp,
 } from "../backend.ts";
-import { type DType, dtypeSize, f32Bits, type HostArray } from "../../core/dtype.ts";
+import { type DType, dtypeSize, type HostArray } from "../../core/dtype.ts";
 import { f16BitsToNumber, numberToF16Bits } from "../../core/half.ts";
-import { DeviceError, DTypeError, ShapeError } from "../../core/errors.ts";
-import { type KernelName, MAX_RANK, PipelineCache, WORKGROUP_SIZE } from "./kernels.ts";
-import type { TemplateParams } from "./template.ts";
+import { ConfigError, DeviceError, DTypeError, ShapeError } from "../../core/errors.ts";
+import { PipelineCache, WORKGROUP_SIZE } from "./pipelines.ts";
 import { type Binding, type GpuBuffer, GpuRuntime } from "./runtime.ts";
-import { bufferBytes, dropoutWords, type GemmContext, recordGemm, type WgslType } from "./gemm.ts";
+import { bufferBytes, type GemmContext, recordGemm, type WgslType } from "./gemm.ts";
+import { expectSize, type KernelRecord, packParams } from "../kernels/record.ts";
+import { AFFINE } from "../kernels/affine.ts";
+import { BINARY } from "../kernels/binary.ts";
+import { CAST } from "../kernels/cast.ts";
+import { DROPOUT_MASK } from "../kernels/dropout_mask.ts";
+import { FILL } from "../kernels/fill.ts";
+import { GATHER_ROWS } from "../kernels/gather_rows.ts";
+import { PERMUTE } from "../kernels/permute.ts";
+import { PICK, UNPICK } from "../kernels/pick.ts";
+import { REDUCE_COLS, REDUCE_ROWS } from "../kernels/reduce_axis.ts";
+import { SCATTER_ADD_ROWS } from "../kernels/scatter_add_rows.ts";
+import { SOFTMAX } from "../kernels/softmax.ts";
+import { UNARY } from "../kernels/unary.ts";
 import { DIRECT_PROFILE, type GemmProfile, TILED_PROFILE } from "./gemm_plan.ts";
 import { recordLoraBackward, recordLoraForward } from "./lora.ts";
 
@@ -35,47 +48,6 @@ export class GpuStorage implements Storage {
 /** Bytes a tensor of `size` elements of `dtype` occupies on the GPU (padded to 4, at least 4). */
 function storageBytes(size: number, dtype: DType): number {
   return bufferBytes(size, dtype as WgslType);
-}
-
-/** Strides of `shape` right-aligned into `outShape`'s rank, 0 along broadcast axes. */
-function broadcastStrides(shape: readonly number[], outShape: readonly number[]): number[] {
-  const strides = new Array<number>(outShape.length).fill(0);
-  let s = 1;
-  for (let i = shape.length - 1; i >= 0; i--) {
-    strides[outShape.length - shape.length + i] = shape[i] === 1 ? 0 : s;
-    s *= shape[i];
-  }
-  return strides;
-}
-
-/**
- * Drops extent-1 axes and merges neighbours that every stride list walks contiguously, so that typical
- * shapes reach the kernels with rank 1 or 2. Returns at least one axis.
- */
-export function collapseAxes(
-  shape: readonly number[],
-  strides: readonly (readonly number[])[],
-): { shape: number[]; strides: number[][] } {
-  const outShape: number[] = [];
-  const outStrides: number[][] = strides.map(() => []);
-  for (let d = 0; d < shape.length; d++) {
-    if (shape[d] === 1) continue;
-    const last = outShape.length - 1;
-    if (last >= 0 && strides.every((s, j) => outStrides[j][last] === s[d] * shape[d])) {
-      outShape[last] *= shape[d];
-      strides.forEach((s, j) => (outStrides[j][last] = s[d]));
-    } else {
-      outShape.push(shape[d]);
-      strides.forEach((s, j) => outStrides[j].push(s[d]));
-    }
-  }
-  if (outShape.length === 0) return { shape: [1], strides: strides.map(() => [0]) };
-  return { shape: outShape, strides: outStrides };
-}
-
-/** `values` padded with zeros to `n` words. */
-function padded(values: readonly number[], n: number): number[] {
-  return [...values, ...new Array<number>(n - values.length).fill(0)];
 }
 
 /** The WebGPU implementation of {@link Backend}. */
@@ -118,13 +90,18 @@ export class WebGpuBackend implements Backend {
   }
 
   set gemmProfile(profile: GemmProfile) {
-    if (profile.tiles.length === 0) throw new RangeError("gemmProfile: a profile needs at least one tile");
+    if (profile.tiles.length === 0) throw new ConfigError("gemmProfile: a profile needs at least one tile");
     this.#ctx.profile = profile;
   }
 
   /** Number of compiled pipelines (for tests of the cache). */
   get pipelineCount(): number {
     return this.#kernels.size;
+  }
+
+  /** Keys (record name | specialisation) of the compiled pipelines (for tests of the cache). */
+  pipelineKeys(): string[] {
+    return this.#kernels.keys();
   }
 
   supportsDType(dtype: DType): boolean {
@@ -173,7 +150,7 @@ export class WebGpuBackend implements Backend {
   }
 
   #sameSize(s: Storage, size: number, op: string, what: string): void {
-    if (s.size !== size) throw new ShapeError(`${op}: ${what} has ${s.size} elements, expected ${size}`);
+    expectSize(s.size, size, op, what);
   }
 
   upload(data: ArrayLike<number>, dtype: DType): Storage {
@@ -222,81 +199,49 @@ export class WebGpuBackend implements Backend {
   }
 
   // -------------------------------------------------------------------------------------------------
-  // Dispatch helpers
-
-  #kernel(name: KernelName, spec: TemplateParams) {
-    return this.#kernels.get(name, { WG: WORKGROUP_SIZE, ...spec });
-  }
-
-  /** Runs a one-invocation-per-element kernel writing a new storage of `size` elements. */
-  #map(
-    name: KernelName,
-    spec: TemplateParams,
-    params: readonly number[],
-    inputs: readonly Binding[],
-    size: number,
-    dtype: DType,
-    what: string,
-  ): GpuStorage {
-    const out = this.#new(size, dtype, what);
-    if (size > 0) {
-      this.rt.dispatch(
-        this.#kernel(name, spec),
-        params,
-        [...inputs, this.#bind(out)],
-        this.rt.grid1d(size, WORKGROUP_SIZE),
-      );
-    }
-    return out;
-  }
+  // Kernel records
 
   #begin(op: string, ...inputs: Storage[]): Binding[] {
     this.rt.checkAlive(op);
     return inputs.map((s) => this.#in(s, op));
   }
 
-  // -------------------------------------------------------------------------------------------------
-  // Element-wise
+  run<A>(record: KernelRecord<A>, inputs: readonly Storage[], args: A): Storage[] {
+    const binds = this.#begin(record.name, ...inputs);
+    record.check?.(inputs, args);
+    const specs = record.outputs(inputs, args);
+    // The op's own name heads every output's description ("dropoutMask: output ...").
+    for (const s of specs) this.#checkDType(s.dtype, s.what.split(":")[0]);
+    // Everything that can throw runs before the first allocation: nothing half-made is left behind.
+    const words = packParams(record.params, record.uniforms(args, specs), record.name);
+    const geometry = record.geometry(args, specs);
+    const outs = specs.map((s) => this.#new(s.size, s.dtype, s.what));
+    const count = "elements" in geometry ? geometry.elements : geometry.rows;
+    if (count === 0 || specs.every((s) => s.size === 0)) return outs;
+    const scratch = (record.scratch?.(args) ?? []).map((w) => this.#words(w, `${record.name}: scratch`));
+    const kernel = this.#kernels.get(record, { WG: WORKGROUP_SIZE, ...record.specialise(inputs, args) });
+    const grid = "elements" in geometry ? this.rt.grid1d(count, WORKGROUP_SIZE) : this.rt.fold(count);
+    this.rt.dispatch(kernel, words, [...binds, ...scratch, ...outs.map((o) => this.#bind(o))], grid);
+    for (const b of scratch) this.rt.release(b.buf);
+    return outs;
+  }
+
+  // The Backend primitives of one dispatch, each a thin wrapper over its record.
 
   fill(size: number, value: number, dtype: DType): Storage {
-    this.rt.checkAlive("fill");
-    const T = this.#checkDType(dtype, "fill");
-    return this.#map(
-      "fill",
-      { T },
-      [size, f32Bits(value)],
-      [],
-      size,
-      dtype,
-      `fill: output of ${size} elements (${T})`,
-    );
+    return this.run(FILL, [], { size, value, dtype })[0];
   }
 
   cast(x: Storage, dtype: DType): Storage {
-    const [xb] = this.#begin("cast", x);
-    const T = this.#checkDType(dtype, "cast");
-    const what = `cast: output of ${x.size} elements (${T})`;
-    return this.#map("cast", { S: x.dtype, T }, [x.size], [xb], x.size, dtype, what);
+    return this.run(CAST, [x], { dtype })[0];
   }
 
   unary(op: UnaryOp, x: Storage): Storage {
-    const [xb] = this.#begin(op, x);
-    const what = `${op}: output of ${x.size} elements (${x.dtype})`;
-    return this.#map("unary", { T: x.dtype, OP: op }, [x.size], [xb], x.size, x.dtype, what);
+    return this.run(UNARY, [x], { op })[0];
   }
 
   affine(x: Storage, mul: number, add: number): Storage {
-    const [xb] = this.#begin("affine", x);
-    const params = [x.size, f32Bits(mul), f32Bits(add)];
-    return this.#map(
-      "affine",
-      { T: x.dtype },
-      params,
-      [xb],
-      x.size,
-      x.dtype,
-      `affine: output of ${x.size} elements`,
-    );
+    return this.run(AFFINE, [x], { mul, add })[0];
   }
 
   binary(
@@ -307,91 +252,43 @@ export class WebGpuBackend implements Backend {
     bShape: readonly number[],
     outShape: readonly number[],
   ): Storage {
-    const [ab, bb] = this.#begin(op, a, b);
-    const prod = (s: readonly number[]) => s.reduce((p, d) => p * d, 1);
-    if (a.size !== prod(aShape) || b.size !== prod(bShape)) {
-      throw new ShapeError(
-        `${op}: operand sizes ${a.size} and ${b.size} do not match shapes [${aShape}] and [${bShape}]`,
-      );
-    }
-    const n = prod(outShape);
-    const c = collapseAxes(outShape, [
-      broadcastStrides(aShape, outShape),
-      broadcastStrides(bShape, outShape),
-    ]);
-    if (c.shape.length > MAX_RANK) {
-      throw new ShapeError(
-        `${op}: broadcasting [${aShape}] with [${bShape}] needs ${c.shape.length} axes (at most ${MAX_RANK})`,
-      );
-    }
-    const params = [
-      n,
-      c.shape.length,
-      0,
-      0,
-      ...padded(c.shape, MAX_RANK),
-      ...padded(c.strides[0], MAX_RANK),
-      ...padded(c.strides[1], MAX_RANK),
-    ];
-    const what = `${op}: output [${outShape}] (${a.dtype})`;
-    return this.#map("binary", { T: a.dtype, OP: op, MAX_RANK }, params, [ab, bb], n, a.dtype, what);
+    return this.run(BINARY, [a, b], { op, aShape, bShape, outShape })[0];
   }
 
   dropoutMask(size: number, p: number, seed: number, dtype: DType): Storage {
-    this.rt.checkAlive("dropoutMask");
-    const T = this.#checkDType(dtype, "dropoutMask");
-    const params = dropoutWords({ p, seed, position: "post" });
-    const what = `dropoutMask: output of ${size} elements (${T})`;
-    return this.#map("dropout_mask", { T }, [size, ...params], [], size, dtype, what);
-  }
-
-  // -------------------------------------------------------------------------------------------------
-  // Reductions
-
-  #reduce(op: "sum" | "max", x: Storage, outer: number, n: number, inner: number): Storage {
-    const name = op === "sum" ? "sumAxis" : "maxAxis";
-    const [xb] = this.#begin(name, x);
-    this.#sameSize(x, outer * n * inner, name, `input [${outer}, ${n}, ${inner}]`);
-    const size = outer * inner;
-    const what = `${name}: output [${outer}, ${inner}] (${x.dtype})`;
-    const negInf = f32Bits(-Infinity);
-    if (inner !== 1) {
-      return this.#map(
-        "reduce_cols",
-        { T: x.dtype, OP: op },
-        [outer, n, inner, negInf],
-        [xb],
-        size,
-        x.dtype,
-        what,
-      );
-    }
-    const out = this.#new(size, x.dtype, what);
-    if (size > 0) {
-      const k = this.#kernel("reduce_rows", { T: x.dtype, OP: op });
-      this.rt.dispatch(k, [outer, n, negInf], [xb, this.#bind(out)], this.rt.fold(outer));
-    }
-    return out;
+    return this.run(DROPOUT_MASK, [], { size, p, seed, dtype })[0];
   }
 
   sumAxis(x: Storage, outer: number, n: number, inner: number): Storage {
-    return this.#reduce("sum", x, outer, n, inner);
+    return this.run(inner === 1 ? REDUCE_ROWS : REDUCE_COLS, [x], { op: "sum", outer, n, inner })[0];
   }
 
   maxAxis(x: Storage, outer: number, n: number, inner: number): Storage {
-    return this.#reduce("max", x, outer, n, inner);
+    return this.run(inner === 1 ? REDUCE_ROWS : REDUCE_COLS, [x], { op: "max", outer, n, inner })[0];
   }
 
   softmax(x: Storage, rows: number, n: number, log: boolean): Storage {
-    const op = log ? "logSoftmax" : "softmax";
-    const [xb] = this.#begin(op, x);
-    this.#sameSize(x, rows * n, op, `input [${rows}, ${n}]`);
-    const out = this.#new(rows * n, x.dtype, `${op}: output [${rows}, ${n}] (${x.dtype})`);
-    if (rows * n > 0) {
-      const k = this.#kernel("softmax", { T: x.dtype, LOG: log });
-      this.rt.dispatch(k, [rows, n, f32Bits(-Infinity)], [xb, this.#bind(out)], this.rt.fold(rows));
-    }
-    return out;
+    return this.run(SOFTMAX, [x], { rows, n, log })[0];
+  }
+
+  permute(x: Storage, shape: readonly number[], perm: readonly number[]): Storage {
+    return this.run(PERMUTE, [x], { shape, perm })[0];
+  }
+
+  gatherRows(table: Storage, ids: Int32Array, dim: number): Storage {
+    return this.run(GATHER_ROWS, [table], { ids, dim })[0];
+  }
+
+  scatterAddRows(src: Storage, ids: Int32Array, rows: number, dim: number): Storage {
+    return this.run(SCATTER_ADD_ROWS, [src], { ids, rows, dim })[0];
+  }
+
+  pick(x: Storage, idx: Int32Array, n: number): Storage {
+    return this.run(PICK, [x], { idx, n })[0];
+  }
+
+  unpick(src: Storage, idx: Int32Array, n: number): Storage {
+    return this.run(UNPICK, [src], { idx, n })[0];
   }
 
   // -------------------------------------------------------------------------------------------------
@@ -405,20 +302,7 @@ export class WebGpuBackend implements Backend {
     return s;
   }
 
-  matmul(
-    a: Storage,
-    b: Storage,
-    args: {
-      batch: number;
-      aBatch: number;
-      bBatch: number;
-      m: number;
-      k: number;
-      n: number;
-      transA: boolean;
-      transB: boolean;
-    },
-  ): Storage {
+  matmul(a: Storage, b: Storage, args: MatmulArgs): Storage {
     const [ab, bb] = this.#begin("matmul", a, b);
     const { batch, aBatch, bBatch, m, k, n, transA, transB } = args;
     this.#sameSize(
@@ -448,125 +332,6 @@ export class WebGpuBackend implements Backend {
       what: `matmul: output [${batch}, ${m}, ${n}] (${T})`,
     });
     return this.#adopt(out, batch * m * n, a.dtype);
-  }
-
-  permute(x: Storage, shape: readonly number[], perm: readonly number[]): Storage {
-    const [xb] = this.#begin("permute", x);
-    const rank = shape.length;
-    const inStrides = new Array<number>(rank);
-    let s = 1;
-    for (let i = rank - 1; i >= 0; i--) {
-      inStrides[i] = s;
-      s *= shape[i];
-    }
-    this.#sameSize(x, s, "permute", `input [${shape}]`);
-    const outShape = perm.map((p) => shape[p]);
-    const c = collapseAxes(outShape, [perm.map((p) => inStrides[p])]);
-    if (c.shape.length > MAX_RANK) {
-      throw new ShapeError(
-        `permute: [${perm}] of [${shape}] needs ${c.shape.length} axes (at most ${MAX_RANK})`,
-      );
-    }
-    const params = [s, c.shape.length, 0, 0, ...padded(c.shape, MAX_RANK), ...padded(c.strides[0], MAX_RANK)];
-    const what = `permute: output [${outShape}] (${x.dtype})`;
-    return this.#map("permute", { T: x.dtype, MAX_RANK }, params, [xb], s, x.dtype, what);
-  }
-
-  // -------------------------------------------------------------------------------------------------
-  // Indexing
-
-  gatherRows(table: Storage, ids: Int32Array, dim: number): Storage {
-    const [tb] = this.#begin("gatherRows", table);
-    const rows = dim === 0 ? 0 : table.size / dim;
-    for (let i = 0; i < ids.length; i++) {
-      if (!(ids[i] >= 0 && ids[i] < rows)) {
-        throw new ShapeError(
-          `gatherRows: id ${ids[i]} at position ${i} is out of range for a table of ${rows} rows`,
-        );
-      }
-    }
-    const what = `gatherRows: output [${ids.length}, ${dim}] (${table.dtype})`;
-    const size = ids.length * dim;
-    if (size === 0) return this.#new(0, table.dtype, what);
-    const idb = this.#words(ids, "gatherRows: ids");
-    const out = this.#map(
-      "gather_rows",
-      { T: table.dtype },
-      [ids.length, dim],
-      [tb, idb],
-      size,
-      table.dtype,
-      what,
-    );
-    this.rt.release(idb.buf);
-    return out;
-  }
-
-  scatterAddRows(src: Storage, ids: Int32Array, rows: number, dim: number): Storage {
-    const [sb] = this.#begin("scatterAddRows", src);
-    this.#sameSize(src, ids.length * dim, "scatterAddRows", `source [${ids.length}, ${dim}]`);
-    // Compressed rows: csr[r] .. csr[r + 1] delimit the source rows of output row r.
-    const csr = new Uint32Array(rows + 1 + ids.length);
-    for (let i = 0; i < ids.length; i++) {
-      if (ids[i] >= rows) {
-        throw new ShapeError(
-          `scatterAddRows: id ${ids[i]} at position ${i} is out of range for ${rows} rows`,
-        );
-      }
-      if (ids[i] >= 0) csr[ids[i] + 1]++;
-    }
-    for (let r = 0; r < rows; r++) csr[r + 1] += csr[r];
-    const fillAt = csr.slice(0, rows);
-    for (let i = 0; i < ids.length; i++) if (ids[i] >= 0) csr[rows + 1 + fillAt[ids[i]]++] = i;
-    const what = `scatterAddRows: output [${rows}, ${dim}] (${src.dtype})`;
-    if (rows * dim === 0) return this.#new(0, src.dtype, what);
-    const cb = this.#words(csr, "scatterAddRows: ids");
-    const out = this.#map(
-      "scatter_add_rows",
-      { T: src.dtype },
-      [rows, dim],
-      [sb, cb],
-      rows * dim,
-      src.dtype,
-      what,
-    );
-    this.rt.release(cb.buf);
-    return out;
-  }
-
-  pick(x: Storage, idx: Int32Array, n: number): Storage {
-    const [xb] = this.#begin("pick", x);
-    this.#sameSize(x, idx.length * n, "pick", `input [${idx.length}, ${n}]`);
-    for (let i = 0; i < idx.length; i++) {
-      if (idx[i] >= n) {
-        throw new ShapeError(`pick: index ${idx[i]} at row ${i} is out of range for ${n} columns`);
-      }
-    }
-    const what = `pick: output [${idx.length}] (${x.dtype})`;
-    if (idx.length === 0) return this.#new(0, x.dtype, what);
-    const ib = this.#words(idx, "pick: indices");
-    const out = this.#map("pick", { T: x.dtype }, [idx.length, n], [xb, ib], idx.length, x.dtype, what);
-    this.rt.release(ib.buf);
-    return out;
-  }
-
-  unpick(src: Storage, idx: Int32Array, n: number): Storage {
-    const [sb] = this.#begin("unpick", src);
-    this.#sameSize(src, idx.length, "unpick", `source [${idx.length}]`);
-    const what = `unpick: output [${idx.length}, ${n}] (${src.dtype})`;
-    if (idx.length * n === 0) return this.#new(0, src.dtype, what);
-    const ib = this.#words(idx, "unpick: indices");
-    const out = this.#map(
-      "unpick",
-      { T: src.dtype },
-      [idx.length, n],
-      [sb, ib],
-      idx.length * n,
-      src.dtype,
-      what,
-    );
-    this.rt.release(ib.buf);
-    return out;
   }
 
   // -------------------------------------------------------------------------------------------------

@@ -5,10 +5,12 @@
  * @module
  */
 import type { FusedDropout } from "../backend.ts";
-import { f32Bits } from "../../core/dtype.ts";
-import { dropoutKeepScale, dropoutThreshold } from "../../core/random.ts";
-import { type PipelineCache, WORKGROUP_SIZE } from "./kernels.ts";
-import { type GemmPlan, type GemmProfile, type GemmTile, planGemm, SCHEDULE_KERNEL } from "./gemm_plan.ts";
+import { type PipelineCache, WORKGROUP_SIZE } from "./pipelines.ts";
+import { type GemmPlan, type GemmProfile, type GemmTile, planGemm } from "./gemm_plan.ts";
+import { GEMM_DIRECT, GEMM_PARAMS, GEMM_TILED } from "../kernels/gemm.ts";
+import { SPLITK_REDUCE } from "../kernels/splitk_reduce.ts";
+import { dropoutParams } from "../kernels/dropout_mask.ts";
+import { type KernelTemplate, packParams } from "../kernels/record.ts";
 import type { TemplateParams } from "./template.ts";
 import type { Binding, GpuRuntime, Grid } from "./runtime.ts";
 
@@ -27,17 +29,14 @@ export function bufferBytes(size: number, type: WgslType): number {
   return Math.max(4, Math.ceil((size * (type === "f16" ? 2 : 4)) / 4) * 4);
 }
 
-/** Dropout parameters as kernel words: seed, threshold, keep-scale bits (no dropout: keep everything). */
-export function dropoutWords(d: FusedDropout | null): [number, number, number] {
-  if (d === null) return [0, 0, f32Bits(1)];
-  return [d.seed >>> 0, dropoutThreshold(d.p), f32Bits(dropoutKeepScale(d.p))];
-}
+/** The kernel template of each GEMM schedule (gemm_plan.ts). */
+export const SCHEDULE_TEMPLATE = { tiled: GEMM_TILED, direct: GEMM_DIRECT } as const;
 
 /** One operand of a GEMM: its buffer, element type, layout and dropout flag. */
 export interface GemmOperand {
   bind: Binding;
   type: WgslType;
-  /** Stored transposed (see matmul_direct.wgsl). */
+  /** Stored transposed (see wgsl/gemm/direct.wgsl). */
   trans: boolean;
   /** Elements between batch entries; 0 broadcasts one matrix over the batch. */
   zStride?: number;
@@ -79,7 +78,7 @@ export interface GemmRequest {
   what: string;
 }
 
-/** What a GEMM kernel is specialised on besides its tile (see matmul_direct.wgsl for the meanings). */
+/** What a GEMM kernel is specialised on besides its tile (see wgsl/gemm/direct.wgsl for the meanings). */
 export interface GemmFlags {
   aType: WgslType;
   bType: WgslType;
@@ -122,7 +121,7 @@ export function gemmSpecialisation(f: GemmFlags, t: GemmTile): TemplateParams {
 }
 
 /** The flags of a request: vec4 access wherever an operand's contiguous dimension is a multiple of 4. */
-function requestFlags(req: GemmRequest, cType: WgslType): GemmFlags {
+function requestFlags(req: GemmRequestShape, cType: WgslType): GemmFlags {
   const { a, b, m, n, k, lora } = req;
   return {
     aType: a.type,
@@ -144,6 +143,56 @@ function requestFlags(req: GemmRequest, cType: WgslType): GemmFlags {
   };
 }
 
+/** The shape of a GEMM request: everything {@link planRequest} reads (no buffers). */
+export type GemmRequestShape = Omit<GemmRequest, "a" | "b" | "lora" | "bias" | "what"> & {
+  a: Omit<GemmOperand, "bind">;
+  b: Omit<GemmOperand, "bind">;
+  lora?: Omit<LoraPhase, "p" | "q">;
+  bias?: unknown;
+};
+
+/** The flags and plan of a request on `profile`: what {@link recordGemm} dispatches. */
+export function planRequest(
+  req: GemmRequestShape,
+  profile: GemmProfile,
+  maxBindingBytes: number,
+): { flags: GemmFlags; plan: GemmPlan } {
+  const flags = requestFlags(req, req.outType);
+  const plan = planGemm({
+    m: req.m,
+    n: req.n,
+    k: req.k,
+    batch: req.batch ?? 1,
+    splittable: req.lora === undefined && req.bias == null,
+    maxBindingBytes,
+    vec4Unmasked: flags.vecA && flags.vecB && !flags.maskA && !flags.maskB &&
+      (flags.lora === null || (flags.lora.vecP && flags.lora.vecQ && !flags.lora.mask)),
+  }, profile);
+  return { flags, plan };
+}
+
+/**
+ * The pipelines (record and specialisation) a request compiles: the schedule's GEMM template and, when
+ * k is split, the reduce. Tests of the pipeline cache predict its contents with this.
+ */
+export function requestPipelines(
+  req: GemmRequestShape,
+  profile: GemmProfile,
+  maxBindingBytes: number,
+): [KernelTemplate, TemplateParams][] {
+  const { flags, plan } = planRequest(req, profile, maxBindingBytes);
+  const template = SCHEDULE_TEMPLATE[plan.schedule];
+  if (plan.splits === 1) return [[template, gemmSpecialisation(flags, plan.tile)]];
+  return [
+    [template, gemmSpecialisation({ ...flags, cType: "f32" }, plan.tile)],
+    [SPLITK_REDUCE, { ...SPLITK_REDUCE.specialise([], splitReduceArgs(req, plan)), WG: WORKGROUP_SIZE }],
+  ];
+}
+
+function splitReduceArgs(req: GemmRequestShape, plan: GemmPlan) {
+  return { n: req.m * req.n, splits: plan.splits, alpha: req.alpha ?? 1, dtype: req.outType };
+}
+
 /** The dispatch grid of `plan` for `zCount` batch entries or slices, folded onto x and y. */
 function planGrid(rt: GpuRuntime, plan: GemmPlan, zCount: number): Grid {
   const groups = plan.schedule === "tiled" ? plan.tiles : Math.ceil(plan.tiles / plan.tile.WG);
@@ -160,43 +209,36 @@ export function recordGemm(ctx: GemmContext, req: GemmRequest): Binding {
   const outBytes = bufferBytes(batch * m * n, outType);
   const out = { buf: rt.alloc(outBytes, req.what), bytes: outBytes };
   if (batch * m * n === 0) return out;
-  const flags = requestFlags(req, outType);
-  const plan = planGemm({
-    m,
-    n,
-    k,
-    batch,
-    splittable: lora === undefined && req.bias == null,
-    maxBindingBytes: rt.limits.maxStorageBufferBindingSize,
-    vec4Unmasked: flags.vecA && flags.vecB && !flags.maskA && !flags.maskB &&
-      (flags.lora === null || (flags.lora.vecP && flags.lora.vecQ && !flags.lora.mask)),
-  }, ctx.profile);
-  const kernelName = SCHEDULE_KERNEL[plan.schedule];
-  const dropWords = lora !== undefined ? dropoutWords(lora.dropout) : dropoutWords(req.dropout ?? null);
+  const { flags, plan } = planRequest(req, ctx.profile, rt.limits.maxStorageBufferBindingSize);
+  const template = SCHEDULE_TEMPLATE[plan.schedule];
+  const dropout = dropoutParams(lora !== undefined ? lora.dropout : req.dropout ?? null);
   const params = (
     zStrides: [number, number, number],
     kStart: number,
     kLen: number,
     zBase: number,
     al: number,
-  ) => [
-    m,
-    n,
-    k,
-    ...zStrides,
-    kStart,
-    kLen,
-    zBase,
-    ...dropWords,
-    f32Bits(al),
-    plan.tilesN,
-    plan.tiles,
-    lora?.r ?? 0,
-    f32Bits(lora?.scale ?? 1),
-  ];
+  ) =>
+    packParams(GEMM_PARAMS, {
+      m,
+      n,
+      k,
+      a_z_stride: zStrides[0],
+      b_z_stride: zStrides[1],
+      c_z_stride: zStrides[2],
+      k_z_start: kStart,
+      k_len: kLen,
+      z_base: zBase,
+      ...dropout,
+      alpha: al,
+      tiles_n: plan.tilesN,
+      tiles: plan.tiles,
+      r: lora?.r ?? 0,
+      scale: lora?.scale ?? 1,
+    }, req.what);
   const extra = [lora?.p ?? null, lora?.q ?? null, req.bias ?? null];
   if (plan.splits === 1) {
-    const kernel = kernels.get(kernelName, gemmSpecialisation(flags, plan.tile));
+    const kernel = kernels.get(template, gemmSpecialisation(flags, plan.tile));
     const maxZ = rt.limits.maxComputeWorkgroupsPerDimension;
     const strides: [number, number, number] = [a.zStride ?? 0, b.zStride ?? 0, m * n];
     for (let z0 = 0; z0 < batch; z0 += maxZ) {
@@ -214,15 +256,21 @@ export function recordGemm(ctx: GemmContext, req: GemmRequest): Binding {
   // adds the slices and applies alpha.
   const partBytes = bufferBytes(plan.splits * m * n, "f32");
   const part = { buf: rt.alloc(partBytes, `${req.what} (split-K partial sums)`), bytes: partBytes };
-  const kernel = kernels.get(kernelName, gemmSpecialisation({ ...flags, cType: "f32" }, plan.tile));
+  const kernel = kernels.get(template, gemmSpecialisation({ ...flags, cType: "f32" }, plan.tile));
   rt.dispatch(
     kernel,
     params([0, 0, m * n], plan.chunk, plan.chunk, 0, 1),
     [a.bind, b.bind, ...extra, part],
     planGrid(rt, plan, plan.splits),
   );
-  const reduce = kernels.get("splitk_reduce", { T: outType, WG: WORKGROUP_SIZE });
-  rt.dispatch(reduce, [m * n, plan.splits, f32Bits(alpha)], [part, out], rt.grid1d(m * n, WORKGROUP_SIZE));
+  const reduceArgs = splitReduceArgs(req, plan);
+  const reduceOut = SPLITK_REDUCE.outputs([], reduceArgs);
+  rt.dispatch(
+    kernels.get(SPLITK_REDUCE, { ...SPLITK_REDUCE.specialise([], reduceArgs), WG: WORKGROUP_SIZE }),
+    packParams(SPLITK_REDUCE.params, SPLITK_REDUCE.uniforms(reduceArgs, reduceOut), req.what),
+    [part, out],
+    rt.grid1d(m * n, WORKGROUP_SIZE),
+  );
   rt.release(part.buf);
   return out;
 }

@@ -5,16 +5,14 @@
  * beyond rounding (each slice and tile computes the same sums).
  * @module
  */
+import { ConfigError } from "../../core/errors.ts";
 
 /**
- * `tiled`: workgroup tiles staged in workgroup memory (matmul.wgsl), for hardware GPUs.
- * `direct`: each invocation reads its block straight from storage, no barriers (matmul_direct.wgsl), for
+ * `tiled`: workgroup tiles staged in workgroup memory (wgsl/gemm/tiled.wgsl), for hardware GPUs.
+ * `direct`: each invocation reads its block straight from storage, no barriers (wgsl/gemm/direct.wgsl), for
  * software adapters, where barriers and per-invocation loads are costly (bench/NOTES.md).
  */
 export type GemmSchedule = "tiled" | "direct";
-
-/** The kernel template of a schedule. */
-export const SCHEDULE_KERNEL = { tiled: "matmul", direct: "matmul_direct" } as const;
 
 /**
  * One tile configuration. Tiled: a workgroup of WG invocations computes BM × BN outputs in BK-deep slabs,
@@ -29,11 +27,11 @@ export interface GemmTile {
   WG: number;
 }
 
-/** A tiled configuration; every invocation stages whole vec4s of both slabs (matmul.wgsl). */
+/** A tiled configuration; every invocation stages whole vec4s of both slabs (wgsl/gemm/tiled.wgsl). */
 export function tiledTile(BM: number, BN: number, BK: number, TM: number, TN: number): GemmTile {
   const WG = (BM / TM) * (BN / TN);
   if ((BM * BK / 4) % WG !== 0 || (BN * BK / 4) % WG !== 0 || TM % 4 !== 0 || TN % 4 !== 0 || BK % 4 !== 0) {
-    throw new RangeError(
+    throw new ConfigError(
       `tiledTile: ${BM}×${BN}×${BK} with ${TM}×${TN} per invocation does not stage evenly`,
     );
   }
@@ -101,7 +99,7 @@ const SMALL_WORK = { tiled: 1 << 24, direct: 1 << 22 } as const;
 export interface GemmPlan {
   schedule: GemmSchedule;
   tile: GemmTile;
-  /** Number of k slices (partial products summed by splitk_reduce.wgsl); 1 = no split. */
+  /** Number of k slices (partial products summed by wgsl/gemm/splitk_reduce.wgsl); 1 = no split. */
   splits: number;
   /** k per slice (a multiple of 4 and of BK); k itself when not split. */
   chunk: number;

@@ -12,6 +12,9 @@
  *   2. dx = dy W + scale · drop_pre ⊙ (g A), one GEMM pass with a LoRA phase;
  *   3. dA = scale · gᵀ drop_pre(x) and 4. dB = scale · dylᵀ t, GEMMs over the tokens, split-K when
  *      the token count is deep and the outputs small (partial sums per token chunk, then a reduce).
+ * Every phase is a GEMM dispatch (gemm.ts) of wgsl/gemm/tiled.wgsl or wgsl/gemm/direct.wgsl; the output
+ * passes carry the LoRA phase of wgsl/gemm/lora_phase.wgsl, split-K passes end in
+ * wgsl/gemm/splitk_reduce.wgsl. The CPU reference of both is in cpu/cpu_backend.ts.
  * @module
  */
 import type { FusedDropout, LoraBackwardArgs, LoraForwardArgs } from "../backend.ts";

@@ -13,7 +13,6 @@
  * @module
  */
 import { DeviceError } from "../../core/errors.ts";
-import type { Kernel } from "./kernels.ts";
 
 /** Dispatches recorded before a batch is submitted without being asked to. */
 export const MAX_BATCH = 256;
@@ -39,6 +38,14 @@ export const GPU_FLAGS = {
 } as const;
 
 const STORAGE_USAGE = GPU_FLAGS.STORAGE | GPU_FLAGS.COPY_SRC | GPU_FLAGS.COPY_DST;
+
+/** A compiled kernel: its pipeline and the layout its bind groups use (made by pipelines.ts). */
+export interface CompiledKernel {
+  /** The kernel record's name, for error messages. */
+  readonly name: string;
+  readonly pipeline: GPUComputePipeline;
+  readonly layout: GPUBindGroupLayout;
+}
 
 /** A device buffer and the batch that last used it. */
 export class GpuBuffer {
@@ -208,7 +215,7 @@ export class GpuRuntime {
    * @param bindings storage bindings 1, 2, ... in kernel order; null binds a dummy buffer
    */
   dispatch(
-    kernel: Kernel,
+    kernel: CompiledKernel,
     params: readonly number[],
     bindings: readonly (Binding | null)[],
     grid: Grid,

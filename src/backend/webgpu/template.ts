@@ -7,6 +7,7 @@
  * whose accumulators were such an array ran at 0.85-1.9 TFLOP/s, unrolled at 20-23; bench/NOTES.md).
  * @module
  */
+import { LoraError } from "../../core/errors.ts";
 
 /** A template parameter: a type name or flag string, an integer, or a boolean. */
 export type TemplateValue = string | number | boolean;
@@ -14,13 +15,11 @@ export type TemplateValue = string | number | boolean;
 /** Parameters visible to a template's expressions. */
 export type TemplateParams = Readonly<Record<string, TemplateValue>>;
 
-/** A template that cannot be expanded: unknown names, bad expressions, unbalanced directives. */
-export class TemplateError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "TemplateError";
-  }
-}
+/**
+ * A template that cannot be expanded: unknown names, bad expressions, unbalanced directives. A bug in
+ * our WGSL rather than in a caller's input, so it derives from the library's base class directly.
+ */
+export class TemplateError extends LoraError {}
 
 type Token =
   | { kind: "num"; value: number }

@@ -17,127 +17,16 @@
 //
 // The z axis of the grid is either the batch (operands advance by their z strides, 0 when broadcast) or a
 // split of k (slice z covers k in [z · k_z_start, z · k_z_start + k_len) and writes its partial product
-// at z · c_z_stride for splitk_reduce.wgsl). MASK_A / MASK_B multiply each element of A / B by its
+// at z · c_z_stride for gemm/splitk_reduce.wgsl). MASK_A / MASK_B multiply each element of A / B by its
 // dropout factor, keyed by the element's index in storage.
 //
 // LORA: first accumulate P · op(Q) over depth r (P = lp [m, r] f32, Q = lq [n, r] when TRANS_B else
 // [r, n]), multiply by scale and, with MASK, by the dropout factors of the output elements; then the main
 // product accumulates on top, and BIAS adds bias[col]. VEC_P / VEC_Q are the LoRA phase's counterparts of
 // VEC_A / VEC_B.
-struct Params {
-  m: u32,
-  n: u32,
-  k: u32,
-  a_z_stride: u32,
-  b_z_stride: u32,
-  c_z_stride: u32,
-  k_z_start: u32,
-  k_len: u32,
-  // First z of this dispatch: grids are limited to 65535 workgroups along z.
-  z_base: u32,
-  seed: u32,
-  threshold: u32,
-  keep: f32,
-  alpha: f32,
-  // Column blocks of TN, and all blocks (row blocks × column blocks) of one z.
-  tiles_n: u32,
-  tiles: u32,
-  r: u32,
-  scale: f32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-//#if VEC_A
-@group(0) @binding(1) var<storage, read> a: array<vec4<${A_T}>>;
-//#else
-@group(0) @binding(1) var<storage, read> a: array<${A_T}>;
-//#end
-//#if VEC_B
-@group(0) @binding(2) var<storage, read> b: array<vec4<${B_T}>>;
-//#else
-@group(0) @binding(2) var<storage, read> b: array<${B_T}>;
-//#end
-//#if LORA && VEC_P
-@group(0) @binding(3) var<storage, read> lp: array<vec4<f32>>;
-//#elif LORA
-@group(0) @binding(3) var<storage, read> lp: array<f32>;
-//#end
-//#if LORA && VEC_Q
-@group(0) @binding(4) var<storage, read> lq: array<vec4<${B_T}>>;
-//#elif LORA
-@group(0) @binding(4) var<storage, read> lq: array<${B_T}>;
-//#end
-//#if BIAS
-@group(0) @binding(5) var<storage, read> bias: array<${C_T}>;
-//#end
-//#if VEC_C
-@group(0) @binding(6) var<storage, read_write> c: array<vec4<${C_T}>>;
-//#else
-@group(0) @binding(6) var<storage, read_write> c: array<${C_T}>;
-//#end
-
-fn factor4(at: u32) -> vec4<f32> {
-  return vec4<f32>(
-    dropout_factor(p.seed, p.threshold, p.keep, at),
-    dropout_factor(p.seed, p.threshold, p.keep, at + 1u),
-    dropout_factor(p.seed, p.threshold, p.keep, at + 2u),
-    dropout_factor(p.seed, p.threshold, p.keep, at + 3u),
-  );
-}
-
-// Loads by element index `at` (a multiple of 4 for the vec4 forms), masked when asked.
-//#if VEC_A
-fn load_a(at: u32) -> vec4<f32> {
-//#if MASK_A
-  return vec4<f32>(a[at / 4u]) * factor4(at);
-//#else
-  return vec4<f32>(a[at / 4u]);
-//#end
-}
-//#else
-fn load_a(at: u32) -> f32 {
-//#if MASK_A
-  return f32(a[at]) * dropout_factor(p.seed, p.threshold, p.keep, at);
-//#else
-  return f32(a[at]);
-//#end
-}
-//#end
-//#if VEC_B
-fn load_b(at: u32) -> vec4<f32> {
-//#if MASK_B
-  return vec4<f32>(b[at / 4u]) * factor4(at);
-//#else
-  return vec4<f32>(b[at / 4u]);
-//#end
-}
-//#else
-fn load_b(at: u32) -> f32 {
-//#if MASK_B
-  return f32(b[at]) * dropout_factor(p.seed, p.threshold, p.keep, at);
-//#else
-  return f32(b[at]);
-//#end
-}
-//#end
-//#if LORA && VEC_P
-fn load_p(at: u32) -> vec4<f32> {
-  return lp[at / 4u];
-}
-//#elif LORA
-fn load_p(at: u32) -> f32 {
-  return lp[at];
-}
-//#end
-//#if LORA && VEC_Q
-fn load_q(at: u32) -> vec4<f32> {
-  return vec4<f32>(lq[at / 4u]);
-}
-//#elif LORA
-fn load_q(at: u32) -> f32 {
-  return f32(lq[at]);
-}
-//#end
+//
+// Bindings and loaders: gemm/operands.wgsl and gemm/lora_phase.wgsl; the uniform block: GEMM_PARAMS
+// (src/backend/kernels/gemm.ts).
 
 // Stores v into columns col .. col + 3 of the row starting at element row_base (those inside the matrix).
 fn store4(row_base: u32, col: u32, v: vec4<f32>) {

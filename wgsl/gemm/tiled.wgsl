@@ -1,5 +1,5 @@
 // GEMM for hardware GPUs: C[z] = alpha · op(A[z]) · op(B[z]), plus the optional LoRA pre-phase of the fused
-// linear. Same contract, parameters and bindings as matmul_direct.wgsl (read its header for the layouts,
+// linear. Same contract, parameters and bindings as gemm/direct.wgsl (read its header for the layouts,
 // VEC_* flags, split-K, masks and the LoRA phase); only the schedule differs.
 //
 // A workgroup computes a BM × BN block of C from BK-deep slabs staged in workgroup memory, double-buffered
@@ -8,121 +8,10 @@
 // loop over it unrolled by the template: private arrays indexed in loops end up in slow local memory.
 // The invocation's rows are TM / 4 groups of 4 spread BM / (TM / 4) apart (columns likewise), so that
 // neighbouring invocations read neighbouring vec4s of the slabs.
-struct Params {
-  m: u32,
-  n: u32,
-  k: u32,
-  a_z_stride: u32,
-  b_z_stride: u32,
-  c_z_stride: u32,
-  k_z_start: u32,
-  k_len: u32,
-  z_base: u32,
-  seed: u32,
-  threshold: u32,
-  keep: f32,
-  alpha: f32,
-  tiles_n: u32,
-  tiles: u32,
-  r: u32,
-  scale: f32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-//#if VEC_A
-@group(0) @binding(1) var<storage, read> a: array<vec4<${A_T}>>;
-//#else
-@group(0) @binding(1) var<storage, read> a: array<${A_T}>;
-//#end
-//#if VEC_B
-@group(0) @binding(2) var<storage, read> b: array<vec4<${B_T}>>;
-//#else
-@group(0) @binding(2) var<storage, read> b: array<${B_T}>;
-//#end
-//#if LORA && VEC_P
-@group(0) @binding(3) var<storage, read> lp: array<vec4<f32>>;
-//#elif LORA
-@group(0) @binding(3) var<storage, read> lp: array<f32>;
-//#end
-//#if LORA && VEC_Q
-@group(0) @binding(4) var<storage, read> lq: array<vec4<${B_T}>>;
-//#elif LORA
-@group(0) @binding(4) var<storage, read> lq: array<${B_T}>;
-//#end
-//#if BIAS
-@group(0) @binding(5) var<storage, read> bias: array<${C_T}>;
-//#end
-//#if VEC_C
-@group(0) @binding(6) var<storage, read_write> c: array<vec4<${C_T}>>;
-//#else
-@group(0) @binding(6) var<storage, read_write> c: array<${C_T}>;
-//#end
 
 // Two slabs each, k-major: element (kk, r) of buffer s at vec4 s · BK · BM / 4 + kk · BM / 4 + r / 4.
 var<workgroup> a_tile: array<vec4<f32>, ${2 * BK * BM / 4}>;
 var<workgroup> b_tile: array<vec4<f32>, ${2 * BK * BN / 4}>;
-
-fn factor4(at: u32) -> vec4<f32> {
-  return vec4<f32>(
-    dropout_factor(p.seed, p.threshold, p.keep, at),
-    dropout_factor(p.seed, p.threshold, p.keep, at + 1u),
-    dropout_factor(p.seed, p.threshold, p.keep, at + 2u),
-    dropout_factor(p.seed, p.threshold, p.keep, at + 3u),
-  );
-}
-
-//#if VEC_A
-fn load_a(at: u32) -> vec4<f32> {
-//#if MASK_A
-  return vec4<f32>(a[at / 4u]) * factor4(at);
-//#else
-  return vec4<f32>(a[at / 4u]);
-//#end
-}
-//#else
-fn load_a(at: u32) -> f32 {
-//#if MASK_A
-  return f32(a[at]) * dropout_factor(p.seed, p.threshold, p.keep, at);
-//#else
-  return f32(a[at]);
-//#end
-}
-//#end
-//#if VEC_B
-fn load_b(at: u32) -> vec4<f32> {
-//#if MASK_B
-  return vec4<f32>(b[at / 4u]) * factor4(at);
-//#else
-  return vec4<f32>(b[at / 4u]);
-//#end
-}
-//#else
-fn load_b(at: u32) -> f32 {
-//#if MASK_B
-  return f32(b[at]) * dropout_factor(p.seed, p.threshold, p.keep, at);
-//#else
-  return f32(b[at]);
-//#end
-}
-//#end
-//#if LORA && VEC_P
-fn load_p(at: u32) -> vec4<f32> {
-  return lp[at / 4u];
-}
-//#elif LORA
-fn load_p(at: u32) -> f32 {
-  return lp[at];
-}
-//#end
-//#if LORA && VEC_Q
-fn load_q(at: u32) -> vec4<f32> {
-  return vec4<f32>(lq[at / 4u]);
-}
-//#elif LORA
-fn load_q(at: u32) -> f32 {
-  return f32(lq[at]);
-}
-//#end
 
 fn store4(row_base: u32, col: u32, v: vec4<f32>) {
 //#if BIAS

@@ -1,11 +1,4 @@
 // Sums the partial products of a split-K GEMM: out[i] = alpha · sum over s of part[s · n + i].
-struct Params {
-  n: u32,
-  splits: u32,
-  alpha: f32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> part: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<${T}>;
 

@@ -1,0 +1,65 @@
+/**
+ * The GEMM kernel templates: C[z] = alpha · op(A[z]) · op(B[z]), with an optional LoRA pre-phase (the
+ * fused LoRA linear's output product) and bias. Two schedules of one contract share their bindings, their
+ * uniform layout (declared here once) and their operand loaders (wgsl/gemm/operands.wgsl and, for the
+ * LoRA phase, wgsl/gemm/lora_phase.wgsl). They are dispatched by the GEMM planner (webgpu/gemm.ts), not
+ * through `Backend.run`: the plan picks template, tile and k slices, so they carry only the template part
+ * of a record; their CPU reference is the matmul and fused-LoRA references of the CPU backend.
+ * @module
+ */
+import { DROPOUT_PARAMS } from "./dropout_mask.ts";
+import type { BindingSpec, KernelTemplate, ParamLayout } from "./record.ts";
+
+/**
+ * The GEMM uniform block. k_z_start / k_len: slice z of a split-K GEMM covers k in
+ * [z · k_z_start, z · k_z_start + k_len); z_base: first z of this dispatch (grids are limited to 65535
+ * workgroups along z); tiles_n / tiles: column blocks and all blocks of one z; r / scale: the LoRA phase's
+ * depth and scale; the dropout fields mask the operand flagged MASK_A / MASK_B or the LoRA term.
+ */
+export const GEMM_PARAMS: ParamLayout = [
+  { name: "m", type: "u32" },
+  { name: "n", type: "u32" },
+  { name: "k", type: "u32" },
+  { name: "a_z_stride", type: "u32" },
+  { name: "b_z_stride", type: "u32" },
+  { name: "c_z_stride", type: "u32" },
+  { name: "k_z_start", type: "u32" },
+  { name: "k_len", type: "u32" },
+  { name: "z_base", type: "u32" },
+  ...DROPOUT_PARAMS,
+  { name: "alpha", type: "f32" },
+  { name: "tiles_n", type: "u32" },
+  { name: "tiles", type: "u32" },
+  { name: "r", type: "u32" },
+  { name: "scale", type: "f32" },
+];
+
+/** A, B, the LoRA phase's P and Q, bias, C; unused ones bind a dummy buffer. */
+export const GEMM_BINDINGS: readonly BindingSpec[] = [
+  { name: "a", access: "read" },
+  { name: "b", access: "read" },
+  { name: "lp", access: "read" },
+  { name: "lq", access: "read" },
+  { name: "bias", access: "read" },
+  { name: "c", access: "write" },
+];
+
+const GEMM_INCLUDES = ["gemm/operands", "gemm/lora_phase"];
+
+/** Workgroup tiles staged in workgroup memory, for hardware GPUs (wgsl/gemm/tiled.wgsl). */
+export const GEMM_TILED: KernelTemplate = {
+  name: "gemm_tiled",
+  template: "gemm/tiled",
+  includes: GEMM_INCLUDES,
+  bindings: GEMM_BINDINGS,
+  params: GEMM_PARAMS,
+};
+
+/** One block per invocation straight from storage, for software adapters (wgsl/gemm/direct.wgsl). */
+export const GEMM_DIRECT: KernelTemplate = {
+  name: "gemm_direct",
+  template: "gemm/direct",
+  includes: GEMM_INCLUDES,
+  bindings: GEMM_BINDINGS,
+  params: GEMM_PARAMS,
+};

@@ -1,0 +1,103 @@
+/**
+ * The pipeline cache: one compute pipeline per kernel record × specialisation (element types, flags,
+ * tile sizes), compiled on first use from the record's template, its includes and the `struct Params`
+ * generated from its parameter layout; one bind-group layout per record, from its bindings.
+ * @module
+ */
+import { WGSL_SOURCES } from "./wgsl_sources.ts";
+import { expandTemplate, type TemplateParams } from "./template.ts";
+import { type CompiledKernel, GPU_FLAGS } from "./runtime.ts";
+import { type KernelTemplate, paramsWgsl } from "../kernels/record.ts";
+import { ConfigError } from "../../core/errors.ts";
+
+/** Invocations per workgroup of the element-wise and row kernels. */
+export const WORKGROUP_SIZE = 256;
+
+/** The text of `wgsl/<name>.wgsl` (embedded by scripts/gen_wgsl.ts). */
+function source(name: string, record: string): string {
+  const text = WGSL_SOURCES[name];
+  if (text === undefined) {
+    throw new ConfigError(`kernel ${record}: no template wgsl/${name}.wgsl (run scripts/gen_wgsl.ts)`);
+  }
+  return text;
+}
+
+/** The WGSL text of a kernel specialisation: common helpers, the uniform block, includes, template. */
+export function kernelSource(record: KernelTemplate, params: TemplateParams): string {
+  const parts = ["common", ...(record.includes ?? []), record.template].map((name) =>
+    expandTemplate(source(name, record.name), params, `wgsl/${name}.wgsl`)
+  );
+  const body = [parts[0], paramsWgsl(record.params), ...parts.slice(1)].join("\n");
+  const needsF16 = Object.values(params).includes("f16");
+  return needsF16 ? `enable f16;\n\n${body}` : body;
+}
+
+/** Compiles pipelines on first use and keeps them. */
+export class PipelineCache {
+  readonly #device: GPUDevice;
+  readonly #kernels = new Map<string, CompiledKernel>();
+  readonly #layouts = new Map<string, GPUBindGroupLayout>();
+  readonly #onError: (message: string) => void;
+
+  /** @param onError receives compile and validation errors of new pipelines (they surface later). */
+  constructor(device: GPUDevice, onError: (message: string) => void) {
+    this.#device = device;
+    this.#onError = onError;
+  }
+
+  /** The pipeline of `record` specialised with `params`. */
+  get(record: KernelTemplate, params: TemplateParams): CompiledKernel {
+    const key = `${record.name}|${JSON.stringify(params)}`;
+    let k = this.#kernels.get(key);
+    if (k === undefined) {
+      k = this.#compile(record, params);
+      this.#kernels.set(key, k);
+    }
+    return k;
+  }
+
+  /** Number of distinct pipelines compiled so far. */
+  get size(): number {
+    return this.#kernels.size;
+  }
+
+  /** The keys (record name | specialisation) of the pipelines compiled so far, for tests of the cache. */
+  keys(): string[] {
+    return [...this.#kernels.keys()];
+  }
+
+  #layout(record: KernelTemplate): GPUBindGroupLayout {
+    let layout = this.#layouts.get(record.name);
+    if (layout === undefined) {
+      const entries: GPUBindGroupLayoutEntry[] = [
+        { binding: 0, visibility: GPU_FLAGS.STAGE_COMPUTE, buffer: { type: "uniform" } },
+        ...record.bindings.map((b, i): GPUBindGroupLayoutEntry => ({
+          binding: i + 1,
+          visibility: GPU_FLAGS.STAGE_COMPUTE,
+          buffer: { type: b.access === "read" ? "read-only-storage" : "storage" },
+        })),
+      ];
+      layout = this.#device.createBindGroupLayout({ label: record.name, entries });
+      this.#layouts.set(record.name, layout);
+    }
+    return layout;
+  }
+
+  #compile(record: KernelTemplate, params: TemplateParams): CompiledKernel {
+    const code = kernelSource(record, params);
+    const label = `${record.name} ${JSON.stringify(params)}`;
+    const layout = this.#layout(record);
+    this.#device.pushErrorScope("validation");
+    const module = this.#device.createShaderModule({ label, code });
+    const pipeline = this.#device.createComputePipeline({
+      label,
+      layout: this.#device.createPipelineLayout({ bindGroupLayouts: [layout] }),
+      compute: { module, entryPoint: "main" },
+    });
+    this.#device.popErrorScope().then(
+      (e) => e && this.#onError(`kernel ${label} failed to build: ${e.message}`),
+      () => {}, // the device was lost meanwhile; that is reported on its own
+    );
+    return { name: record.name, pipeline, layout };
+  }
+}

@@ -1,0 +1,66 @@
+// The GEMM operands shared by both schedules (gemm/tiled.wgsl, gemm/direct.wgsl): the bindings of A,
+// B, bias and C and their loaders. Layouts, VEC_* and MASK_* flags are described in gemm/direct.wgsl's
+// header; the uniform block `p` is generated from GEMM_PARAMS (src/backend/kernels/gemm.ts).
+//#if VEC_A
+@group(0) @binding(1) var<storage, read> a: array<vec4<${A_T}>>;
+//#else
+@group(0) @binding(1) var<storage, read> a: array<${A_T}>;
+//#end
+//#if VEC_B
+@group(0) @binding(2) var<storage, read> b: array<vec4<${B_T}>>;
+//#else
+@group(0) @binding(2) var<storage, read> b: array<${B_T}>;
+//#end
+//#if BIAS
+@group(0) @binding(5) var<storage, read> bias: array<${C_T}>;
+//#end
+//#if VEC_C
+@group(0) @binding(6) var<storage, read_write> c: array<vec4<${C_T}>>;
+//#else
+@group(0) @binding(6) var<storage, read_write> c: array<${C_T}>;
+//#end
+
+fn factor4(at: u32) -> vec4<f32> {
+  return vec4<f32>(
+    dropout_factor(p.seed, p.threshold, p.keep, at),
+    dropout_factor(p.seed, p.threshold, p.keep, at + 1u),
+    dropout_factor(p.seed, p.threshold, p.keep, at + 2u),
+    dropout_factor(p.seed, p.threshold, p.keep, at + 3u),
+  );
+}
+
+// Loads by element index `at` (a multiple of 4 for the vec4 forms), masked when asked.
+//#if VEC_A
+fn load_a(at: u32) -> vec4<f32> {
+//#if MASK_A
+  return vec4<f32>(a[at / 4u]) * factor4(at);
+//#else
+  return vec4<f32>(a[at / 4u]);
+//#end
+}
+//#else
+fn load_a(at: u32) -> f32 {
+//#if MASK_A
+  return f32(a[at]) * dropout_factor(p.seed, p.threshold, p.keep, at);
+//#else
+  return f32(a[at]);
+//#end
+}
+//#end
+//#if VEC_B
+fn load_b(at: u32) -> vec4<f32> {
+//#if MASK_B
+  return vec4<f32>(b[at / 4u]) * factor4(at);
+//#else
+  return vec4<f32>(b[at / 4u]);
+//#end
+}
+//#else
+fn load_b(at: u32) -> f32 {
+//#if MASK_B
+  return f32(b[at]) * dropout_factor(p.seed, p.threshold, p.keep, at);
+//#else
+  return f32(b[at]);
+//#end
+}
+//#end
