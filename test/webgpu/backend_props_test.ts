@@ -15,9 +15,10 @@ import {
   values,
 } from "./compare.ts";
 import { gpu, gpuTest } from "./gpu.ts";
-import { DeviceError, DTypeError } from "../../mod.ts";
+import { cpuDevice, DeviceError, DTypeError, ShapeError } from "../../mod.ts";
 import type { WebGpuBackend } from "../../src/backend/webgpu/backend.ts";
 import { requestPipelines } from "../../src/backend/webgpu/gemm.ts";
+import { SPLITK_REDUCE } from "../../src/backend/kernels/splitk_reduce.ts";
 import { matmulArgs } from "../../src/backend/shape.ts";
 
 const RUNS = { cheap: 30, gemm: 25 };
@@ -215,6 +216,50 @@ gpuTest("softmax and logSoftmax rows match the CPU", async (dev) => {
     { numRuns: RUNS.cheap },
   );
 });
+
+gpuTest(
+  "a record without a Backend method (splitk_reduce) runs through Backend.run and matches the CPU",
+  async (dev) => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.integer({ min: 1, max: 700 }),
+        fc.integer({ min: 1, max: 9 }),
+        factor(-3, 3),
+        seedArb,
+        f,
+        async (n, splits, alpha, seed, dt) => {
+          const v = values(n * splits, seed, "f32");
+          const r = await onBoth(dev, dt, (u) => {
+            // The partial sums are f32 whatever the output type (wgsl/gemm/splitk_reduce.wgsl).
+            const part = u.be.upload(v, "f32");
+            const [y] = u.be.run(SPLITK_REDUCE, [part], { n, splits, alpha, dtype: dt });
+            u.be.free(part);
+            return y;
+          });
+          assertClose("splitk_reduce", r.gpu[0], r.cpu[0], dt);
+        },
+      ),
+      { numRuns: RUNS.cheap },
+    );
+  },
+);
+
+gpuTest(
+  "Backend.run checks a record's inputs first: a ShapeError naming the op, nothing allocated",
+  (dev) => {
+    for (const be of [dev.backend, cpuDevice().backend]) {
+      const part = be.upload(values(10, 1, "f32"), "f32");
+      const before = be.memory();
+      assert.throws(
+        () => be.run(SPLITK_REDUCE, [part], { n: 4, splits: 3, alpha: 1, dtype: "f32" }),
+        (e) =>
+          e instanceof ShapeError && /splitKReduce: partial sums \[3, 4\] has 10 elements/.test(e.message),
+      );
+      assert.deepEqual(be.memory(), before);
+      be.free(part);
+    }
+  },
+);
 
 /** Runs one matmul case on both backends and compares. */
 async function checkMatmul(
