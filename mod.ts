@@ -132,6 +132,15 @@ export {
 } from "./src/models/generation_config.ts";
 export { type ModelSource, modelToFiles, saveModel, type SaveModelOptions } from "./src/models/weights.ts";
 export { ropeInverseFrequencies } from "./src/models/rope.ts";
+export {
+  AutoTokenizer,
+  type ChatMessage,
+  type ChatTemplateOptions,
+  type DecodeOptions,
+  type EncodeOptions,
+  PreTrainedTokenizer,
+  type TokenizerSource,
+} from "./src/tokenizers/tokenizer.ts";
 export { AdamW, type AdamWOptions, type AdamWStateDict } from "./src/optim/adamw.ts";
 export { clipGradNorm } from "./src/optim/clip.ts";
 export { warmupCosineFactor, type WarmupCosineOptions, WarmupCosineSchedule } from "./src/optim/schedule.ts";

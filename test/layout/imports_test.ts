@@ -113,6 +113,7 @@ const LAYER_RANK: Readonly<Record<string, number>> = {
   "src/core": 0,
   "src/io": 1,
   "src/backend": 2,
+  "src/tokenizers": 2, // imports only src/core and src/io (and the tokenizer/Jinja packages)
   "src/tensor": 3,
   "src/nn": 4,
   "src/peft": 5,
