@@ -1,6 +1,7 @@
 /**
  * `npm run demo` (= `deno task demo`): LoRA-fine-tunes the shipped tiny Llama model on a task it cannot
- * do, or any Llama checkpoint on your own data (`--base`, `--data`); `--help` lists every option.
+ * do, or any Llama, Mistral, Qwen2/2.5 or Qwen3 checkpoint on your own data (`--base`, `--data`);
+ * `--help` lists every option.
  * Mistakes in flags or files end with a one-line message and exit code 2.
  * @module
  */

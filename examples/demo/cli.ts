@@ -169,7 +169,8 @@ export const DEMO_FLAGS: readonly FlagSpec[] = [
     name: "base",
     kind: "string",
     metavar: "DIR",
-    help: "a transformers Llama checkpoint (config.json, model.safetensors, tokenizer.json); " +
+    help: "a transformers Llama, Mistral, Qwen2/2.5 or Qwen3 checkpoint (config.json, " +
+      "model.safetensors, tokenizer.json); " +
       "default: the shipped demo model",
   },
   {

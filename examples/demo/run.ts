@@ -10,10 +10,11 @@ import { relative } from "node:path";
 import {
   AdamW,
   applyLoraToLinearModules,
+  AutoModelForCausalLM,
   cpuDevice,
   defaultDevice,
   type Device,
-  LlamaForCausalLM,
+  type LlamaForCausalLM,
   loadAdapter,
   LoraError,
   manualSeed,
@@ -232,7 +233,7 @@ async function loadBase(
   device: Device,
 ): Promise<{ model: LlamaForCausalLM; tokenizer: TextTokenizer }> {
   try {
-    const model = await LlamaForCausalLM.fromPretrained(dir, { device });
+    const model = await AutoModelForCausalLM.fromPretrained(dir, { device });
     return { model, tokenizer: await loadTokenizer(dir, model.config) };
   } catch (e) {
     if (e instanceof LoraError) throw new UsageError(`--base ${displayPath(dir)}: ${e.message}`);
@@ -351,7 +352,7 @@ export async function runDemo(opts: DemoOptions, io: DemoIO): Promise<DemoResult
 
   const probe = padBatch(plan.heldOut.slice(0, 8), tokenizer.padTokenId);
   const trained = await logitsOf(model, probe);
-  const fresh = await LlamaForCausalLM.fromPretrained(baseDir, { device });
+  const fresh = await AutoModelForCausalLM.fromPretrained(baseDir, { device });
   await loadAdapter(fresh, opts.out, { trainable: false });
   const unmerged = await logitsOf(fresh, probe);
   await mergeAndUnload(fresh);

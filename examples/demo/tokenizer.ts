@@ -1,11 +1,10 @@
 /**
  * Text ↔ token ids for the demo. A checkpoint's own `tokenizer.json` (with `tokenizer_config.json` when
- * present) is read through `@huggingface/tokenizers`; a checkpoint without one, such as the shipped
- * base model, uses the byte tokenizer: one token per UTF-8 byte, id = byte value.
+ * present) is read by the library's `AutoTokenizer`; a checkpoint without one, such as the shipped base
+ * model, uses the byte tokenizer: one token per UTF-8 byte, id = byte value.
  * @module
  */
-import { Tokenizer } from "@huggingface/tokenizers";
-import { ConfigError, FormatError, type LlamaConfig } from "../../mod.ts";
+import { ConfigError, FormatError, type LlamaConfig, PreTrainedTokenizer } from "../../mod.ts";
 import { isFile, joinPath } from "./files.ts";
 
 /** What the demo needs from a tokenizer. */
@@ -48,30 +47,18 @@ export class ByteTokenizer implements TextTokenizer {
   }
 }
 
-/** A token named in tokenizer_config.json: a plain string or an AddedToken object `{ content }`. */
-function tokenName(value: unknown): string | null {
-  if (typeof value === "string") return value;
-  if (
-    value !== null && typeof value === "object" &&
-    typeof (value as { content?: unknown }).content === "string"
-  ) {
-    return (value as { content: string }).content;
-  }
-  return null;
-}
-
 /** The first id of the config's `eos_token_id` (one id or a list), or null. */
 function configEos(config: LlamaConfig): number | null {
   const eos = config.eosTokenId;
   return Array.isArray(eos) ? eos[0] ?? null : eos;
 }
 
-/** A Hugging Face `tokenizer.json` through `@huggingface/tokenizers`. */
+/** A Hugging Face `tokenizer.json` through the library's {@link PreTrainedTokenizer}. */
 export class HfTokenizer implements TextTokenizer {
   readonly description: string;
   readonly eosTokenId: number | null;
   readonly padTokenId: number;
-  #tokenizer: Tokenizer;
+  #tokenizer: PreTrainedTokenizer;
 
   /**
    * @param tokenizerJson the parsed tokenizer.json
@@ -82,36 +69,31 @@ export class HfTokenizer implements TextTokenizer {
    * @throws {ConfigError} when the tokenizer's vocabulary does not fit the model
    */
   constructor(tokenizerJson: unknown, tokenizerConfig: Record<string, unknown>, config: LlamaConfig) {
-    try {
-      this.#tokenizer = new Tokenizer(tokenizerJson as object, tokenizerConfig);
-    } catch (e) {
-      throw new FormatError(
-        `tokenizer.json: @huggingface/tokenizers cannot read it (${(e as Error).message})`,
-      );
+    if (tokenizerJson === null || typeof tokenizerJson !== "object" || Array.isArray(tokenizerJson)) {
+      throw new FormatError(`tokenizer.json must hold a JSON object`);
     }
-    const vocab = this.#tokenizer.get_vocab(true);
-    let maxId = -1;
-    for (const id of vocab.values()) maxId = Math.max(maxId, id);
+    this.#tokenizer = new PreTrainedTokenizer(
+      tokenizerJson as Record<string, unknown>,
+      tokenizerConfig,
+      "tokenizer.json",
+    );
+    const maxId = this.#tokenizer.vocabSize - 1;
     if (maxId >= config.vocabSize) {
       throw new ConfigError(
         `tokenizer.json: the tokenizer has token id ${maxId}, beyond the model's vocab_size ${config.vocabSize}`,
       );
     }
-    const idOf = (key: string) => {
-      const name = tokenName(tokenizerConfig[key]);
-      return name === null ? null : this.#tokenizer.token_to_id(name) ?? null;
-    };
-    this.eosTokenId = configEos(config) ?? idOf("eos_token");
-    this.padTokenId = config.padTokenId ?? idOf("pad_token") ?? this.eosTokenId ?? 0;
-    this.description = `tokenizer.json (${vocab.size} tokens, @huggingface/tokenizers)`;
+    this.eosTokenId = configEos(config) ?? this.#tokenizer.eosTokenId;
+    this.padTokenId = config.padTokenId ?? this.#tokenizer.padTokenId ?? this.eosTokenId ?? 0;
+    this.description = `tokenizer.json (${this.#tokenizer.vocabSize} tokens, @huggingface/tokenizers)`;
   }
 
   encode(text: string, opts: { addSpecialTokens?: boolean } = {}): number[] {
-    return this.#tokenizer.encode(text, { add_special_tokens: opts.addSpecialTokens ?? false }).ids;
+    return this.#tokenizer.encode(text, { addSpecialTokens: opts.addSpecialTokens ?? false });
   }
 
   decode(ids: readonly number[]): string {
-    return this.#tokenizer.decode([...ids], { skip_special_tokens: true });
+    return this.#tokenizer.decode([...ids], { skipSpecialTokens: true });
   }
 }
 
