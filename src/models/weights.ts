@@ -34,6 +34,8 @@ export interface CheckpointModel extends Module {
   readonly config: LlamaConfig;
   /** Parameter dtype. */
   readonly dtype: string;
+  /** The checkpoint's generation_config.json, saved back beside config.json (null or absent: none). */
+  readonly generationConfig?: { source: Record<string, unknown> } | null;
 }
 
 /** Float dtypes a checkpoint may store; everything else (quantized ints, ...) is refused. */
@@ -253,6 +255,9 @@ export async function modelToFiles(
       "\n";
   }
   files["config.json"] = JSON.stringify(llamaConfigToJson(model.config, TORCH_DTYPE[dtype]), null, 2) + "\n";
+  if (model.generationConfig) {
+    files["generation_config.json"] = JSON.stringify(model.generationConfig.source, null, 2) + "\n";
+  }
   return files;
 }
 

@@ -170,7 +170,7 @@ Deno.test("AutoModelForCausalLM.fromPretrained: a transformers 4.x config with {
   }
 });
 
-Deno.test("saving a Qwen2 model writes the fields Qwen2Config has and reloads to the same logits", async () => {
+Deno.test("saving a Qwen2 model writes the fields Qwen2Config has, its generation_config.json, and reloads to the same logits", async () => {
   const { input, attentionMask } = caseInputs("qwen2-tied");
   const model = await Qwen2ForCausalLM.fromPretrained(`${caseDir("qwen2-tied")}base`, { device });
   const before = await model.forward(input, { attentionMask }).logits.data();
@@ -181,6 +181,11 @@ Deno.test("saving a Qwen2 model writes the fields Qwen2Config has and reloads to
     assert.deepEqual(json.layer_types, ["full_attention", "full_attention"]);
     const back = await AutoModelForCausalLM.fromPretrained(dir, { device });
     assert.ok(back instanceof Qwen2ForCausalLM);
+    assert.deepEqual(
+      readJson(`${dir}/generation_config.json`),
+      readJson(`${caseDir("qwen2-tied")}base/generation_config.json`),
+    );
+    assert.deepEqual(back.defaultEosTokenId, model.defaultEosTokenId);
     assert.deepEqual(await back.forward(input, { attentionMask }).logits.data(), before);
   });
   const q3 = parseLlamaConfig({ ...QWEN3, attention_bias: true });
