@@ -251,3 +251,67 @@ Deno.test("generation config: object sources carry it; malformed files are Forma
     );
   });
 });
+
+/** Qwen2.5-0.5B's and Qwen3-0.6B's published config.json fields (transformers 4.x spelling). */
+const PUBLISHED: [string, Record<string, unknown>, number][] = [
+  ["Qwen2.5-0.5B", {
+    architectures: ["Qwen2ForCausalLM"],
+    model_type: "qwen2",
+    vocab_size: 151936,
+    hidden_size: 896,
+    intermediate_size: 4864,
+    num_hidden_layers: 24,
+    num_attention_heads: 14,
+    num_key_value_heads: 2,
+    max_position_embeddings: 32768,
+    max_window_layers: 21,
+    rms_norm_eps: 1e-6,
+    rope_theta: 1000000.0,
+    sliding_window: 32768,
+    use_sliding_window: false,
+    tie_word_embeddings: true,
+    torch_dtype: "bfloat16",
+    bos_token_id: 151643,
+    eos_token_id: 151643,
+    hidden_act: "silu",
+    attention_dropout: 0.0,
+    use_cache: true,
+  }, 494_032_768],
+  ["Qwen3-0.6B", {
+    architectures: ["Qwen3ForCausalLM"],
+    model_type: "qwen3",
+    vocab_size: 151936,
+    hidden_size: 1024,
+    intermediate_size: 3072,
+    num_hidden_layers: 28,
+    num_attention_heads: 16,
+    num_key_value_heads: 8,
+    head_dim: 128,
+    max_position_embeddings: 40960,
+    max_window_layers: 28,
+    rms_norm_eps: 1e-6,
+    rope_theta: 1000000,
+    rope_scaling: null,
+    sliding_window: null,
+    use_sliding_window: false,
+    attention_bias: false,
+    tie_word_embeddings: true,
+    torch_dtype: "bfloat16",
+    bos_token_id: 151643,
+    eos_token_id: 151645,
+    hidden_act: "silu",
+    attention_dropout: 0.0,
+  }, 596_049_920],
+];
+for (const [name, config, count] of PUBLISHED) {
+  Deno.test(`${name}'s config.json builds a model with its published parameter count (${count})`, () => {
+    const model = new (name.startsWith("Qwen3") ? Qwen3ForCausalLM : Qwen2ForCausalLM)(config, {
+      materialize: false,
+      device,
+    });
+    // A tied head is the embedding table: count each tensor once.
+    const unique = new Set(model.parameters());
+    const total = [...unique].reduce((n, p) => n + p.shape.reduce((a, b) => a * b, 1), 0);
+    assert.equal(total, count);
+  });
+}
