@@ -5,6 +5,7 @@
  * Llama 2's chat template).
  */
 import assert from "node:assert/strict";
+import fc from "fast-check";
 import { AutoTokenizer, ConfigError, FormatError } from "../../mod.ts";
 
 const FIXTURES = ["tokenizer-bytelevel", "tokenizer-llama"];
@@ -156,4 +157,20 @@ Deno.test("applyChatTemplate: a list of named templates uses the one named defau
   });
   const c = casesOf("tokenizer-bytelevel").chats[0];
   assert.equal(tok.applyChatTemplate(c.messages), c.rendered);
+});
+
+Deno.test("AutoTokenizer: any text round-trips through encode and decode (byte-level: NFC; Llama-style: byte fallback)", async () => {
+  const bytelevel = await AutoTokenizer.fromPretrained(dirOf("tokenizer-bytelevel"));
+  const llama = await AutoTokenizer.fromPretrained(dirOf("tokenizer-llama"));
+  // Special-token spellings and Llama's own space mark "▁" are the only texts that do not come back.
+  const text = fc.string({ unit: "grapheme", maxLength: 40 }).filter((s) =>
+    !/<\|(endoftext|im_start|im_end)\|>|<s>|<\/s>|<unk>|▁/.test(s)
+  );
+  fc.assert(
+    fc.property(text, (s) => {
+      assert.equal(bytelevel.decode(bytelevel.encode(s)), s.normalize("NFC"));
+      assert.equal(llama.decode(llama.encode(s), { skipSpecialTokens: true }), s);
+    }),
+    { numRuns: 300 },
+  );
 });
