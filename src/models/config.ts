@@ -119,12 +119,12 @@ function field(obj: Json, key: string): unknown {
 function positiveInt(obj: Json, key: string, fallback?: number): number {
   const v = field(obj, key) ?? fallback;
   if (!Number.isInteger(v) || (v as number) < 1) {
-    throw new ConfigError(`LlamaConfig: ${key} must be a positive integer, got ${JSON.stringify(v)}`);
+    throw new ConfigError(`config.json: ${key} must be a positive integer, got ${JSON.stringify(v)}`);
   }
   return v as number;
 }
 
-function positiveNumber(obj: Json, key: string, where = "LlamaConfig", fallback?: number): number {
+function positiveNumber(obj: Json, key: string, where = "config.json", fallback?: number): number {
   const v = field(obj, key) ?? fallback;
   if (typeof v !== "number" || !Number.isFinite(v) || v <= 0) {
     throw new ConfigError(`${where}: ${key} must be a positive number, got ${JSON.stringify(v)}`);
@@ -135,7 +135,7 @@ function positiveNumber(obj: Json, key: string, where = "LlamaConfig", fallback?
 function bool(obj: Json, key: string, fallback: boolean): boolean {
   const v = field(obj, key) ?? fallback;
   if (typeof v !== "boolean") {
-    throw new ConfigError(`LlamaConfig: ${key} must be true or false, got ${JSON.stringify(v)}`);
+    throw new ConfigError(`config.json: ${key} must be true or false, got ${JSON.stringify(v)}`);
   }
   return v;
 }
@@ -145,7 +145,7 @@ function tokenId(obj: Json, key: string): number | null {
   if (v === undefined || v === null) return null;
   if (!Number.isInteger(v) || (v as number) < 0) {
     throw new ConfigError(
-      `LlamaConfig: ${key} must be a non-negative integer or null, got ${JSON.stringify(v)}`,
+      `config.json: ${key} must be a non-negative integer or null, got ${JSON.stringify(v)}`,
     );
   }
   return v as number;
@@ -156,7 +156,7 @@ function eosIds(obj: Json): number | number[] | null {
   if (Array.isArray(v)) {
     if (v.some((x) => !Number.isInteger(x) || x < 0)) {
       throw new ConfigError(
-        `LlamaConfig: eos_token_id must hold non-negative integers, got ${JSON.stringify(v)}`,
+        `config.json: eos_token_id must hold non-negative integers, got ${JSON.stringify(v)}`,
       );
     }
     return [...v];
@@ -172,24 +172,24 @@ function parseRope(obj: Json): RopeParameters {
   let where: string;
   if (params !== undefined && params !== null) {
     if (typeof params !== "object" || Array.isArray(params)) {
-      throw new ConfigError(`LlamaConfig: rope_parameters must be an object, got ${JSON.stringify(params)}`);
+      throw new ConfigError(`config.json: rope_parameters must be an object, got ${JSON.stringify(params)}`);
     }
     src = params as Json;
-    where = "LlamaConfig.rope_parameters";
+    where = "config.json rope_parameters";
     if (scaling !== undefined && scaling !== null) {
-      throw new ConfigError(`LlamaConfig: both rope_parameters and rope_scaling are set; give one of them`);
+      throw new ConfigError(`config.json: both rope_parameters and rope_scaling are set; give one of them`);
     }
   } else if (scaling !== undefined && scaling !== null) {
     if (typeof scaling !== "object" || Array.isArray(scaling)) {
       throw new ConfigError(
-        `LlamaConfig: rope_scaling must be an object or null, got ${JSON.stringify(scaling)}`,
+        `config.json: rope_scaling must be an object or null, got ${JSON.stringify(scaling)}`,
       );
     }
     src = { ...(scaling as Json), rope_theta: field(obj, "rope_theta") ?? 10000 };
-    where = "LlamaConfig.rope_scaling";
+    where = "config.json rope_scaling";
   } else {
     src = { rope_type: "default", rope_theta: field(obj, "rope_theta") ?? 10000 };
-    where = "LlamaConfig";
+    where = "config.json";
   }
   const type = field(src, "rope_type") ?? field(src, "type") ?? "default";
   const theta = positiveNumber(src, "rope_theta", where, 10000);
@@ -221,7 +221,7 @@ function parseFamily(obj: Json): { architectures: string[]; modelType: string; f
   const archField = field(obj, "architectures");
   const typeField = field(obj, "model_type");
   if (typeField !== undefined && typeField !== null && typeof typeField !== "string") {
-    throw new ConfigError(`LlamaConfig: model_type must be a string, got ${JSON.stringify(typeField)}`);
+    throw new ConfigError(`config.json: model_type must be a string, got ${JSON.stringify(typeField)}`);
   }
   let architectures: unknown = archField;
   if (archField === undefined || archField === null) {
@@ -233,34 +233,34 @@ function parseFamily(obj: Json): { architectures: string[]; modelType: string; f
     architectures.some((a) => typeof a !== "string")
   ) {
     throw new ConfigError(
-      `LlamaConfig: architectures must be a list of names, got ${JSON.stringify(architectures)}`,
+      `config.json: architectures must be a list of names, got ${JSON.stringify(architectures)}`,
     );
   }
   const names = architectures as string[];
   const unsupported = names.filter((a) => !Object.hasOwn(ARCHITECTURE_FAMILIES, a));
   if (unsupported.length > 0) {
     throw new ConfigError(
-      `LlamaConfig: architectures ${JSON.stringify(unsupported)} are not supported ` +
+      `config.json: architectures ${JSON.stringify(unsupported)} are not supported ` +
         `(supported: ${SUPPORTED_ARCHITECTURES.join(", ")})`,
     );
   }
   const families = new Set(names.map((a) => ARCHITECTURE_FAMILIES[a].family));
   if (families.size > 1) {
     throw new ConfigError(
-      `LlamaConfig: architectures ${JSON.stringify(names)} name different model families`,
+      `config.json: architectures ${JSON.stringify(names)} name different model families`,
     );
   }
   const family = [...families][0];
   const modelType = (typeField ?? ARCHITECTURE_FAMILIES[names[0]].modelType) as string;
   if (!Object.hasOwn(MODEL_TYPE_FAMILIES, modelType)) {
     throw new ConfigError(
-      `LlamaConfig: model_type ${JSON.stringify(modelType)} is not supported ` +
+      `config.json: model_type ${JSON.stringify(modelType)} is not supported ` +
         `(${Object.keys(MODEL_TYPE_FAMILIES).join(", ")})`,
     );
   }
   if (MODEL_TYPE_FAMILIES[modelType] !== family) {
     throw new ConfigError(
-      `LlamaConfig: model_type ${JSON.stringify(modelType)} does not match architectures ` +
+      `config.json: model_type ${JSON.stringify(modelType)} does not match architectures ` +
         `${JSON.stringify(names)}`,
     );
   }
@@ -276,30 +276,30 @@ function checkFullAttention(obj: Json, family: ModelFamily, layers: number): voi
   const useSliding = field(obj, "use_sliding_window");
   if (useSliding !== undefined && useSliding !== null && typeof useSliding !== "boolean") {
     throw new ConfigError(
-      `LlamaConfig: use_sliding_window must be true or false, got ${JSON.stringify(useSliding)}`,
+      `config.json: use_sliding_window must be true or false, got ${JSON.stringify(useSliding)}`,
     );
   }
   if (useSliding === true) {
-    throw new ConfigError(`LlamaConfig: use_sliding_window true is not implemented`);
+    throw new ConfigError(`config.json: use_sliding_window true is not implemented`);
   }
   const sliding = field(obj, "sliding_window");
   if (family === "llama" && sliding !== undefined && sliding !== null) {
     throw new ConfigError(
-      `LlamaConfig: sliding_window ${JSON.stringify(sliding)} is not implemented (must be null)`,
+      `config.json: sliding_window ${JSON.stringify(sliding)} is not implemented (must be null)`,
     );
   }
   const layerTypes = field(obj, "layer_types");
   if (layerTypes === undefined || layerTypes === null) return;
   if (!Array.isArray(layerTypes) || layerTypes.length !== layers) {
     throw new ConfigError(
-      `LlamaConfig: layer_types must list one type for each of the ${layers} layers, got ` +
+      `config.json: layer_types must list one type for each of the ${layers} layers, got ` +
         JSON.stringify(layerTypes),
     );
   }
   const other = layerTypes.findIndex((t) => t !== "full_attention");
   if (other >= 0) {
     throw new ConfigError(
-      `LlamaConfig: layer_types[${other}] ${JSON.stringify(layerTypes[other])} is not implemented ` +
+      `config.json: layer_types[${other}] ${JSON.stringify(layerTypes[other])} is not implemented ` +
         `(only "full_attention")`,
     );
   }
@@ -316,19 +316,19 @@ export function parseLlamaConfig(input: Json | string): LlamaConfig {
     try {
       obj = JSON.parse(input);
     } catch (e) {
-      throw new ConfigError(`LlamaConfig: config.json is not valid JSON (${(e as Error).message})`);
+      throw new ConfigError(`config.json: config.json is not valid JSON (${(e as Error).message})`);
     }
   } else {
     obj = input;
   }
   if (obj === null || typeof obj !== "object" || Array.isArray(obj)) {
-    throw new ConfigError(`LlamaConfig: the config must be a JSON object, got ${JSON.stringify(obj)}`);
+    throw new ConfigError(`config.json: the config must be a JSON object, got ${JSON.stringify(obj)}`);
   }
   const { architectures, modelType, family } = parseFamily(obj);
   const hiddenAct = field(obj, "hidden_act") ?? "silu";
   if (hiddenAct !== "silu") {
     throw new ConfigError(
-      `LlamaConfig: hidden_act ${JSON.stringify(hiddenAct)} is not supported (only "silu")`,
+      `config.json: hidden_act ${JSON.stringify(hiddenAct)} is not supported (only "silu")`,
     );
   }
   const numHiddenLayers = positiveInt(obj, "num_hidden_layers");
@@ -336,13 +336,13 @@ export function parseLlamaConfig(input: Json | string): LlamaConfig {
   const quant = field(obj, "quantization_config");
   if (quant !== undefined && quant !== null) {
     throw new ConfigError(
-      `LlamaConfig: quantization_config is set; quantized checkpoints are not supported yet`,
+      `config.json: quantization_config is set; quantized checkpoints are not supported yet`,
     );
   }
   const partial = field(obj, "partial_rotary_factor");
   if (partial !== undefined && partial !== null && partial !== 1) {
     throw new ConfigError(
-      `LlamaConfig: partial_rotary_factor ${JSON.stringify(partial)} is not implemented (only 1)`,
+      `config.json: partial_rotary_factor ${JSON.stringify(partial)} is not implemented (only 1)`,
     );
   }
   const hiddenSize = positiveInt(obj, "hidden_size");
@@ -350,7 +350,7 @@ export function parseLlamaConfig(input: Json | string): LlamaConfig {
   const numKeyValueHeads = positiveInt(obj, "num_key_value_heads", numAttentionHeads);
   if (numAttentionHeads % numKeyValueHeads !== 0) {
     throw new ConfigError(
-      `LlamaConfig: num_attention_heads ${numAttentionHeads} is not a multiple of num_key_value_heads ` +
+      `config.json: num_attention_heads ${numAttentionHeads} is not a multiple of num_key_value_heads ` +
         `${numKeyValueHeads}`,
     );
   }
@@ -362,17 +362,17 @@ export function parseLlamaConfig(input: Json | string): LlamaConfig {
     : positiveInt(obj, "head_dim");
   if (!Number.isInteger(headDim)) {
     throw new ConfigError(
-      `LlamaConfig: hidden_size ${hiddenSize} is not a multiple of num_attention_heads ${numAttentionHeads} ` +
+      `config.json: hidden_size ${hiddenSize} is not a multiple of num_attention_heads ${numAttentionHeads} ` +
         `and head_dim is not given`,
     );
   }
   if (headDim % 2 !== 0) {
-    throw new ConfigError(`LlamaConfig: head_dim ${headDim} must be even for rotary embeddings`);
+    throw new ConfigError(`config.json: head_dim ${headDim} must be even for rotary embeddings`);
   }
   const attentionDropout = field(obj, "attention_dropout") ?? 0;
   if (typeof attentionDropout !== "number" || !(attentionDropout >= 0 && attentionDropout < 1)) {
     throw new ConfigError(
-      `LlamaConfig: attention_dropout must be in [0, 1), got ${JSON.stringify(attentionDropout)}`,
+      `config.json: attention_dropout must be in [0, 1), got ${JSON.stringify(attentionDropout)}`,
     );
   }
   // Qwen2's projections are fixed in its modeling code (q, k, v biased, o not; no MLP bias) whatever
@@ -390,7 +390,7 @@ export function parseLlamaConfig(input: Json | string): LlamaConfig {
     numKeyValueHeads,
     headDim,
     maxPositionEmbeddings: positiveInt(obj, "max_position_embeddings", 2048),
-    rmsNormEps: positiveNumber(obj, "rms_norm_eps", "LlamaConfig", 1e-6),
+    rmsNormEps: positiveNumber(obj, "rms_norm_eps", "config.json", 1e-6),
     rope: parseRope(obj),
     attentionBias,
     attentionOutputBias: family === "qwen2" ? false : attentionBias,
