@@ -4,7 +4,7 @@
  * its uniform parameter layout (declared once: the WGSL `struct Params` is generated from it), how a call
  * specialises the template, its dispatch geometry and its CPU reference. Both backends run any record
  * through `Backend.run`: the CPU calls {@link KernelRecord.reference}, WebGPU compiles the template and
- * dispatches it. Adding a kernel is one record file here plus one `.wgsl` file (docs/DESIGN-registry.md).
+ * dispatches it. Adding a kernel is one record file here plus one `.wgsl` file (docs/DESIGN.md).
  *
  * Records import nothing of the backends, so every layer above may hold them.
  * @module
