@@ -410,7 +410,7 @@ export class LlamaForCausalLM extends Module {
     const build = (config: LlamaConfig) => new this(config, { ...opts, materialize: false });
     // Read first: a malformed generation_config.json fails before the weights are read.
     const generation = await readGenerationConfig(source, `${this.name}.fromPretrained`);
-    const model = await loadLlamaWeights(source, build);
+    const model = await loadLlamaWeights(source, build, `${this.name}.fromPretrained`);
     model.generationConfig = generation;
     // As transformers' from_pretrained: dropout stays off until train() is called.
     return model.eval();

@@ -52,13 +52,13 @@ interface RawCheckpoint {
 }
 
 /** Reads config and weight bytes from a directory (single file or sharded). */
-async function readCheckpointDir(dir: string): Promise<RawCheckpoint> {
+async function readCheckpointDir(dir: string, where: string): Promise<RawCheckpoint> {
   if ((await pathKind(dir)) !== "dir") {
-    throw new FormatError(`LlamaForCausalLM.fromPretrained: ${dir} is not a directory`);
+    throw new FormatError(`${where}: ${dir} is not a directory`);
   }
   const configPath = joinPath(dir, "config.json");
   if ((await pathKind(configPath)) !== "file") {
-    throw new FormatError(`LlamaForCausalLM.fromPretrained: ${configPath} does not exist`);
+    throw new FormatError(`${where}: ${configPath} does not exist`);
   }
   const config = await readFileText(configPath);
   const single = joinPath(dir, "model.safetensors");
@@ -68,7 +68,7 @@ async function readCheckpointDir(dir: string): Promise<RawCheckpoint> {
   const indexPath = joinPath(dir, "model.safetensors.index.json");
   if ((await pathKind(indexPath)) !== "file") {
     throw new FormatError(
-      `LlamaForCausalLM.fromPretrained: ${dir} has neither model.safetensors nor model.safetensors.index.json ` +
+      `${where}: ${dir} has neither model.safetensors nor model.safetensors.index.json ` +
         `(PyTorch .bin checkpoints are not supported; convert them to safetensors)`,
     );
   }
@@ -77,18 +77,18 @@ async function readCheckpointDir(dir: string): Promise<RawCheckpoint> {
     index = JSON.parse(await readFileText(indexPath));
   } catch (e) {
     throw new FormatError(
-      `LlamaForCausalLM.fromPretrained: ${indexPath} is not valid JSON (${(e as Error).message})`,
+      `${where}: ${indexPath} is not valid JSON (${(e as Error).message})`,
     );
   }
   const map = index?.weight_map;
   if (map === null || typeof map !== "object" || Array.isArray(map)) {
-    throw new FormatError(`LlamaForCausalLM.fromPretrained: ${indexPath} has no weight_map object`);
+    throw new FormatError(`${where}: ${indexPath} has no weight_map object`);
   }
   const files = [...new Set(Object.values(map))];
   for (const f of files) {
     if (typeof f !== "string" || f.includes("/") || f.includes("\\") || f.startsWith(".")) {
       throw new FormatError(
-        `LlamaForCausalLM.fromPretrained: ${indexPath} names an invalid shard file ${JSON.stringify(f)}`,
+        `${where}: ${indexPath} names an invalid shard file ${JSON.stringify(f)}`,
       );
     }
   }
@@ -97,7 +97,7 @@ async function readCheckpointDir(dir: string): Promise<RawCheckpoint> {
     const path = joinPath(dir, f);
     if ((await pathKind(path)) !== "file") {
       throw new FormatError(
-        `LlamaForCausalLM.fromPretrained: shard ${path} listed in the index does not exist`,
+        `${where}: shard ${path} listed in the index does not exist`,
       );
     }
     shards.push({ name: path, bytes: await readFileBytes(path) });
@@ -108,19 +108,20 @@ async function readCheckpointDir(dir: string): Promise<RawCheckpoint> {
 /**
  * Builds a model with `build(config)` (shape-only weights) and fills every parameter from the
  * checkpoint. Missing keys (except `lm_head.weight` of a tied model), unexpected keys, shape mismatches
- * and non-float dtypes are FormatErrors naming the key.
+ * and non-float dtypes are FormatErrors naming the key and `where` (the public call).
  */
 export async function loadLlamaWeights<M extends CheckpointModel>(
   source: ModelSource,
   build: (config: LlamaConfig) => M,
+  where = "LlamaForCausalLM.fromPretrained",
 ): Promise<M> {
   let raw: RawCheckpoint;
-  if (typeof source === "string") raw = await readCheckpointDir(source);
+  if (typeof source === "string") raw = await readCheckpointDir(source, where);
   else if (source && typeof source === "object" && "config" in source && "weights" in source) {
     const list = Array.isArray(source.weights) ? source.weights : [source.weights];
     if (list.length === 0 || list.some((b) => !(b instanceof Uint8Array))) {
       throw new FormatError(
-        `LlamaForCausalLM.fromPretrained: weights must be a Uint8Array or a non-empty list of them`,
+        `${where}: weights must be a Uint8Array or a non-empty list of them`,
       );
     }
     raw = { config: source.config, shards: list.map((bytes, i) => ({ name: `weights[${i}]`, bytes })) };
@@ -129,7 +130,7 @@ export async function loadLlamaWeights<M extends CheckpointModel>(
       ? String(source)
       : `{ ${Object.keys(source).join(", ")} }`;
     throw new ConfigError(
-      `LlamaForCausalLM.fromPretrained: source must be a directory path or { config, weights }, got ${got}`,
+      `${where}: source must be a directory path or { config, weights }, got ${got}`,
     );
   }
   const config = parseLlamaConfig(raw.config);
@@ -141,29 +142,29 @@ export async function loadLlamaWeights<M extends CheckpointModel>(
     try {
       file = readSafetensors(shard.bytes);
     } catch (e) {
-      throw new FormatError(`LlamaForCausalLM.fromPretrained: ${shard.name}: ${(e as Error).message}`);
+      throw new FormatError(`${where}: ${shard.name}: ${(e as Error).message}`);
     }
     for (const [key, t] of file.tensors) {
       if (isIgnorableKey(key)) continue;
       if (found.has(key)) {
         throw new FormatError(
-          `LlamaForCausalLM.fromPretrained: ${key} appears in both ${found.get(key)!.from} and ${shard.name}`,
+          `${where}: ${key} appears in both ${found.get(key)!.from} and ${shard.name}`,
         );
       }
       if (!(key in own)) {
         throw new FormatError(
-          `LlamaForCausalLM.fromPretrained: unexpected key ${key} in ${shard.name} (not a parameter of this model)`,
+          `${where}: unexpected key ${key} in ${shard.name} (not a parameter of this model)`,
         );
       }
       if (!FLOAT_DTYPES.has(t.dtype)) {
         throw new FormatError(
-          `LlamaForCausalLM.fromPretrained: ${key} has dtype ${t.dtype}; expected F32, F16 or BF16`,
+          `${where}: ${key} has dtype ${t.dtype}; expected F32, F16 or BF16`,
         );
       }
       const want = own[key].shape;
       if (t.shape.length !== want.length || t.shape.some((d, i) => d !== want[i])) {
         throw new FormatError(
-          `LlamaForCausalLM.fromPretrained: ${key} has shape [${t.shape}] but the config implies [${want}]`,
+          `${where}: ${key} has shape [${t.shape}] but the config implies [${want}]`,
         );
       }
       found.set(key, { shape: t.shape, data: t.data as ArrayLike<number>, from: shard.name });
@@ -173,7 +174,7 @@ export async function loadLlamaWeights<M extends CheckpointModel>(
   const missing = Object.keys(own).filter((k) => !found.has(k) && !(tied && k === "lm_head.weight"));
   if (missing.length > 0) {
     const list = missing.slice(0, 8).join(", ") + (missing.length > 8 ? `, … (${missing.length})` : "");
-    throw new FormatError(`LlamaForCausalLM.fromPretrained: missing keys: ${list}`);
+    throw new FormatError(`${where}: missing keys: ${list}`);
   }
   // A tied head is the embedding table itself; a stored copy of it is ignored, as transformers does.
   if (tied) found.delete("lm_head.weight");

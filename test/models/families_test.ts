@@ -315,3 +315,16 @@ for (const [name, config, count] of PUBLISHED) {
     assert.equal(total, count);
   });
 }
+
+Deno.test("loading errors name the class the user called", async () => {
+  const name = "qwen3-gqa";
+  const config = readJson(`${caseDir(name)}base/config.json`);
+  await assert.rejects(
+    () => AutoModelForCausalLM.fromPretrained({ config, weights: new Uint8Array(8) }, { device }),
+    (e: unknown) => e instanceof FormatError && /^Qwen3ForCausalLM\.fromPretrained: /.test(e.message),
+  );
+  await assert.rejects(
+    () => Qwen3ForCausalLM.fromPretrained("/nonexistent/qwen3", { device }),
+    (e: unknown) => e instanceof Error && /^Qwen3ForCausalLM\.fromPretrained: /.test(e.message),
+  );
+});
