@@ -7,6 +7,7 @@
  * and through the examples of the README it ships.
  */
 import assert from "node:assert/strict";
+import { registerBrowserTest } from "./browser.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
 const bun = `${root}node_modules/.bin/bun`;
@@ -227,7 +228,7 @@ Deno.test("npm package: the shipped README's examples run as written", async (t)
   }
   for (const [i, { tags, code }] of examples.entries()) {
     for (const tag of tags) {
-      if (tag === "browser") continue; // test/npm/browser_test.ts loads those in Chromium
+      if (tag === "browser") continue; // test/npm/browser.ts loads those in Chromium
       const gpu = tag.endsWith("-gpu");
       await t.step({
         name: `example ${i + 1} on ${tag}`,
@@ -267,3 +268,5 @@ Deno.test("npm package: a CPU-only LoRA program tree-shakes the WebGPU backend a
   assert.doesNotMatch(cpu, /requestAdapter/, "no WebGPU device code in a CPU-only bundle");
   assert.ok(sizes.cpu < sizes.all / 2, `CPU-only ${sizes.cpu} B against ${sizes.all} B for everything`);
 });
+
+registerBrowserTest(pkgDir);
