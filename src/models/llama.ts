@@ -603,7 +603,9 @@ export class LlamaForCausalLM extends Module {
 
   /**
    * Greedy or sampled continuation of each prompt with a KV cache; returns prompt + new tokens per row.
-   * Prompts of different lengths are left-padded internally.
+   * Prompts of different lengths are left-padded internally. Without `eosTokenId` a row stops at
+   * {@link defaultEosTokenId} (generation_config.json's EOS ids, else config.json's); `eosTokenId: null`
+   * never stops early.
    */
   async generate(promptIds: number[][], opts: GenerateOptions): Promise<number[][]> {
     if (opts === null || typeof opts !== "object" || opts.eosTokenId !== undefined) {
