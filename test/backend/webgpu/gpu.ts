@@ -2,7 +2,7 @@
  * The WebGPU device the GPU suite runs on, opened once per test process. In CI (env CI=true) a missing
  * adapter fails the suite; elsewhere the GPU tests are skipped with a printed reason.
  */
-import { type Device, webgpuDevice } from "../../mod.ts";
+import { type Device, webgpuDevice } from "../../../mod.ts";
 
 async function open(): Promise<{ device: Device | null; reason: string }> {
   try {

@@ -5,11 +5,11 @@
  */
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { cpuDevice, type Device, type DType } from "../../mod.ts";
-import type { Backend, Storage } from "../../src/backend/backend.ts";
-import { roundToF16 } from "../../src/core/half.ts";
-import { Rng } from "../../src/core/random.ts";
-import { relErr } from "../helpers.ts";
+import { cpuDevice, type Device, type DType } from "../../../mod.ts";
+import type { Backend, Storage } from "../../../src/backend/backend.ts";
+import { roundToF16 } from "../../../src/core/half.ts";
+import { Rng } from "../../../src/core/random.ts";
+import { relErr } from "../../helpers.ts";
 
 /** The storage dtypes WebGPU has. */
 export type FloatType = "f32" | "f16";

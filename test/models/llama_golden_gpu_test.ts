@@ -5,8 +5,8 @@
 import assert from "node:assert/strict";
 import { AdamW, type Device, LlamaForCausalLM, loadAdapter, mergeAndUnload, type Tensor } from "../../mod.ts";
 import { loadFixture, relErr } from "../helpers.ts";
-import { gpu, gpuTest } from "./gpu.ts";
-import { note, printWorst } from "./compare.ts";
+import { gpu, gpuTest } from "../backend/webgpu/gpu.ts";
+import { note, printWorst } from "../backend/webgpu/compare.ts";
 
 const DIR = new URL("../fixtures/llama-tiny-lora/", import.meta.url).pathname;
 const golden = loadFixture("llama-tiny-lora/golden.safetensors");

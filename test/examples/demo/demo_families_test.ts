@@ -4,10 +4,10 @@
  * the adapter each run writes loads back onto its base.
  */
 import assert from "node:assert/strict";
-import { AutoModelForCausalLM, cpuDevice, llamaConfig, loadAdapter } from "../../mod.ts";
+import { AutoModelForCausalLM, cpuDevice, llamaConfig, loadAdapter } from "../../../mod.ts";
 
-const demoPath = new URL("../../examples/demo.ts", import.meta.url).pathname;
-const tokenizerDir = new URL("../fixtures/tokenizer-bytelevel/", import.meta.url).pathname;
+const demoPath = new URL("../../../examples/demo.ts", import.meta.url).pathname;
+const tokenizerDir = new URL("../../fixtures/tokenizer-bytelevel/", import.meta.url).pathname;
 
 for (const architecture of ["Qwen2ForCausalLM", "Qwen3ForCausalLM"]) {
   Deno.test(`demo --base with a ${architecture} checkpoint and its tokenizer.json`, async () => {

@@ -10,8 +10,8 @@ import {
   tensor,
   webgpuDevice,
   zeros,
-} from "../../mod.ts";
-import type { WebGpuBackend } from "../../src/backend/webgpu/backend.ts";
+} from "../../../mod.ts";
+import type { WebGpuBackend } from "../../../src/backend/webgpu/backend.ts";
 import { gpuTest } from "./gpu.ts";
 
 /** A stand-in GPUAdapter with the given info, for the software-adapter detection. */
@@ -160,7 +160,7 @@ gpuTest("defaultDevice prefers a hardware adapter, else the CPU; never a softwar
 gpuTest("defaultDevice returns the device given to setDefaultDevice", async () => {
   // setDefaultDevice is process-wide and has no undo, so this runs in a child process.
   const code = `
-    import { cpuDevice, defaultDevice, setDefaultDevice, webgpuDevice } from "./mod.ts";
+    import { cpuDevice, defaultDevice, setDefaultDevice, webgpuDevice } from "../../webgpu/mod.ts";
     const gpu = await webgpuDevice();
     setDefaultDevice(gpu);
     if (await defaultDevice() !== gpu) throw new Error("explicit WebGPU default ignored");
@@ -168,7 +168,7 @@ gpuTest("defaultDevice returns the device given to setDefaultDevice", async () =
     if (await defaultDevice() !== cpuDevice()) throw new Error("explicit CPU default ignored");
     gpu.destroy();
   `;
-  const root = new URL("../../", import.meta.url).pathname;
+  const root = new URL("../../../", import.meta.url).pathname;
   const out = await new Deno.Command(Deno.execPath(), { args: ["eval", "--ext=ts", code], cwd: root })
     .output();
   assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
@@ -187,7 +187,7 @@ gpuTest(
     if (got.join() !== "1,4,9") throw new Error("got " + got);
     device.destroy();
   `;
-    const root = new URL("../../", import.meta.url).pathname;
+    const root = new URL("../../../", import.meta.url).pathname;
     const out = await new Deno.Command(Deno.execPath(), { args: ["eval", "--ext=ts", code], cwd: root })
       .output();
     assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));

@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { cpuDevice, llamaConfig, LlamaForCausalLM, saveModel } from "../../mod.ts";
-import { withTempDir as withDir } from "../models/tiny_model.ts";
+import { withTempDir as withDir } from "./tiny_model.ts";
 
 const CONFIG = llamaConfig({
   vocabSize: 24,

@@ -1,8 +1,8 @@
 /** The single-layer PyTorch reference cases on WebGPU, through every LoRA path, at relative error ≤ 1e-4. */
 import assert from "node:assert/strict";
 import { LINEAR_LORA_PATHS, linearLoraCases, runLinearLoraCase } from "../golden_linear_lora.ts";
-import { gpu, gpuTest } from "./gpu.ts";
-import { note, printWorst } from "./compare.ts";
+import { gpu, gpuTest } from "../backend/webgpu/gpu.ts";
+import { note, printWorst } from "../backend/webgpu/compare.ts";
 
 for (const c of linearLoraCases) {
   for (const path of LINEAR_LORA_PATHS) {

@@ -13,8 +13,8 @@ import {
   TASK_A,
   TASK_B,
   trainingExamples,
-} from "../../examples/demo/tasks.ts";
-import { SeededRandom } from "../../examples/demo/rng.ts";
+} from "../../../examples/demo/tasks.ts";
+import { SeededRandom } from "../../../examples/demo/rng.ts";
 
 /** The number a prompt such as "0917+2=" starts with. */
 const promptValue = (prompt: string) => Number(prompt.slice(0, prompt.indexOf("+")));

@@ -9,7 +9,7 @@ import {
   parseFlags,
   UsageError,
   widenTarget,
-} from "../../examples/demo/cli.ts";
+} from "../../../examples/demo/cli.ts";
 
 Deno.test("parseDemoArgs: defaults describe the shipped demo", () => {
   const o = parseDemoArgs([])!;
@@ -127,7 +127,7 @@ Deno.test("helpText: documents every flag with its default", () => {
 
 /** Runs the demo program; returns exit code and output. */
 async function runDemoProgram(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const demo = new URL("../../examples/demo.ts", import.meta.url).pathname;
+  const demo = new URL("../../../examples/demo.ts", import.meta.url).pathname;
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", demo, ...args],
     stdout: "piped",

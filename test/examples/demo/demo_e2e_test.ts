@@ -4,11 +4,11 @@
  * adapter each run writes must load back with loadAdapter.
  */
 import assert from "node:assert/strict";
-import { cpuDevice, llamaConfig, LlamaForCausalLM, loadAdapter } from "../../mod.ts";
-import { SHIPPED_MODEL_DIR } from "../../examples/demo/run.ts";
+import { cpuDevice, llamaConfig, LlamaForCausalLM, loadAdapter } from "../../../mod.ts";
+import { SHIPPED_MODEL_DIR } from "../../../examples/demo/run.ts";
 
-const demoPath = new URL("../../examples/demo.ts", import.meta.url).pathname;
-const fixtureDir = new URL("../fixtures/tokenizer/", import.meta.url).pathname;
+const demoPath = new URL("../../../examples/demo.ts", import.meta.url).pathname;
+const fixtureDir = new URL("../../fixtures/tokenizer/", import.meta.url).pathname;
 
 /** Runs the demo program; the output is returned, and printed when the run fails. */
 async function runDemo(args: string[]): Promise<string> {

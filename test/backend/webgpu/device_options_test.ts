@@ -13,8 +13,8 @@ import {
   LlamaForCausalLM,
   patchLinearModule,
   webgpuDevice,
-} from "../../mod.ts";
-import { gpuTest } from "../webgpu/gpu.ts";
+} from "../../../mod.ts";
+import { gpuTest } from "./gpu.ts";
 
 const cases: [option: string, opts: unknown][] = [
   ["gpu", { gpu: {} }],

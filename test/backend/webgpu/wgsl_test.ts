@@ -4,25 +4,25 @@
  */
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { evaluate, expandTemplate, TemplateError } from "../../src/backend/webgpu/template.ts";
-import { kernelSource } from "../../src/backend/webgpu/pipelines.ts";
-import { gemmSpecialisation, SCHEDULE_TEMPLATE } from "../../src/backend/webgpu/gemm.ts";
-import { DIRECT_PROFILE, TILED_PROFILE } from "../../src/backend/webgpu/gemm_plan.ts";
+import { evaluate, expandTemplate, TemplateError } from "../../../src/backend/webgpu/template.ts";
+import { kernelSource } from "../../../src/backend/webgpu/pipelines.ts";
+import { gemmSpecialisation, SCHEDULE_TEMPLATE } from "../../../src/backend/webgpu/gemm.ts";
+import { DIRECT_PROFILE, TILED_PROFILE } from "../../../src/backend/webgpu/gemm_plan.ts";
 import {
   type KernelTemplate,
   MAX_RANK,
   packParams,
   type ParamLayout,
   paramsRead,
-} from "../../src/backend/kernels/record.ts";
-import { WGSL_SOURCES } from "../../src/backend/webgpu/wgsl_sources.ts";
-import { readSources, renderSources } from "../../scripts/gen_wgsl.ts";
-import { dropoutHash } from "../../src/core/random.ts";
-import type { WebGpuBackend } from "../../src/backend/webgpu/backend.ts";
-import type { TemplateParams } from "../../src/backend/webgpu/template.ts";
+} from "../../../src/backend/kernels/record.ts";
+import { WGSL_SOURCES } from "../../../src/backend/webgpu/wgsl_sources.ts";
+import { readSources, renderSources } from "../../../scripts/gen_wgsl.ts";
+import { dropoutHash } from "../../../src/core/random.ts";
+import type { WebGpuBackend } from "../../../src/backend/webgpu/backend.ts";
+import type { TemplateParams } from "../../../src/backend/webgpu/template.ts";
 import { gpuTest } from "./gpu.ts";
 
-const ROOT = new URL("../../", import.meta.url);
+const ROOT = new URL("../../../", import.meta.url);
 
 Deno.test("template: ${} substitutes names and integer arithmetic", () => {
   const out = expandTemplate("array<${T}, ${BK * BM / 4}> ${N - 1}u ${-N % 3}", {

@@ -1,7 +1,7 @@
 /** Every WebGPU backend primitive against the CPU reference backend, as fast-check properties. */
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import type { BinaryOp, UnaryOp } from "../../src/backend/backend.ts";
+import type { BinaryOp, UnaryOp } from "../../../src/backend/backend.ts";
 import {
   assertClose,
   dim,
@@ -15,11 +15,11 @@ import {
   values,
 } from "./compare.ts";
 import { gpu, gpuTest } from "./gpu.ts";
-import { cpuDevice, DeviceError, DTypeError, ShapeError } from "../../mod.ts";
-import type { WebGpuBackend } from "../../src/backend/webgpu/backend.ts";
-import { requestPipelines } from "../../src/backend/webgpu/gemm.ts";
-import { SPLITK_REDUCE } from "../../src/backend/kernels/splitk_reduce.ts";
-import { matmulArgs } from "../../src/backend/shape.ts";
+import { cpuDevice, DeviceError, DTypeError, ShapeError } from "../../../mod.ts";
+import type { WebGpuBackend } from "../../../src/backend/webgpu/backend.ts";
+import { requestPipelines } from "../../../src/backend/webgpu/gemm.ts";
+import { SPLITK_REDUCE } from "../../../src/backend/kernels/splitk_reduce.ts";
+import { matmulArgs } from "../../../src/backend/shape.ts";
 
 const RUNS = { cheap: 30, gemm: 25 };
 const f = gpu === null ? fc.constant<"f32">("f32") : floatTypes(gpu);

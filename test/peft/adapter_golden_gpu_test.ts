@@ -3,8 +3,8 @@ import assert from "node:assert/strict";
 import { type LinearLoRA, loadAdapter, mergeAndUnload, tensor } from "../../mod.ts";
 import { readSafetensors } from "../../src/io/safetensors.ts";
 import { fixture, loadFixture, relErr } from "../helpers.ts";
-import { moduleAt, tinyLlamaTree } from "../peft/adapter_fixtures.ts";
-import { gpuTest } from "./gpu.ts";
+import { moduleAt, tinyLlamaTree } from "./adapter_fixtures.ts";
+import { gpuTest } from "../backend/webgpu/gpu.ts";
 
 const ADAPTER_DIR = new URL("../fixtures/llama-tiny-lora/adapter/", import.meta.url).pathname;
 const RANK = 8, SCALE = 2;

@@ -26,9 +26,9 @@ import {
   tidy,
   train,
   webgpuDevice,
-} from "../../mod.ts";
-import { relErr } from "../helpers.ts";
-import { gpuTest } from "../webgpu/gpu.ts";
+} from "../../../mod.ts";
+import { relErr } from "../../helpers.ts";
+import { gpuTest } from "./gpu.ts";
 
 type Counts = { buffers: number; bytes: number };
 

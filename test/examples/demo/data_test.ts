@@ -1,6 +1,6 @@
 /** The demo's data handling: reading JSONL and text files, completion-only labels, padding, splits. */
 import assert from "node:assert/strict";
-import { UsageError } from "../../examples/demo/cli.ts";
+import { UsageError } from "../../../examples/demo/cli.ts";
 import {
   completionIds,
   consecutiveWindows,
@@ -11,9 +11,9 @@ import {
   randomWindow,
   readDataFile,
   splitHeldOut,
-} from "../../examples/demo/data.ts";
-import { SeededRandom } from "../../examples/demo/rng.ts";
-import { ByteTokenizer } from "../../examples/demo/tokenizer.ts";
+} from "../../../examples/demo/data.ts";
+import { SeededRandom } from "../../../examples/demo/rng.ts";
+import { ByteTokenizer } from "../../../examples/demo/tokenizer.ts";
 
 const bytes = (s: string) => Array.from(new TextEncoder().encode(s));
 

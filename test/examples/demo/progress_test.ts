@@ -6,7 +6,7 @@ import {
   formatProgress,
   type ProgressFigures,
   ProgressLine,
-} from "../../examples/demo/progress.ts";
+} from "../../../examples/demo/progress.ts";
 
 const figures = (step: number, totalSteps = 100): ProgressFigures => ({
   step,

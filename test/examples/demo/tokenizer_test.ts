@@ -1,10 +1,10 @@
 /** The demo's tokenizers: the byte tokenizer, and a checkpoint's tokenizer.json through @huggingface/tokenizers. */
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { ConfigError, FormatError, llamaConfig } from "../../mod.ts";
-import { ByteTokenizer, HfTokenizer, loadTokenizer } from "../../examples/demo/tokenizer.ts";
+import { ConfigError, FormatError, llamaConfig } from "../../../mod.ts";
+import { ByteTokenizer, HfTokenizer, loadTokenizer } from "../../../examples/demo/tokenizer.ts";
 
-const fixtureDir = new URL("../fixtures/tokenizer/", import.meta.url).pathname;
+const fixtureDir = new URL("../../fixtures/tokenizer/", import.meta.url).pathname;
 const tokenizerJson = JSON.parse(Deno.readTextFileSync(`${fixtureDir}tokenizer.json`));
 const tokenizerConfig = JSON.parse(Deno.readTextFileSync(`${fixtureDir}tokenizer_config.json`));
 const vocab: Record<string, number> = tokenizerJson.model.vocab;

@@ -5,15 +5,15 @@
  * only ever picks among these tiles, so a wrong tile cannot hide behind the shapes the other suites draw.
  */
 import fc from "fast-check";
-import type { FusedDropout } from "../../src/backend/backend.ts";
-import type { Device } from "../../src/backend/device.ts";
-import type { WebGpuBackend } from "../../src/backend/webgpu/backend.ts";
+import type { FusedDropout } from "../../../src/backend/backend.ts";
+import type { Device } from "../../../src/backend/device.ts";
+import type { WebGpuBackend } from "../../../src/backend/webgpu/backend.ts";
 import {
   DIRECT_PROFILE,
   type GemmProfile,
   type GemmTile,
   TILED_PROFILE,
-} from "../../src/backend/webgpu/gemm_plan.ts";
+} from "../../../src/backend/webgpu/gemm_plan.ts";
 import { assertClose, type FloatType, floatTypes, onBoth, printWorst, seedArb, values } from "./compare.ts";
 import { gpu, gpuTest } from "./gpu.ts";
 

@@ -4,8 +4,8 @@
  */
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import * as ops from "../../mod.ts";
-import { cpuDevice, type Device, type Tensor, tensor } from "../../mod.ts";
+import * as ops from "../../../mod.ts";
+import { cpuDevice, type Device, type Tensor, tensor } from "../../../mod.ts";
 import {
   assertClose,
   type Dist,

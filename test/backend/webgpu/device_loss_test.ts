@@ -23,10 +23,10 @@ import {
   train,
   webgpuDevice,
   zeros,
-} from "../../mod.ts";
-import { WebGpuBackend } from "../../src/backend/webgpu/backend.ts";
-import { relErr } from "../helpers.ts";
-import { gpuTest } from "../webgpu/gpu.ts";
+} from "../../../mod.ts";
+import { WebGpuBackend } from "../../../src/backend/webgpu/backend.ts";
+import { relErr } from "../../helpers.ts";
+import { gpuTest } from "./gpu.ts";
 
 /** Longest a failing run may take to report its error before the test calls it a hang. */
 const HANG_MS = 30_000;

@@ -31,7 +31,7 @@ import {
   train,
   webgpuDevice,
 } from "../../mod.ts";
-import { gpuTest } from "../webgpu/gpu.ts";
+import { gpuTest } from "./webgpu/gpu.ts";
 
 /** A one-layer LoRA Llama; `seed` varies weights and adapters, the same for equal seeds. */
 function loraLlama(device: Device, seed: number): LlamaForCausalLM {

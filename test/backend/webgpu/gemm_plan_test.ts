@@ -10,7 +10,7 @@ import {
   type GemmShape,
   planGemm,
   TILED_PROFILE,
-} from "../../src/backend/webgpu/gemm_plan.ts";
+} from "../../../src/backend/webgpu/gemm_plan.ts";
 
 const shapeArb: fc.Arbitrary<GemmShape> = fc.record({
   m: fc.integer({ min: 1, max: 5000 }),

@@ -4,8 +4,8 @@
  */
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { cpuDevice, type Device, Linear, LinearLoRA, loraLinear, type Tensor, tensor } from "../../mod.ts";
-import type { FusedDropout } from "../../src/backend/backend.ts";
+import { cpuDevice, type Device, Linear, LinearLoRA, loraLinear, type Tensor, tensor } from "../../../mod.ts";
+import type { FusedDropout } from "../../../src/backend/backend.ts";
 import {
   assertClose,
   dim,

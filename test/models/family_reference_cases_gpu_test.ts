@@ -2,9 +2,9 @@
  * The Qwen2 / Qwen3 reference cases (scripts/make_family_cases.py) on WebGPU: logits, loss, gradients,
  * AdamW, greedy tokens with and without EOS, and merge within 1e-4 of transformers + PEFT.
  */
-import { FAMILY_CASES, runFamilyCase } from "../models/family_cases.ts";
-import { gpu, gpuTest } from "./gpu.ts";
-import { note, printWorst } from "./compare.ts";
+import { FAMILY_CASES, runFamilyCase } from "./family_cases.ts";
+import { gpu, gpuTest } from "../backend/webgpu/gpu.ts";
+import { note, printWorst } from "../backend/webgpu/compare.ts";
 
 for (const name of Object.keys(FAMILY_CASES)) {
   gpuTest(`reference case ${name} on WebGPU matches transformers + PEFT within 1e-4`, async (device) => {

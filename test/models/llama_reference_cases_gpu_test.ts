@@ -6,8 +6,8 @@
 import assert from "node:assert/strict";
 import { AdamW, type Device, LlamaForCausalLM, loadAdapter, mergeAndUnload, type Tensor } from "../../mod.ts";
 import { loadFixture, relErr } from "../helpers.ts";
-import { gpu, gpuTest } from "./gpu.ts";
-import { note, printWorst } from "./compare.ts";
+import { gpu, gpuTest } from "../backend/webgpu/gpu.ts";
+import { note, printWorst } from "../backend/webgpu/compare.ts";
 
 const CASES = ["tied-bias", "rslora-patterns", "bf16", "rope3-shards", "mistral"];
 const TOL = 1e-4;
