@@ -107,6 +107,48 @@ for (const [runtime, cmd] of [["Node + webgpu (Dawn)", "node"], ["Bun + bun-webg
   });
 }
 
+/** Mesa's lavapipe alone (the Vulkan driver Deno's WebGPU runs on here), which Dawn rejects. */
+const LAVAPIPE_ICD = "/usr/share/vulkan/icd.d/lvp_icd.x86_64.json";
+const hasLavapipe = await Deno.stat(LAVAPIPE_ICD).then(() => true, () => false);
+
+for (
+  const [runtime, cmd, gpu] of [
+    ["Node + webgpu (Dawn)", "node", 'const { create } = await import("webgpu"); const gpu = create([]);'],
+    [
+      "Bun + bun-webgpu",
+      bun,
+      'const { createGPUInstance } = await import("bun-webgpu"); const gpu = createGPUInstance();',
+    ],
+  ] as const
+) {
+  Deno.test({
+    name: `npm package: ${runtime} on lavapipe alone is a DeviceError that says to use SwiftShader`,
+    ignore: !hasLavapipe,
+    fn: async () => {
+      const file = `${consumer}/no_adapter_${cmd === "node" ? "node" : "bun"}.mjs`;
+      await Deno.writeTextFile(
+        file,
+        `${gpu}
+        const { webgpuDevice } = await import("lora-webgpu");
+        try {
+          const device = await webgpuDevice({ gpu });
+          console.log(JSON.stringify({ opened: device.name }));
+        } catch (e) {
+          console.log(JSON.stringify({ name: e.name, message: e.message }));
+        }
+        if (globalThis.process?.exit) process.exit(0);`,
+      );
+      const out = await run(cmd, [file], { cwd: consumer, env: { VK_ICD_FILENAMES: LAVAPIPE_ICD } });
+      const got = JSON.parse(out.trim().split("\n").at(-1)!);
+      assert.equal(got.opened, undefined, "Dawn opened lavapipe: update this test and the error message");
+      assert.equal(got.name, "DeviceError");
+      assert.ok(got.message.includes(`VK_ICD_FILENAMES=${SWIFTSHADER_ICD}`), got.message);
+      assert.match(got.message, /lavapipe/);
+      assert.doesNotMatch(got.message, /install .*'webgpu'|npm install/);
+    },
+  });
+}
+
 Deno.test("npm package: require() loads it under Node and computes", async () => {
   const code = `const { tensor, Linear, LinearLoRA } = require("lora-webgpu");
     const t = tensor([1, 2, 3], [3]);
