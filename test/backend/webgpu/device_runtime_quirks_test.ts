@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { DeviceError, isSoftwareAdapter, tensor, webgpuDevice } from "../../../mod.ts";
 import type { WebGpuBackend } from "../../../src/backend/webgpu/backend.ts";
-import { noGpu } from "../../webgpu/gpu.ts";
+import { noGpu } from "./gpu.ts";
 
 /** The message bun-webgpu 0.1.7 rejects any `requiredLimits` entry with. */
 const BUN_LIMITS_ERROR = "Value must be between 0 and 0, got 8";
