@@ -16,8 +16,8 @@ const ADAMW_OPTION_KEYS = ["lr", "betas", "eps", "weightDecay"] as const;
 
 /** Options of {@link AdamW}. */
 export interface AdamWOptions {
-  /** Learning rate. */
-  lr: number;
+  /** Learning rate (default 1e-3, torch.optim.AdamW's default). */
+  lr?: number;
   /** (β₁, β₂), default [0.9, 0.999]. */
   betas?: [number, number];
   /** Added to the denominator (default 1e-8). */
@@ -87,7 +87,7 @@ export class AdamW {
   readonly state: (AdamWParamState | null)[];
 
   /** An optimizer over `params` (each once). */
-  constructor(params: Iterable<Tensor>, options: AdamWOptions) {
+  constructor(params: Iterable<Tensor>, options: AdamWOptions = {}) {
     if (typeof (params as Iterable<Tensor> | null)?.[Symbol.iterator] !== "function") {
       throw new ConfigError(`AdamW: params must be a list of tensors, got ${showValue(params)}`);
     }
@@ -103,7 +103,7 @@ export class AdamW {
     if (new Set(this.params).size !== this.params.length) {
       throw new ConfigError(`AdamW: a parameter appears more than once in the list`);
     }
-    this.lr = opts.lr as number;
+    this.lr = opts.lr === undefined ? 1e-3 : opts.lr; // null stays an error (checkHyper)
     this.betas = opts.betas ?? [0.9, 0.999];
     this.eps = opts.eps ?? 1e-8;
     this.weightDecay = opts.weightDecay ?? 0.01;
