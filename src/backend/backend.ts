@@ -137,6 +137,14 @@ export interface Backend {
   pick(x: Storage, idx: Int32Array, n: number): Storage;
   /** Inverse of {@link pick}: [rows, n] zeros with out[i, idx[i]] = src[i]. */
   unpick(src: Storage, idx: Int32Array, n: number): Storage;
+  /**
+   * One new storage of `total` elements of `dtype` holding `parts[i]` at element `offsets[i]` (the
+   * multi-tensor optimizer's packing; elements no part covers, and those of null parts, are unspecified).
+   * Offsets of 2-byte dtypes must be even: devices copy whole 4-byte words.
+   */
+  pack(parts: readonly (Storage | null)[], offsets: readonly number[], total: number, dtype: DType): Storage;
+  /** New storages of `sizes[i]` elements copied out of `packed` from element `offsets[i]` (inverse of pack). */
+  unpack(packed: Storage, offsets: readonly number[], sizes: readonly number[]): Storage[];
   /** Dropout multiplier mask: 0 or 1 / (1 - p) per element, from `dropoutHash(seed, i)`. */
   dropoutMask(size: number, p: number, seed: number, dtype: DType): Storage;
   /** Fused LoRA linear forward. */

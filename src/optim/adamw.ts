@@ -1,14 +1,26 @@
 /**
  * AdamW with torch.optim.AdamW's arithmetic, op for op: decoupled weight decay p ← p·(1 − lr·wd), moment
  * updates by lerp and addcmul, bias corrections in double precision, denom = √v / √(1 − β₂ᵗ) + eps and
- * p ← p − (lr / (1 − β₁ᵗ)) · m / denom. Every update is a tensor op on the parameter's device, and the
- * result replaces the parameter's storage in place, so layers and other holders keep seeing it.
- * Scalars enter as tensor operands and so are rounded to the parameter dtype, as torch does.
+ * p ← p − (lr / (1 − β₁ᵗ)) · m / denom, every op rounded to f32 as torch's f32 tensor ops are.
+ *
+ * Multi-tensor: the parameters of one device and dtype form a group whose moments live in two packed
+ * arrays (f32; f64 for f64 parameters on the CPU), one segment per parameter. A step packs the group's
+ * parameters and gradients into one array each (buffer copies on WebGPU, no kernels), runs one `adamw`
+ * kernel over every segment (src/backend/kernels/adamw.ts) and copies the new values back into each
+ * parameter's own storage, so layers and other holders keep seeing it. Nothing is read back.
+ *
+ * f16 parameters keep f32 moments and are updated in f32 with one rounding to f16 at the end: computed in
+ * f16, eps = 1e-8 underflows to 0 and the first step divides 0 by 0.
  * @module
  */
-import { add, div, keep, mul, noGrad, sqrt, sub, Tensor, tidy, zeros } from "../tensor/mod.ts";
+import { fromStorage, keep, Tensor, zeros } from "../tensor/mod.ts";
 import { Module } from "../nn/module.ts";
-import { ConfigError, ShapeError } from "../core/errors.ts";
+import type { Device } from "../backend/device.ts";
+import type { Storage } from "../backend/backend.ts";
+import type { DType } from "../core/dtype.ts";
+import { ADAMW, type AdamWSegment, adamwStateDType } from "../backend/kernels/adamw.ts";
+import { packAlignment } from "../backend/packing.ts";
+import { ConfigError, DeviceError, DTypeError, ShapeError } from "../core/errors.ts";
 import { checkOptionKeys, showValue } from "../core/options.ts";
 
 /** Names of {@link AdamWOptions}. */
@@ -26,14 +38,33 @@ export interface AdamWOptions {
   weightDecay?: number;
 }
 
-/** One parameter's optimizer state. */
+/**
+ * One parameter's optimizer state. The moments are read out of the group's packed arrays on each access:
+ * fresh tensors of the parameter's shape in the state dtype (f32, or f64 for f64 parameters).
+ */
 export interface AdamWParamState {
   /** Steps taken for this parameter (parameters without a gradient skip a step, as in torch). */
-  step: number;
-  /** First moment (torch's `exp_avg`). */
-  expAvg: Tensor;
-  /** Second moment (torch's `exp_avg_sq`). */
-  expAvgSq: Tensor;
+  readonly step: number;
+  /** First moment (torch's `exp_avg`), a copy. */
+  readonly expAvg: Tensor;
+  /** Second moment (torch's `exp_avg_sq`), a copy. */
+  readonly expAvgSq: Tensor;
+}
+
+/** The parameters of one device and dtype, and their packed moments. */
+interface ParamGroup {
+  readonly device: Device;
+  readonly dtype: DType;
+  /** Indices into {@link AdamW.params}. */
+  readonly index: number[];
+  /** Element offset of each parameter's segment (aligned for word copies). */
+  readonly offsets: number[];
+  readonly sizes: number[];
+  /** Elements of the packed arrays. */
+  total: number;
+  /** Packed exp_avg and exp_avg_sq (state dtype), null until the group's first step. */
+  expAvg: Storage | null;
+  expAvgSq: Storage | null;
 }
 
 /** {@link AdamW.stateDict}'s form: torch's layout (state by parameter index, hyperparameters). */
@@ -83,8 +114,10 @@ export class AdamW {
   eps: number;
   /** Decoupled weight decay. */
   weightDecay: number;
-  /** Per parameter: moments and step count, null before its first update. */
-  readonly state: (AdamWParamState | null)[];
+  /** Per parameter: steps taken (0 before its first update). */
+  readonly #steps: number[];
+  /** Parameter groups by device and dtype, made at the first step (or state load). */
+  #groups: ParamGroup[] | null = null;
 
   /** An optimizer over `params` (each once). */
   constructor(params: Iterable<Tensor>, options: AdamWOptions = {}) {
@@ -108,44 +141,137 @@ export class AdamW {
     this.eps = opts.eps ?? 1e-8;
     this.weightDecay = opts.weightDecay ?? 0.01;
     checkHyper(this);
-    this.state = this.params.map(() => null);
+    this.#steps = this.params.map(() => 0);
   }
 
-  /** Applies one update to every parameter that has a gradient (synchronous: no read-back). */
+  /** Per parameter: step count and moments (copies), null before its first update. */
+  get state(): (AdamWParamState | null)[] {
+    return this.params.map((_, i) => {
+      if (this.#steps[i] === 0) return null;
+      const moment = (which: "expAvg" | "expAvgSq") => () => this.#moment(i, which);
+      return Object.defineProperties({ step: this.#steps[i] } as AdamWParamState, {
+        expAvg: { get: moment("expAvg"), enumerable: true },
+        expAvgSq: { get: moment("expAvgSq"), enumerable: true },
+      });
+    });
+  }
+
+  /** A copy of one parameter's moment out of its group's packed array. */
+  #moment(i: number, which: "expAvg" | "expAvgSq"): Tensor {
+    const p = this.params[i];
+    const g = this.#group(i);
+    const k = g.index.indexOf(i);
+    const packed = g[which]!;
+    const [s] = g.device.backend.unpack(packed, [g.offsets[k]], [g.sizes[k]]);
+    return fromStorage(s, p.shape, packed.dtype, g.device);
+  }
+
+  /** The group holding parameter i. */
+  #group(i: number): ParamGroup {
+    return this.#layout().find((g) => g.index.includes(i))!;
+  }
+
+  /** The groups: parameters split by device and dtype, each packed in list order. */
+  #layout(): ParamGroup[] {
+    if (this.#groups !== null) return this.#groups;
+    const groups: ParamGroup[] = [];
+    this.params.forEach((p, i) => {
+      let g = groups.find((g) => g.device === p.device && g.dtype === p.dtype);
+      if (g === undefined) {
+        g = {
+          device: p.device,
+          dtype: p.dtype,
+          index: [],
+          offsets: [],
+          sizes: [],
+          total: 0,
+          expAvg: null,
+          expAvgSq: null,
+        };
+        groups.push(g);
+      }
+      // Segments start on whole 4-byte words, so a GPU packs them with plain buffer copies.
+      const align = packAlignment(p.dtype);
+      const offset = Math.ceil(g.total / align) * align;
+      g.index.push(i);
+      g.offsets.push(offset);
+      g.sizes.push(p.size);
+      g.total = offset + p.size;
+    });
+    this.#groups = groups;
+    return groups;
+  }
+
+  /**
+   * Applies one update to every parameter that has a gradient: per device and dtype, two packings, one
+   * kernel and one unpacking (synchronous: nothing is read back).
+   */
   step(): void {
     checkHyper(this);
     const [beta1, beta2] = this.betas;
     const { lr, eps, weightDecay } = this;
-    // tidy frees every temporary of the update; the state buffers are kept.
-    tidy(() =>
-      noGrad(() => {
-        this.params.forEach((p, i) => {
-          const g = p.grad;
-          if (g === null) return;
-          if (g.shape.join() !== p.shape.join()) {
-            throw new ShapeError(
-              `AdamW.step: gradient [${g.shape}] of parameter ${i} does not match [${p.shape}]`,
-            );
-          }
-          const s = this.state[i] ??= {
-            step: 0,
-            expAvg: keep(zeros(p.shape, { device: p.device, dtype: p.dtype })),
-            expAvgSq: keep(zeros(p.shape, { device: p.device, dtype: p.dtype })),
-          };
-          s.step += 1;
-          const decayed = weightDecay === 0 ? p : mul(p, 1 - lr * weightDecay);
-          // torch: exp_avg.lerp_(grad, 1 − β₁), i.e. m + w·(g − m) for w < 0.5.
-          s.expAvg._assign(add(s.expAvg, mul(sub(g, s.expAvg), 1 - beta1)));
-          // torch: exp_avg_sq.mul_(β₂).addcmul_(grad, grad, value=1 − β₂), evaluated (value·g)·g.
-          s.expAvgSq._assign(add(mul(s.expAvgSq, beta2), mul(mul(g, 1 - beta2), g)));
-          const bias1 = 1 - beta1 ** s.step;
-          const bias2Sqrt = Math.sqrt(1 - beta2 ** s.step);
-          const denom = add(div(sqrt(s.expAvgSq), bias2Sqrt), eps);
-          // torch: param.addcdiv_(exp_avg, denom, value=−lr / bias1), evaluated (value·m) / denom.
-          p._assign(add(decayed, div(mul(s.expAvg, -lr / bias1), denom)));
-        });
-      })
-    );
+    const groups = this.#layout();
+    // Everything that can throw runs first: a bad gradient leaves every parameter as it was.
+    this.params.forEach((p, i) => {
+      const g = p.grad;
+      if (p.device !== this.#group(i).device) {
+        throw new DeviceError(
+          `AdamW.step: parameter ${i} moved to another device after the optimizer was set up`,
+        );
+      }
+      if (g === null) return;
+      if (g.shape.join() !== p.shape.join()) {
+        throw new ShapeError(
+          `AdamW.step: gradient [${g.shape}] of parameter ${i} does not match [${p.shape}]`,
+        );
+      }
+      if (g.dtype !== p.dtype) {
+        throw new DTypeError(
+          `AdamW.step: gradient of parameter ${i} is ${g.dtype}, the parameter ${p.dtype}`,
+        );
+      }
+      if (g.device !== p.device) {
+        throw new DeviceError(
+          `AdamW.step: gradient of parameter ${i} is on another device than the parameter`,
+        );
+      }
+      g.storage("AdamW.step");
+      p.storage("AdamW.step");
+    });
+    for (const group of groups) {
+      const active = group.index.map((i) => this.params[i].grad !== null);
+      if (!active.includes(true)) continue;
+      const be = group.device.backend;
+      const stateDType = adamwStateDType(group.dtype);
+      group.expAvg ??= be.fill(group.total, 0, stateDType);
+      group.expAvgSq ??= be.fill(group.total, 0, stateDType);
+      const segments: AdamWSegment[] = group.index.map((i, k) => {
+        if (active[k]) this.#steps[i] += 1;
+        const step = Math.max(1, this.#steps[i]);
+        return { offset: group.offsets[k], size: group.sizes[k], step, active: active[k] };
+      });
+      // Inactive parameters are not packed: their segments of the new values are never copied out.
+      const params = group.index.map((i, k) => active[k] ? this.params[i].storage() : null);
+      const grads = group.index.map((i, k) => active[k] ? this.params[i].grad!.storage() : null);
+      const packedP = be.pack(params, group.offsets, group.total, group.dtype);
+      const packedG = be.pack(grads, group.offsets, group.total, group.dtype);
+      const [newP, newM, newV] = be.run(ADAMW, [packedP, packedG, group.expAvg, group.expAvgSq], {
+        total: group.total,
+        segments,
+        lr,
+        beta1,
+        beta2,
+        eps,
+        weightDecay,
+      });
+      for (const s of [packedP, packedG, group.expAvg, group.expAvgSq]) be.free(s);
+      group.expAvg = newM;
+      group.expAvgSq = newV;
+      const ks = active.flatMap((a, k) => a ? [k] : []);
+      const outs = be.unpack(newP, ks.map((k) => group.offsets[k]), ks.map((k) => group.sizes[k]));
+      be.free(newP);
+      ks.forEach((k, j) => this.params[group.index[k]]._replaceStorage(outs[j]));
+    }
   }
 
   /** Clears every parameter's gradient (set to null, torch's default), freeing its memory. */
@@ -204,7 +330,9 @@ export class AdamW {
       weightDecay: group.weight_decay,
     };
     checkHyper(next);
-    const restored: (AdamWParamState | null)[] = this.params.map(() => null);
+    const restored: ({ step: number; expAvg: Tensor; expAvgSq: Tensor } | null)[] = this.params.map(() =>
+      null
+    );
     for (const [key, s] of Object.entries(sd.state ?? {})) {
       const i = Number(key);
       if (!Number.isInteger(i) || i < 0 || i >= this.params.length) {
@@ -225,10 +353,24 @@ export class AdamW {
       };
     }
     Object.assign(this, next);
+    // Each group's packed moments are rebuilt from the restored ones (zeros where none was saved).
+    for (const g of this.#layout()) {
+      const be = g.device.backend;
+      const stateDType = adamwStateDType(g.dtype);
+      for (const which of ["expAvg", "expAvgSq"] as const) {
+        const parts = g.index.map((i, k) =>
+          restored[i]?.[which].storage() ?? be.fill(g.sizes[k], 0, stateDType)
+        );
+        const packed = be.pack(parts, g.offsets, g.total, stateDType);
+        g.index.forEach((i, k) => restored[i] === null && be.free(parts[k]));
+        if (g[which] !== null) be.free(g[which]!);
+        g[which] = packed;
+      }
+    }
     restored.forEach((s, i) => {
-      this.state[i]?.expAvg.dispose();
-      this.state[i]?.expAvgSq.dispose();
-      this.state[i] = s;
+      this.#steps[i] = s?.step ?? 0;
+      s?.expAvg.dispose();
+      s?.expAvgSq.dispose();
     });
   }
 }
@@ -236,7 +378,7 @@ export class AdamW {
 /** A moment buffer as loadStateDict takes it. */
 export type StateTensor = Tensor | { shape: readonly number[]; data: ArrayLike<number> };
 
-/** A fresh tensor on p's device and dtype holding `src` (Module.loadStateDict does the conversions). */
+/** A fresh tensor on p's device in p's state dtype holding `src` (Module.loadStateDict converts). */
 function copyLike(src: StateTensor, p: Tensor, i: number, what: string): Tensor {
   if (src.shape.length !== p.shape.length || src.shape.some((d, j) => d !== p.shape[j])) {
     throw new ShapeError(
@@ -244,7 +386,7 @@ function copyLike(src: StateTensor, p: Tensor, i: number, what: string): Tensor 
     );
   }
   const holder = Object.assign(new Module(), {
-    value: keep(zeros(p.shape, { device: p.device, dtype: p.dtype })),
+    value: keep(zeros(p.shape, { device: p.device, dtype: adamwStateDType(p.dtype) })),
   });
   holder.loadStateDict({ value: src });
   return holder.value;

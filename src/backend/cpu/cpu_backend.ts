@@ -9,6 +9,7 @@ import { type DType, dtypeSize, type HostArray, hostArray, roundInPlace } from "
 import { dropoutKeepScale, dropoutThreshold } from "../../core/random.ts";
 import { DeviceError } from "../../core/errors.ts";
 import type { KernelRecord } from "../kernels/record.ts";
+import { checkPack, checkSegments } from "../packing.ts";
 import { AFFINE } from "../kernels/affine.ts";
 import { BINARY } from "../kernels/binary.ts";
 import { CAST } from "../kernels/cast.ts";
@@ -130,6 +131,17 @@ export function createCpuBackend(): Backend {
     scatterAddRows: (src, ids, rows, dim) => run(SCATTER_ADD_ROWS, [src], { ids, rows, dim })[0],
     pick: (x, idx, n) => run(PICK, [x], { idx, n })[0],
     unpick: (src, idx, n) => run(UNPICK, [src], { idx, n })[0],
+    pack(parts, offsets, total, dtype) {
+      checkPack(parts, offsets, total, dtype);
+      const r = hostArray(dtype, total);
+      parts.forEach((s, i) => s !== null && r.set(arr(s), offsets[i]));
+      return out(dtype, r);
+    },
+    unpack(packed, offsets, sizes) {
+      checkSegments("unpack", offsets, sizes, packed.size, packed.dtype);
+      const v = arr(packed);
+      return offsets.map((o, i) => out(packed.dtype, v.slice(o, o + sizes[i])));
+    },
     dropoutMask: (size, p, seed, dtype) => run(DROPOUT_MASK, [], { size, p, seed, dtype })[0],
     loraForward(args) {
       return out(args.x.dtype, loraForwardRef(args));

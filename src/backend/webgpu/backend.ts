@@ -35,6 +35,7 @@ import { SOFTMAX } from "../kernels/softmax.ts";
 import { UNARY } from "../kernels/unary.ts";
 import { DIRECT_PROFILE, type GemmProfile, TILED_PROFILE } from "./gemm_plan.ts";
 import { recordLoraBackward, recordLoraForward } from "./lora.ts";
+import { checkPack, checkSegments } from "../packing.ts";
 
 /** WebGPU storage: a pooled device buffer plus element count and dtype. */
 export class GpuStorage implements Storage {
@@ -253,6 +254,33 @@ export class WebGpuBackend implements Backend {
     outShape: readonly number[],
   ): Storage {
     return this.run(BINARY, [a, b], { op, aShape, bShape, outShape })[0];
+  }
+
+  pack(parts: readonly (Storage | null)[], offsets: readonly number[], total: number, dtype: DType): Storage {
+    this.rt.checkAlive("pack");
+    const binds = parts.map((s) => s === null ? null : this.#in(s, "pack"));
+    const sizes = checkPack(parts, offsets, total, dtype);
+    this.#checkDType(dtype, "pack");
+    const out = this.#new(total, dtype, `pack: ${parts.length} tensors into ${total} elements (${dtype})`);
+    const es = dtypeSize(dtype);
+    // Offsets are word-aligned (checkSegments), and every buffer is padded to whole words.
+    binds.forEach((b, i) => {
+      if (b !== null && sizes[i] > 0) {
+        this.rt.copy(b.buf, 0, out.buf!, offsets[i] * es, storageBytes(sizes[i], dtype));
+      }
+    });
+    return out;
+  }
+
+  unpack(packed: Storage, offsets: readonly number[], sizes: readonly number[]): Storage[] {
+    const [src] = this.#begin("unpack", packed);
+    checkSegments("unpack", offsets, sizes, packed.size, packed.dtype);
+    const es = dtypeSize(packed.dtype);
+    return offsets.map((o, i) => {
+      const s = this.#new(sizes[i], packed.dtype, `unpack: tensor of ${sizes[i]} elements (${packed.dtype})`);
+      if (sizes[i] > 0) this.rt.copy(src.buf, o * es, s.buf!, 0, storageBytes(sizes[i], packed.dtype));
+      return s;
+    });
   }
 
   dropoutMask(size: number, p: number, seed: number, dtype: DType): Storage {

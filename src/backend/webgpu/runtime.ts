@@ -256,6 +256,23 @@ export class GpuRuntime {
     if (this.#dispatches >= MAX_BATCH) this.flush();
   }
 
+  /**
+   * Records a buffer-to-buffer copy into the open batch (between its compute passes), for packing many
+   * tensors into one (the multi-tensor optimizer): no pipeline, bind group or uniform slot.
+   * Offsets and `bytes` are multiples of 4.
+   */
+  copy(src: GpuBuffer, srcOffset: number, dst: GpuBuffer, dstOffset: number, bytes: number): void {
+    if (bytes === 0) return;
+    const encoder = this.#openEncoder();
+    if (this.#pass !== null) {
+      this.#pass.end();
+      this.#pass = null;
+    }
+    src.lastBatch = this.#batch;
+    dst.lastBatch = this.#batch;
+    encoder.copyBufferToBuffer(src.gpu, srcOffset, dst.gpu, dstOffset, bytes);
+  }
+
   #openScopes(): void {
     if (this.#scopesOpen) return;
     this.device.pushErrorScope("out-of-memory");

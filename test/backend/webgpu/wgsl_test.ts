@@ -202,11 +202,15 @@ function specialisations(
       "pick",
       "unpick",
       "splitk_reduce",
+      "adamw",
+      "sum_squares",
+      "scale_by",
     ] as const
   ) {
     out.push([named(k), base]);
   }
   for (const S of ["f32", "f16"]) out.push([named("cast"), { ...base, S }]);
+  out.push([named("clip_coef"), { WG: 256 }]);
   for (
     const OP of [
       "neg",
