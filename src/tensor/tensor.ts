@@ -9,6 +9,7 @@ import { currentDevice, Device } from "../backend/device.ts";
 import { type DType, type HostArray, isDType } from "../core/dtype.ts";
 import { type GradNode, isGradEnabled, trackTensor } from "./graph.ts";
 import { Rng } from "../core/random.ts";
+import { formatTensor, MAX_READ_FOR_PRINT } from "./format.ts";
 import {
   AutogradError,
   ConfigError,
@@ -279,8 +280,32 @@ export class Tensor {
     return this;
   }
 
+  /**
+   * `Tensor([[1, 2], [3, 4]], shape=[2, 2], dtype=f32, device=cpu(CPU reference), requiresGrad=false)`:
+   * values for CPU tensors (summarised past 1000 elements, as PyTorch does), none for tensors on a GPU
+   * (reading those back is async: `await t.data()`).
+   */
   toString(): string {
-    return `Tensor(shape=[${this.shape}], dtype=${this.dtype}, device=${this.device})`;
+    let values: ArrayLike<number> | string | null = null;
+    if (this.#meta) values = "meta";
+    else if (this.#storage === null) values = "disposed";
+    else if (
+      this.device.kind === "cpu" && this.device.lostReason === null && this.size <= MAX_READ_FOR_PRINT
+    ) {
+      values = this.device.backend.readSync(this.#storage);
+    }
+    const { shape, dtype, requiresGrad } = this;
+    return formatTensor({ shape, dtype, device: String(this.device), requiresGrad, values });
+  }
+
+  /** What Deno's console.log and Deno.inspect show: {@link toString}. */
+  [Symbol.for("Deno.customInspect")](): string {
+    return this.toString();
+  }
+
+  /** What Node's (and Bun's) console.log and util.inspect show: {@link toString}. */
+  [Symbol.for("nodejs.util.inspect.custom")](): string {
+    return this.toString();
   }
 }
 
