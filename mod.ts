@@ -39,6 +39,8 @@ export {
   add,
   broadcastTo,
   cast,
+  causalAttention,
+  type CausalAttentionOptions,
   concat,
   cos,
   crossEntropy,

@@ -23,6 +23,7 @@ export {
   zeros,
 } from "./tensor.ts";
 export * from "./ops.ts";
+export { causalAttention, type CausalAttentionOptions } from "./attention.ts";
 export {
   type BackwardOps,
   disposeGraph,

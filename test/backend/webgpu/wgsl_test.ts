@@ -240,6 +240,12 @@ function specialisations(
     out.push([named("reduce_rows"), { ...base, OP }], [named("reduce_cols"), { ...base, OP }]);
   }
   for (const LOG of [false, true]) out.push([named("softmax"), { ...base, LOG }]);
+  // Attention: the head width sizes workgroup arrays, so an odd one and the common ones.
+  for (const D of [3, 64, 128]) {
+    for (const k of ["attention_forward", "attention_backward_q", "attention_backward_kv"]) {
+      out.push([named(k), { ...base, L: "f32", D }]);
+    }
+  }
   // GEMMs: on the smallest tile of each schedule every layout, vec4 access everywhere or nowhere, each mask
   // and output type, and the LoRA output kernel with and without output mask and bias; on every other tile
   // (the flags do not interact with the tile) a plain and a LoRA kernel.

@@ -1,0 +1,302 @@
+/**
+ * Memory-efficient causal attention (FlashAttention-style): forward and backward as three kernels that
+ * never hold a [seq, keys] score matrix. The forward keeps only the output and one log-sum-exp per query
+ * row; the backward recomputes each weight from them (wgsl/attention/forward.wgsl, backward_q.wgsl,
+ * backward_kv.wgsl, sharing wgsl/attention/shared.wgsl).
+ *
+ * Layouts: q, o, dO [batch, heads, seq, dim]; k, v [batch, kvHeads, keys, dim] with `heads` a multiple of
+ * `kvHeads` (grouped-query attention: head h reads key/value head ⌊h / (heads / kvHeads)⌋, as
+ * transformers' repeat_kv, without repeating anything). Query i sits at position keys − seq + i (earlier
+ * keys are a cache). Key j is visible to the query at position qa when j ≤ qa, qa − j < window (window > 0)
+ * and keyMask[b, j] = 1. A query row that sees no key gets transformers' eager result: its additive mask
+ * holds one finite value everywhere, so its weights are uniform over all keys; its log-sum-exp is stored
+ * as +∞ to mark it, and the backward treats it the same way.
+ * @module
+ */
+import type { DType, HostArray } from "../../core/dtype.ts";
+import { hostArray } from "../../core/dtype.ts";
+import { ShapeError } from "../../core/errors.ts";
+import { expectSize, type KernelRecord, NEG_INF_FIELD, type OutputSpec, type ParamLayout } from "./record.ts";
+
+/** Sizes and options shared by the three attention kernels. */
+export interface AttentionArgs {
+  batch: number;
+  heads: number;
+  kvHeads: number;
+  /** Query rows per head. */
+  seq: number;
+  /** Key rows per key/value head (≥ seq; keys − seq earlier positions come from a cache). */
+  keys: number;
+  /** Head width. */
+  dim: number;
+  /** Multiplier of q · k (usually dim^−½). */
+  scale: number;
+  /** Sliding window: a query sees only the last `window` positions up to itself; 0 = unlimited. */
+  window: number;
+  /** 1 for real tokens, 0 for padding, [batch, keys]; null when every key is real. */
+  keyMask: Int32Array | null;
+}
+
+/** The log-sum-exp's dtype: f32 for f32 and f16 storage (as the kernels compute), f64 on the CPU's f64. */
+export function statsDType(dtype: DType): DType {
+  return dtype === "f64" ? "f64" : "f32";
+}
+
+const PARAMS: ParamLayout = [
+  { name: "rows", type: "u32" },
+  { name: "kv_rows", type: "u32" },
+  { name: "heads", type: "u32" },
+  { name: "kv_heads", type: "u32" },
+  { name: "seq", type: "u32" },
+  { name: "keys", type: "u32" },
+  { name: "window", type: "u32" },
+  { name: "has_mask", type: "u32" },
+  { name: "scale", type: "f32" },
+  NEG_INF_FIELD,
+];
+
+const uniforms = (a: AttentionArgs) => ({
+  rows: a.batch * a.heads * a.seq,
+  kv_rows: a.batch * a.kvHeads * a.keys,
+  heads: a.heads,
+  kv_heads: a.kvHeads,
+  seq: a.seq,
+  keys: a.keys,
+  window: a.window,
+  has_mask: a.keyMask === null ? 0 : 1,
+  scale: a.scale,
+  neg_inf: -Infinity,
+});
+
+/** The padding mask as device words (one placeholder word when there is none). */
+const maskWords = (
+  a: AttentionArgs,
+) => [a.keyMask === null ? new Uint32Array(1) : Uint32Array.from(a.keyMask)];
+
+const spec = (dtype: DType, a: AttentionArgs) => ({ T: dtype, L: statsDType(dtype), D: a.dim });
+
+/** Throws a ShapeError naming `op` when the sizes or the mask do not fit together. */
+function checkArgs(
+  op: string,
+  inputs: readonly { size: number; dtype: DType }[],
+  names: readonly string[],
+  a: AttentionArgs,
+): void {
+  const { batch, heads, kvHeads, seq, keys, dim, window, keyMask } = a;
+  const ints = { batch, heads, kvHeads, seq, keys, dim, window };
+  for (const [k, v] of Object.entries(ints)) {
+    if (!Number.isInteger(v) || v < 0) throw new ShapeError(`${op}: ${k} must be a whole number, got ${v}`);
+  }
+  if (kvHeads < 1 || heads % kvHeads !== 0) {
+    throw new ShapeError(`${op}: ${heads} query heads are not a multiple of ${kvHeads} key/value heads`);
+  }
+  if (keys < seq) throw new ShapeError(`${op}: ${keys} keys for ${seq} queries (need keys >= seq)`);
+  if (keyMask !== null) expectSize(keyMask.length, batch * keys, op, `keyMask [${batch}, ${keys}]`);
+  const q = batch * heads * seq * dim, kv = batch * kvHeads * keys * dim, rows = batch * heads * seq;
+  const sizes: Record<string, [number, string]> = {
+    q: [q, `[${batch}, ${heads}, ${seq}, ${dim}]`],
+    o: [q, `[${batch}, ${heads}, ${seq}, ${dim}]`],
+    dout: [q, `[${batch}, ${heads}, ${seq}, ${dim}]`],
+    k: [kv, `[${batch}, ${kvHeads}, ${keys}, ${dim}]`],
+    v: [kv, `[${batch}, ${kvHeads}, ${keys}, ${dim}]`],
+    lse: [rows, `[${batch}, ${heads}, ${seq}]`],
+    delta: [rows, `[${batch}, ${heads}, ${seq}]`],
+  };
+  names.forEach((n, i) => expectSize(inputs[i].size, sizes[n][0], op, `${n} ${sizes[n][1]}`));
+}
+
+/** Visibility of key j to query row i of batch b (the kernels' key_visible and first_key together). */
+function visible(a: AttentionArgs, b: number, i: number, j: number): boolean {
+  const qa = a.keys - a.seq + i;
+  if (j > qa) return false;
+  if (a.window > 0 && qa - j >= a.window) return false;
+  return a.keyMask === null || a.keyMask[b * a.keys + j] !== 0;
+}
+
+/**
+ * Attention weights of one query row (length keys, f64), with the row's log-sum-exp (+∞ for a row
+ * that sees no key, whose weights are uniform over all keys as in transformers' eager path).
+ */
+function rowWeights(
+  a: AttentionArgs,
+  q: HostArray,
+  k: HostArray,
+  b: number,
+  h: number,
+  i: number,
+): { w: Float64Array; lse: number } {
+  const { heads, kvHeads, seq, keys, dim, scale } = a;
+  const qo = ((b * heads + h) * seq + i) * dim;
+  const ko = (b * kvHeads + Math.floor(h / (heads / kvHeads))) * keys * dim;
+  const s = new Float64Array(keys).fill(-Infinity);
+  let m = -Infinity;
+  for (let j = 0; j < keys; j++) {
+    if (!visible(a, b, i, j)) continue;
+    let dot = 0;
+    for (let d = 0; d < dim; d++) dot += q[qo + d] * k[ko + j * dim + d];
+    s[j] = dot * scale;
+    m = Math.max(m, s[j]);
+  }
+  const w = new Float64Array(keys);
+  if (m === -Infinity) return { w: w.fill(1 / keys), lse: Infinity };
+  let l = 0;
+  for (let j = 0; j < keys; j++) l += s[j] === -Infinity ? 0 : Math.exp(s[j] - m);
+  for (let j = 0; j < keys; j++) w[j] = s[j] === -Infinity ? 0 : Math.exp(s[j] - m) / l;
+  return { w, lse: m + Math.log(l) };
+}
+
+const rowsOf = (a: AttentionArgs) => a.batch * a.heads * a.seq;
+const shapeQ = (a: AttentionArgs) => `[${a.batch}, ${a.heads}, ${a.seq}, ${a.dim}]`;
+const shapeKV = (a: AttentionArgs) => `[${a.batch}, ${a.kvHeads}, ${a.keys}, ${a.dim}]`;
+
+/** Calls every (b, h, i) query row with its key/value head's offset. */
+function eachRow(a: AttentionArgs, f: (b: number, h: number, i: number, row: number, kvo: number) => void) {
+  for (let b = 0; b < a.batch; b++) {
+    for (let h = 0; h < a.heads; h++) {
+      const kvo = (b * a.kvHeads + Math.floor(h / (a.heads / a.kvHeads))) * a.keys * a.dim;
+      for (let i = 0; i < a.seq; i++) f(b, h, i, (b * a.heads + h) * a.seq + i, kvo);
+    }
+  }
+}
+
+/** Forward: inputs q, k, v; scratch keyMask; outputs o [batch, heads, seq, dim] and lse [batch, heads, seq]. */
+export const ATTENTION_FORWARD: KernelRecord<AttentionArgs> = {
+  name: "attention_forward",
+  template: "attention/forward",
+  includes: ["attention/shared"],
+  bindings: [
+    { name: "q", access: "read" },
+    { name: "k", access: "read" },
+    { name: "v", access: "read" },
+    { name: "kmask", access: "read" },
+    { name: "o", access: "write" },
+    { name: "lse", access: "write" },
+  ],
+  params: PARAMS,
+  check: (inputs, a) => checkArgs("attention", inputs, ["q", "k", "v"], a),
+  outputs: ([q], a): OutputSpec[] => [
+    { size: rowsOf(a) * a.dim, dtype: q.dtype, what: `attention: output ${shapeQ(a)} (${q.dtype})` },
+    { size: rowsOf(a), dtype: statsDType(q.dtype), what: `attention: log-sum-exp [${rowsOf(a)}]` },
+  ],
+  specialise: ([q], a) => spec(q.dtype, a),
+  uniforms,
+  scratch: maskWords,
+  geometry: (a) => ({ rows: a.dim === 0 ? 0 : rowsOf(a) }),
+  reference([q, k, v], a, [os, ls]) {
+    const o = hostArray(os.dtype, os.size), lse = hostArray(ls.dtype, ls.size);
+    const { dim, keys } = a;
+    eachRow(a, (b, h, i, row, kvo) => {
+      const { w, lse: l } = rowWeights(a, q, k, b, h, i);
+      lse[row] = l;
+      for (let d = 0; d < dim; d++) {
+        let acc = 0;
+        for (let j = 0; j < keys; j++) acc += w[j] * v[kvo + j * dim + d];
+        o[row * dim + d] = acc;
+      }
+    });
+    return [o, lse];
+  },
+};
+
+/**
+ * Backward for the queries: inputs q, k, v, o, dO, lse; scratch keyMask; outputs dq and delta = Σ dO ⊙ O
+ * per row (read by {@link ATTENTION_BACKWARD_KV}).
+ */
+export const ATTENTION_BACKWARD_Q: KernelRecord<AttentionArgs> = {
+  name: "attention_backward_q",
+  template: "attention/backward_q",
+  includes: ["attention/shared"],
+  bindings: [
+    { name: "q", access: "read" },
+    { name: "k", access: "read" },
+    { name: "v", access: "read" },
+    { name: "o", access: "read" },
+    { name: "dout", access: "read" },
+    { name: "lse", access: "read" },
+    { name: "kmask", access: "read" },
+    { name: "dq", access: "write" },
+    { name: "delta", access: "write" },
+  ],
+  params: PARAMS,
+  check: (inputs, a) => checkArgs("attention backward", inputs, ["q", "k", "v", "o", "dout", "lse"], a),
+  outputs: ([q], a): OutputSpec[] => [
+    { size: rowsOf(a) * a.dim, dtype: q.dtype, what: `attention backward: dq ${shapeQ(a)} (${q.dtype})` },
+    { size: rowsOf(a), dtype: statsDType(q.dtype), what: `attention backward: delta [${rowsOf(a)}]` },
+  ],
+  specialise: ([q], a) => spec(q.dtype, a),
+  uniforms,
+  scratch: maskWords,
+  geometry: (a) => ({ rows: a.dim === 0 ? 0 : rowsOf(a) }),
+  reference([q, k, v, o, dout], a, [dqs, ds]) {
+    const dq = hostArray(dqs.dtype, dqs.size), delta = hostArray(ds.dtype, ds.size);
+    const { dim, keys, scale } = a;
+    eachRow(a, (b, h, i, row, kvo) => {
+      const { w } = rowWeights(a, q, k, b, h, i);
+      let dl = 0;
+      for (let d = 0; d < dim; d++) dl += dout[row * dim + d] * o[row * dim + d];
+      delta[row] = dl;
+      const acc = new Float64Array(dim);
+      for (let j = 0; j < keys; j++) {
+        if (w[j] === 0) continue;
+        let dp = 0;
+        for (let d = 0; d < dim; d++) dp += dout[row * dim + d] * v[kvo + j * dim + d];
+        const dsj = w[j] * (dp - dl);
+        for (let d = 0; d < dim; d++) acc[d] += dsj * k[kvo + j * dim + d];
+      }
+      for (let d = 0; d < dim; d++) dq[row * dim + d] = acc[d] * scale;
+    });
+    return [dq, delta];
+  },
+};
+
+/** Backward for keys and values: inputs q, k, v, dO, lse, delta; scratch keyMask; outputs dk and dv. */
+export const ATTENTION_BACKWARD_KV: KernelRecord<AttentionArgs> = {
+  name: "attention_backward_kv",
+  template: "attention/backward_kv",
+  includes: ["attention/shared"],
+  bindings: [
+    { name: "q", access: "read" },
+    { name: "k", access: "read" },
+    { name: "v", access: "read" },
+    { name: "dout", access: "read" },
+    { name: "lse", access: "read" },
+    { name: "delta", access: "read" },
+    { name: "kmask", access: "read" },
+    { name: "dk", access: "write" },
+    { name: "dv", access: "write" },
+  ],
+  params: PARAMS,
+  check: (inputs, a) => checkArgs("attention backward", inputs, ["q", "k", "v", "dout", "lse", "delta"], a),
+  outputs: ([q], a): OutputSpec[] => {
+    const n = a.batch * a.kvHeads * a.keys * a.dim;
+    return [
+      { size: n, dtype: q.dtype, what: `attention backward: dk ${shapeKV(a)} (${q.dtype})` },
+      { size: n, dtype: q.dtype, what: `attention backward: dv ${shapeKV(a)} (${q.dtype})` },
+    ];
+  },
+  specialise: ([q], a) => spec(q.dtype, a),
+  uniforms,
+  scratch: maskWords,
+  geometry: (a) => ({ rows: a.dim === 0 ? 0 : a.batch * a.kvHeads * a.keys }),
+  reference([q, k, v, dout, _lse, delta], a, [dks, dvs]) {
+    const acck = new Float64Array(dks.size), accv = new Float64Array(dvs.size);
+    const { dim, keys, scale } = a;
+    eachRow(a, (b, h, i, row, kvo) => {
+      const { w } = rowWeights(a, q, k, b, h, i);
+      for (let j = 0; j < keys; j++) {
+        if (w[j] === 0) continue;
+        let dp = 0;
+        for (let d = 0; d < dim; d++) dp += dout[row * dim + d] * v[kvo + j * dim + d];
+        const dsj = w[j] * (dp - delta[row]) * scale;
+        for (let d = 0; d < dim; d++) {
+          accv[kvo + j * dim + d] += w[j] * dout[row * dim + d];
+          acck[kvo + j * dim + d] += dsj * q[row * dim + d];
+        }
+      }
+    });
+    const dk = hostArray(dks.dtype, dks.size), dv = hostArray(dvs.dtype, dvs.size);
+    dk.set(acck);
+    dv.set(accv);
+    return [dk, dv];
+  },
+};
