@@ -1,0 +1,333 @@
+/**
+ * The decoding kernels (argmax, sampleToken, gemv, gatherIds, decodeAttention in src/backend/kernels/)
+ * on WebGPU against their CPU twins through `Backend.run`, as fast-check properties over odd sizes, f32
+ * and f16. Token choices are compared exactly; sampling is compared wherever no decision of the draw
+ * lies within rounding distance of its edge (checked in f64 on the host, and such cases are counted so
+ * a property cannot pass by skipping everything).
+ */
+import assert from "node:assert/strict";
+import fc from "fast-check";
+import type { Device } from "../../../mod.ts";
+import { cpuDevice } from "../../../mod.ts";
+import type { Backend, Storage } from "../../../src/backend/backend.ts";
+import { ARGMAX, argmaxRow } from "../../../src/backend/kernels/argmax.ts";
+import {
+  drawUniform,
+  orderKey,
+  SAMPLE_TOKEN,
+  sampleRow,
+  type SampleTokenArgs,
+} from "../../../src/backend/kernels/sample_token.ts";
+import { GEMV } from "../../../src/backend/kernels/gemv.ts";
+import { GATHER_IDS } from "../../../src/backend/kernels/gather_ids.ts";
+import { DECODE_ATTENTION, type DecodeAttentionArgs } from "../../../src/backend/kernels/decode_attention.ts";
+import { assertClose, type FloatType, floatTypes, onBoth, printWorst, seedArb, values } from "./compare.ts";
+import { gpu, gpuTest } from "./gpu.ts";
+import { roundToF16 } from "../../../src/core/half.ts";
+
+const RUNS = 25;
+const f = (dev: Device) => floatTypes(dev);
+const odd = (max: number) => fc.oneof(fc.integer({ min: 1, max: 40 }), fc.integer({ min: 1, max }));
+
+// ---------------------------------------------------------------------------------------------- argmax
+
+async function argmaxCase(dev: Device, dt: FloatType, rows: number, n: number, seed: number, ties: boolean) {
+  // With ties: values from a handful of levels, so equal maxima are common.
+  const x = ties ? values(rows * n, seed, dt, { lo: 0, hi: 4 }).map(Math.floor) : values(rows * n, seed, dt);
+  const { gpu: g, cpu: c } = await onBoth(dev, dt, (u) => u.be.run(ARGMAX, [u.up(x)], { rows, n }));
+  assert.deepEqual([...g[0]], [...c[0]], `argmax [${rows}, ${n}] ${dt}`);
+  for (let r = 0; r < rows; r++) assert.equal(c[0][r], argmaxRow(x, r * n, n));
+}
+
+gpuTest("argmax on WebGPU equals its CPU twin (first index on ties)", async (dev) => {
+  await fc.assert(
+    fc.asyncProperty(
+      f(dev),
+      fc.integer({ min: 1, max: 9 }),
+      odd(3000),
+      seedArb,
+      fc.boolean(),
+      (dt, r, n, s, t) => argmaxCase(dev, dt, r, n, s, t),
+    ),
+    { numRuns: RUNS },
+  );
+});
+
+gpuTest("argmax: one column, and a row wider than many workgroup passes", async (dev) => {
+  await argmaxCase(dev, "f32", 3, 1, 1, false);
+  await argmaxCase(dev, "f32", 2, 70001, 2, true);
+});
+
+// ---------------------------------------------------------------------------------------------- sampling
+
+/**
+ * The smallest distance, relative to the row's kept mass, between any decision quantity of sampleRow
+ * and its edge: the top-p masses against 1 − p and the cumulative mass against the draw's target. A
+ * GPU summing in f32 may decide differently only when this is within its rounding.
+ */
+function sampleMargin(x: ArrayLike<number>, a: SampleTokenArgs, r: number): number {
+  const n = a.n, off = r * n;
+  const keys = Array.from({ length: n }, (_, j) => orderKey(x[off + j]));
+  const kth = a.topK > 0 && a.topK < n ? [...keys].sort((p, q) => q - p)[a.topK - 1] : 0;
+  const kept = keys.map((k) => k >= kth);
+  const z = Array.from({ length: n }, (_, j) => x[off + j] / a.temperature);
+  const m = Math.max(...z.filter((_, j) => kept[j]));
+  const q = z.map((v, j) => (kept[j] ? Math.exp(v - m) : 0));
+  const s = q.reduce((p, v) => p + v, 0);
+  for (let j = 0; j < n; j++) q[j] /= s;
+  let margin = Infinity;
+  const keep2 = [...kept];
+  if (a.topP < 1) {
+    for (let j = 0; j < n; j++) {
+      if (!kept[j]) continue;
+      let le = 0;
+      for (let i = 0; i < n; i++) if (kept[i] && q[i] <= q[j]) le += q[i];
+      margin = Math.min(margin, Math.abs(le - (1 - a.topP)));
+      if (!(le > 1 - a.topP || q[j] >= 1 / s)) keep2[j] = false;
+    }
+  }
+  const total = q.reduce((p, v, j) => p + (keep2[j] ? v : 0), 0);
+  const target = drawUniform(a.seed, a.counter + r) * total;
+  let cum = 0;
+  for (let j = 0; j < n; j++) {
+    if (!keep2[j]) continue;
+    cum += q[j];
+    margin = Math.min(margin, Math.abs(cum - target) / total);
+  }
+  return margin;
+}
+
+let sampledCompared = 0;
+
+async function sampleCase(dev: Device, dt: FloatType, a: SampleTokenArgs, scale: number, seed: number) {
+  const x = values(a.rows * a.n, seed, dt).map((v) => v * scale);
+  if (dt === "f16") x.forEach((v, i) => (x[i] = roundToF16(v)));
+  const { gpu: g, cpu: c } = await onBoth(dev, dt, (u) => u.be.run(SAMPLE_TOKEN, [u.up(x)], a));
+  for (let r = 0; r < a.rows; r++) {
+    const want = sampleRow(x, a, drawUniform(a.seed, a.counter + r), r * a.n, a.n);
+    assert.equal(c[0][r], want, "the CPU backend runs the twin");
+    if (sampleMargin(x, a, r) < 1e-4) continue; // within rounding of an edge: either choice is right
+    sampledCompared++;
+    assert.equal(g[0][r], c[0][r], `sampleToken row ${r} of ${JSON.stringify({ ...a, dt })}`);
+  }
+}
+
+const sampleArgs = fc.record({
+  rows: fc.integer({ min: 1, max: 8 }),
+  n: odd(2000),
+  temperature: fc.constantFrom(1, 0.7, 1.5, 0.05),
+  topK: fc.constantFrom(0, 0, 1, 2, 5, 50),
+  topP: fc.constantFrom(1, 1, 0.9, 0.5, 0.1, 1e-6),
+  seed: fc.integer({ min: 0, max: 0xffffffff }),
+  counter: fc.integer({ min: 0, max: 1e6 }),
+});
+
+gpuTest("sampleToken on WebGPU draws the CPU twin's tokens (temperature, top-k, top-p)", async (dev) => {
+  sampledCompared = 0;
+  await fc.assert(
+    fc.asyncProperty(
+      f(dev),
+      sampleArgs,
+      fc.constantFrom(0.5, 2, 6),
+      seedArb,
+      (dt, a, scale, s) => sampleCase(dev, dt, a, scale, s),
+    ),
+    { numRuns: RUNS },
+  );
+  assert.ok(sampledCompared >= RUNS, `only ${sampledCompared} rows were far enough from an edge to compare`);
+});
+
+gpuTest("sampleToken: topK 1 is argmax; ties at the k-th value are kept", async (dev) => {
+  const be = dev.backend;
+  const x = [0, 3, 1, 3, 2.9];
+  const seen = new Set<number>();
+  for (let c = 0; c < 64; c++) {
+    const a = { rows: 1, n: 5, temperature: 1, topK: 2, topP: 1, seed: 7, counter: c };
+    const xs = be.upload(x, "f32");
+    const [ids] = be.run(SAMPLE_TOKEN, [xs], a);
+    seen.add((await be.read(ids))[0]);
+    // Without a tie at the top, top-k 1 leaves one token.
+    const distinct = be.upload([0, 3, 1, 2.5, 2.9], "f32");
+    const [one] = be.run(SAMPLE_TOKEN, [distinct], { ...a, topK: 1 });
+    assert.equal((await be.read(one))[0], 1);
+    for (const s of [xs, ids, distinct, one]) be.free(s);
+  }
+  assert.deepEqual([...seen].sort(), [1, 3]);
+});
+
+Deno.test("sampleRow follows the warped distribution (CPU twin, counter-based draws)", () => {
+  const logits = [1, 0.5, -1, 2, 0];
+  const w = { temperature: 1, topK: 0, topP: 1 };
+  const z = logits.map(Math.exp), total = z.reduce((a, b) => a + b);
+  const counts = new Array(5).fill(0);
+  const n = 20000;
+  for (let i = 0; i < n; i++) counts[sampleRow(logits, w, drawUniform(3, i))]++;
+  for (let i = 0; i < 5; i++) {
+    const p = z[i] / total;
+    assert.ok(Math.abs(counts[i] / n - p) < 4 * Math.sqrt(p * (1 - p) / n) + 1e-3, `token ${i}`);
+  }
+  // transformers' nucleus: 0.5 + 0.3 is the smallest set reaching 0.7.
+  const logp = [0.5, 0.3, 0.15, 0.05].map(Math.log);
+  const nucleus = new Set<number>();
+  for (let i = 0; i < 500; i++) nucleus.add(sampleRow(logp, { ...w, topP: 0.7 }, drawUniform(1, i)));
+  assert.deepEqual([...nucleus].sort(), [0, 1]);
+});
+
+// ---------------------------------------------------------------------------------------------- gemv
+
+gpuTest("gemv on WebGPU matches the CPU for 1-8 rows", async (dev) => {
+  await fc.assert(
+    fc.asyncProperty(
+      f(dev),
+      fc.integer({ min: 1, max: 8 }),
+      odd(700),
+      odd(700),
+      seedArb,
+      async (dt, m, n, k, s) => {
+        const x = values(m * k, s, dt), w = values(n * k, s + 1, dt);
+        const { gpu: g, cpu: c } = await onBoth(
+          dev,
+          dt,
+          (u) => u.be.run(GEMV, [u.up(x), u.up(w)], { m, n, k }),
+        );
+        assertClose(`gemv [${m}, ${k}] x [${n}, ${k}]`, g[0], c[0], dt);
+      },
+    ),
+    { numRuns: RUNS },
+  );
+});
+
+// ---------------------------------------------------------------------------------------------- gatherIds
+
+gpuTest("gatherIds on WebGPU copies the rows its f32 ids name", async (dev) => {
+  await fc.assert(
+    fc.asyncProperty(
+      f(dev),
+      odd(300),
+      odd(200),
+      fc.integer({ min: 1, max: 9 }),
+      seedArb,
+      async (dt, rows, dim, count, s) => {
+        const table = values(rows * dim, s, dt);
+        const ids = Array.from({ length: count }, (_, i) => (s + 7 * i) % rows);
+        const { gpu: g, cpu: c } = await onBoth(dev, dt, (u) => {
+          const idStore = u.be.upload(ids, "f32");
+          const [y] = u.be.run(GATHER_IDS, [u.up(table), idStore], { rows, dim, count });
+          u.be.free(idStore);
+          return y;
+        });
+        assert.deepEqual([...g[0]], [...c[0]]);
+        for (let i = 0; i < count; i++) {
+          assert.deepEqual([...c[0].subarray(i * dim, (i + 1) * dim)], [
+            ...table.subarray(ids[i] * dim, (ids[i] + 1) * dim),
+          ]);
+        }
+      },
+    ),
+    { numRuns: RUNS },
+  );
+});
+
+// ---------------------------------------------------------------------------------------------- decode attention
+
+interface AttnCase {
+  batch: number;
+  kvHeads: number;
+  group: number;
+  headDim: number;
+  capacity: number;
+  pos: number;
+  starts: number[];
+  seed: number;
+}
+
+const attnArb = fc.record({
+  batch: fc.integer({ min: 1, max: 4 }),
+  kvHeads: fc.integer({ min: 1, max: 3 }),
+  group: fc.constantFrom(1, 2, 3),
+  headDim: fc.constantFrom(2, 6, 14, 32, 64, 80, 128),
+  capacity: fc.integer({ min: 1, max: 300 }),
+  seed: seedArb,
+}).chain((c) =>
+  fc.integer({ min: 0, max: c.capacity - 1 }).chain((pos) =>
+    fc.array(fc.integer({ min: 0, max: pos }), { minLength: c.batch, maxLength: c.batch }).map((starts) => ({
+      ...c,
+      pos,
+      starts,
+    }))
+  )
+);
+
+/** Runs one step on `be`; returns out and both caches afterwards (the in-place writes). */
+async function attnOn(be: Backend, dt: FloatType, c: AttnCase): Promise<Float32Array[]> {
+  const heads = c.kvHeads * c.group, d = c.headDim;
+  const a: DecodeAttentionArgs = {
+    batch: c.batch,
+    heads,
+    kvHeads: c.kvHeads,
+    headDim: d,
+    capacity: c.capacity,
+    pos: c.pos,
+    start: Int32Array.from(c.starts),
+    scale: 1 / Math.sqrt(d),
+  };
+  const angles = values(c.batch * d, c.seed + 5, "f32", { lo: -3, hi: 3 });
+  const made: Storage[] = [
+    be.upload(values(c.batch * heads * d, c.seed, dt), dt),
+    be.upload(values(c.batch * c.kvHeads * d, c.seed + 1, dt), dt),
+    be.upload(values(c.batch * c.kvHeads * d, c.seed + 2, dt), dt),
+    be.upload(angles.map(Math.cos), "f32"),
+    be.upload(angles.map(Math.sin), "f32"),
+    be.upload(values(c.batch * c.kvHeads * c.capacity * d, c.seed + 3, dt), dt),
+    be.upload(values(c.batch * c.kvHeads * c.capacity * d, c.seed + 4, dt), dt),
+  ];
+  const [out, scores] = be.run(DECODE_ATTENTION, made, a);
+  const res = [await be.read(out), await be.read(made[5]), await be.read(made[6])].map((x) =>
+    Float32Array.from(x)
+  );
+  for (const s of [...made, out, scores]) be.free(s);
+  return res;
+}
+
+gpuTest("decodeAttention on WebGPU matches the CPU (output and the cache slot it writes)", async (dev) => {
+  await fc.assert(
+    fc.asyncProperty(f(dev), attnArb, async (dt, c) => {
+      const before = dev.backend.memory();
+      const g = await attnOn(dev.backend, dt, c), r = await attnOn(cpuDevice().backend, dt, c);
+      assert.deepEqual(dev.backend.memory(), before, "GPU storages leaked");
+      ["decodeAttention output", "cacheK after", "cacheV after"].forEach((n, i) =>
+        assertClose(n, g[i], r[i], dt)
+      );
+    }),
+    { numRuns: RUNS },
+  );
+});
+
+Deno.test("decodeAttention (CPU twin) equals softmax attention over the visible slots with rotated q, k", async () => {
+  // One row, one head, d = 2, angle 0 (cos 1, sin 0): no rotation; slots 1..2 visible.
+  const be = cpuDevice().backend;
+  const made = [[1, 0], [0, 1], [5, 6], [1, 1], [0, 0], [9, 9, 2, 0, 0, 0], [9, 9, 3, 4, 0, 0]].map((v) =>
+    be.upload(v, "f32")
+  );
+  const [out] = be.run(DECODE_ATTENTION, made, {
+    batch: 1,
+    heads: 1,
+    kvHeads: 1,
+    headDim: 2,
+    capacity: 3,
+    pos: 2,
+    start: Int32Array.of(1),
+    scale: 1,
+  });
+  // scores: slot 1: q·[2,0] = 2; slot 2 (new key [0,1]): 0. probs e^2/(e^2+1), 1/(e^2+1).
+  const p1 = Math.exp(2) / (Math.exp(2) + 1), p2 = 1 - p1;
+  const y = await be.read(out);
+  assert.ok(Math.abs(y[0] - (p1 * 3 + p2 * 5)) < 1e-6 && Math.abs(y[1] - (p1 * 4 + p2 * 6)) < 1e-6, `${y}`);
+  assert.deepEqual([...(await be.read(made[5]))], [9, 9, 2, 0, 0, 1], "new key written to slot 2");
+});
+
+Deno.test({
+  name: "decode kernel property errors summary",
+  ignore: gpu === null,
+  fn: () => printWorst("decode kernels"),
+});
