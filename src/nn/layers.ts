@@ -2,7 +2,7 @@
  * Basic layers: Linear, Embedding, RMSNorm, Dropout.
  * @module
  */
-import { Module } from "./module.ts";
+import { Module, reprFloat } from "./module.ts";
 import {
   dropout,
   embedding,
@@ -74,6 +74,13 @@ export class Linear extends Module {
     this.bias = opts.bias === false ? null : make([outFeatures], seed + 1);
   }
 
+  /** `in_features=64, out_features=32, bias=True`, as PyTorch prints a Linear. */
+  override extraRepr(): string {
+    return `in_features=${this.inFeatures}, out_features=${this.outFeatures}, bias=${
+      this.bias === null ? "False" : "True"
+    }`;
+  }
+
   override forward(x: Tensor): Tensor {
     return linear(x, this.weight, this.bias);
   }
@@ -108,6 +115,11 @@ export class Embedding extends Module {
   override forward(ids: IndexInput | Tensor): Tensor {
     return embedding(ids, this.weight);
   }
+
+  /** `256, 64` (rows, width), as PyTorch prints an Embedding. */
+  override extraRepr(): string {
+    return `${this.weight.shape[0]}, ${this.weight.shape[1]}`;
+  }
 }
 
 /** Root-mean-square normalisation over the last axis with a learned scale (ones at init). */
@@ -124,6 +136,11 @@ export class RMSNorm extends Module {
 
   override forward(x: Tensor): Tensor {
     return rmsNorm(x, this.weight, this.eps);
+  }
+
+  /** `(64,), eps=1e-06`, as PyTorch prints an RMSNorm. */
+  override extraRepr(): string {
+    return `(${this.weight.shape[0]},), eps=${reprFloat(this.eps)}`;
   }
 }
 
@@ -142,5 +159,10 @@ export class Dropout extends Module {
   /** `seed` fixes the mask (for tests); otherwise each call draws a fresh one. */
   override forward(x: Tensor, seed?: number): Tensor {
     return dropout(x, this.p, { training: this.training, seed });
+  }
+
+  /** `p=0.1, inplace=False`, as PyTorch prints a Dropout (never in place here). */
+  override extraRepr(): string {
+    return `p=${reprFloat(this.p)}, inplace=False`;
   }
 }

@@ -177,12 +177,96 @@ export class Module {
     return this;
   }
 
+  /**
+   * This module's own settings as PyTorch's `extra_repr` shows them (`in_features=64, out_features=32,
+   * bias=True` for a Linear); "" when it has none. Layers override it; {@link toString} prints it.
+   */
+  extraRepr(): string {
+    return "";
+  }
+
+  /**
+   * PyTorch's `print(model)`: the class name, {@link extraRepr}, and every child as `(name): ...` indented
+   * below it, arrays of modules as a `ModuleList` whose runs of identical children are folded into
+   * `(0-3): 4 x Child(...)` as PyTorch folds them.
+   */
+  toString(): string {
+    return moduleRepr(this);
+  }
+
+  /** What Deno's console.log and Deno.inspect show: {@link toString}. */
+  [Symbol.for("Deno.customInspect")](): string {
+    return this.toString();
+  }
+
+  /** What Node's (and Bun's) console.log and util.inspect show: {@link toString}. */
+  [Symbol.for("nodejs.util.inspect.custom")](): string {
+    return this.toString();
+  }
+
   /** The computation; subclasses override it (calling it on one that does not is a ConfigError). */
   forward(..._args: unknown[]): unknown {
     throw new ConfigError(
       `${this.constructor.name}.forward is not implemented: a Module subclass defines forward(...)`,
     );
   }
+}
+
+/**
+ * A number as Python's `repr` writes a float, so layer settings print as PyTorch prints them: `1.0`,
+ * `0.5`, `1e-06` (exponent form below 1e-4 and from 1e16 up, two exponent digits at least).
+ */
+export function reprFloat(x: number): string {
+  if (!Number.isFinite(x)) return Number.isNaN(x) ? "nan" : x > 0 ? "inf" : "-inf";
+  if (x === 0) return Object.is(x, -0) ? "-0.0" : "0.0";
+  const exponent = Math.floor(Math.log10(Math.abs(x)));
+  if (exponent < -4 || exponent >= 16) {
+    const [mantissa, e] = x.toExponential().split("e");
+    return `${mantissa}e${e[0]}${e.slice(1).padStart(2, "0")}`;
+  }
+  const s = String(x);
+  return Number.isInteger(x) ? `${s}.0` : s;
+}
+
+/** PyTorch's `_addindent`: every line but the first shifted right by `spaces`. */
+function indentTail(text: string, spaces: number): string {
+  return text.split("\n").join("\n" + " ".repeat(spaces));
+}
+
+/** The class name a module prints under (a bare `new Module()` prints as `Module`). */
+function moduleName(m: Module): string {
+  return m.constructor?.name || "Module";
+}
+
+/** PyTorch's ModuleList repr: consecutive equal children folded into `(i-j): n x Child`. */
+function moduleListRepr(items: readonly Module[]): string {
+  const reprs = items.map(moduleRepr);
+  const lines: string[] = [];
+  for (let i = 0; i < reprs.length;) {
+    let j = i;
+    while (j + 1 < reprs.length && reprs[j + 1] === reprs[i]) j++;
+    const label = j === i ? `(${i})` : `(${i}-${j}): ${j - i + 1} x`;
+    lines.push(`${label}${j === i ? ":" : ""} ${indentTail(reprs[i], 2)}`);
+    i = j + 1;
+  }
+  return `ModuleList(\n  ${lines.join("\n  ")}\n)`;
+}
+
+/** The printed tree of `m` (see {@link Module.toString}). */
+function moduleRepr(m: Module): string {
+  const extra = m.extraRepr();
+  const extraLines = extra === "" ? [] : extra.split("\n");
+  const childLines: string[] = [];
+  for (const [key, value] of Object.entries(m)) {
+    if (value instanceof Module) childLines.push(`(${key}): ${indentTail(moduleRepr(value), 2)}`);
+    else if (Array.isArray(value) && value.length > 0 && value.every((v) => v instanceof Module)) {
+      childLines.push(`(${key}): ${indentTail(moduleListRepr(value), 2)}`);
+    }
+  }
+  const lines = [...extraLines, ...childLines];
+  if (lines.length === 0) return `${moduleName(m)}()`;
+  if (extraLines.length === 1 && childLines.length === 0) return `${moduleName(m)}(${extraLines[0]})`;
+  return `${moduleName(m)}(\n  ${lines.join("\n  ")}\n)`;
 }
 
 /**

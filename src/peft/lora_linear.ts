@@ -9,7 +9,7 @@
  * @module
  */
 import { Linear } from "../nn/layers.ts";
-import type { Module } from "../nn/module.ts";
+import { type Module, reprFloat } from "../nn/module.ts";
 import { ADAPTER_KIND } from "../nn/adapter_hook.ts";
 import {
   add,
@@ -123,6 +123,16 @@ export class LinearLoRA extends Linear {
     let lora = scaleOp(linear(linear(xl, A), B), this.scale);
     if (this.dropoutPosition === "post") lora = dropoutOp(lora, p, { seed, training: p > 0 });
     return add(base, lora.dtype === base.dtype ? lora : cast(lora, base.dtype));
+  }
+
+  /**
+   * The base Linear's settings, then the adapter's (rank, alpha, scale, dropout, and `merged=True` once
+   * merged); the `lora_A` / `lora_B` children print below, as PEFT's print shows them.
+   */
+  override extraRepr(): string {
+    const adapter = `rank=${this.dim}, alpha=${this.alpha}, scale=${reprFloat(this.scale)}, ` +
+      `dropout=${reprFloat(this.dropoutP)}`;
+    return `${super.extraRepr()}, ${adapter}${this.merged ? ", merged=True" : ""}`;
   }
 
   /** Tells base-model savers that this layer carries parameters no base checkpoint has. */
