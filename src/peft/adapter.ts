@@ -15,7 +15,13 @@ import type { Tensor } from "../tensor/mod.ts";
 import { readSafetensors, type SafetensorsTensor, writeSafetensors } from "../io/safetensors.ts";
 import { isNotFoundError, joinPath, mkdirp, pathKind, readFileBytes, writeFilesAtomic } from "../io/fs.ts";
 import { adapterModules, isLoraLinear, type LinearLoRA, patchLinearModule } from "./lora_linear.ts";
-import { adapterWeightKey, adapterWeights, LORA_WEIGHTS, type NamedWeightField } from "./lora_fields.ts";
+import {
+  adapterWeightKey,
+  adapterWeights,
+  LORA_WEIGHTS,
+  type LoraAdapter,
+  type NamedWeightField,
+} from "./lora_fields.ts";
 import { validateLoraOptions } from "./nemo_config.ts";
 import { isCausalLM, sampleNames } from "./apply.ts";
 import { isOutputHead } from "./matcher.ts";
@@ -119,9 +125,9 @@ function mostCommon(values: number[]): number {
  * scale fits neither rule with its own alpha (a custom `scale`) is written with the alpha that yields its
  * scale under the declared rule.
  */
-function buildConfig(model: Module, layers: [string, LinearLoRA][], opts: SaveAdapterOptions): string {
-  const fitsPlain = (l: LinearLoRA) => sameScale(l.scale, l.alpha / l.dim);
-  const fitsRs = (l: LinearLoRA) => sameScale(l.scale, l.alpha / Math.sqrt(l.dim));
+function buildConfig(model: Module, layers: [string, LoraAdapter][], opts: SaveAdapterOptions): string {
+  const fitsPlain = (l: LoraAdapter) => sameScale(l.scale, l.alpha / l.dim);
+  const fitsRs = (l: LoraAdapter) => sameScale(l.scale, l.alpha / Math.sqrt(l.dim));
   const useRslora = layers.every(([, l]) => fitsRs(l)) && !layers.every(([, l]) => fitsPlain(l));
   const ranks = new Map<string, number>();
   const alphas = new Map<string, number>();
@@ -150,7 +156,7 @@ const FILE_DTYPE: Record<string, string> = { f32: "F32", f16: "F16", f64: "F64" 
 /** Both files from each layer's weights (`weights[i]` in LORA_WEIGHTS order for `layers[i]`). */
 function encodeFiles(
   model: Module,
-  layers: [string, LinearLoRA][],
+  layers: [string, LoraAdapter][],
   weights: HostTensor[][],
   opts: SaveAdapterOptions,
 ): AdapterFiles {
@@ -209,6 +215,24 @@ export async function adapterToFilesAsync(
 }
 
 /**
+ * The files of one adapter given as records per module path (not necessarily the ones a layer carries
+ * now: PeftModel keeps its other adapters beside the layer), read back from any device.
+ */
+export async function adapterRecordsToFiles(
+  model: Module,
+  layers: [string, LoraAdapter][],
+  opts: SaveAdapterOptions = {},
+): Promise<AdapterFiles> {
+  const weights: HostTensor[][] = [];
+  for (const [, l] of layers) {
+    const host: HostTensor[] = [];
+    for (const [, t] of adapterWeights(l)) host.push(hostTensor(t, await t.data()));
+    weights.push(host);
+  }
+  return encodeFiles(model, layers, weights, opts);
+}
+
+/**
  * Writes the adapter of `model` into directory `dir` (created when missing) as PEFT's
  * `adapter_model.safetensors` and `adapter_config.json`. Both files are written in full to temporary
  * names before either replaces an existing file, so a failed save leaves the previous files as they were.
@@ -231,7 +255,7 @@ export async function saveAdapter(model: Module, dir: string, opts: SaveAdapterO
 // ---------------------------------------------------------------------------------------------------
 
 /** One module to patch, fully checked. */
-interface Planned {
+export interface Planned {
   name: string;
   linear: Linear;
   r: number;
@@ -251,7 +275,7 @@ async function readRequired(path: string, what: string): Promise<Uint8Array> {
 }
 
 /** The config and weights of an adapter given as a directory or as file contents. */
-async function readAdapterSource(
+export async function readAdapterSource(
   source: string | AdapterFilesInput,
 ): Promise<{ config: string | Uint8Array; weights: Uint8Array }> {
   if (typeof source === "string") {
@@ -292,7 +316,7 @@ async function readAdapterSource(
 }
 
 /** The modules the config targets, PEFT's way (exclusion first), with adapter internals left out. */
-function targetedModules(model: Module, cfg: AdapterConfig): [string, Module][] {
+export function targetedModules(model: Module, cfg: AdapterConfig): [string, Module][] {
   const adapterParts = adapterModules(model);
   const causal = isCausalLM(model);
   return model.namedModules().filter(([name, m]) => {
@@ -368,7 +392,11 @@ function parsePeftKey(key: string): { module: string; index: number } | null {
 }
 
 /** Validates everything (config, targets, keys, shapes) and returns what to patch; changes nothing. */
-function planLoad(model: Module, cfg: AdapterConfig, tensors: Map<string, SafetensorsTensor>): Planned[] {
+export function planLoad(
+  model: Module,
+  cfg: AdapterConfig,
+  tensors: Map<string, SafetensorsTensor>,
+): Planned[] {
   const targets = targetedModules(model, cfg);
   if (targets.length === 0) {
     throw new ConfigError(

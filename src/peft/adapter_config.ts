@@ -99,7 +99,19 @@ const REFUSED: Record<string, string> = {
   layer_replication: "layer replication (the model's layer stack changes)",
   arrow_config: "Arrow adapter routing",
   use_bdlora: "block-diagonal LoRA",
+  kasa_config: "KaSA (singular-value adaptation)",
+  monteclora_config: "MonteCLoRA (stochastic LoRA)",
+  velora_config: "VeLoRA (compressed activations)",
 };
+
+/** Options of {@link parseAdapterConfig}. */
+export interface ParseAdapterConfigOptions {
+  /**
+   * false (default): a file without `target_modules` is an error (a saved adapter must say what it
+   * patched); true: it parses with an empty target list (a config written by hand, targets still to come).
+   */
+  allowMissingTargets?: boolean;
+}
 
 /** null, false, "", [] and {}: the values that switch an option off in PEFT's configs. */
 function isOff(v: unknown): boolean {
@@ -209,7 +221,10 @@ function decodeJson(src: string | Uint8Array): Record<string, unknown> {
  * @throws {ConfigError} a non-LoRA `peft_type`, an unsupported option (named), bad values, or an unknown
  *   field that is not switched off
  */
-export function parseAdapterConfig(src: string | Uint8Array | Record<string, unknown>): AdapterConfig {
+export function parseAdapterConfig(
+  src: string | Uint8Array | Record<string, unknown>,
+  opts: ParseAdapterConfigOptions = {},
+): AdapterConfig {
   const raw = typeof src === "string" || src instanceof Uint8Array ? decodeJson(src) : src;
   if (raw === null || typeof raw !== "object" || Array.isArray(raw)) {
     throw new FormatError(`${WHERE}: expected an object, got ${show(raw)}`);
@@ -254,7 +269,8 @@ export function parseAdapterConfig(src: string | Uint8Array | Record<string, unk
   if (typeof useRslora !== "boolean") {
     throw new ConfigError(`${WHERE}: use_rslora must be a boolean, got ${show(useRslora)}`);
   }
-  const targetModules = parseSelector(raw.target_modules, "target_modules");
+  const targetModules: ModuleSelector | null = parseSelector(raw.target_modules, "target_modules") ??
+    (opts.allowMissingTargets ? { kind: "list", names: [] } : null);
   if (targetModules === null) {
     throw new ConfigError(
       `${WHERE}: target_modules is missing or empty; PEFT records the modules it adapted there, so this file ` +

@@ -14,10 +14,13 @@ import { ADAPTER_KIND } from "../nn/adapter_hook.ts";
 import {
   add,
   cast,
+  concat,
   dropout as dropoutOp,
+  embedding,
   linear,
   matmul,
   noGrad,
+  reshape,
   scale as scaleOp,
   sub,
   type Tensor,
@@ -39,7 +42,8 @@ import {
   type LoraLayerState,
   type LoraWeightName,
 } from "./lora_fields.ts";
-import { ConfigError, FormatError } from "../core/errors.ts";
+import { ConfigError, FormatError, ShapeError } from "../core/errors.ts";
+import { layerRouting } from "./adapter_set.ts";
 import { checkOptionalBoolean, checkOptionalSeed, checkOptionKeys } from "../core/options.ts";
 
 /** Names of {@link LinearLoRAOptions}. */
@@ -110,6 +114,9 @@ export class LinearLoRA extends Linear {
   /** base(x) + dropout-placement(scale · B(A(x))). */
   override forward(x: Tensor): Tensor {
     if (this.merged) return linear(x, this.weight, this.bias);
+    const routing = layerRouting(this);
+    if (routing?.kind === "base") return linear(x, this.weight, this.bias);
+    if (routing?.kind === "rows") return rowRoutedForward(this, x, routing.rows);
     const p = this.training ? this.dropoutP : 0;
     const seed = p > 0 ? (this.dropoutSeed ?? nextSeed()) : 0;
     const A = this.lora_A.weight, B = this.lora_B.weight;
@@ -173,7 +180,12 @@ export function adapterModules(model: Module): Set<Module> {
  * Validates the options and makes the adapter for `base`, changing nothing on `base`: a bad option (or a
  * dtype the device lacks) must leave the caller's Linear as it was.
  */
-function buildAdapter(base: Linear, options: LinearLoRAOptions, where: string): LoraAdapter {
+function buildAdapter(
+  base: Linear,
+  options: LinearLoRAOptions,
+  where: string,
+  peftInit?: PeftInitLoraWeights,
+): LoraAdapter {
   const opts = checkOptionKeys(options, LORA_OPTION_KEYS, where) as LinearLoRAOptions;
   const dim = opts.dim ?? 8;
   const alpha = opts.alpha ?? 32;
@@ -194,13 +206,16 @@ function buildAdapter(base: Linear, options: LinearLoRAOptions, where: string): 
     for (const field of LORA_WEIGHTS) {
       const [rows, cols] = field.shape(base, dim);
       const child = new Linear(cols, rows, { bias: false, materialize: false, device, dtype });
-      child.weight = field.init === "zeros"
+      const values = peftInit === undefined
+        ? (field.init === "zeros"
+          ? null
+          : loraAInit === "xavier"
+          ? xavierNormal(rows, cols, rng)
+          : kaimingUniform(rows, cols, rng))
+        : peftInitValues(peftInit, field.init, rows, cols, dim, rng);
+      child.weight = values === null
         ? zeros([rows, cols], { device, dtype, requiresGrad: true })
-        : tensor(
-          loraAInit === "xavier" ? xavierNormal(rows, cols, rng) : kaimingUniform(rows, cols, rng),
-          [rows, cols],
-          { device, dtype, requiresGrad: true },
-        );
+        : tensor(values, [rows, cols], { device, dtype, requiresGrad: true });
       weights[field.name] = child;
     }
   } catch (e) {
@@ -217,6 +232,121 @@ function buildAdapter(base: Linear, options: LinearLoRAOptions, where: string): 
     useFused: opts.useFused ?? true,
   };
   return adapter;
+}
+
+/**
+ * PEFT's `init_lora_weights`: true (A kaiming-uniform with a = √5, B zero), false (both as torch's
+ * nn.Linear default, so the adapter starts non-zero) or "gaussian" (A normal with std 1 / r, B zero).
+ */
+export type PeftInitLoraWeights = boolean | "gaussian";
+
+/** The initial values of one adapter weight under PEFT's rule; null means zeros. */
+function peftInitValues(
+  init: PeftInitLoraWeights,
+  fieldInit: "loraAInit" | "zeros",
+  rows: number,
+  cols: number,
+  rank: number,
+  rng: Rng,
+): Float64Array | null {
+  if (init === false) return kaimingUniform(rows, cols, rng);
+  if (fieldInit === "zeros") return null;
+  if (init === "gaussian") return new Float64Array(rows * cols).map(() => rng.normal() / rank);
+  return kaimingUniform(rows, cols, rng);
+}
+
+/**
+ * A new adapter for `base` (validated as {@link patchLinearModule} validates its options) without touching
+ * `base`; with `peftInit`, its weights start as PEFT's `init_lora_weights` says instead of `loraAInitMethod`.
+ */
+export function newAdapter(
+  base: Linear,
+  opts: LinearLoRAOptions,
+  where: string,
+  peftInit?: PeftInitLoraWeights,
+): LoraAdapter {
+  return buildAdapter(base, opts, where, peftInit);
+}
+
+/** The adapter a LoRA layer carries now, as a record (the same weight children, no copy). */
+export function currentAdapter(layer: LinearLoRA): LoraAdapter {
+  const own = layer as unknown as Record<string, unknown>;
+  return Object.fromEntries(LORA_ADAPTER_KEYS.map((k) => [k, own[k]])) as unknown as LoraAdapter;
+}
+
+/**
+ * Takes the adapter off `layer` without freeing anything and returns it; `layer` becomes a plain Linear
+ * again (same object, same base tensors). A merged adapter must be unmerged first.
+ */
+export function detachAdapter(layer: LinearLoRA): LoraAdapter {
+  if (layer.merged) {
+    throw new ConfigError(`detachAdapter: the adapter is merged into the base weight; unmerge it first`);
+  }
+  const adapter = currentAdapter(layer);
+  const own = layer as unknown as Record<string, unknown>;
+  for (const key of LORA_FIELD_NAMES) delete own[key];
+  Object.setPrototypeOf(layer, Linear.prototype);
+  return adapter;
+}
+
+/** Puts `adapter` (made for a Linear of this size) on the plain Linear `linear`, in place. */
+export function attachAdapter(linear: Linear, adapter: LoraAdapter): LinearLoRA {
+  if (linear instanceof LinearLoRA) {
+    throw new ConfigError(
+      `attachAdapter: this Linear [${linear.outFeatures}, ${linear.inFeatures}] already has an adapter`,
+    );
+  }
+  const training = linear.training;
+  Object.setPrototypeOf(linear, LinearLoRA.prototype);
+  installAdapter(linear as LinearLoRA, adapter);
+  linear.training = training;
+  return linear as LinearLoRA;
+}
+
+/**
+ * The composed (unfused) forward of a batch whose rows use different adapters, or none: the base output
+ * plus, for each adapter present, scale · B(A(x)) on its rows only. Rows are gathered per adapter (an
+ * `embedding` lookup over the rows), so each adapter's two GEMMs run on its own rows, then the deltas are
+ * gathered back into row order (rows without an adapter read a zero row). No dropout: PEFT allows mixed
+ * batches in eval mode only.
+ */
+function rowRoutedForward(layer: LinearLoRA, x: Tensor, rows: readonly (LoraAdapter | null)[]): Tensor {
+  const base = linear(x, layer.weight, layer.bias);
+  const batch = rows.length;
+  const inF = layer.inFeatures, outF = layer.outFeatures;
+  const lead = x.size / inF;
+  if (batch === 0 || lead % batch !== 0) {
+    throw new ShapeError(
+      `LinearLoRA.forward: input [${x.shape}] does not split into ${batch} batch rows (one adapter per row)`,
+    );
+  }
+  const chunk = lead / batch;
+  const groups = new Map<LoraAdapter, number[]>();
+  rows.forEach((a, i) => {
+    if (a === null) return;
+    const g = groups.get(a);
+    if (g) g.push(i);
+    else groups.set(a, [i]);
+  });
+  if (groups.size === 0) return base;
+  const flatX = reshape(x, [batch, chunk * inF]);
+  const pieces: Tensor[] = [];
+  const index = new Array<number>(batch).fill(-1);
+  let offset = 0;
+  for (const [adapter, idx] of groups) {
+    const A = adapter.lora_A.weight, B = adapter.lora_B.weight;
+    let xs = reshape(embedding([idx], flatX), [idx.length * chunk, inF]);
+    if (xs.dtype !== A.dtype) xs = cast(xs, A.dtype);
+    let d = scaleOp(linear(linear(xs, A), B), adapter.scale);
+    if (d.dtype !== base.dtype) d = cast(d, base.dtype);
+    pieces.push(reshape(d, [idx.length, chunk * outF]));
+    idx.forEach((r, j) => index[r] = offset + j);
+    offset += idx.length;
+  }
+  pieces.push(zeros([1, chunk * outF], { device: base.device, dtype: base.dtype }));
+  const table = concat(pieces, 0);
+  const delta = reshape(embedding([index.map((i) => (i < 0 ? offset : i))], table), base.shape);
+  return add(base, delta);
 }
 
 /** Freezes the base weights and adds the adapter's fields and fresh layer state to `layer`. */
