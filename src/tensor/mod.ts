@@ -24,6 +24,7 @@ export {
 } from "./tensor.ts";
 export * from "./ops.ts";
 export { causalAttention, type CausalAttentionOptions } from "./attention.ts";
+export { linearCrossEntropy, type LinearCrossEntropyOptions } from "./fused_loss.ts";
 export {
   type BackwardOps,
   disposeGraph,

@@ -104,4 +104,8 @@ gpuTest("causalAttention on WebGPU: padding-only rows, a window, grouped heads a
   await compare(dev, "f32", { ...base, batch: 1, group: 1, seq: 255, dim: 1, window: 1, keyMask: null });
 });
 
-addEventListener("unload", () => gpu !== null && printWorst("attention_props_test.ts"));
+Deno.test({
+  name: "attention property errors summary",
+  ignore: gpu === null,
+  fn: () => printWorst("attention"),
+});

@@ -246,6 +246,7 @@ function specialisations(
       out.push([named(k), { ...base, L: "f32", D }]);
     }
   }
+  for (const k of ["cross_entropy_rows", "cross_entropy_grad"]) out.push([named(k), { ...base, L: "f32" }]);
   // GEMMs: on the smallest tile of each schedule every layout, vec4 access everywhere or nowhere, each mask
   // and output type, and the LoRA output kernel with and without output mask and bias; on every other tile
   // (the flags do not interact with the tile) a plain and a LoRA kernel.
