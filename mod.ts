@@ -103,6 +103,22 @@ export {
   saveAdapter,
   type SaveAdapterOptions,
 } from "./src/peft/adapter.ts";
+export { LoraConfig, type LoraConfigOptions } from "./src/peft/lora_config.ts";
+export {
+  type AddWeightedAdapterOptions,
+  BASE_ADAPTER_NAME,
+  getPeftModel,
+  type GetPeftModelOptions,
+  type PeftBaseModel,
+  type PeftForwardOptions,
+  type PeftFromPretrainedOptions,
+  type PeftLoadAdapterOptions,
+  PeftModel,
+  type PeftSaveOptions,
+  type SetAdapterOptions,
+} from "./src/peft/peft_model.ts";
+export type { CombinationType } from "./src/peft/weighted.ts";
+export type { PeftInitLoraWeights } from "./src/peft/lora_linear.ts";
 export {
   defaultDevice,
   isSoftwareAdapter,
