@@ -77,7 +77,22 @@ export {
   transpose,
 } from "./src/tensor/mod.ts";
 export { Module, type StateValue } from "./src/nn/module.ts";
-export { Dropout, Embedding, Linear, type LinearOptions, RMSNorm } from "./src/nn/layers.ts";
+export {
+  Dropout,
+  Embedding,
+  Linear,
+  type LinearOptions,
+  type LinearQuantization,
+  RMSNorm,
+} from "./src/nn/layers.ts";
+export {
+  dequantizeLinear,
+  quantizeLinear,
+  quantizeModel,
+  type QuantizeModelOptions,
+  type QuantizeOptions,
+} from "./src/nn/quantize.ts";
+export { NF4_VALUES, type QuantScheme } from "./src/backend/kernels/quantize.ts";
 export {
   type DropoutPosition,
   type LoraAInit,

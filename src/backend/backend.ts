@@ -9,6 +9,7 @@
  */
 import type { DType, HostArray } from "../core/dtype.ts";
 import type { KernelRecord } from "./kernels/record.ts";
+import type { QuantLayout } from "./kernels/quantize.ts";
 import type { MatmulArgs } from "./shape.ts";
 
 export type { MatmulArgs } from "./shape.ts";
@@ -49,7 +50,14 @@ export interface FusedDropout {
   position: "pre" | "post";
 }
 
-/** Operands of the fused LoRA forward y = x W^T + b + scale · drop(x A^T B^T) ([m, in] → [m, out]). */
+/** A packed quantized frozen weight's layout (src/backend/kernels/quantize.ts). */
+export type WeightQuant = QuantLayout;
+
+/**
+ * Operands of the fused LoRA forward y = x W^T + b + scale · drop(x A^T B^T) ([m, in] → [m, out]).
+ * With `wQuant`, `w` is a packed quantized weight (f32 words) dequantized inside the GEMMs; rank 0 (empty
+ * `a` and `b`) is the quantized Linear without an adapter.
+ */
 export interface LoraForwardArgs {
   x: Storage;
   w: Storage;
@@ -62,6 +70,8 @@ export interface LoraForwardArgs {
   rank: number;
   scale: number;
   dropout: FusedDropout | null;
+  /** The layout of a quantized `w`; absent or null for a plain weight. */
+  wQuant?: WeightQuant | null;
 }
 
 /** Operands of the fused LoRA backward: only x, A and B were saved by the forward. */

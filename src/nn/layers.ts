@@ -18,6 +18,14 @@ import { currentDevice, type Device } from "../backend/device.ts";
 import type { DType } from "../core/dtype.ts";
 import { nextSeed, Rng } from "../core/random.ts";
 import { ConfigError } from "../core/errors.ts";
+import { dequantizePacked, quantizedLinear, type QuantLayout, type QuantScheme } from "./quantized_linear.ts";
+
+/** How a {@link Linear}'s frozen weight is quantized (quantizeLinear in src/nn/quantize.ts). */
+export interface LinearQuantization {
+  readonly scheme: QuantScheme;
+  /** NF4: elements per absmax; int8: in_features (one scale per output row). */
+  readonly blockSize: number;
+}
 
 /** Options of {@link Linear}. */
 export interface LinearOptions {
@@ -55,6 +63,13 @@ export class Linear extends Module {
   bias: Tensor | null;
   readonly inFeatures: number;
   readonly outFeatures: number;
+  /**
+   * null, or how the weight is quantized: then `weight` is the frozen packed words ([words], f32; see
+   * src/backend/kernels/quantize.ts) and {@link dequantizedWeight} gives the values.
+   */
+  quantization: LinearQuantization | null = null;
+  /** @internal the packed layout of a quantized weight. */
+  _quantLayout: QuantLayout | null = null;
 
   constructor(inFeatures: number, outFeatures: number, opts: LinearOptions = {}) {
     super();
@@ -82,7 +97,19 @@ export class Linear extends Module {
   }
 
   override forward(x: Tensor): Tensor {
+    if (this._quantLayout !== null) {
+      return quantizedLinear(x, this.weight, this._quantLayout, this.outFeatures, this.inFeatures, this.bias);
+    }
     return linear(x, this.weight, this.bias);
+  }
+
+  /**
+   * The weight's values [out, in]: dequantized into a new f32 tensor (or `dtype`) when quantized, else the
+   * weight itself.
+   */
+  dequantizedWeight(dtype: DType = "f32"): Tensor {
+    if (this._quantLayout === null) return this.weight;
+    return dequantizePacked(this.weight, this._quantLayout, [this.outFeatures, this.inFeatures], dtype);
   }
 }
 

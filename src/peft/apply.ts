@@ -85,7 +85,8 @@ export function applyLoraToLinearModules(model: Module, config: PeftConfig): num
  * Folds every LoRA adapter of `model` into its base weight (W ← W + scale · B A) and turns each LoRA
  * layer back into a plain Linear in place, so `stateDict()` has the base model's keys again. Adapter
  * weights are checked first (PEFT's safe_merge): any NaN or Inf refuses the whole merge before any weight
- * changes, naming the module. Returns `model`.
+ * changes, naming the module. Returns `model`. A quantized base layer comes back as a dense f32 Linear
+ * holding its dequantized weight plus the adapter (documented in mergeLinearLoRA; never re-quantized).
  * @throws {FormatError} when an adapter weight holds NaN or Inf (the same class `merge()` uses)
  */
 export async function mergeAndUnload<M extends Module>(model: M): Promise<M> {

@@ -30,6 +30,8 @@ import {
 import type { DType } from "../core/dtype.ts";
 import { nextSeed, Rng } from "../core/random.ts";
 import { loraLinear } from "./lora_function.ts";
+import { quantizedLinear } from "../nn/quantized_linear.ts";
+import { dequantizeLinear } from "../nn/quantize.ts";
 import { type DropoutPosition, type LoraAInit, parseDType, validateLoraOptions } from "./nemo_config.ts";
 import {
   adapterChildren,
@@ -108,6 +110,8 @@ export class LinearLoRA extends Linear {
     });
     this.weight = linear.weight;
     this.bias = linear.bias;
+    this.quantization = linear.quantization;
+    this._quantLayout = linear._quantLayout;
     installAdapter(this, buildAdapter(linear, opts, "LinearLoRA"));
   }
 
@@ -115,16 +119,22 @@ export class LinearLoRA extends Linear {
   override forward(x: Tensor): Tensor {
     if (this.merged) return linear(x, this.weight, this.bias);
     const routing = layerRouting(this);
-    if (routing?.kind === "base") return linear(x, this.weight, this.bias);
+    if (routing?.kind === "base") return super.forward(x);
     if (routing?.kind === "rows") return rowRoutedForward(this, x, routing.rows);
     const p = this.training ? this.dropoutP : 0;
     const seed = p > 0 ? (this.dropoutSeed ?? nextSeed()) : 0;
     const A = this.lora_A.weight, B = this.lora_B.weight;
-    if (this.useFused && A.dtype === this.weight.dtype && x.dtype === this.weight.dtype) {
-      const drop = p > 0 ? { p, seed, position: this.dropoutPosition } : null;
+    const drop = p > 0 ? { p, seed, position: this.dropoutPosition } : null;
+    if (this._quantLayout !== null) {
+      // A quantized base (QLoRA) keeps its own forward: the fused op dequantizes W inside the GEMMs.
+      if (this.useFused && A.dtype === x.dtype && B.dtype === x.dtype) {
+        const lora = { a: A, b: B, scale: this.scale, dropout: drop };
+        return quantizedLinear(x, this.weight, this._quantLayout, this.outFeatures, this.inFeatures, this.bias, lora);
+      }
+    } else if (this.useFused && A.dtype === this.weight.dtype && x.dtype === this.weight.dtype) {
       return loraLinear(x, this.weight, this.bias, A, B, this.scale, drop);
     }
-    const base = linear(x, this.weight, this.bias);
+    const base = super.forward(x);
     let xl = A.dtype === x.dtype ? x : cast(x, A.dtype);
     if (this.dropoutPosition === "pre") xl = dropoutOp(xl, p, { seed, training: p > 0 });
     let lora = scaleOp(linear(linear(xl, A), B), this.scale);
@@ -420,10 +430,14 @@ export async function checkAdapterFinite(layer: LinearLoRA, where: string, modul
 /**
  * Folds the adapter into the base weight: W ← W + scale · B A. Refuses non-finite adapter weights with a
  * FormatError (PEFT's safe_merge) so a diverged adapter cannot corrupt the base. No-op when merged.
+ * On a quantized base (quantizeLinear) the adapter is merged into the dequantized weight, which becomes a
+ * dense f32 weight and stays one (unmerge subtracts from it): merging never re-quantizes.
  */
 export async function mergeLinearLoRA(layer: LinearLoRA): Promise<void> {
   if (layer.merged) return;
   await checkAdapterFinite(layer, "merge");
+  // A quantized base is merged into its dequantized f32 weight, which it keeps: never re-quantized.
+  if (layer._quantLayout !== null) dequantizeLinear(layer);
   noGrad(() => layer.weight._assign(add(layer.weight, loraDelta(layer))));
   layer.merged = true;
 }

@@ -1,12 +1,16 @@
 // The GEMM operands shared by both schedules (gemm/tiled.wgsl, gemm/direct.wgsl): the bindings of A,
 // B, bias and C and their loaders. Layouts, VEC_* and MASK_* flags are described in gemm/direct.wgsl's
-// header; the uniform block `p` is generated from GEMM_PARAMS (src/backend/kernels/gemm.ts).
+// header; the uniform block `p` is generated from GEMM_PARAMS (src/backend/kernels/gemm.ts). With QUANT_B
+// ("nf4" or "int8"), B is a packed quantized frozen weight (src/backend/kernels/quantize.ts: codes, then a
+// scale per block of p.q_block elements from word p.q_scale_off) dequantized element by element on load.
 //#if VEC_A
 @group(0) @binding(1) var<storage, read> a: array<vec4<${A_T}>>;
 //#else
 @group(0) @binding(1) var<storage, read> a: array<${A_T}>;
 //#end
-//#if VEC_B
+//#if QUANT_B
+@group(0) @binding(2) var<storage, read> b: array<u32>;
+//#elif VEC_B
 @group(0) @binding(2) var<storage, read> b: array<vec4<${B_T}>>;
 //#else
 @group(0) @binding(2) var<storage, read> b: array<${B_T}>;
@@ -47,7 +51,23 @@ fn load_a(at: u32) -> f32 {
 //#end
 }
 //#end
-//#if VEC_B
+//#if QUANT_B
+// Element `at` of the dequantized B: its code's value times its block's scale, one f32 product.
+fn quant_b(at: u32) -> f32 {
+  let nf4 = ${QUANT_B == "nf4"};
+  let s = bitcast<f32>(b[p.q_scale_off + at / p.q_block]);
+  return quant_value(b[at / quant_per_word(nf4)], at, nf4) * s;
+}
+//#end
+//#if QUANT_B && VEC_B
+fn load_b(at: u32) -> vec4<f32> {
+  return vec4<f32>(quant_b(at), quant_b(at + 1u), quant_b(at + 2u), quant_b(at + 3u));
+}
+//#elif QUANT_B
+fn load_b(at: u32) -> f32 {
+  return quant_b(at);
+}
+//#elif VEC_B
 fn load_b(at: u32) -> vec4<f32> {
 //#if MASK_B
   return vec4<f32>(b[at / 4u]) * factor4(at);

@@ -22,6 +22,7 @@ import { REDUCE_COLS } from "../kernels/reduce_axis.ts";
 import { SCATTER_ADD_ROWS } from "../kernels/scatter_add_rows.ts";
 import { SOFTMAX } from "../kernels/softmax.ts";
 import { UNARY } from "../kernels/unary.ts";
+import { dequantizeValues } from "../kernels/quantize.ts";
 
 /** CPU storage: a host array plus its dtype. */
 export class CpuStorage implements Storage {
@@ -162,6 +163,11 @@ export function createCpuBackend(): Backend {
   return backend;
 }
 
+/** The base weight's values: dequantized from its packed words when quantized. */
+function baseWeight(args: LoraForwardArgs | LoraBackwardArgs): HostArray {
+  return args.wQuant ? dequantizeValues(arr(args.w), args.wQuant) : arr(args.w);
+}
+
 /** x after pre-dropout (or x itself), as f64. */
 function droppedInput(args: LoraForwardArgs | LoraBackwardArgs): Float64Array {
   const x = arr(args.x);
@@ -192,7 +198,7 @@ function loraInner(args: LoraForwardArgs | LoraBackwardArgs, xd: Float64Array): 
 /** Reference for the fused forward. */
 function loraForwardRef(args: LoraForwardArgs): HostArray {
   const { m, inFeatures: K, outFeatures: N, rank: R, scale } = args;
-  const x = arr(args.x), W = arr(args.w), B = arr(args.b);
+  const x = arr(args.x), W = baseWeight(args), B = arr(args.b);
   const bias = args.bias ? arr(args.bias) : null;
   const t = loraInner(args, droppedInput(args));
   const d = args.dropout;
@@ -216,7 +222,7 @@ function loraForwardRef(args: LoraForwardArgs): HostArray {
 /** Reference for the fused backward: dx = dy W + scale (dyl B) A (masked), dA, dB. */
 function loraBackwardRef(args: LoraBackwardArgs): { dx: HostArray | null; dA: HostArray; dB: HostArray } {
   const { m, inFeatures: K, outFeatures: N, rank: R, scale } = args;
-  const dy = arr(args.dy), W = arr(args.w), A = arr(args.a), B = arr(args.b);
+  const dy = arr(args.dy), W = baseWeight(args), A = arr(args.a), B = arr(args.b);
   const d = args.dropout;
   const pre = d !== null && d.position === "pre" && d.p > 0;
   const post = d !== null && d.position === "post" && d.p > 0;

@@ -14,7 +14,8 @@ import type { BindingSpec, KernelTemplate, ParamLayout } from "./record.ts";
  * The GEMM uniform block. k_z_start / k_len: slice z of a split-K GEMM covers k in
  * [z · k_z_start, z · k_z_start + k_len); z_base: first z of this dispatch (grids are limited to 65535
  * workgroups along z); tiles_n / tiles: column blocks and all blocks of one z; r / scale: the LoRA phase's
- * depth and scale; the dropout fields mask the operand flagged MASK_A / MASK_B or the LoRA term.
+ * depth and scale; the dropout fields mask the operand flagged MASK_A / MASK_B or the LoRA term;
+ * q_block / q_scale_off: a quantized B's elements per scale and first scale word (QUANT_B, kernels/quantize.ts).
  */
 export const GEMM_PARAMS: ParamLayout = [
   { name: "m", type: "u32" },
@@ -32,6 +33,8 @@ export const GEMM_PARAMS: ParamLayout = [
   { name: "tiles", type: "u32" },
   { name: "r", type: "u32" },
   { name: "scale", type: "f32" },
+  { name: "q_block", type: "u32" },
+  { name: "q_scale_off", type: "u32" },
 ];
 
 /** A, B, the LoRA phase's P and Q, bias, C; unused ones bind a dummy buffer. */
@@ -44,7 +47,7 @@ export const GEMM_BINDINGS: readonly BindingSpec[] = [
   { name: "c", access: "write" },
 ];
 
-const GEMM_INCLUDES = ["gemm/operands", "gemm/lora_phase"];
+const GEMM_INCLUDES = ["quant_codes", "gemm/operands", "gemm/lora_phase"];
 
 /** Workgroup tiles staged in workgroup memory, for hardware GPUs (wgsl/gemm/tiled.wgsl). */
 export const GEMM_TILED: KernelTemplate = {

@@ -369,7 +369,7 @@ export class WebGpuBackend implements Backend {
     const { m, inFeatures: K, outFeatures: N, rank: R, x } = args;
     const expect: [string, Storage | null, number][] = [
       [`x [${m}, ${K}]`, x, m * K],
-      [`weight [${N}, ${K}]`, args.w, N * K],
+      [`weight [${N}, ${K}]`, args.w, args.wQuant ? args.wQuant.words : N * K],
       [`lora_A [${R}, ${K}]`, args.a, R * K],
       [`lora_B [${N}, ${R}]`, args.b, N * R],
       [`bias [${N}]`, bias, N],
@@ -378,7 +378,9 @@ export class WebGpuBackend implements Backend {
     for (const [what, s, size] of expect) {
       if (s === null) continue;
       this.#sameSize(s, size, op, what);
-      if (s.dtype !== x.dtype) throw new DTypeError(`${op}: ${what} is ${s.dtype} but x is ${x.dtype}`);
+      // A quantized weight is f32 words whatever x's dtype.
+      const dtype = s === args.w && args.wQuant ? x.dtype : s.dtype;
+      if (dtype !== x.dtype) throw new DTypeError(`${op}: ${what} is ${s.dtype} but x is ${x.dtype}`);
     }
   }
 

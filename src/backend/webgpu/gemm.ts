@@ -4,7 +4,7 @@
  * the schedule of the device (gemm_plan.ts). Results are raw buffers; the backend wraps them as storages.
  * @module
  */
-import type { FusedDropout } from "../backend.ts";
+import type { FusedDropout, WeightQuant } from "../backend.ts";
 import { type PipelineCache, WORKGROUP_SIZE } from "./pipelines.ts";
 import { type GemmPlan, type GemmProfile, type GemmTile, planGemm } from "./gemm_plan.ts";
 import { GEMM_DIRECT, GEMM_PARAMS, GEMM_TILED } from "../kernels/gemm.ts";
@@ -42,6 +42,8 @@ export interface GemmOperand {
   zStride?: number;
   /** Multiply each element by its dropout factor (keyed by its index in storage). */
   masked?: boolean;
+  /** B only: a packed quantized weight, dequantized on load (kernels/quantize.ts). */
+  quant?: WeightQuant | null;
 }
 
 /**
@@ -51,8 +53,10 @@ export interface GemmOperand {
 export interface LoraPhase {
   /** P [m, r], f32. */
   p: Binding;
-  /** Q: [n, r] when B is transposed, else [r, n]; in B's element type. */
+  /** Q: [n, r] when B is transposed, else [r, n]. */
   q: Binding;
+  /** Q's element type when it differs from B's (f32 adapters over an f16 base); default B's. */
+  qType?: WgslType;
   r: number;
   scale: number;
   /** The dropout whose mask multiplies the LoRA term, keyed by output index. */
@@ -91,8 +95,10 @@ export interface GemmFlags {
   maskA: boolean;
   maskB: boolean;
   /** The LoRA phase's vec4 flags and output mask, or null without one. */
-  lora: { vecP: boolean; vecQ: boolean; mask: boolean } | null;
+  lora: { vecP: boolean; vecQ: boolean; mask: boolean; qType?: WgslType } | null;
   bias: boolean;
+  /** B's quantization scheme; "" or absent when B is plain. */
+  quantB?: "" | WeightQuant["scheme"];
 }
 
 /** Template parameters of a GEMM kernel. */
@@ -111,8 +117,11 @@ export function gemmSpecialisation(f: GemmFlags, t: GemmTile): TemplateParams {
     LORA: f.lora !== null,
     VEC_P: f.lora?.vecP ?? false,
     VEC_Q: f.lora?.vecQ ?? false,
+    Q_T: f.lora?.qType ?? f.bType,
+    Q_T: f.lora?.qType ?? f.bType,
     MASK: f.lora?.mask ?? false,
     BIAS: f.bias,
+    QUANT_B: f.quantB ?? "",
     ...t,
     // Staging vec4s per invocation of the tiled kernel (unused by the direct one).
     LA: Math.max(1, (t.BM * t.BK) / 4 / t.WG),
@@ -138,8 +147,10 @@ function requestFlags(req: GemmRequestShape, cType: WgslType): GemmFlags {
       vecP: lora.r % 4 === 0,
       vecQ: (b.trans ? lora.r : n) % 4 === 0,
       mask: lora.dropout !== null,
+      qType: lora.qType ?? b.type,
     },
     bias: req.bias != null,
+    quantB: b.quant?.scheme ?? "",
   };
 }
 
@@ -235,6 +246,8 @@ export function recordGemm(ctx: GemmContext, req: GemmRequest): Binding {
       tiles: plan.tiles,
       r: lora?.r ?? 0,
       scale: lora?.scale ?? 1,
+      q_block: b.quant?.block ?? 1,
+      q_scale_off: b.quant?.codeWords ?? 0,
     }, req.what);
   const extra = [lora?.p ?? null, lora?.q ?? null, req.bias ?? null];
   if (plan.splits === 1) {

@@ -15,6 +15,14 @@
  * Every phase is a GEMM dispatch (gemm.ts) of wgsl/gemm/tiled.wgsl or wgsl/gemm/direct.wgsl; the output
  * passes carry the LoRA phase of wgsl/gemm/lora_phase.wgsl, split-K passes end in
  * wgsl/gemm/splitk_reduce.wgsl. The CPU reference of both is in cpu/cpu_backend.ts.
+ *
+ * Mixed precision: A and B may be f32 over an f16 base (x, W, dy, y and dx in the base's type). Each GEMM
+ * operand carries its own type and every product accumulates in f32, so the adapters are read and
+ * dA / dB written in their own type, with no cast and no fallback to the composed path.
+ *
+ * Mixed precision: A and B may be f32 over an f16 base (x, W, dy, y and dx in the base's type). Each GEMM
+ * operand carries its own type and every product accumulates in f32, so the adapters are read and
+ * dA / dB written in their own type, with no cast and no fallback to the composed path.
  * @module
  */
 import type { FusedDropout, LoraBackwardArgs, LoraForwardArgs } from "../backend.ts";
@@ -45,7 +53,7 @@ function recordInner(
   const pre = dropoutAt(args.dropout, "pre");
   return recordGemm(ctx, {
     a: { bind: bind.x, type: T, trans: false, masked: pre !== null },
-    b: { bind: bind.a, type: T, trans: true },
+    b: { bind: bind.a, type: args.a.dtype as WgslType, trans: true },
     m: args.m,
     n: args.rank,
     k: args.inFeatures,
@@ -66,11 +74,18 @@ export function recordLoraForward(
   const t = recordInner(ctx, args, bind, op);
   const y = recordGemm(ctx, {
     a: { bind: bind.x, type: T, trans: false },
-    b: { bind: bind.w, type: T, trans: true },
+    b: { bind: bind.w, type: T, trans: true, quant: args.wQuant },
     m: args.m,
     n: args.outFeatures,
     k: args.inFeatures,
-    lora: { p: t, q: bind.b, r: args.rank, scale: args.scale, dropout: dropoutAt(args.dropout, "post") },
+    lora: {
+      p: t,
+      q: bind.b,
+      qType: args.b.dtype as WgslType,
+      r: args.rank,
+      scale: args.scale,
+      dropout: dropoutAt(args.dropout, "post"),
+    },
     bias: bind.bias,
     outType: T,
     what: `${op}: output [${args.m}, ${args.outFeatures}] (${T})`,
@@ -88,10 +103,11 @@ export function recordLoraBackward(
   const op = "loraBackward";
   const { m, inFeatures: K, outFeatures: N, rank: R, scale } = args;
   const T = args.x.dtype as WgslType;
+  const TA = args.a.dtype as WgslType, TB = args.b.dtype as WgslType;
   const pre = dropoutAt(args.dropout, "pre"), post = dropoutAt(args.dropout, "post");
   const g = recordGemm(ctx, {
     a: { bind: bind.dy, type: T, trans: false, masked: post !== null },
-    b: { bind: bind.b, type: T, trans: false },
+    b: { bind: bind.b, type: TB, trans: false },
     m,
     n: R,
     k: N,
@@ -102,11 +118,11 @@ export function recordLoraBackward(
   const dx = args.needDx
     ? recordGemm(ctx, {
       a: { bind: bind.dy, type: T, trans: false },
-      b: { bind: bind.w, type: T, trans: false },
+      b: { bind: bind.w, type: T, trans: false, quant: args.wQuant },
       m,
       n: K,
       k: N,
-      lora: { p: g, q: bind.a, r: R, scale, dropout: pre },
+      lora: { p: g, q: bind.a, qType: TA, r: R, scale, dropout: pre },
       outType: T,
       what: `${op}: dx [${m}, ${K}] (${T})`,
     })
@@ -119,8 +135,8 @@ export function recordLoraBackward(
     k: m,
     alpha: scale,
     dropout: pre,
-    outType: T,
-    what: `${op}: dA [${R}, ${K}] (${T})`,
+    outType: TA,
+    what: `${op}: dA [${R}, ${K}] (${TA})`,
   });
   const t = recordInner(ctx, args, bind, op);
   const dB = recordGemm(ctx, {
@@ -131,8 +147,8 @@ export function recordLoraBackward(
     k: m,
     alpha: scale,
     dropout: post,
-    outType: T,
-    what: `${op}: dB [${N}, ${R}] (${T})`,
+    outType: TB,
+    what: `${op}: dB [${N}, ${R}] (${TB})`,
   });
   ctx.rt.release(g.buf);
   ctx.rt.release(t.buf);
