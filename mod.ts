@@ -22,6 +22,8 @@ export {
 export type { DType } from "./src/core/dtype.ts";
 export { cpuDevice, Device, setDefaultDevice } from "./src/backend/device.ts";
 export type { Backend } from "./src/backend/backend.ts";
+export type { MemoryStats } from "./src/backend/backend.ts";
+export { profile, type ProfileOptions, type ProfileResult, type ProfileRow } from "./src/backend/profile.ts";
 export {
   full,
   ones,
@@ -176,6 +178,21 @@ export {
   PreTrainedTokenizer,
   type TokenizerSource,
 } from "./src/tokenizers/tokenizer.ts";
+export {
+  generateText,
+  type GenerateTextOptions,
+  type GenerationTokenizer,
+  type TextGenerator,
+  type TextPrompt,
+} from "./src/text/generate_text.ts";
+export {
+  type CollateOptions,
+  collateCompletions,
+  type CollateTokenizer,
+  type CompletionBatch,
+  IGNORE_INDEX,
+  type PromptCompletion,
+} from "./src/text/collate.ts";
 export { AdamW, type AdamWOptions, type AdamWStateDict } from "./src/optim/adamw.ts";
 export { clipGradNorm } from "./src/optim/clip.ts";
 export { warmupCosineFactor, type WarmupCosineOptions, WarmupCosineSchedule } from "./src/optim/schedule.ts";

@@ -88,6 +88,25 @@ export interface LoraGrads {
   dB: Storage;
 }
 
+/** A device's memory: live tensors' storage (like torch's `memory_allocated`), its peak, the pool. */
+export interface MemoryStats {
+  /** Live storages. */
+  buffers: number;
+  /** Bytes of live storages (elements × dtype size). */
+  bytes: number;
+  /** High-water mark of `bytes` since the device was made or {@link Backend.resetPeakMemory}. */
+  peakBytes: number;
+  /** Bytes of freed device buffers kept for reuse (0 on the CPU, whose arrays go to the JS heap). */
+  pooledBytes: number;
+}
+
+/** One row of a profile: a kernel (WebGPU) or op (CPU), how often it ran and its total milliseconds. */
+export interface ProfileRow {
+  name: string;
+  calls: number;
+  ms: number;
+}
+
 /** A compute device's kernels. */
 export interface Backend {
   /** "cpu" or "webgpu". */
@@ -107,6 +126,22 @@ export interface Backend {
   free(s: Storage): void;
   /** Live storage count and bytes, for leak checks. */
   memory(): { buffers: number; bytes: number };
+  /** {@link memory} plus the peak and the pool. */
+  memoryStats(): MemoryStats;
+  /** Restarts the peak at the bytes live now. */
+  resetPeakMemory(): void;
+  /**
+   * Live bytes no allocation may pass (null: none beyond the device's own). Work that would pass it is a
+   * DeviceError naming the op and the bytes, thrown before anything is allocated or queued.
+   */
+  memoryLimit: number | null;
+  /**
+   * Starts a profile: from now on each kernel (WebGPU) or op (CPU) is timed. `timestamps` tells whether
+   * the times are GPU timestamps (else host time).
+   */
+  beginProfile(): { timestamps: boolean };
+  /** Ends the profile started by {@link beginProfile} (after all its work finished) and returns its rows. */
+  endProfile(): Promise<ProfileRow[]>;
 
   /** A new storage of `size` elements all equal to `value`. */
   fill(size: number, value: number, dtype: DType): Storage;

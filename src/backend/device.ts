@@ -3,10 +3,11 @@
  * one. The CPU reference device always exists; WebGPU devices come from `webgpuDevice()`.
  * @module
  */
-import type { Backend } from "./backend.ts";
+import type { Backend, MemoryStats } from "./backend.ts";
 import { createCpuBackend } from "./cpu/cpu_backend.ts";
 import type { DType } from "../core/dtype.ts";
-import { DeviceError, DTypeError } from "../core/errors.ts";
+import { ConfigError, DeviceError, DTypeError } from "../core/errors.ts";
+import { showValue } from "../core/options.ts";
 
 /** A place where tensors live and kernels run. */
 export class Device {
@@ -63,9 +64,42 @@ export class Device {
     this.backend.destroy();
   }
 
-  /** Live buffers and bytes held by tensors on this device. */
-  memory(): { buffers: number; bytes: number } {
-    return this.backend.memory();
+  /**
+   * This device's memory: `buffers` and `bytes` of live tensors' storage (like torch's
+   * `memory_allocated`), `peakBytes` their high-water mark, `pooledBytes` freed storage kept for reuse.
+   */
+  memory(): MemoryStats {
+    return this.backend.memoryStats();
+  }
+
+  /** Restarts {@link memory}'s `peakBytes` at the bytes live now. */
+  resetPeakMemory(): void {
+    this.backend.resetPeakMemory();
+  }
+
+  /**
+   * Caps the bytes of live tensors: work that would pass it is a DeviceError naming the op and the bytes,
+   * thrown before anything is allocated or queued. `null` removes the cap. The CPU device starts with half
+   * the machine's memory (4 GiB where the runtime does not say); WebGPU devices with none of their own.
+   */
+  setMemoryLimit(bytes: number | null): void {
+    if (bytes !== null && !(Number.isSafeInteger(bytes) && bytes >= 0)) {
+      throw new ConfigError(
+        `setMemoryLimit: the limit must be a whole number of bytes >= 0 or null, got ${showValue(bytes)}`,
+      );
+    }
+    this.backend.memoryLimit = bytes;
+  }
+
+  /** The limit set by {@link setMemoryLimit} (or the device's default), null when there is none. */
+  get memoryLimit(): number | null {
+    return this.backend.memoryLimit;
+  }
+
+  /** Resolves once all work queued on this device is done (GPU errors from it are thrown here). */
+  async sync(): Promise<void> {
+    this.checkAlive("sync");
+    await this.backend.sync();
   }
 
   toString(): string {

@@ -4,7 +4,14 @@
  * obviously right over being fast.
  * @module
  */
-import type { Backend, LoraBackwardArgs, LoraForwardArgs, LoraGrads, Storage } from "../backend.ts";
+import type {
+  Backend,
+  LoraBackwardArgs,
+  LoraForwardArgs,
+  LoraGrads,
+  ProfileRow,
+  Storage,
+} from "../backend.ts";
 import { type DType, dtypeSize, type HostArray, hostArray, roundInPlace } from "../../core/dtype.ts";
 import { dropoutKeepScale, dropoutThreshold } from "../../core/random.ts";
 import { DeviceError } from "../../core/errors.ts";
@@ -44,14 +51,61 @@ function make(dtype: DType, data: HostArray): CpuStorage {
   return new CpuStorage(roundInPlace(data, dtype), dtype);
 }
 
+/** The CPU device's default memory limit when the runtime does not say how much memory there is. */
+const FALLBACK_LIMIT_BYTES = 4 * 2 ** 30;
+
+/**
+ * The CPU device's default memory limit: half the machine's physical memory where the runtime tells it
+ * without asking for a permission (Deno with `--allow-sys`, Node and Bun through `os`), else 4 GiB. Half,
+ * because the host arrays share the machine with the program, the runtime and the rest of the system, and
+ * a process that runs the machine out of memory is killed rather than told.
+ */
+export function defaultCpuMemoryLimit(): number {
+  const g = globalThis as {
+    Deno?: {
+      permissions?: { querySync?: (d: { name: "sys"; kind: "systemMemoryInfo" }) => { state: string } };
+      systemMemoryInfo?: () => { total: number };
+    };
+    process?: { getBuiltinModule?: (name: string) => { totalmem?: () => number } | undefined };
+  };
+  try {
+    const deno = g.Deno;
+    if (deno !== undefined) {
+      // Querying first: calling without the permission would prompt on a terminal.
+      const state = deno.permissions?.querySync?.({ name: "sys", kind: "systemMemoryInfo" }).state;
+      if (state === "granted" && deno.systemMemoryInfo) return Math.floor(deno.systemMemoryInfo().total / 2);
+      return FALLBACK_LIMIT_BYTES;
+    }
+    const total = g.process?.getBuiltinModule?.("os")?.totalmem?.();
+    if (typeof total === "number" && total > 0) return Math.floor(total / 2);
+  } catch {
+    // No way to ask: the fallback.
+  }
+  return FALLBACK_LIMIT_BYTES;
+}
+
 /** Creates the CPU reference backend. */
 export function createCpuBackend(): Backend {
   let liveBuffers = 0;
   let liveBytes = 0;
+  let peakBytes = 0;
+  let limit: number | null = defaultCpuMemoryLimit();
+  /** Per-op host times while profiling, else null. */
+  let profile: Map<string, { calls: number; ms: number }> | null = null;
   const track = (s: CpuStorage): CpuStorage => {
     liveBuffers++;
     liveBytes += s.size * dtypeSize(s.dtype);
+    if (liveBytes > peakBytes) peakBytes = liveBytes;
     return s;
+  };
+  /** Throws a DeviceError naming `what` when `bytes` more would pass the limit (before computing). */
+  const reserve = (bytes: number, what: string): void => {
+    if (limit !== null && liveBytes + bytes > limit) {
+      throw new DeviceError(
+        `${what} needs ${bytes} bytes with ${liveBytes} bytes live, past this device's memory limit of ` +
+          `${limit} bytes (setMemoryLimit)`,
+      );
+    }
   };
   const out = (dtype: DType, data: HostArray) => track(make(dtype, data));
   /** Any kernel record: its checks, then its reference, each output rounded once to its dtype. */
@@ -59,6 +113,9 @@ export function createCpuBackend(): Backend {
     const values = inputs.map(arr);
     record.check?.(inputs, args);
     const specs = record.outputs(inputs, args);
+    let bytes = 0;
+    for (const sp of specs) bytes += sp.size * dtypeSize(sp.dtype);
+    reserve(bytes, specs.length === 1 ? specs[0].what : `${record.name}: ${specs.length} outputs`);
     return record.reference(values, args, specs).map((v, i) => out(specs[i].dtype, v));
   };
 
@@ -68,6 +125,7 @@ export function createCpuBackend(): Backend {
     supportsDType: () => true,
 
     upload(data, dtype) {
+      reserve(data.length * dtypeSize(dtype), `upload: tensor of ${data.length} elements (${dtype})`);
       const a = hostArray(dtype, data.length);
       for (let i = 0; i < data.length; i++) a[i] = data[i];
       return out(dtype, a);
@@ -86,6 +144,25 @@ export function createCpuBackend(): Backend {
       (c as { data?: HostArray }).data = undefined;
     },
     memory: () => ({ buffers: liveBuffers, bytes: liveBytes }),
+    memoryStats: () => ({ buffers: liveBuffers, bytes: liveBytes, peakBytes, pooledBytes: 0 }),
+    resetPeakMemory() {
+      peakBytes = liveBytes;
+    },
+    get memoryLimit() {
+      return limit;
+    },
+    set memoryLimit(bytes: number | null) {
+      limit = bytes;
+    },
+    beginProfile() {
+      profile = new Map();
+      return { timestamps: false };
+    },
+    endProfile(): Promise<ProfileRow[]> {
+      const rows = [...(profile ?? new Map()).entries()].map(([name, r]) => ({ name, ...r }));
+      profile = null;
+      return Promise.resolve(rows);
+    },
 
     fill: (size, value, dtype) => run(FILL, [], { size, value, dtype })[0],
     cast: (x, dtype) => run(CAST, [x], { dtype })[0],
@@ -96,6 +173,7 @@ export function createCpuBackend(): Backend {
     maxAxis: (x, outer, n, inner) => run(REDUCE_COLS, [x], { op: "max", outer, n, inner })[0],
     softmax: (x, rows, n, log) => run(SOFTMAX, [x], { rows, n, log })[0],
     matmul(a, b, { batch, aBatch, bBatch, m, k, n, transA, transB }) {
+      reserve(batch * m * n * dtypeSize(a.dtype), `matmul: output [${batch}, ${m}, ${n}] (${a.dtype})`);
       const av = arr(a), bv = arr(b);
       const r = hostArray(a.dtype, batch * m * n);
       // Row i of op(A) is gathered once; then both layouts of B are walked contiguously: dot products
@@ -145,23 +223,73 @@ export function createCpuBackend(): Backend {
     },
     dropoutMask: (size, p, seed, dtype) => run(DROPOUT_MASK, [], { size, p, seed, dtype })[0],
     loraForward(args) {
+      reserve(
+        args.m * args.outFeatures * dtypeSize(args.x.dtype),
+        `loraForward: output [${args.m}, ${args.outFeatures}]`,
+      );
       return out(args.x.dtype, loraForwardRef(args));
     },
     loraBackward(args) {
+      const { m, inFeatures: K, outFeatures: N, rank: R } = args;
+      reserve(
+        ((args.needDx ? m * K : 0) + R * (K + N)) * dtypeSize(args.x.dtype),
+        `loraBackward: gradients of [${N}, ${K}] rank ${R}`,
+      );
       const g = loraBackwardRef(args);
       const dtype = args.x.dtype;
       return {
         dx: g.dx && out(dtype, g.dx),
-        dA: out(dtype, g.dA),
-        dB: out(dtype, g.dB),
+        dA: out(args.a.dtype, g.dA),
+        dB: out(args.b.dtype, g.dB),
       } as LoraGrads;
     },
     run,
     sync: () => Promise.resolve(),
     destroy() {},
   };
+  // While profiling, every op's host time is added to its row. The ops call the closure `run` and never
+  // each other through `backend`, so nothing is counted twice.
+  const timed = backend as unknown as Record<string, unknown>;
+  for (const name of Object.keys(backend) as (keyof Backend)[]) {
+    if (UNTIMED.has(name)) continue;
+    const desc = Object.getOwnPropertyDescriptor(backend, name);
+    const fn = desc?.value;
+    if (typeof fn !== "function") continue;
+    timed[name] = (...callArgs: unknown[]) => {
+      if (profile === null) return fn(...callArgs);
+      const row = name === "run" ? (callArgs[0] as KernelRecord<unknown>).name : name;
+      const t0 = performance.now();
+      try {
+        return fn(...callArgs);
+      } finally {
+        const ms = performance.now() - t0;
+        const r = profile?.get(row);
+        if (r === undefined) profile?.set(row, { calls: 1, ms });
+        else {
+          r.calls++;
+          r.ms += ms;
+        }
+      }
+    };
+  }
   return backend;
 }
+
+/** Backend members that are not ops, so a profile does not list them. */
+const UNTIMED = new Set<string>([
+  "supportsDType",
+  "memory",
+  "memoryStats",
+  "resetPeakMemory",
+  "memoryLimit",
+  "beginProfile",
+  "endProfile",
+  "sync",
+  "destroy",
+  "free",
+  "readSync",
+  "read",
+]);
 
 /** The base weight's values: dequantized from its packed words when quantized. */
 function baseWeight(args: LoraForwardArgs | LoraBackwardArgs): HostArray {
@@ -256,7 +384,7 @@ function loraBackwardRef(args: LoraBackwardArgs): { dx: HostArray | null; dA: Ho
       }
     }
   }
-  const dA = hostArray(dtype, R * K);
+  const dA = hostArray(args.a.dtype, R * K);
   for (let r = 0; r < R; r++) {
     for (let k = 0; k < K; k++) {
       let s = 0;
@@ -264,7 +392,7 @@ function loraBackwardRef(args: LoraBackwardArgs): { dx: HostArray | null; dA: Ho
       dA[r * K + k] = scale * s;
     }
   }
-  const dB = hostArray(dtype, N * R);
+  const dB = hostArray(args.b.dtype, N * R);
   for (let o = 0; o < N; o++) {
     for (let r = 0; r < R; r++) {
       let s = 0;

@@ -11,6 +11,8 @@ import type {
   LoraForwardArgs,
   LoraGrads,
   MatmulArgs,
+  MemoryStats,
+  ProfileRow,
   Storage,
   UnaryOp,
 } from "../backend.ts";
@@ -62,6 +64,10 @@ export class WebGpuBackend implements Backend {
   readonly #hasF16: boolean;
   #liveBuffers = 0;
   #liveBytes = 0;
+  #peakBytes = 0;
+  #limit: number | null = null;
+  /** Reused by {@link run}: the bindings of one dispatch (inputs, scratch, outputs). */
+  readonly #bindList: Binding[] = [];
 
   /**
    * @param device a GPUDevice (requested with the adapter's limits and, when offered, `shader-f16`)
@@ -126,16 +132,46 @@ export class WebGpuBackend implements Backend {
       throw new DeviceError(`${op}: storage belongs to another device, not WebGPU (${this.description})`);
     }
     if (s.buf === null) throw new DeviceError(`${op}: storage of ${s.size} elements was freed`);
-    return { buf: s.buf, bytes: storageBytes(s.size, s.dtype) };
+    return s.buf; // bound whole: no kernel reads arrayLength
   }
 
-  /** A new live storage. */
+  /** A new live storage (checked against the memory limit first). */
   #new(size: number, dtype: DType, what: string): GpuStorage {
     const bytes = storageBytes(size, dtype);
+    this.#reserve(size * dtypeSize(dtype), what);
     const s = new GpuStorage(this.rt.alloc(bytes, what), size, dtype, this);
-    this.#liveBuffers++;
-    this.#liveBytes += size * dtypeSize(dtype);
+    this.#count(size * dtypeSize(dtype));
     return s;
+  }
+
+  #count(bytes: number): void {
+    this.#liveBuffers++;
+    this.#liveBytes += bytes;
+    if (this.#liveBytes > this.#peakBytes) this.#peakBytes = this.#liveBytes;
+  }
+
+  /**
+   * Throws a DeviceError naming `what` when `bytes` more would pass the memory limit; first gives pooled
+   * buffers back so that live, pooled and new bytes together stay under it.
+   */
+  #reserve(bytes: number, what: string): void {
+    const limit = this.#limit;
+    if (limit === null) return;
+    if (this.#liveBytes + bytes > limit) {
+      throw new DeviceError(
+        `${what} needs ${bytes} bytes with ${this.#liveBytes} bytes live, past this device's memory limit ` +
+          `of ${limit} bytes (setMemoryLimit)`,
+      );
+    }
+    const room = limit - this.rt.inUseBytes - bytes;
+    if (this.rt.pooledBytes > room) this.rt.trimPool(Math.max(0, room));
+  }
+
+  /** Bytes `specs` will hold, for the limit check. */
+  #outputBytes(specs: readonly { size: number; dtype: DType }[]): number {
+    let total = 0;
+    for (const s of specs) total += s.size * dtypeSize(s.dtype);
+    return total;
   }
 
   #bind(s: GpuStorage): Binding {
@@ -199,6 +235,38 @@ export class WebGpuBackend implements Backend {
     return { buffers: this.#liveBuffers, bytes: this.#liveBytes };
   }
 
+  memoryStats(): MemoryStats {
+    return {
+      buffers: this.#liveBuffers,
+      bytes: this.#liveBytes,
+      peakBytes: this.#peakBytes,
+      pooledBytes: this.rt.pooledBytes,
+    };
+  }
+
+  resetPeakMemory(): void {
+    this.#peakBytes = this.#liveBytes;
+  }
+
+  get memoryLimit(): number | null {
+    return this.#limit;
+  }
+
+  set memoryLimit(bytes: number | null) {
+    this.#limit = bytes;
+    if (bytes !== null) this.rt.trimPool(Math.max(0, bytes - this.rt.inUseBytes));
+  }
+
+  beginProfile(): { timestamps: boolean } {
+    this.rt.checkAlive("profile");
+    this.rt.beginProfile();
+    return { timestamps: this.rt.timestamps };
+  }
+
+  endProfile(): Promise<ProfileRow[]> {
+    return this.rt.endProfile();
+  }
+
   // -------------------------------------------------------------------------------------------------
   // Kernel records
 
@@ -207,8 +275,16 @@ export class WebGpuBackend implements Backend {
     return inputs.map((s) => this.#in(s, op));
   }
 
+  /** {@link #begin} for a record's inputs, into the reused binding list. */
+  #beginInto(op: string, inputs: readonly Storage[], list: Binding[]): void {
+    this.rt.checkAlive(op);
+    list.length = 0;
+    for (const s of inputs) list.push(this.#in(s, op));
+  }
+
   run<A>(record: KernelRecord<A>, inputs: readonly Storage[], args: A): Storage[] {
-    const binds = this.#begin(record.name, ...inputs);
+    const list = this.#bindList;
+    this.#beginInto(record.name, inputs, list);
     record.check?.(inputs, args);
     const specs = record.outputs(inputs, args);
     // The op's own name heads every output's description ("dropoutMask: output ...").
@@ -216,14 +292,22 @@ export class WebGpuBackend implements Backend {
     // Everything that can throw runs before the first allocation: nothing half-made is left behind.
     const words = packParams(record.params, record.uniforms(args, specs), record.name);
     const geometry = record.geometry(args, specs);
+    if (specs.length > 1) this.#reserve(this.#outputBytes(specs), `${record.name}: ${specs.length} outputs`);
     const outs = specs.map((s) => this.#new(s.size, s.dtype, s.what));
     const count = "elements" in geometry ? geometry.elements : geometry.rows;
     if (count === 0 || specs.every((s) => s.size === 0)) return outs;
-    const scratch = (record.scratch?.(args) ?? []).map((w) => this.#words(w, `${record.name}: scratch`));
+    const hostWords = record.scratch?.(args);
+    const firstScratch = list.length;
+    if (hostWords !== undefined) {
+      for (const w of hostWords) list.push(this.#words(w, `${record.name}: scratch`));
+    }
+    const endScratch = list.length;
+    for (const o of outs) list.push(o.buf!);
     const kernel = this.#kernels.get(record, { WG: WORKGROUP_SIZE, ...record.specialise(inputs, args) });
     const grid = "elements" in geometry ? this.rt.grid1d(count, WORKGROUP_SIZE) : this.rt.fold(count);
-    this.rt.dispatch(kernel, words, [...binds, ...scratch, ...outs.map((o) => this.#bind(o))], grid);
-    for (const b of scratch) this.rt.release(b.buf);
+    this.rt.dispatch(kernel, words, list, grid);
+    for (let i = firstScratch; i < endScratch; i++) this.rt.release(list[i].buf);
+    list.length = 0;
     return outs;
   }
 
@@ -325,8 +409,7 @@ export class WebGpuBackend implements Backend {
   /** Wraps a GEMM result buffer as a live storage. */
   #adopt(bind: Binding, size: number, dtype: DType): GpuStorage {
     const s = new GpuStorage(bind.buf, size, dtype, this);
-    this.#liveBuffers++;
-    this.#liveBytes += size * dtypeSize(dtype);
+    this.#count(size * dtypeSize(dtype));
     return s;
   }
 
@@ -349,6 +432,7 @@ export class WebGpuBackend implements Backend {
       throw new ShapeError(`matmul: operand batches ${aBatch} and ${bBatch} do not broadcast to ${batch}`);
     }
     const T = a.dtype as WgslType;
+    this.#reserve(batch * m * n * dtypeSize(a.dtype), `matmul: output [${batch}, ${m}, ${n}] (${T})`);
     const out = recordGemm(this.#ctx, {
       a: { bind: ab, type: T, trans: transA, zStride: aBatch === 1 ? 0 : m * k },
       b: { bind: bb, type: T, trans: transB, zStride: bBatch === 1 ? 0 : k * n },
@@ -389,6 +473,10 @@ export class WebGpuBackend implements Backend {
     const [x, w, a, b] = this.#begin(op, args.x, args.w, args.a, args.b);
     const bias = args.bias === null ? null : this.#in(args.bias, op);
     this.#checkLora(op, args, args.bias);
+    this.#reserve(
+      args.m * args.outFeatures * dtypeSize(args.x.dtype),
+      `${op}: output [${args.m}, ${args.outFeatures}]`,
+    );
     const y = recordLoraForward(this.#ctx, args, { x, w, a, b, bias });
     return this.#adopt(y, args.m * args.outFeatures, args.x.dtype);
   }
@@ -397,13 +485,20 @@ export class WebGpuBackend implements Backend {
     const op = "loraBackward";
     const [dy, x, w, a, b] = this.#begin(op, args.dy, args.x, args.w, args.a, args.b);
     this.#checkLora(op, args, null);
+    const es = dtypeSize(args.x.dtype);
+    const gradBytes =
+      ((args.needDx ? args.m * args.inFeatures : 0) + args.rank * (args.inFeatures + args.outFeatures)) * es;
+    this.#reserve(
+      gradBytes,
+      `${op}: gradients of [${args.outFeatures}, ${args.inFeatures}] rank ${args.rank}`,
+    );
     const g = recordLoraBackward(this.#ctx, args, { dy, x, w, a, b });
     const { m, inFeatures: K, outFeatures: N, rank: R } = args;
     const T = args.x.dtype;
     return {
       dx: g.dx === null ? null : this.#adopt(g.dx, m * K, T),
-      dA: this.#adopt(g.dA, R * K, T),
-      dB: this.#adopt(g.dB, N * R, T),
+      dA: this.#adopt(g.dA, R * K, args.a.dtype),
+      dB: this.#adopt(g.dB, N * R, args.b.dtype),
     };
   }
 

@@ -197,7 +197,10 @@ async function requestDeviceWithFallback(
   where: string,
 ): Promise<GPUDevice> {
   const features = readSafely(() => adapter.features);
-  const requiredFeatures: GPUFeatureName[] = features?.has("shader-f16") ? ["shader-f16"] : [];
+  // timestamp-query lets profile() time kernels on the GPU.
+  const requiredFeatures = (["shader-f16", "timestamp-query"] as GPUFeatureName[]).filter((f) =>
+    features?.has(f)
+  );
   const message = (e: unknown) => e instanceof Error ? e.message : String(e);
   let withLimits: unknown;
   try {

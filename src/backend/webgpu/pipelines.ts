@@ -32,10 +32,24 @@ export function kernelSource(record: KernelTemplate, params: TemplateParams): st
   return needsF16 ? `enable f16;\n\n${body}` : body;
 }
 
+/**
+ * One level of the lookup tree of a record's pipelines: the specialisation's values in their key order
+ * lead to the pipeline, so a lookup walks a few Maps instead of serialising the specialisation.
+ */
+interface SpecNode {
+  /** The specialisation key this level branches on (null until the first value arrives). */
+  key: string | null;
+  next: Map<unknown, SpecNode>;
+  kernel: CompiledKernel | null;
+}
+
+const newNode = (): SpecNode => ({ key: null, next: new Map(), kernel: null });
+
 /** Compiles pipelines on first use and keeps them. */
 export class PipelineCache {
   readonly #device: GPUDevice;
   readonly #kernels = new Map<string, CompiledKernel>();
+  readonly #tree = new Map<KernelTemplate, SpecNode>();
   readonly #layouts = new Map<string, GPUBindGroupLayout>();
   readonly #onError: (message: string) => void;
 
@@ -47,6 +61,27 @@ export class PipelineCache {
 
   /** The pipeline of `record` specialised with `params`. */
   get(record: KernelTemplate, params: TemplateParams): CompiledKernel {
+    let node = this.#tree.get(record);
+    if (node === undefined) {
+      node = newNode();
+      this.#tree.set(record, node);
+    }
+    for (const key in params) {
+      if (node.key === null) node.key = key;
+      else if (node.key !== key) return this.#byText(record, params); // a differently shaped specialisation
+      const value = params[key];
+      let next = node.next.get(value);
+      if (next === undefined) {
+        next = newNode();
+        node.next.set(value, next);
+      }
+      node = next;
+    }
+    return node.kernel ??= this.#byText(record, params);
+  }
+
+  /** The lookup by the specialisation's text (first use of a specialisation, and odd shapes). */
+  #byText(record: KernelTemplate, params: TemplateParams): CompiledKernel {
     const key = `${record.name}|${JSON.stringify(params)}`;
     let k = this.#kernels.get(key);
     if (k === undefined) {
@@ -70,7 +105,12 @@ export class PipelineCache {
     let layout = this.#layouts.get(record.name);
     if (layout === undefined) {
       const entries: GPUBindGroupLayoutEntry[] = [
-        { binding: 0, visibility: GPU_FLAGS.STAGE_COMPUTE, buffer: { type: "uniform" } },
+        // The uniform slot of each dispatch is a dynamic offset, so bind groups do not depend on it.
+        {
+          binding: 0,
+          visibility: GPU_FLAGS.STAGE_COMPUTE,
+          buffer: { type: "uniform", hasDynamicOffset: true },
+        },
         ...record.bindings.map((b, i): GPUBindGroupLayoutEntry => ({
           binding: i + 1,
           visibility: GPU_FLAGS.STAGE_COMPUTE,

@@ -10,6 +10,13 @@
  *   pool only after that batch is submitted;
  * - every dispatch's parameters get their own slot of one uniform buffer, written once right before the
  *   batch is submitted (queue order puts that write after all earlier batches finished reading it).
+ *
+ * The host cost of a dispatch is what limits small batches, so the hot path allocates nothing: the uniform
+ * slot is a dynamic offset into one bind-group entry, so a bind group depends only on the buffers bound
+ * and is cached per layout in a tree keyed by buffer ids (pooled buffers come back with the same id, so a
+ * training step's bind groups are all hits from the second step on); storage is bound whole (no kernel
+ * reads `arrayLength`), so the bound size is never part of the key; and buffer wrappers are pooled with
+ * their GPUBuffer.
  * @module
  */
 import { DeviceError } from "../../core/errors.ts";
@@ -17,8 +24,16 @@ import { DeviceError } from "../../core/errors.ts";
 /** Dispatches recorded before a batch is submitted without being asked to. */
 export const MAX_BATCH = 256;
 
-/** Bytes of freed buffers the pool keeps for reuse before destroying more. */
-const POOL_CAP_BYTES = 1 << 30;
+/**
+ * Bytes of freed buffers the pool keeps at least. Above this floor it keeps as much as the largest
+ * working set seen so far ({@link GpuRuntime.peakInUseBytes}): a training step frees and re-allocates the
+ * same multi-gigabyte activations every step, and destroying them would make the next step allocate
+ * them again. A memory limit on the device trims the pool first ({@link GpuRuntime.trimPool}).
+ */
+const POOL_FLOOR_BYTES = 1 << 30;
+
+/** Cached bind groups before the cache is dropped and rebuilt (bounds it for ever-changing workloads). */
+const BIND_CACHE_MAX = 1 << 16;
 
 /**
  * WebGPU's flag values (fixed by the spec), spelled out because the GPUBufferUsage, GPUMapMode and
@@ -27,6 +42,7 @@ const POOL_CAP_BYTES = 1 << 30;
  */
 export const GPU_FLAGS = {
   MAP_READ: 0x0001,
+  QUERY_RESOLVE: 0x0200,
   COPY_SRC: 0x0004,
   COPY_DST: 0x0008,
   UNIFORM: 0x0040,
@@ -47,11 +63,31 @@ export interface CompiledKernel {
   readonly layout: GPUBindGroupLayout;
 }
 
-/** A device buffer and the batch that last used it. */
+let nextBufferId = 1;
+
+/** A device buffer and the batch that last used it (pooled together with its GPUBuffer). */
 export class GpuBuffer {
   /** Id of the last batch that bound or copied this buffer. */
   lastBatch = -1;
+  /** Unique per GPUBuffer: the bind-group cache's key (0 is the dummy binding). */
+  readonly id = nextBufferId++;
   constructor(readonly gpu: GPUBuffer, readonly capacity: number) {}
+  /** A buffer is its own whole-buffer {@link Binding}, so binding it allocates nothing. */
+  get buf(): GpuBuffer {
+    return this;
+  }
+  get bytes(): number {
+    return this.capacity;
+  }
+}
+
+/** One level of the bind-group cache: buffer id → next level, or → the bind group at the last level. */
+type BindNode = Map<number, BindNode | GPUBindGroup>;
+
+/** A timestamped dispatch's kernel name and its slot in the batch's query set (profiling only). */
+interface TimedBatch {
+  names: string[];
+  read: GPUBuffer;
 }
 
 /** A buffer range bound to a dispatch. */
@@ -85,8 +121,21 @@ export class GpuRuntime {
   /** Why the device cannot be used any more, or null. */
   lostReason: string | null = null;
 
-  readonly #pool = new Map<number, GPUBuffer[]>();
+  readonly #pool = new Map<number, GpuBuffer[]>();
   #pooledBytes = 0;
+  /** Capacity of buffers handed out and not yet pooled or destroyed, and its high-water mark. */
+  #inUseBytes = 0;
+  #peakInUseBytes = 0;
+  readonly #bindCache = new Map<GPUBindGroupLayout, BindNode>();
+  #bindCacheSize = 0;
+  #lastPipeline: GPUComputePipeline | null = null;
+  readonly #dynOffset = new Uint32Array(1);
+  /** Per-kernel GPU times while profiling (null otherwise), and the batches whose times are pending. */
+  #profile: Map<string, { calls: number; ns: number }> | null = null;
+  #querySet: GPUQuerySet | null = null;
+  #queryResolve: GPUBuffer | null = null;
+  #timedNames: string[] = [];
+  #timedReads: Promise<void>[] = [];
   #pendingRelease: GpuBuffer[] = [];
   readonly #staging = new Map<number, GPUBuffer[]>();
 
@@ -100,7 +149,7 @@ export class GpuRuntime {
   readonly #uniformSlot: number;
   readonly #uniforms: GPUBuffer;
   readonly #uniformData: Uint32Array;
-  readonly #dummy: GPUBuffer;
+  readonly #dummy: GpuBuffer;
 
   #error: DeviceError | null = null;
   #pendingChecks: Promise<void>[] = [];
@@ -122,7 +171,10 @@ export class GpuRuntime {
       usage: GPU_FLAGS.UNIFORM | GPU_FLAGS.COPY_DST,
     });
     this.#uniformData = new Uint32Array((this.#uniformSlot * MAX_BATCH) / 4);
-    this.#dummy = device.createBuffer({ label: "unused binding", size: 16, usage: GPU_FLAGS.STORAGE });
+    this.#dummy = new GpuBuffer(
+      device.createBuffer({ label: "unused binding", size: 16, usage: GPU_FLAGS.STORAGE }),
+      16,
+    );
     // Injected GPU objects (Node, Bun) may lack EventTarget; error scopes still catch our own errors.
     device.addEventListener?.("uncapturederror", (ev) => {
       this.reportError(`webgpu: ${(ev as GPUUncapturedErrorEvent).error.message}`);
@@ -174,31 +226,79 @@ export class GpuRuntime {
     }
     let capacity = sizeClass(bytes);
     if (capacity > lim.maxStorageBufferBindingSize || capacity > lim.maxBufferSize) capacity = bytes;
+    this.#inUseBytes += capacity;
+    if (this.#inUseBytes > this.#peakInUseBytes) this.#peakInUseBytes = this.#inUseBytes;
     const free = this.#pool.get(capacity);
     if (free !== undefined && free.length > 0) {
       this.#pooledBytes -= capacity;
-      return new GpuBuffer(free.pop()!, capacity);
+      return free.pop()!;
     }
     this.#lastAlloc = `${what} (${capacity} bytes)`;
     this.#openScopes();
     return new GpuBuffer(this.device.createBuffer({ size: capacity, usage: STORAGE_USAGE }), capacity);
   }
 
+  /** The pool's buffer size for a request of `bytes` (what {@link alloc} would take from it). */
+  capacityFor(bytes: number): number {
+    const lim = this.limits;
+    const capacity = sizeClass(bytes);
+    return capacity > lim.maxStorageBufferBindingSize || capacity > lim.maxBufferSize ? bytes : capacity;
+  }
+
+  /** Bytes of freed buffers kept for reuse. */
+  get pooledBytes(): number {
+    return this.#pooledBytes;
+  }
+
+  /** Bytes of buffers handed out (tensors, scratch and in-flight temporaries), rounded to pool sizes. */
+  get inUseBytes(): number {
+    return this.#inUseBytes;
+  }
+
+  /** High-water mark of {@link inUseBytes}: how large the pool may grow. */
+  get peakInUseBytes(): number {
+    return this.#peakInUseBytes;
+  }
+
+  /** Destroys pooled buffers, largest first, until at most `keepBytes` stay pooled. */
+  trimPool(keepBytes: number): void {
+    if (this.#pooledBytes <= keepBytes) return;
+    const sizes = [...this.#pool.keys()].sort((a, b) => b - a);
+    for (const size of sizes) {
+      const list = this.#pool.get(size)!;
+      while (list.length > 0 && this.#pooledBytes > keepBytes) {
+        list.pop()!.gpu.destroy();
+        this.#pooledBytes -= size;
+      }
+      if (list.length === 0) this.#pool.delete(size);
+      if (this.#pooledBytes <= keepBytes) break;
+    }
+    this.#dropBindGroups();
+  }
+
+  /** Forgets every cached bind group (some name a destroyed buffer, or the cache is full). */
+  #dropBindGroups(): void {
+    this.#bindCache.clear();
+    this.#bindCacheSize = 0;
+  }
+
   /** Gives a buffer back: to the pool now, or once the batch that uses it is submitted. */
   release(buf: GpuBuffer): void {
     if (this.lostReason !== null) return;
+    this.#inUseBytes -= buf.capacity;
     if (buf.lastBatch === this.#batch) this.#pendingRelease.push(buf);
     else this.#toPool(buf);
   }
 
   #toPool(buf: GpuBuffer): void {
-    if (this.#pooledBytes + buf.capacity > POOL_CAP_BYTES) {
+    if (this.#pooledBytes + buf.capacity > Math.max(POOL_FLOOR_BYTES, this.#peakInUseBytes)) {
       buf.gpu.destroy();
+      this.#dropBindGroups();
       return;
     }
     const list = this.#pool.get(buf.capacity);
-    if (list === undefined) this.#pool.set(buf.capacity, [buf.gpu]);
-    else list.push(buf.gpu);
+    if (list === undefined) this.#pool.set(buf.capacity, [buf]);
+    else list.push(buf);
     this.#pooledBytes += buf.capacity;
   }
 
@@ -210,50 +310,196 @@ export class GpuRuntime {
   }
 
   /**
-   * Records one dispatch of `kernel` into the open batch.
+   * Records one dispatch of `kernel` into the open batch. Allocates nothing once the bind group of these
+   * buffers is cached.
    * @param params the uniform block as 32-bit words (floats as their bit patterns)
-   * @param bindings storage bindings 1, 2, ... in kernel order; null binds a dummy buffer
+   * @param bindings storage bindings 1, 2, ... in kernel order; null binds a dummy buffer. Each buffer is
+   *   bound whole (`bytes` is not used for the binding).
    */
   dispatch(
     kernel: CompiledKernel,
-    params: readonly number[],
+    params: ArrayLike<number>,
     bindings: readonly (Binding | null)[],
     grid: Grid,
   ): void {
     const maxDim = this.limits.maxComputeWorkgroupsPerDimension;
-    if (grid.some((g) => g > maxDim)) {
+    if (grid[0] > maxDim || grid[1] > maxDim || grid[2] > maxDim) {
       throw new DeviceError(
         `${kernel.name}: grid [${grid}] exceeds maxComputeWorkgroupsPerDimension (${maxDim})`,
       );
     }
-    if (grid.some((g) => g === 0)) return;
+    if (grid[0] === 0 || grid[1] === 0 || grid[2] === 0) return;
+    // Without timestamp-query a profile gets each kernel's host (recording) time instead.
+    const hostT0 = this.#profile !== null && this.#querySet === null ? performance.now() : 0;
     const slotWords = this.#uniformSlot / 4;
     const slot = this.#dispatches;
-    this.#uniformData.fill(0, slot * slotWords, (slot + 1) * slotWords);
-    this.#uniformData.set(params, slot * slotWords);
-    const entries: GPUBindGroupEntry[] = [
-      {
-        binding: 0,
-        resource: { buffer: this.#uniforms, offset: slot * this.#uniformSlot, size: this.#uniformSlot },
-      },
-    ];
-    bindings.forEach((b, i) => {
-      if (b === null) {
-        entries.push({ binding: i + 1, resource: { buffer: this.#dummy } });
-      } else {
-        b.buf.lastBatch = this.#batch;
-        entries.push({
-          binding: i + 1,
-          resource: { buffer: b.buf.gpu, offset: 0, size: Math.max(4, b.bytes) },
-        });
-      }
-    });
-    const pass = this.#openPass();
-    pass.setPipeline(kernel.pipeline);
-    pass.setBindGroup(0, this.device.createBindGroup({ layout: kernel.layout, entries }));
+    const base = slot * slotWords;
+    this.#uniformData.fill(0, base, base + slotWords);
+    this.#uniformData.set(params, base);
+    const group = this.#bindGroup(kernel.layout, bindings);
+    for (let i = 0; i < bindings.length; i++) {
+      const b = bindings[i];
+      if (b !== null) b.buf.lastBatch = this.#batch;
+    }
+    let pass: GPUComputePassEncoder;
+    if (this.#profile !== null && this.#querySet !== null) {
+      // One pass per dispatch, so its begin and end timestamps time this kernel alone.
+      if (this.#pass !== null) this.#pass.end();
+      const q = this.#timedNames.length * 2;
+      this.#timedNames.push(kernel.name);
+      pass = this.#openEncoder().beginComputePass({
+        timestampWrites: {
+          querySet: this.#querySet,
+          beginningOfPassWriteIndex: q,
+          endOfPassWriteIndex: q + 1,
+        },
+      });
+      this.#pass = pass;
+      this.#lastPipeline = null;
+    } else {
+      pass = this.#openPass();
+    }
+    if (this.#lastPipeline !== kernel.pipeline) {
+      pass.setPipeline(kernel.pipeline);
+      this.#lastPipeline = kernel.pipeline;
+    }
+    this.#dynOffset[0] = slot * this.#uniformSlot;
+    pass.setBindGroup(0, group, this.#dynOffset, 0, 1);
     pass.dispatchWorkgroups(grid[0], grid[1], grid[2]);
+    if (this.#profile !== null && this.#querySet === null) {
+      const row = this.#profile.get(kernel.name);
+      const ns = (performance.now() - hostT0) * 1e6;
+      if (row === undefined) this.#profile.set(kernel.name, { calls: 1, ns });
+      else {
+        row.calls++;
+        row.ns += ns;
+      }
+    }
     this.#dispatches++;
     if (this.#dispatches >= MAX_BATCH) this.flush();
+  }
+
+  /** The bind group of `bindings` under `layout`: from the cache, or made once and cached. */
+  #bindGroup(layout: GPUBindGroupLayout, bindings: readonly (Binding | null)[]): GPUBindGroup {
+    let node = this.#bindCache.get(layout);
+    if (node === undefined) {
+      node = new Map();
+      this.#bindCache.set(layout, node);
+    }
+    const last = bindings.length - 1;
+    if (last < 0) return this.#makeBindGroup(layout, bindings, node, 0);
+    for (let i = 0; i < last; i++) {
+      const id = bindings[i]?.buf.id ?? 0;
+      let next = node.get(id) as BindNode | undefined;
+      if (next === undefined) {
+        next = new Map();
+        node.set(id, next);
+      }
+      node = next;
+    }
+    const id = bindings[last]?.buf.id ?? 0;
+    return (node.get(id) as GPUBindGroup | undefined) ?? this.#makeBindGroup(layout, bindings, node, id);
+  }
+
+  #makeBindGroup(
+    layout: GPUBindGroupLayout,
+    bindings: readonly (Binding | null)[],
+    leaf: BindNode,
+    id: number,
+  ): GPUBindGroup {
+    if (this.#bindCacheSize >= BIND_CACHE_MAX) this.#dropBindGroups();
+    const entries: GPUBindGroupEntry[] = [
+      { binding: 0, resource: { buffer: this.#uniforms, offset: 0, size: this.#uniformSlot } },
+    ];
+    bindings.forEach((b, i) => {
+      const buf = b === null ? this.#dummy : b.buf;
+      entries.push({ binding: i + 1, resource: { buffer: buf.gpu, offset: 0, size: buf.capacity } });
+    });
+    const group = this.device.createBindGroup({ layout, entries });
+    // After a drop the leaf may belong to the old tree; caching there is harmless (it is unreachable).
+    leaf.set(id, group);
+    this.#bindCacheSize++;
+    return group;
+  }
+
+  /** Number of cached bind groups (for tests of the cache). */
+  get bindGroupCount(): number {
+    return this.#bindCacheSize;
+  }
+
+  /**
+   * Starts timing kernels: with `timestamp-query`, every dispatch runs in a pass of its own whose GPU
+   * timestamps are read back per batch; without it, dispatches are only counted. Ends with
+   * {@link endProfile}.
+   */
+  beginProfile(): void {
+    this.flush();
+    this.#profile = new Map();
+    if (this.device.features.has("timestamp-query")) {
+      this.#querySet ??= this.device.createQuerySet({ type: "timestamp", count: 2 * MAX_BATCH });
+      this.#queryResolve ??= this.device.createBuffer({
+        label: "timestamps",
+        size: 16 * MAX_BATCH,
+        usage: GPU_FLAGS.QUERY_RESOLVE | GPU_FLAGS.COPY_SRC,
+      });
+    }
+  }
+
+  /** Whether kernels are timed on the GPU (timestamp-query) while profiling. */
+  get timestamps(): boolean {
+    return this.device.features.has("timestamp-query");
+  }
+
+  /**
+   * Ends profiling; per kernel name, the calls and milliseconds: GPU time with timestamp-query, else the
+   * host time spent recording the dispatches.
+   */
+  async endProfile(): Promise<{ name: string; calls: number; ms: number }[]> {
+    this.flush();
+    await Promise.all(this.#timedReads);
+    this.#timedReads = [];
+    const rows = [...(this.#profile ?? new Map()).entries()].map(([name, r]) => ({
+      name,
+      calls: r.calls,
+      ms: r.ns / 1e6,
+    }));
+    this.#profile = null;
+    return rows;
+  }
+
+  /** At a submit while timing: resolves this batch's timestamps and reads them back asynchronously. */
+  #resolveTimestamps(encoder: GPUCommandEncoder): TimedBatch | null {
+    const n = this.#timedNames.length;
+    if (this.#profile === null || this.#querySet === null || n === 0) return null;
+    const read = this.device.createBuffer({
+      size: 16 * n,
+      usage: GPU_FLAGS.MAP_READ | GPU_FLAGS.COPY_DST,
+    });
+    encoder.resolveQuerySet(this.#querySet, 0, 2 * n, this.#queryResolve!, 0);
+    encoder.copyBufferToBuffer(this.#queryResolve!, 0, read, 0, 16 * n);
+    const names = this.#timedNames;
+    this.#timedNames = [];
+    return { names, read };
+  }
+
+  #collectTimestamps(batch: TimedBatch): void {
+    const profile = this.#profile!;
+    this.#timedReads.push(
+      batch.read.mapAsync(GPU_FLAGS.MAP_MODE_READ).then(() => {
+        const t = new BigUint64Array(batch.read.getMappedRange());
+        batch.names.forEach((name, i) => {
+          const ns = t[2 * i + 1] > t[2 * i] ? Number(t[2 * i + 1] - t[2 * i]) : 0;
+          const row = profile.get(name);
+          if (row === undefined) profile.set(name, { calls: 1, ns });
+          else {
+            row.calls++;
+            row.ns += ns;
+          }
+        });
+        batch.read.unmap();
+        batch.read.destroy();
+      }, () => batch.read.destroy()),
+    );
   }
 
   /**
@@ -287,7 +533,10 @@ export class GpuRuntime {
   }
 
   #openPass(): GPUComputePassEncoder {
-    this.#pass ??= this.#openEncoder().beginComputePass();
+    if (this.#pass === null) {
+      this.#pass = this.#openEncoder().beginComputePass();
+      this.#lastPipeline = null;
+    }
     return this.#pass;
   }
 
@@ -298,6 +547,7 @@ export class GpuRuntime {
       this.#pass = null;
     }
     if (this.#encoder !== null) {
+      const timed = this.#resolveTimestamps(this.#encoder);
       const commands = this.#encoder.finish();
       this.#encoder = null;
       if (this.#dispatches > 0) {
@@ -305,6 +555,7 @@ export class GpuRuntime {
         this.device.queue.writeBuffer(this.#uniforms, 0, this.#uniformData.buffer, 0, words * 4);
       }
       this.device.queue.submit([commands]);
+      if (timed !== null) this.#collectTimestamps(timed);
     }
     if (this.#scopesOpen) {
       this.#scopesOpen = false;

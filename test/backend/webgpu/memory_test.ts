@@ -85,7 +85,7 @@ gpuTest("1,000 LoRA training steps on WebGPU keep live buffers and bytes exactly
       // Reading back waits for the GPU (≥ 11 ms in Deno), so only a few losses are read.
       if (step === 1 || step % 250 === 0) losses.set(step, await loss.item());
       loss.dispose();
-      perStep.push(device.memory());
+      perStep.push(device.backend.memory());
     }
     const settled = perStep[WARMUP - 1];
     const drift = perStep.findIndex((c, i) =>
@@ -118,7 +118,7 @@ gpuTest("train() on a LoRA Llama on WebGPU keeps live buffers and bytes flat bet
       batches: [{ inputIds: [[1, 2, 3, 4, 5, 6]] }, { inputIds: [[7, 8, 9, 10, 11, 12]] }],
       steps: 60,
       logEvery: 10,
-      onProgress: () => seen.push(device.memory()),
+      onProgress: () => seen.push(device.backend.memory()),
     });
     assert.equal(seen.length, 6);
     for (const c of seen.slice(1)) assert.deepEqual(c, seen[0], `counts per report: ${JSON.stringify(seen)}`);
@@ -131,14 +131,14 @@ gpuTest("dispose on WebGPU is idempotent and frees exactly its own buffer and by
   await withDevice(async (device) => {
     const a = tensor([1, 2, 3], [3], { device });
     const b = tensor([4, 5, 6, 7, 8], [5], { device });
-    const before = device.memory();
+    const before = device.backend.memory();
     a.dispose();
     a.dispose();
     a[Symbol.dispose]();
-    assert.deepEqual(device.memory(), { buffers: before.buffers - 1, bytes: before.bytes - 12 });
+    assert.deepEqual(device.backend.memory(), { buffers: before.buffers - 1, bytes: before.bytes - 12 });
     assert.deepEqual(Array.from(await b.data()), [4, 5, 6, 7, 8], "the other tensor is untouched");
     b.dispose();
-    assert.deepEqual(device.memory(), { buffers: before.buffers - 2, bytes: before.bytes - 32 });
+    assert.deepEqual(device.backend.memory(), { buffers: before.buffers - 2, bytes: before.bytes - 32 });
   });
 });
 
@@ -198,7 +198,7 @@ gpuTest(
       const params = model.parameters();
       const optimizer = new AdamW(model.trainableParameters(), { lr: 1e-2 });
       const ids = [[3, 1, 4, 1, 5, 9, 2, 6]];
-      const cpuBefore = cpu.memory();
+      const cpuBefore = cpu.backend.memory();
       // Leaves one CPU tensor behind: the rotate-half matrix the model caches per device.
       const logits = tidy(() => model.forward(ids).logits);
       const logitsCpu = logits.dataSync();
@@ -209,9 +209,9 @@ gpuTest(
       await model.to(device);
       assert.ok(model.parameters().every((p, i) => p === params[i] && p.device === device));
       assert.equal(model.lm_head.weight, model.model.embed_tokens.weight, "the tied head stays shared");
-      assert.deepEqual(device.memory(), { buffers: unique.size, bytes: paramBytes });
+      assert.deepEqual(device.backend.memory(), { buffers: unique.size, bytes: paramBytes });
       // The CPU keeps nothing: neither the parameters nor the cached rotate-half matrix.
-      assert.deepEqual(cpu.memory(), {
+      assert.deepEqual(cpu.backend.memory(), {
         buffers: cpuBefore.buffers - unique.size,
         bytes: cpuBefore.bytes - paramBytes,
       });
@@ -234,8 +234,8 @@ gpuTest(
         s?.expAvg.dispose();
         s?.expAvgSq.dispose();
       }
-      assert.deepEqual(device.memory(), { buffers: 0, bytes: 0 });
-      assert.deepEqual(cpu.memory(), cpuBefore);
+      assert.deepEqual(device.backend.memory(), { buffers: 0, bytes: 0 });
+      assert.deepEqual(cpu.backend.memory(), cpuBefore);
     });
   },
 );
