@@ -51,8 +51,12 @@ export const BASE_ADAPTER_NAME = "__base__";
 
 /** What PeftModel needs of a base model: a Module with a forward, and a generate for {@link PeftModel.generate}. */
 export interface PeftBaseModel extends Module {
-  forward(inputIds: unknown, opts?: Record<string, unknown>): unknown;
-  generate?(promptIds: number[][], opts: Record<string, unknown>): Promise<number[][]>;
+  // The options are the base model's own (labels, attentionMask, generate's sampling options, ...);
+  // PeftModel passes them through untouched, so it takes any model's option types.
+  // deno-lint-ignore no-explicit-any
+  forward(inputIds: any, opts?: any): unknown;
+  // deno-lint-ignore no-explicit-any
+  generate?(promptIds: number[][], opts: any): Promise<number[][]>;
 }
 
 /** Options of {@link getPeftModel}. */
