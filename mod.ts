@@ -22,8 +22,6 @@ export {
 export type { DType } from "./src/core/dtype.ts";
 export { cpuDevice, Device, setDefaultDevice } from "./src/backend/device.ts";
 export type { Backend } from "./src/backend/backend.ts";
-export type { MemoryStats } from "./src/backend/backend.ts";
-export { profile, type ProfileOptions, type ProfileResult, type ProfileRow } from "./src/backend/profile.ts";
 export {
   full,
   ones,
@@ -186,8 +184,8 @@ export {
   type TextPrompt,
 } from "./src/text/generate_text.ts";
 export {
-  type CollateOptions,
   collateCompletions,
+  type CollateOptions,
   type CollateTokenizer,
   type CompletionBatch,
   IGNORE_INDEX,
