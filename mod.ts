@@ -22,6 +22,8 @@ export {
 export type { DType } from "./src/core/dtype.ts";
 export { cpuDevice, Device, setDefaultDevice } from "./src/backend/device.ts";
 export type { Backend } from "./src/backend/backend.ts";
+export type { MemoryStats } from "./src/backend/backend.ts";
+export { profile, type ProfileOptions, type ProfileResult, type ProfileRow } from "./src/backend/profile.ts";
 export {
   full,
   ones,
