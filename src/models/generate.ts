@@ -2,12 +2,25 @@
  * Autoregressive decoding: a key/value cache so each new token costs one position of compute, and
  * token choice by greedy argmax or seeded sampling (temperature, then top-k, then top-p, in the order
  * transformers applies its logits warpers).
+ *
+ * Two loops produce the same tokens. The device loop ({@link generateTokens} on a Llama-family model)
+ * chooses each token on the device and feeds it to the next step there (src/models/decode.ts), reading
+ * the chosen ids back once every `readEvery` steps; rows that meet EOS inside a window are cut there.
+ * The reference loop ({@link generateTokensReference}) reads each step's logits back and chooses on the
+ * host with the kernels' CPU twins. Draws are counter-based (step · batch + row under the seed), so the
+ * two loops draw the same random numbers whatever the window.
  * @module
  */
-import { concat, keep, type Tensor } from "../tensor/mod.ts";
-import { nextSeed, Rng } from "../core/random.ts";
+import { concat, keep, noGrad, type Tensor } from "../tensor/mod.ts";
+import { nextSeed, type Rng } from "../core/random.ts";
 import { ConfigError, ShapeError } from "../core/errors.ts";
 import { checkOptionalBoolean, checkOptionKeys } from "../core/options.ts";
+import { argmaxRow } from "../backend/kernels/argmax.ts";
+import { drawUniform, sampleRow } from "../backend/kernels/sample_token.ts";
+import { chooseTokens, decodeStep, isDecoderModel, StaticKVCache, type TokenChoice } from "./decode.ts";
+import { RopeTables } from "./rope.ts";
+
+type RopeParameters = ConstructorParameters<typeof RopeTables>[1];
 
 /** Names of {@link GenerateOptions}. */
 const GENERATE_OPTION_KEYS = [
@@ -18,7 +31,11 @@ const GENERATE_OPTION_KEYS = [
   "topP",
   "seed",
   "eosTokenId",
+  "readEvery",
 ] as const;
+
+/** Steps between reads of the chosen tokens in the device loop, unless told otherwise. */
+export const DEFAULT_READ_EVERY = 16;
 
 /** Options of `generate`. */
 export interface GenerateOptions {
@@ -39,6 +56,12 @@ export interface GenerateOptions {
    * `generate` defaults it to the checkpoint's EOS id(s); null never stops early.
    */
   eosTokenId?: number | number[] | null;
+  /**
+   * The device loop reads the chosen tokens back every this many steps (default
+   * {@link DEFAULT_READ_EVERY}); the tokens do not depend on it, only how long a row that met EOS keeps
+   * the device busy (at most this many steps).
+   */
+  readEvery?: number;
 }
 
 /** Per-layer keys and values of the positions seen so far, as [batch, kvHeads, length, headDim]. */
@@ -102,7 +125,10 @@ interface Sampler {
   topP: number;
 }
 
-function checkOptions(opts: GenerateOptions, vocab: number): Sampler & { eos: Set<number> } {
+function checkOptions(
+  opts: GenerateOptions,
+  vocab: number,
+): Sampler & { eos: Set<number>; readEvery: number; seed: number } {
   if (opts === null || typeof opts !== "object") throw new ConfigError(`generate: options must be an object`);
   checkOptionKeys(opts, GENERATE_OPTION_KEYS, "generate");
   checkOptionalBoolean(opts.greedy, "greedy", "generate");
@@ -137,65 +163,48 @@ function checkOptions(opts: GenerateOptions, vocab: number): Sampler & { eos: Se
       throw new ConfigError(`generate: eosTokenId ${e} is not a token id of a ${vocab}-token vocabulary`);
     }
   }
-  return { greedy, temperature, topK, topP, eos: new Set(eosList) };
+  const readEvery = opts.readEvery ?? DEFAULT_READ_EVERY;
+  if (!Number.isInteger(readEvery) || readEvery < 1) {
+    throw new ConfigError(`generate: readEvery must be a positive integer, got ${opts.readEvery}`);
+  }
+  const seed = (opts.seed ?? nextSeed()) >>> 0;
+  return { greedy, temperature, topK, topP, eos: new Set(eosList), readEvery, seed };
 }
 
 /** Index of the largest value, the first one on ties (torch.argmax's rule). */
 export function argmax(row: ArrayLike<number>): number {
-  let best = 0;
-  for (let i = 1; i < row.length; i++) if (row[i] > row[best]) best = i;
-  return best;
+  return argmaxRow(row);
 }
 
 /**
  * Draws a token from one row of logits after temperature, top-k and top-p filtering (transformers'
  * warper semantics: top-k keeps ties with the k-th value; top-p drops the least likely tokens whose
- * cumulative probability stays within 1 − p, always keeping the most likely one).
+ * cumulative probability stays within 1 − p, always keeping the most likely one), with one uniform
+ * number from `rng`. The device's sampling kernel makes the same choice from the same number
+ * (`sampleRow` in src/backend/kernels/sample_token.ts).
  */
 export function sampleToken(row: ArrayLike<number>, s: Sampler, rng: Rng): number {
-  const n = row.length;
-  const z = Float64Array.from(row, (v) => v / s.temperature);
-  if (s.topK > 0 && s.topK < n) {
-    const kth = Float64Array.from(z).sort()[n - s.topK];
-    for (let i = 0; i < n; i++) if (z[i] < kth) z[i] = -Infinity;
-  }
-  const max = Math.max(...z);
-  const p = z.map((v) => Math.exp(v - max));
-  const total = p.reduce((a, b) => a + b, 0);
-  for (let i = 0; i < n; i++) p[i] /= total;
-  if (s.topP < 1) {
-    const order = [...p.keys()].sort((a, b) => p[a] - p[b] || b - a); // ascending, like transformers
-    let cum = 0;
-    for (let j = 0; j < order.length - 1; j++) {
-      cum += p[order[j]];
-      if (cum > 1 - s.topP) break;
-      p[order[j]] = 0;
-    }
-    const kept = p.reduce((a, b) => a + b, 0);
-    for (let i = 0; i < n; i++) p[i] /= kept;
-  }
-  const u = rng.uniform();
-  let acc = 0;
-  let last = 0;
-  for (let i = 0; i < n; i++) {
-    if (p[i] === 0) continue;
-    acc += p[i];
-    last = i;
-    if (u < acc) return i;
-  }
-  return last; // u fell in the rounding gap above the cumulative sum
+  return sampleRow(row, s, rng.uniform());
 }
 
-/**
- * Greedy or sampled decoding with a KV cache. Rows of different lengths are left-padded (masked, with
- * positions counted over real tokens only, as transformers' generate does). Returns each row's prompt
- * followed by its new tokens; a row stops after an `eosTokenId` token, the batch once all rows stopped.
- */
-export async function generateTokens(
-  model: IncrementalLM,
-  promptIds: number[][],
-  opts: GenerateOptions,
-): Promise<number[][]> {
+/** A validated call: the options, and the left-padded prompt grid both loops start from. */
+interface Prepared {
+  s: ReturnType<typeof checkOptions>;
+  maxNewTokens: number;
+  batch: number;
+  width: number;
+  /** The prompt grid [batch, width], left-padded with each row's first token. */
+  ids: Int32Array;
+  /** Rotary positions of the grid (transformers fills padded positions with 1). */
+  positions: Int32Array;
+  /** Each row's padding, which is also its first real slot. */
+  pads: Int32Array;
+  /** 1 for real tokens, rows of width + maxNewTokens columns. */
+  mask: Int32Array;
+  out: number[][];
+}
+
+function prepare(model: IncrementalLM, promptIds: number[][], opts: GenerateOptions): Prepared {
   const vocab = model.config.vocabSize;
   const s = checkOptions(opts, vocab);
   if (
@@ -211,40 +220,79 @@ export async function generateTokens(
       }
     })
   );
-  const out = promptIds.map((r) => [...r]);
-  if (opts.maxNewTokens === 0) return out;
   const batch = promptIds.length;
   const width = Math.max(...promptIds.map((r) => r.length));
   const total = width + opts.maxNewTokens;
-  // The mask grows by one column per step; keep it as rows of the final width and hand out prefixes.
   const mask = new Int32Array(batch * total);
   const ids = new Int32Array(batch * width);
   const positions = new Int32Array(batch * width);
-  const nextPos = new Array<number>(batch);
+  const pads = new Int32Array(batch);
   promptIds.forEach((row, b) => {
     const pad = width - row.length;
+    pads[b] = pad;
     for (let j = 0; j < width; j++) {
       ids[b * width + j] = j < pad ? row[0] : row[j - pad];
       mask[b * total + j] = j < pad ? 0 : 1;
-      positions[b * width + j] = j < pad ? 1 : j - pad; // transformers fills padded positions with 1
+      positions[b * width + j] = j < pad ? 1 : j - pad;
     }
-    nextPos[b] = row.length;
   });
-  const maskPrefix = (len: number) => {
-    const m = new Int32Array(batch * len);
-    for (let b = 0; b < batch; b++) m.set(mask.subarray(b * total, b * total + len), b * len);
-    return m;
-  };
-  const rng = new Rng(opts.seed ?? nextSeed());
+  const out = promptIds.map((r) => [...r]);
+  return { s, maxNewTokens: opts.maxNewTokens, batch, width, ids, positions, pads, mask, out };
+}
+
+/** The first `len` columns of every mask row, as one [batch, len] grid. */
+function maskPrefix(p: Prepared, len: number): Int32Array {
+  const total = p.width + p.maxNewTokens;
+  const m = new Int32Array(p.batch * len);
+  for (let b = 0; b < p.batch; b++) m.set(p.mask.subarray(b * total, b * total + len), b * len);
+  return m;
+}
+
+/**
+ * Greedy or sampled decoding with a KV cache. Rows of different lengths are left-padded (masked, with
+ * positions counted over real tokens only, as transformers' generate does). Returns each row's prompt
+ * followed by its new tokens; a row stops after an `eosTokenId` token, the batch once all rows stopped.
+ * A Llama-family model decodes on the device (tokens read back every `readEvery` steps); any other
+ * {@link IncrementalLM} runs the reference loop. Both give the same tokens.
+ */
+export async function generateTokens(
+  model: IncrementalLM,
+  promptIds: number[][],
+  opts: GenerateOptions,
+): Promise<number[][]> {
+  if (isDecoderModel(model) && hasRope(model)) {
+    return await generateOnDevice(model, prepare(model, promptIds, opts));
+  }
+  return await referenceLoop(model, prepare(model, promptIds, opts));
+}
+
+/**
+ * The reference loop: every step reads the logits back and chooses on the host with the choice kernels'
+ * CPU twins (the same counter-based draws as the device loop). Kept as the yardstick of
+ * {@link generateTokens}, and for models that are only an {@link IncrementalLM}.
+ */
+export async function generateTokensReference(
+  model: IncrementalLM,
+  promptIds: number[][],
+  opts: GenerateOptions,
+): Promise<number[][]> {
+  return await referenceLoop(model, prepare(model, promptIds, opts));
+}
+
+async function referenceLoop(model: IncrementalLM, p: Prepared): Promise<number[][]> {
+  const { s, batch, width, out } = p;
+  const vocab = model.config.vocabSize;
+  if (p.maxNewTokens === 0) return out;
+  const total = width + p.maxNewTokens;
   const done = new Array<boolean>(batch).fill(false);
   const cache = new KVCache(model.config.numHiddenLayers);
-  let logits = model.forwardStep({ data: ids, shape: [batch, width] }, {
-    attentionMask: maskPrefix(width),
-    positionIds: positions,
+  let logits = model.forwardStep({ data: p.ids, shape: [batch, width] }, {
+    attentionMask: maskPrefix(p, width),
+    positionIds: p.positions,
     cache,
   });
   try {
-    for (let step = 0; step < opts.maxNewTokens; step++) {
+    for (let step = 0; step < p.maxNewTokens; step++) {
       const values = await logits.data();
       logits.dispose();
       const next = new Int32Array(batch);
@@ -253,24 +301,105 @@ export async function generateTokens(
           next[b] = out[b][out[b].length - 1];
           continue;
         }
-        const row = values.subarray(b * vocab, (b + 1) * vocab);
-        const tok = s.greedy ? argmax(row) : sampleToken(row, s, rng);
+        const tok = s.greedy
+          ? argmaxRow(values, b * vocab, vocab)
+          : sampleRow(values, s, drawUniform(s.seed, step * batch + b), b * vocab, vocab);
         out[b].push(tok);
         next[b] = tok;
         if (s.eos.has(tok)) done[b] = true;
       }
-      if (done.every(Boolean) || step === opts.maxNewTokens - 1) break;
+      if (done.every(Boolean) || step === p.maxNewTokens - 1) break;
       const len = width + step + 1;
-      for (let b = 0; b < batch; b++) mask[b * total + len - 1] = 1;
-      const pos = Int32Array.from(nextPos, (p) => p + step);
+      for (let b = 0; b < batch; b++) p.mask[b * total + len - 1] = 1;
+      const pos = Int32Array.from(p.pads, (pad) => width - pad + step);
       logits = model.forwardStep({ data: next, shape: [batch, 1] }, {
-        attentionMask: maskPrefix(len),
+        attentionMask: maskPrefix(p, len),
         positionIds: pos,
         cache,
       });
     }
   } finally {
     cache.dispose();
+  }
+  return out;
+}
+
+/** A decoder whose config carries its rotary settings (every Llama-family config does). */
+type RopeModel = { config: { headDim: number; rope: RopeParameters } };
+
+function hasRope(m: unknown): m is RopeModel {
+  const c = (m as RopeModel).config;
+  return Number.isInteger(c?.headDim) && typeof c?.rope === "object" && c.rope !== null;
+}
+
+/**
+ * The device loop: the prefill through the model's forward, then {@link decodeStep} per token over a
+ * {@link StaticKVCache}, each token chosen on the device and fed to the next step there; the ids are
+ * read back once per window of `readEvery` steps, where EOS is applied (tokens after a row's EOS in the
+ * window are dropped: rows are independent, so those steps changed nothing else).
+ */
+async function generateOnDevice(
+  model: IncrementalLM & Parameters<typeof decodeStep>[0] & RopeModel,
+  p: Prepared,
+): Promise<number[][]> {
+  const { s, batch, width, out } = p;
+  if (p.maxNewTokens === 0) return out;
+  const choice: TokenChoice = s.greedy
+    ? { greedy: true }
+    : { greedy: false, seed: s.seed, temperature: s.temperature, topK: s.topK, topP: s.topP };
+  const rope = new RopeTables(model.config.headDim, model.config.rope);
+  const done = new Array<boolean>(batch).fill(false);
+  const prefill = new KVCache(model.config.numHiddenLayers);
+  let cache: StaticKVCache | null = null;
+  let feed: Tensor | null = null;
+  let pending: Tensor[] = [];
+  try {
+    const logits = model.forwardStep({ data: p.ids, shape: [batch, width] }, {
+      attentionMask: maskPrefix(p, width),
+      positionIds: p.positions,
+      cache: prefill,
+    });
+    feed = chooseTokens(logits, choice, 0);
+    logits.dispose();
+    pending.push(feed);
+    // Slots 0 .. width − 1 hold the prompt; step k's token goes to slot width + k − 1.
+    cache = new StaticKVCache(prefill, width + p.maxNewTokens);
+    prefill.dispose();
+    for (let step = 0; step < p.maxNewTokens; step++) {
+      const last = step === p.maxNewTokens - 1;
+      if (pending.length === s.readEvery || last) {
+        const window = pending.length;
+        const all = window === 1 ? pending[0] : noGrad(() => concat(pending, 0));
+        const ids = await all.data();
+        if (all !== pending[0]) all.dispose();
+        for (const t of pending) if (t !== feed) t.dispose();
+        pending = [];
+        for (let w = 0; w < window; w++) {
+          for (let b = 0; b < batch; b++) {
+            if (done[b]) continue;
+            const tok = ids[w * batch + b];
+            out[b].push(tok);
+            if (s.eos.has(tok)) done[b] = true;
+          }
+        }
+        if (last || done.every(Boolean)) break;
+      }
+      const logits = decodeStep(model, feed, cache, rope, {
+        slot: width + step,
+        positions: Int32Array.from(p.pads, (pad) => width - pad + step),
+        start: p.pads,
+      });
+      const next = chooseTokens(logits, choice, (step + 1) * batch);
+      logits.dispose();
+      if (!pending.includes(feed)) feed.dispose();
+      feed = next;
+      pending.push(next);
+    }
+  } finally {
+    for (const t of pending) t.dispose();
+    if (feed !== null && !pending.includes(feed)) feed.dispose();
+    prefill.dispose();
+    cache?.dispose();
   }
   return out;
 }
