@@ -10,6 +10,7 @@
 import type { DType, HostArray } from "../core/dtype.ts";
 import type { KernelRecord } from "./kernels/record.ts";
 import type { QuantLayout } from "./kernels/quantize.ts";
+import type { QuantLayout } from "./kernels/quantize.ts";
 import type { MatmulArgs } from "./shape.ts";
 
 export type { MatmulArgs } from "./shape.ts";

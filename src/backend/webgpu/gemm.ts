@@ -118,7 +118,6 @@ export function gemmSpecialisation(f: GemmFlags, t: GemmTile): TemplateParams {
     VEC_P: f.lora?.vecP ?? false,
     VEC_Q: f.lora?.vecQ ?? false,
     Q_T: f.lora?.qType ?? f.bType,
-    Q_T: f.lora?.qType ?? f.bType,
     MASK: f.lora?.mask ?? false,
     BIAS: f.bias,
     QUANT_B: f.quantB ?? "",

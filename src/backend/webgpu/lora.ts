@@ -19,10 +19,6 @@
  * Mixed precision: A and B may be f32 over an f16 base (x, W, dy, y and dx in the base's type). Each GEMM
  * operand carries its own type and every product accumulates in f32, so the adapters are read and
  * dA / dB written in their own type, with no cast and no fallback to the composed path.
- *
- * Mixed precision: A and B may be f32 over an f16 base (x, W, dy, y and dx in the base's type). Each GEMM
- * operand carries its own type and every product accumulates in f32, so the adapters are read and
- * dA / dB written in their own type, with no cast and no fallback to the composed path.
  * @module
  */
 import type { FusedDropout, LoraBackwardArgs, LoraForwardArgs } from "../backend.ts";
