@@ -10,7 +10,6 @@
 import type { DType, HostArray } from "../core/dtype.ts";
 import type { KernelRecord } from "./kernels/record.ts";
 import type { QuantLayout } from "./kernels/quantize.ts";
-import type { QuantLayout } from "./kernels/quantize.ts";
 import type { MatmulArgs } from "./shape.ts";
 
 export type { MatmulArgs } from "./shape.ts";

@@ -26,14 +26,6 @@ export interface LinearQuantization {
   /** NF4: elements per absmax; int8: in_features (one scale per output row). */
   readonly blockSize: number;
 }
-import { dequantizePacked, quantizedLinear, type QuantLayout, type QuantScheme } from "./quantized_linear.ts";
-
-/** How a {@link Linear}'s frozen weight is quantized (quantizeLinear in src/nn/quantize.ts). */
-export interface LinearQuantization {
-  readonly scheme: QuantScheme;
-  /** NF4: elements per absmax; int8: in_features (one scale per output row). */
-  readonly blockSize: number;
-}
 
 /** Options of {@link Linear}. */
 export interface LinearOptions {

@@ -32,8 +32,6 @@ import { nextSeed, Rng } from "../core/random.ts";
 import { loraLinear } from "./lora_function.ts";
 import { quantizedLinear } from "../nn/quantized_linear.ts";
 import { dequantizeLinear } from "../nn/quantize.ts";
-import { quantizedLinear } from "../nn/quantized_linear.ts";
-import { dequantizeLinear } from "../nn/quantize.ts";
 import { type DropoutPosition, type LoraAInit, parseDType, validateLoraOptions } from "./nemo_config.ts";
 import {
   adapterChildren,

@@ -30,7 +30,6 @@ import { SCATTER_ADD_ROWS } from "../kernels/scatter_add_rows.ts";
 import { SOFTMAX } from "../kernels/softmax.ts";
 import { UNARY } from "../kernels/unary.ts";
 import { dequantizeValues } from "../kernels/quantize.ts";
-import { dequantizeValues } from "../kernels/quantize.ts";
 
 /** CPU storage: a host array plus its dtype. */
 export class CpuStorage implements Storage {
@@ -291,11 +290,6 @@ const UNTIMED = new Set<string>([
   "readSync",
   "read",
 ]);
-
-/** The base weight's values: dequantized from its packed words when quantized. */
-function baseWeight(args: LoraForwardArgs | LoraBackwardArgs): HostArray {
-  return args.wQuant ? dequantizeValues(arr(args.w), args.wQuant) : arr(args.w);
-}
 
 /** The base weight's values: dequantized from its packed words when quantized. */
 function baseWeight(args: LoraForwardArgs | LoraBackwardArgs): HostArray {
