@@ -11,6 +11,7 @@
  */
 import { Module } from "../nn/module.ts";
 import { Embedding, Linear, RMSNorm } from "../nn/layers.ts";
+import { checkQuantizeOptions, quantizeModel, type QuantizeModelOptions } from "../nn/quantize.ts";
 import {
   add,
   cast,
@@ -85,6 +86,11 @@ export interface LlamaModelOptions {
   materialize?: boolean;
   /** Seed of the random init. */
   seed?: number;
+  /**
+   * fromPretrained only: quantize every Linear but lm_head (quantizeModel) once the weights are loaded,
+   * e.g. `{ scheme: "nf4" }` for a QLoRA base; the dense weights are freed.
+   */
+  quantize?: QuantizeModelOptions;
 }
 
 /**
@@ -93,7 +99,8 @@ export interface LlamaModelOptions {
  * multi-gigabyte checkpoint) as an error of some tensor constructor.
  */
 function checkModelOptions(options: unknown, where: string): LlamaModelOptions {
-  const o = checkOptionKeys(options, ["device", "dtype", "materialize", "seed"], where) as LlamaModelOptions;
+  const keys = ["device", "dtype", "materialize", "seed", "quantize"];
+  const o = checkOptionKeys(options, keys, where) as LlamaModelOptions;
   if (o.device !== undefined && !(o.device instanceof Device)) {
     throw new DeviceError(
       `${where}: device must be a Device (e.g. await webgpuDevice()), got ${showValue(o.device)}`,
@@ -107,6 +114,7 @@ function checkModelOptions(options: unknown, where: string): LlamaModelOptions {
   }
   checkOptionalBoolean(o.materialize, "materialize", where);
   checkOptionalSeed(o.seed, "seed", where);
+  if (o.quantize !== undefined) checkQuantizeOptions(o.quantize, `${where}: quantize`, ["exclude"]);
   return o;
 }
 
@@ -406,12 +414,13 @@ export class LlamaForCausalLM extends Module {
     source: ModelSource | ModelSourceWithGeneration,
     options: LlamaModelOptions = {},
   ): Promise<T> {
-    const opts = checkModelOptions(options, `${this.name}.fromPretrained`);
+    const { quantize, ...opts } = checkModelOptions(options, `${this.name}.fromPretrained`);
     const build = (config: LlamaConfig) => new this(config, { ...opts, materialize: false });
     // Read first: a malformed generation_config.json fails before the weights are read.
     const generation = await readGenerationConfig(source, `${this.name}.fromPretrained`);
     const model = await loadLlamaWeights(source, build, `${this.name}.fromPretrained`);
     model.generationConfig = generation;
+    if (quantize !== undefined) quantizeModel(model, quantize);
     // As transformers' from_pretrained: dropout stays off until train() is called.
     return model.eval();
   }
