@@ -21,7 +21,10 @@ interface RunOptions {
   env?: Record<string, string>;
 }
 
-/** Runs a command; its stdout, or an error with its stderr when it fails. */
+/** A child that has not finished by then is stuck (Dawn can hang rather than fail); the longest take ~20 s. */
+const CHILD_TIMEOUT_MS = 180_000;
+
+/** Runs a command; its stdout, or an error with its stderr when it fails or hangs. */
 async function run(cmd: string, args: string[], opts: RunOptions = {}): Promise<string> {
   const p = await new Deno.Command(cmd, {
     args,
@@ -29,6 +32,7 @@ async function run(cmd: string, args: string[], opts: RunOptions = {}): Promise<
     env: opts.env,
     stdout: "piped",
     stderr: "piped",
+    signal: AbortSignal.timeout(CHILD_TIMEOUT_MS),
   }).output();
   const stdout = new TextDecoder().decode(p.stdout);
   if (!p.success) {

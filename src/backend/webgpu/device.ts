@@ -183,6 +183,13 @@ function adapterLimits(adapter: GPUAdapter): Record<string, number> {
   return limits;
 }
 
+/** The optional features the backend uses, those of them the adapter offers. */
+function wantedFeatures(adapter: GPUAdapter): GPUFeatureName[] {
+  const features = readSafely(() => adapter.features);
+  // shader-f16 for f16 tensors; timestamp-query lets profile() time kernels on the GPU.
+  return (["shader-f16", "timestamp-query"] as GPUFeatureName[]).filter((f) => features?.has(f));
+}
+
 /**
  * Opens the device with the adapter's own limits, falling back to WebGPU's default limits when the
  * implementation rejects them: bun-webgpu 0.1.7 refuses every `requiredLimits` entry ("Value must be
@@ -196,11 +203,7 @@ async function requestDeviceWithFallback(
   name: string,
   where: string,
 ): Promise<GPUDevice> {
-  const features = readSafely(() => adapter.features);
-  // timestamp-query lets profile() time kernels on the GPU.
-  const requiredFeatures = (["shader-f16", "timestamp-query"] as GPUFeatureName[]).filter((f) =>
-    features?.has(f)
-  );
+  const requiredFeatures = wantedFeatures(adapter);
   const message = (e: unknown) => e instanceof Error ? e.message : String(e);
   let withLimits: unknown;
   try {
@@ -217,10 +220,7 @@ async function requestDeviceWithFallback(
   const fresh = freshAdapter === null ? null : await freshAdapter();
   if (fresh !== null && !(await isNullBackend(fresh))) {
     try {
-      const freshFeatures = readSafely(() => fresh.features);
-      return await fresh.requestDevice({
-        requiredFeatures: freshFeatures?.has("shader-f16") ? ["shader-f16"] : [],
-      });
+      return await fresh.requestDevice({ requiredFeatures: wantedFeatures(fresh) });
     } catch (e) {
       withDefaults = e;
     }
