@@ -202,8 +202,9 @@ export const DEMO_FLAGS: readonly FlagSpec[] = [
     name: "targets",
     kind: "list",
     metavar: "LIST",
-    help: "comma list of module-name patterns to adapt; * is a wildcard over whole dotted names, a bare " +
-      "name such as q_proj means every module of that name",
+    help: "comma list of module-name patterns to adapt, matched by the seed's rule (NeMo AutoModel's " +
+      "applyLoraToLinearModules: * is a wildcard over whole dotted names, nothing else is special); a bare " +
+      "name such as q_proj is widened to *.q_proj, so it means every module of that name",
     default: "*_proj",
   },
   {
@@ -250,14 +251,6 @@ export const DEMO_FLAGS: readonly FlagSpec[] = [
     min: 2,
     default: "64",
   },
-  {
-    name: "quantize",
-    kind: "string",
-    metavar: "none|nf4|int8",
-    help: "train on a quantized frozen base (QLoRA): every Linear but lm_head as NF4 or int8",
-    choices: ["none", "nf4", "int8"],
-    default: "none",
-  },
 ];
 
 /** The demo's settings. */
@@ -279,8 +272,6 @@ export interface DemoOptions {
   seed: number;
   evalCount: number;
   seqLen: number;
-  /** The frozen base's quantization ("none": dense). */
-  quantize: "none" | "nf4" | "int8";
 }
 
 /** A bare module name (no dot, no wildcard) stands for every module of that name. */
@@ -317,6 +308,5 @@ export function parseDemoArgs(argv: readonly string[]): DemoOptions | null {
     seed: v.seed as number,
     evalCount: v.eval as number,
     seqLen: v["seq-len"] as number,
-    quantize: v.quantize as DemoOptions["quantize"],
   };
 }
