@@ -251,6 +251,14 @@ export const DEMO_FLAGS: readonly FlagSpec[] = [
     min: 2,
     default: "64",
   },
+  {
+    name: "quantize",
+    kind: "string",
+    metavar: "none|nf4|int8",
+    help: "train on a quantized frozen base (QLoRA): every Linear but lm_head as NF4 or int8",
+    choices: ["none", "nf4", "int8"],
+    default: "none",
+  },
 ];
 
 /** The demo's settings. */
@@ -272,6 +280,8 @@ export interface DemoOptions {
   seed: number;
   evalCount: number;
   seqLen: number;
+  /** The frozen base's quantization ("none": dense). */
+  quantize: "none" | "nf4" | "int8";
 }
 
 /** A bare module name (no dot, no wildcard) stands for every module of that name. */
@@ -308,5 +318,6 @@ export function parseDemoArgs(argv: readonly string[]): DemoOptions | null {
     seed: v.seed as number,
     evalCount: v.eval as number,
     seqLen: v["seq-len"] as number,
+    quantize: v.quantize as DemoOptions["quantize"],
   };
 }

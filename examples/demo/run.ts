@@ -227,13 +227,19 @@ async function checkpointStep(dir: string): Promise<number> {
   throw new UsageError(`--resume ${dir}: trainer_state.json is malformed`);
 }
 
+/** fromPretrained's option for --quantize. */
+function quantizeOption(q: DemoOptions["quantize"]): { quantize?: { scheme: "nf4" | "int8" } } {
+  return q === "none" ? {} : { quantize: { scheme: q } };
+}
+
 /** The checkpoint and its tokenizer; what is wrong with them is reported against the directory. */
 async function loadBase(
   dir: string,
   device: Device,
+  quantize: DemoOptions["quantize"] = "none",
 ): Promise<{ model: LlamaForCausalLM; tokenizer: TextTokenizer }> {
   try {
-    const model = await AutoModelForCausalLM.fromPretrained(dir, { device });
+    const model = await AutoModelForCausalLM.fromPretrained(dir, { device, ...quantizeOption(quantize) });
     return { model, tokenizer: await loadTokenizer(dir, model.config) };
   } catch (e) {
     if (e instanceof LoraError) throw new UsageError(`--base ${displayPath(dir)}: ${e.message}`);
@@ -259,7 +265,7 @@ export async function runDemo(opts: DemoOptions, io: DemoIO): Promise<DemoResult
 
   const { device, note } = await pickDevice(opts.device);
   io.log(`device: ${device} ${note}`);
-  const { model, tokenizer } = await loadBase(baseDir, device);
+  const { model, tokenizer } = await loadBase(baseDir, device, opts.quantize);
   const c = model.config;
   io.log(
     `base model: ${displayPath(baseDir)} (${count(c.numHiddenLayers, "layer")}, hidden ${c.hiddenSize}, ` +
@@ -352,7 +358,10 @@ export async function runDemo(opts: DemoOptions, io: DemoIO): Promise<DemoResult
 
   const probe = padBatch(plan.heldOut.slice(0, 8), tokenizer.padTokenId);
   const trained = await logitsOf(model, probe);
-  const fresh = await AutoModelForCausalLM.fromPretrained(baseDir, { device });
+  const fresh = await AutoModelForCausalLM.fromPretrained(baseDir, {
+    device,
+    ...quantizeOption(opts.quantize),
+  });
   await loadAdapter(fresh, opts.out, { trainable: false });
   const unmerged = await logitsOf(fresh, probe);
   await mergeAndUnload(fresh);
