@@ -2,6 +2,9 @@
  * The fused LoRA linear as one autograd op (NeMo AutoModel's `LoRATritonFunction`, widened to include the base
  * GEMM and dropout): y = x Wᵀ + b + scale · drop(B(A(x))). Only x, A and B are kept for backward (W and
  * b are frozen parameters, alive anyway); the token×rank intermediate is recomputed, never stored.
+ *
+ * Mixed precision: lora_A and lora_B may have a dtype of their own (f32 adapters over an f16 base). The
+ * output and dx are in the base dtype, dA and dB in the adapters', every product accumulated in f32.
  * @module
  */
 import type { FusedDropout } from "../backend/backend.ts";
@@ -10,7 +13,8 @@ import { DTypeError, ShapeError } from "../core/errors.ts";
 
 /**
  * Fused LoRA linear on any device. x [..., in] (3-D inputs are flattened to 2-D internally), weight
- * [out, in], bias [out] or null, loraA [rank, in], loraB [out, rank].
+ * [out, in], bias [out] or null, loraA [rank, in], loraB [out, rank]. x, weight and bias share one dtype;
+ * loraA and loraB share one, which may be another (mixed precision).
  */
 export function loraLinear(
   x: Tensor,
@@ -44,8 +48,9 @@ export function loraLinear(
     if (t.device !== x.device) {
       throw deviceMismatch(op, operands.map((o) => o.device));
     }
-    if (t.dtype !== x.dtype) {
-      throw new DTypeError(`${op}: operands have different dtypes (${t.dtype} vs ${x.dtype})`);
+    const [want, what] = t === loraA || t === loraB ? [loraA.dtype, "lora_A's"] : [x.dtype, "x's"];
+    if (t.dtype !== want) {
+      throw new DTypeError(`${op}: operands have different dtypes (${t.dtype} vs ${what} ${want})`);
     }
   }
   x.device.checkAlive(op);
@@ -74,11 +79,11 @@ export function loraLinear(
         needDx: x.requiresGrad,
         ...common,
       });
-      const wrap = (s: typeof grads.dA | null, shape: readonly number[]) =>
-        s === null ? null : fromStorage(s, shape, x.dtype, x.device);
-      const dx = wrap(grads.dx, x.shape);
-      const dA = loraA.requiresGrad ? wrap(grads.dA, loraA.shape) : (be.free(grads.dA), null);
-      const dB = loraB.requiresGrad ? wrap(grads.dB, loraB.shape) : (be.free(grads.dB), null);
+      const wrap = (s: typeof grads.dA | null, like: Tensor) =>
+        s === null ? null : fromStorage(s, like.shape, like.dtype, x.device);
+      const dx = wrap(grads.dx, x);
+      const dA = loraA.requiresGrad ? wrap(grads.dA, loraA) : (be.free(grads.dA), null);
+      const dB = loraB.requiresGrad ? wrap(grads.dB, loraB) : (be.free(grads.dB), null);
       // Unfrozen base weights are unusual for LoRA; their gradients come from the plain linear op.
       let dW: Tensor | null = null, db: Tensor | null = null;
       if (weight.requiresGrad) {

@@ -129,9 +129,17 @@ export class LinearLoRA extends Linear {
       // A quantized base (QLoRA) keeps its own forward: the fused op dequantizes W inside the GEMMs.
       if (this.useFused && A.dtype === x.dtype && B.dtype === x.dtype) {
         const lora = { a: A, b: B, scale: this.scale, dropout: drop };
-        return quantizedLinear(x, this.weight, this._quantLayout, this.outFeatures, this.inFeatures, this.bias, lora);
+        return quantizedLinear(
+          x,
+          this.weight,
+          this._quantLayout,
+          this.outFeatures,
+          this.inFeatures,
+          this.bias,
+          lora,
+        );
       }
-    } else if (this.useFused && A.dtype === this.weight.dtype && x.dtype === this.weight.dtype) {
+    } else if (this.useFused && x.dtype === this.weight.dtype && A.dtype === B.dtype) {
       return loraLinear(x, this.weight, this.bias, A, B, this.scale, drop);
     }
     const base = super.forward(x);

@@ -2,16 +2,17 @@
 // LoRA linear first accumulates P · op(Q) over depth p.r (P = lp [m, r] f32: x·Aᵀ in the forward, dy·B in
 // the backward; Q = lq: lora_B in the forward, lora_A in the backward), scales it by p.scale and, with MASK,
 // by the dropout factors of the output elements, then accumulates the base product on top
-// (src/backend/webgpu/lora.ts lists the phases of the forward and backward).
+// (src/backend/webgpu/lora.ts lists the phases of the forward and backward). Q has its own element type
+// Q_T: f32 adapters over an f16 base are read as f32.
 //#if LORA && VEC_P
 @group(0) @binding(3) var<storage, read> lp: array<vec4<f32>>;
 //#elif LORA
 @group(0) @binding(3) var<storage, read> lp: array<f32>;
 //#end
 //#if LORA && VEC_Q
-@group(0) @binding(4) var<storage, read> lq: array<vec4<${B_T}>>;
+@group(0) @binding(4) var<storage, read> lq: array<vec4<${Q_T}>>;
 //#elif LORA
-@group(0) @binding(4) var<storage, read> lq: array<${B_T}>;
+@group(0) @binding(4) var<storage, read> lq: array<${Q_T}>;
 //#end
 
 //#if LORA && VEC_P

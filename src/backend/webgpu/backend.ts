@@ -38,6 +38,7 @@ import { UNARY } from "../kernels/unary.ts";
 import { DIRECT_PROFILE, type GemmProfile, TILED_PROFILE } from "./gemm_plan.ts";
 import { recordLoraBackward, recordLoraForward } from "./lora.ts";
 import { checkPack, checkSegments } from "../packing.ts";
+import { checkLoraDTypes } from "../lora_dtypes.ts";
 
 /** WebGPU storage: a pooled device buffer plus element count and dtype. */
 export class GpuStorage implements Storage {
@@ -462,10 +463,13 @@ export class WebGpuBackend implements Backend {
     for (const [what, s, size] of expect) {
       if (s === null) continue;
       this.#sameSize(s, size, op, what);
+      // The adapters have a dtype of their own (checkLoraDTypes, below).
+      if (s === args.a || s === args.b) continue;
       // A quantized weight is f32 words whatever x's dtype.
       const dtype = s === args.w && args.wQuant ? x.dtype : s.dtype;
       if (dtype !== x.dtype) throw new DTypeError(`${op}: ${what} is ${s.dtype} but x is ${x.dtype}`);
     }
+    checkLoraDTypes(op, args);
   }
 
   loraForward(args: LoraForwardArgs): Storage {
