@@ -33,8 +33,8 @@ function packLayout(sizes: readonly number[], dtype: DType): { offsets: number[]
  * gradient are skipped. Every gradient must be on one device.
  */
 export function clipGradNorm(params: Iterable<Tensor>, maxNorm: number): Tensor | null {
-  if (typeof maxNorm !== "number" || !(maxNorm > 0) || !Number.isFinite(maxNorm)) {
-    throw new ConfigError(`clipGradNorm: maxNorm must be a positive finite number, got ${maxNorm}`);
+  if (typeof maxNorm !== "number" || !(maxNorm > 0)) {
+    throw new ConfigError(`clipGradNorm: maxNorm must be a positive number, got ${maxNorm}`);
   }
   const grads = [...params].flatMap((p) => p.grad === null ? [] : [p.grad]);
   if (grads.length === 0) return null;

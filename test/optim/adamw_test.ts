@@ -126,3 +126,55 @@ Deno.test("AdamW option and state errors are ConfigErrors naming the option", ()
     /exp_avg of parameter 0 has shape \[2\]/,
   );
 });
+
+Deno.test("AdamW over f32 and f16 parameters together: each dtype its own packed group, same arithmetic as alone", async () => {
+  const grads = [[0.1, -0.2, 0.3], [0.5, 0.25], [-1, 2, -3, 4]];
+  const make = () => [
+    tensor([1, 2, 3], [3], { requiresGrad: true }),
+    tensor([0.5, -0.5], [2], { dtype: "f16", requiresGrad: true }),
+    tensor([1, -1, 2, -2], [2, 2], { requiresGrad: true }),
+  ];
+  const together = make();
+  const alone = make();
+  const opt = new AdamW(together, { lr: 0.01 });
+  const opts = alone.map((p) => new AdamW([p], { lr: 0.01 }));
+  for (let t = 0; t < 2; t++) {
+    together.forEach((p, i) => (p.grad = tensor(grads[i], p.shape, { dtype: p.dtype })));
+    alone.forEach((p, i) => (p.grad = tensor(grads[i], p.shape, { dtype: p.dtype })));
+    opt.step();
+    opts.forEach((o) => o.step());
+  }
+  for (let i = 0; i < 3; i++) {
+    assert.deepEqual(await together[i].data(), await alone[i].data(), `parameter ${i}`);
+  }
+  assert.equal(opt.state[1]!.expAvg.dtype, "f32", "f16 parameters keep f32 moments");
+});
+
+Deno.test("AdamW.step refuses a gradient of another dtype before updating anything", async () => {
+  const a = tensor([1, 2], [2], { requiresGrad: true }), b = tensor([3], [1], { requiresGrad: true });
+  const opt = new AdamW([a, b], { lr: 0.1 });
+  a.grad = tensor([1, 1], [2]);
+  b.grad = tensor([1], [1], { dtype: "f16" });
+  assert.throws(() => opt.step(), /gradient of parameter 1 is f16/);
+  assert.deepEqual(Array.from(await a.data()), [1, 2], "nothing was updated");
+  assert.equal(opt.state[0], null);
+});
+
+Deno.test("AdamW on f16 parameters: stateDict holds f32 moments and a restored optimizer continues identically", async () => {
+  const p1 = tensor([0.5, -1, 2], [3], { dtype: "f16", requiresGrad: true });
+  const o1 = new AdamW([p1], { lr: 0.05 });
+  const step = (p: ReturnType<typeof tensor>, o: AdamW, g: number[]) => {
+    p.grad = tensor(g, [3], { dtype: "f16" });
+    o.step();
+  };
+  step(p1, o1, [1e-7, 0.5, -0.25]);
+  const sd = o1.stateDict();
+  assert.equal(sd.state[0].exp_avg_sq.dtype, "f32");
+  const p2 = tensor(await p1.data(), [3], { dtype: "f16", requiresGrad: true });
+  const o2 = new AdamW([p2], { lr: 1 });
+  o2.loadStateDict(sd);
+  step(p1, o1, [0.1, 0.2, 0.3]);
+  step(p2, o2, [0.1, 0.2, 0.3]);
+  assert.deepEqual(await p2.data(), await p1.data());
+  assert.ok((await p1.data()).every(Number.isFinite));
+});

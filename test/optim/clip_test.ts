@@ -36,3 +36,16 @@ Deno.test("clipGradNorm skips parameters without gradients; none at all gives nu
   assert.equal(clipGradNorm([b], 1), null);
   assert.throws(() => clipGradNorm([a], 0), ConfigError);
 });
+
+Deno.test("clipGradNorm over f32 and f16 gradients takes one joint norm and scales both", async () => {
+  const a = tensor([0, 0], [2], { requiresGrad: true });
+  a.grad = tensor([3, 0], [2]);
+  const b = tensor([0, 0, 0], [3], { dtype: "f16", requiresGrad: true });
+  b.grad = tensor([0, 4, 0], [3], { dtype: "f16" });
+  const total = clipGradNorm([a, b], 1)!;
+  assert.equal(total.dtype, "f32");
+  assert.ok(Math.abs((await total.item()) - 5) < 1e-6);
+  assert.ok(Math.abs((await a.grad!.data())[0] - 0.6) < 1e-6);
+  assert.ok(Math.abs((await b.grad!.data())[1] - 0.8) < 1e-3);
+  assert.equal(b.grad!.dtype, "f16");
+});
