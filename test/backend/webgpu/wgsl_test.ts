@@ -247,6 +247,36 @@ function specialisations(
     }
   }
   for (const k of ["cross_entropy_rows", "cross_entropy_grad"]) out.push([named(k), { ...base, L: "f32" }]);
+  // Quantized frozen weights: packing from and dequantizing to each type, and the GEMMs that read them as B
+  // (forward: transposed, with the LoRA phase and bias; input gradient: plain, with the LoRA phase).
+  for (const QUANT of ["nf4", "int8"] as const) {
+    for (const k of ["quant_scales", "quant_pack", "dequantize"]) out.push([named(k), { ...base, QUANT }]);
+    for (const { schedule, tiles } of [TILED_PROFILE, DIRECT_PROFILE]) {
+      for (const transB of [false, true]) {
+        for (const vec of [false, true]) {
+          const lora = { vecP: vec, vecQ: vec, mask: true };
+          const flags = {
+            aType: t,
+            bType: t,
+            cType: t,
+            transA: false,
+            transB,
+            vecA: vec,
+            vecB: vec,
+            vecC: vec,
+            maskA: false,
+            maskB: false,
+            lora,
+            bias: transB,
+            quantB: QUANT,
+          };
+          // The forward kernel with its LoRA phase, the input-gradient one without (the flags do not interact).
+          const flagsHere = transB ? flags : { ...flags, lora: null };
+          out.push([SCHEDULE_TEMPLATE[schedule], gemmSpecialisation(flagsHere, tiles[tiles.length - 1])]);
+        }
+      }
+    }
+  }
   // GEMMs: on the smallest tile of each schedule every layout, vec4 access everywhere or nowhere, each mask
   // and output type, and the LoRA output kernel with and without output mask and bias; on every other tile
   // (the flags do not interact with the tile) a plain and a LoRA kernel.
