@@ -118,6 +118,8 @@ export class AdamW {
   readonly #steps: number[];
   /** Parameter groups by device and dtype, made at the first step (or state load). */
   #groups: ParamGroup[] | null = null;
+  /** Per parameter: its group (filled with {@link #groups}). */
+  #groupOf: ParamGroup[] = [];
 
   /** An optimizer over `params` (each once). */
   constructor(params: Iterable<Tensor>, options: AdamWOptions = {}) {
@@ -168,7 +170,8 @@ export class AdamW {
 
   /** The group holding parameter i. */
   #group(i: number): ParamGroup {
-    return this.#layout().find((g) => g.index.includes(i))!;
+    this.#layout();
+    return this.#groupOf[i];
   }
 
   /** The groups: parameters split by device and dtype, each packed in list order. */
@@ -197,6 +200,7 @@ export class AdamW {
       g.offsets.push(offset);
       g.sizes.push(p.size);
       g.total = offset + p.size;
+      this.#groupOf[i] = g;
     });
     this.#groups = groups;
     return groups;
@@ -282,7 +286,7 @@ export class AdamW {
     }
   }
 
-  /** The state in torch's layout; tensors are the live moment buffers (copy before mutating). */
+  /** The state in torch's layout; the moments are copies out of the packed state (f32, f64 for f64). */
   stateDict(): AdamWStateDict {
     const state: AdamWStateDict["state"] = {};
     this.state.forEach((s, i) => {
