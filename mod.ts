@@ -205,6 +205,13 @@ export {
   type TrainResult,
 } from "./src/train/loop.ts";
 export {
+  formatProgress,
+  type ProgressFigures,
+  ProgressLine,
+  type ProgressLineOptions,
+  standardErrorOutput,
+} from "./src/train/progress.ts";
+export {
   readSafetensors,
   type SafetensorsFile,
   type SafetensorsTensor,

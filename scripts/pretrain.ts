@@ -29,7 +29,7 @@ import {
 } from "../examples/demo/cli.ts";
 import { encodePair } from "../examples/demo/data.ts";
 import { exactMatchOn } from "../examples/demo/evaluate.ts";
-import { ProgressLine } from "../examples/demo/progress.ts";
+import { ProgressLine } from "../src/train/progress.ts";
 import { streamFor } from "../examples/demo/rng.ts";
 import {
   type DigitShiftTask,

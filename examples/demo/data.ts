@@ -5,7 +5,7 @@
  * plain text trains as next-token prediction on windows of `seqLen` tokens.
  * @module
  */
-import type { TrainBatch } from "../../mod.ts";
+import { collateCompletions, type TrainBatch } from "../../mod.ts";
 import { UsageError } from "./cli.ts";
 import { isDirectory } from "./files.ts";
 import type { SeededRandom } from "./rng.ts";
@@ -81,18 +81,13 @@ export async function readDataFile(path: string): Promise<DataFile> {
 }
 
 /**
- * Tokenizes a pair: the prompt (with the tokenizer's special tokens, such as BOS) then the completion
- * followed by EOS when the tokenizer has one. Only completion and EOS carry labels.
+ * Tokenizes a pair with the library's `collateCompletions`: the prompt (with the tokenizer's special
+ * tokens, such as BOS) then the completion followed by EOS when the tokenizer has one. Only completion and
+ * EOS carry labels.
  */
 export function encodePair(tokenizer: TextTokenizer, pair: PromptCompletion): EncodedSequence {
-  const prompt = tokenizer.encode(pair.prompt, { addSpecialTokens: true });
-  const completion = tokenizer.encode(pair.completion);
-  const eos = tokenizer.eosTokenId;
-  if (eos !== null && completion[completion.length - 1] !== eos) completion.push(eos);
-  return {
-    ids: [...prompt, ...completion],
-    labels: [...prompt.map(() => -100), ...completion],
-  };
+  const { inputIds, labels } = collateCompletions(tokenizer, [pair]);
+  return { ids: inputIds[0], labels: labels[0] };
 }
 
 /** The completion part of {@link encodePair}'s result: what a model should generate after the prompt. */

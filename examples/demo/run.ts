@@ -11,6 +11,7 @@ import {
   AdamW,
   applyLoraToLinearModules,
   AutoModelForCausalLM,
+  collateCompletions,
   cpuDevice,
   defaultDevice,
   type Device,
@@ -44,7 +45,6 @@ import {
 } from "./data.ts";
 import { exactMatchOn, generateContinuations, meanTokenLoss } from "./evaluate.ts";
 import { isDirectory, isFile, joinPath } from "./files.ts";
-import { ProgressLine } from "./progress.ts";
 import { SeededRandom, streamFor } from "./rng.ts";
 import { heldOutExamples, heldOutPoolSize, isExactMatch, TASK_A, TASK_B, trainingExamples } from "./tasks.ts";
 import { loadTokenizer, type TextTokenizer } from "./tokenizer.ts";
@@ -132,10 +132,7 @@ function taskPlan(opts: DemoOptions, tokenizer: TextTokenizer): Plan {
       `was pretrained on task A, add ${TASK_A.shift} ("3917+${TASK_A.shift}=4028")`,
     pairs: true,
     batchAt: (step) =>
-      padBatch(
-        trainingExamples(TASK_B, opts.batch, streamFor(opts.seed, step)).map((p) => encodePair(tokenizer, p)),
-        tokenizer.padTokenId,
-      ),
+      collateCompletions(tokenizer, trainingExamples(TASK_B, opts.batch, streamFor(opts.seed, step))),
     heldOut: heldOutExamples(TASK_B, opts.evalCount, opts.seed).map((p) => encodePair(tokenizer, p)),
   };
 }
@@ -322,11 +319,6 @@ export async function runDemo(opts: DemoOptions, io: DemoIO): Promise<DemoResult
   });
   // Each loss read waits for the device; reading every few steps keeps a GPU busy in between.
   const logEvery = Math.max(1, Math.min(10, Math.round(opts.steps / 30)));
-  const progress = new ProgressLine({
-    write: io.write,
-    tty: io.tty,
-    every: Math.max(logEvery, Math.round(opts.steps / 10)),
-  });
   const trainStart = performance.now();
   const result = await train({
     model,
@@ -336,10 +328,10 @@ export async function runDemo(opts: DemoOptions, io: DemoIO): Promise<DemoResult
     steps: totalSteps,
     logEvery,
     clipNorm: 1,
-    onProgress: (p) => progress.update(p),
+    // The library's progress line, drawn where the demo prints (a terminal: redrawn in place).
+    progress: { write: io.write, tty: io.tty, every: Math.max(logEvery, Math.round(opts.steps / 10)) },
     ...(opts.resume === null ? {} : { resumeFrom: opts.resume }),
   });
-  progress.finish();
   const trainSeconds = (performance.now() - trainStart) / 1000;
   io.log(`trained ${opts.steps} steps in ${trainSeconds.toFixed(1)} s`);
 

@@ -13,6 +13,7 @@ import type { TokenInput } from "../models/llama.ts";
 import { type CheckpointableSchedule, loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
 import { ConfigError, ShapeError } from "../core/errors.ts";
 import { checkOptionalBoolean, checkOptionKeys, showValue } from "../core/options.ts";
+import { ProgressLine, type ProgressLineOptions, standardErrorOutput } from "./progress.ts";
 
 /** Names of {@link TrainOptions}. */
 const TRAIN_OPTION_KEYS = [
@@ -22,6 +23,7 @@ const TRAIN_OPTION_KEYS = [
   "steps",
   "logEvery",
   "onProgress",
+  "progress",
   "scheduler",
   "clipNorm",
   "checkpointDir",
@@ -73,6 +75,32 @@ function checkTrainOptions(options: TrainOptions): void {
     }
   }
   checkOptionalBoolean(o.skipNonFinite, "skipNonFinite", "train");
+  const p = o.progress;
+  if (
+    p !== undefined && typeof p !== "boolean" &&
+    (p === null || typeof p !== "object" || typeof p.write !== "function" || typeof p.tty !== "boolean" ||
+      (p.every !== undefined && !(Number.isInteger(p.every) && p.every > 0)))
+  ) {
+    throw new ConfigError(
+      `train: progress must be true, false or { write(text), tty: boolean, every?: positive integer }, got ${
+        showValue(p)
+      }`,
+    );
+  }
+}
+
+/**
+ * The progress line `progress` asks for, or null: without a terminal a plain line about every tenth of the
+ * run (and never more often than the reports come).
+ */
+function progressLine(
+  progress: TrainOptions["progress"],
+  steps: number,
+  logEvery: number,
+): ProgressLine | null {
+  if (progress === undefined || progress === false) return null;
+  const every = Math.max(logEvery, Math.round(steps / 10));
+  return new ProgressLine(progress === true ? { ...standardErrorOutput(), every } : { every, ...progress });
 }
 
 /** One training batch. */
@@ -136,6 +164,12 @@ export interface TrainOptions {
   logEvery?: number;
   /** Called every `logEvery` steps and after the last. */
   onProgress?: (p: TrainProgress) => void;
+  /**
+   * Draw a progress line (step, bar, loss, tokens/s, ETA) at every report: true draws it on standard error,
+   * redrawn in place on a terminal and as a plain line about every tenth of the run otherwise (a log, a
+   * pipe, a browser's console); or say where it goes with `{ write, tty, every }`. Default false.
+   */
+  progress?: boolean | ProgressLineOptions;
   /** Stepped once per optimizer step (its position is checkpointed). */
   scheduler?: StepSchedule | null;
   /** Clip the global gradient norm to this before each step. */
@@ -229,6 +263,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   const skippedSteps: number[] = [];
   optimizer.zeroGrad();
   const wasTraining = model.training;
+  const bar = progressLine(opts.progress, steps, logEvery);
   model.train();
   try {
     while (step < steps) {
@@ -281,7 +316,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       const now = performance.now();
       const elapsed = (now - started) / 1000;
       const perStep = elapsed / (step - firstStep);
-      opts.onProgress?.({
+      const report: TrainProgress = {
         step,
         totalSteps: steps,
         loss: values.reduce((a, b) => a + b, 0) / values.length,
@@ -291,7 +326,9 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
         etaSeconds: perStep * (steps - step),
         elapsedSeconds: elapsed,
         skippedSteps: [...skippedSteps],
-      });
+      };
+      bar?.update(report);
+      opts.onProgress?.(report);
       windowStart = now;
       windowTokens = 0;
       if (opts.checkpointDir !== undefined) {
@@ -299,6 +336,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       }
     }
   } finally {
+    bar?.finish(); // later output starts on a fresh line, also when a step threw
     model.train(wasTraining); // leave the mode as the caller had it
   }
   return { step, losses, skippedSteps };

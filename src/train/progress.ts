@@ -1,6 +1,7 @@
 /**
  * Training progress on one line: step, bar, loss, tokens/s and ETA. On a terminal the line is redrawn
  * in place (`\r`); elsewhere (CI logs, pipes) a plain line is printed every `every` steps and at the end.
+ * `train({ progress: true })` draws it on standard error ({@link standardErrorOutput}), as tqdm does.
  * @module
  */
 
@@ -79,4 +80,35 @@ export class ProgressLine {
     if (this.#drawn) this.#opts.write("\n");
     this.#drawn = false;
   }
+}
+
+/** The parts of Deno's and Node's (or Bun's) standard-error stream that a progress line uses. */
+interface RuntimeGlobals {
+  Deno?: { stderr?: { writeSync(bytes: Uint8Array): number; isTerminal?(): boolean } };
+  process?: { stderr?: { write(text: string): unknown; isTTY?: boolean } };
+}
+
+/**
+ * Where `train({ progress: true })` draws: standard error in Deno, Node and Bun (redrawn in place when it
+ * is a terminal), `console.log` lines elsewhere (a browser has no terminal to redraw on).
+ */
+export function standardErrorOutput(): Pick<ProgressLineOptions, "write" | "tty"> {
+  const g = globalThis as unknown as RuntimeGlobals;
+  const deno = g.Deno?.stderr;
+  if (deno !== undefined && typeof deno.writeSync === "function") {
+    const encoder = new TextEncoder();
+    return {
+      write: (text) => {
+        const bytes = encoder.encode(text);
+        // writeSync may write part of the buffer; the rest follows until all of it is out.
+        for (let done = 0; done < bytes.length;) done += deno.writeSync(bytes.subarray(done));
+      },
+      tty: deno.isTerminal?.() ?? false,
+    };
+  }
+  const node = g.process?.stderr;
+  if (node !== undefined && typeof node.write === "function") {
+    return { write: (text) => void node.write(text), tty: node.isTTY === true };
+  }
+  return { write: (text) => console.log(text.replace(/\n$/, "")), tty: false };
 }

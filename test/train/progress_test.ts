@@ -1,4 +1,4 @@
-/** The demo's progress line: formatting, in-place redraws on a terminal, plain lines elsewhere. */
+/** The training progress line of train({ progress }) and the demo: formatting, redraws on a terminal, plain lines elsewhere. */
 import assert from "node:assert/strict";
 import {
   formatBar,
@@ -6,7 +6,7 @@ import {
   formatProgress,
   type ProgressFigures,
   ProgressLine,
-} from "../../../examples/demo/progress.ts";
+} from "../../src/train/progress.ts";
 
 const figures = (step: number, totalSteps = 100): ProgressFigures => ({
   step,
