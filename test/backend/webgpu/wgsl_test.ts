@@ -313,6 +313,9 @@ function specialisations(
         kernel,
         gemmSpecialisation({ ...flags, transB: true, vecB: false, maskA: false, lora }, tile),
       ]);
+      // Mixed precision: f32 adapters (the LoRA phase's Q) over an f16 base.
+      const mixed = { vecP: true, vecQ: true, mask: false, qType: "f32" as const };
+      out.push([kernel, gemmSpecialisation({ ...flags, maskA: false, lora: mixed }, tile)]);
     }
   }
   return out;
