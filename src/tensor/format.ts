@@ -8,6 +8,8 @@
 
 /** Past this many elements the values are summarised (PyTorch's default print threshold). */
 export const SUMMARY_THRESHOLD = 1000;
+/** Rows of values wrap past this many characters (PyTorch's default linewidth). */
+export const LINE_WIDTH = 80;
 /** Entries kept at each end of a summarised axis (PyTorch's default edgeitems). */
 export const EDGE_ITEMS = 3;
 /**
@@ -81,7 +83,14 @@ export function formatValues(values: ArrayLike<number>, shape: readonly number[]
       if (dim === shape.length - 1) return style(values[offset + i]).padStart(width);
       return build(dim + 1, offset + i * strides[dim]);
     });
-    if (dim === shape.length - 1) return `[${parts.join(", ")}]`;
+    if (dim === shape.length - 1) {
+      // Rows wider than LINE_WIDTH wrap, continuing under their first entry (PyTorch's linewidth).
+      const column = indent + dim + 1;
+      const perLine = Math.max(1, Math.floor((LINE_WIDTH - column) / (width + 2)));
+      const chunks: string[] = [];
+      for (let i = 0; i < parts.length; i += perLine) chunks.push(parts.slice(i, i + perLine).join(", "));
+      return `[${chunks.join(`,\n${" ".repeat(column)}`)}]`;
+    }
     // Rows of a matrix on their own lines under the first; blocks of higher rank separated by blank lines.
     const gap = "\n".repeat(shape.length - dim - 1);
     return `[${parts.join(`,${gap}${" ".repeat(indent + dim + 1)}`)}]`;

@@ -62,6 +62,16 @@ Deno.test("past 1000 elements the values are summarised: three entries at each e
   assert.ok(!String(zeros([10, 100])).includes("..."));
 });
 
+Deno.test("rows wider than 80 characters wrap, continuing under their first entry", () => {
+  const body = String(tensor(Array.from({ length: 30 }, (_, i) => i))).split(", shape=")[0];
+  const lines = body.split("\n");
+  assert.equal(lines.length, 2);
+  assert.ok(lines.every((l) => l.length <= 80), body);
+  assert.equal(lines[0].indexOf(" 0,"), "Tensor([".length); // entries are padded to two columns
+  assert.equal(lines[1].indexOf("18,"), "Tensor([".length); // the continuation starts under the first entry
+  assert.ok(lines[0].endsWith(","));
+});
+
 Deno.test("disposed and meta tensors say so instead of showing values", () => {
   const t = tensor([1, 2]);
   t.dispose();
