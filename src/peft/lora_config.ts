@@ -5,7 +5,7 @@
  * adapter_config.ts).
  * @module
  */
-import { ConfigError } from "../core/errors.ts";
+import { ConfigError, FormatError } from "../core/errors.ts";
 import { checkOptionKeys } from "../core/options.ts";
 import { type AdapterConfig, parseAdapterConfig } from "./adapter_config.ts";
 import type { PeftInitLoraWeights } from "./lora_linear.ts";
@@ -141,7 +141,12 @@ export class LoraConfig {
    * ConfigError naming the field unless switched off.
    */
   static fromDict(dict: Record<string, unknown> | string): LoraConfig {
-    const raw: Record<string, unknown> = typeof dict === "string" ? JSON.parse(dict) : dict;
+    let raw: Record<string, unknown>;
+    try {
+      raw = typeof dict === "string" ? JSON.parse(dict) : dict;
+    } catch (e) {
+      throw new FormatError(`LoraConfig.fromDict: malformed JSON (${(e as Error).message})`);
+    }
     if (raw === null || typeof raw !== "object" || Array.isArray(raw)) {
       throw new ConfigError(`LoraConfig.fromDict: expected an object, got ${JSON.stringify(raw)}`);
     }
