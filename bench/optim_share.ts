@@ -7,7 +7,8 @@
  * previous per-tensor composition (about ten tensor ops per parameter) for comparison.
  *
  * Usage: deno run -A bench/optim_share.ts [--layers 4] [--seq 16] [--steps 5] [--opt-reps 10]
- *   [--dtype f32|f16] [--device webgpu|cpu] [--per-tensor] [--clip]
+ *   [--dtype f32|f16] [--lora-dtype f32|f16] [--device webgpu|cpu] [--per-tensor] [--clip]
+ * `--dtype f16 --lora-dtype f32` is the mixed-precision run: an f16 base with f32 adapters (fused).
  * @module
  */
 import {
@@ -68,6 +69,7 @@ function perTensorAdamW(params: Tensor[], lr: number) {
 const layers = Number(flag("--layers", "4")), seq = Number(flag("--seq", "16"));
 const steps = Number(flag("--steps", "5")), optReps = Number(flag("--opt-reps", "10"));
 const dtype = flag("--dtype", "f32") as DType;
+const loraDtype = flag("--lora-dtype", dtype) as DType;
 const device = flag("--device", "webgpu") === "cpu" ? cpuDevice() : await webgpuDevice();
 const config = {
   architectures: ["LlamaForCausalLM"],
@@ -85,7 +87,10 @@ const config = {
   hidden_act: "silu",
 };
 const model = AutoModelForCausalLM.fromConfig(config, { device, dtype, seed: 0 });
-applyLoraToLinearModules(model, new PeftConfig({ targetModules: TARGETS, dim: 16, alpha: 32, dropout: 0 }));
+applyLoraToLinearModules(
+  model,
+  new PeftConfig({ targetModules: TARGETS, dim: 16, alpha: 32, dropout: 0, loraDtype }),
+);
 const params = model.trainableParameters();
 const opt = new AdamW(params, { lr: 1e-4, weightDecay: 0.01 });
 const ids = { data: Int32Array.from({ length: seq }, (_, i) => (i * 7919 + 13) % 49152), shape: [1, seq] };
@@ -137,6 +142,7 @@ const report = async (name: string, optStep: () => void) => {
     optimizer: name,
     device: `${device}`,
     dtype,
+    lora_dtype: loraDtype,
     layers,
     seq,
     lora_tensors: params.length,
