@@ -1,0 +1,201 @@
+/**
+ * Generation benchmark (issue 14, "Generation without a GPU wait per token"): greedy decoding tokens/s at
+ * batch 1 and 8 with the device loop (`generate`: tokens chosen on the device, read back every
+ * `--read-every` steps) and, for the figure before, the reference loop (`generateTokensReference`:
+ * logits read back and chosen on the host every token, a concatenated cache). transformers' figure comes
+ * from ../shared/bench/torch_lora_train.py in the same run (its `"kind": "generate"` line: batch 1,
+ * greedy, the same 32-token prompt of `random_tokens(seed + 1, 0, 32, vocab)` and 128 new tokens).
+ *
+ * Usage:
+ *   deno run -A bench/generate_bench.ts --ckpt DIR [--name NAME] [--batch 1,8] [--prompt 32] [--gen 128]
+ *       [--read-every 16] [--dtype f32|f16] [--device webgpu|cpu] [--seed 1234] [--reference]
+ *       [--layers N]   (keep the first N decoder layers of the checkpoint's config, random weights)
+ *   deno run -A bench/generate_bench.ts --quick   (CI size: 2-layer SmolLM2-shaped random model)
+ *   bench/model_bench.ts --generate runs the same measurement after its training run.
+ *
+ * Prints one JSON line per (loop, batch): {"kind": "generate", "impl": "lora-webgpu", "loop": "device" |
+ * "reference", "batch", "prompt_len", "new_tokens", "tokens_per_s" (new tokens of all rows per second),
+ * "steps_per_s", "ms_per_token" (per step), "first_new_tokens"}. A short generation first compiles the
+ * pipelines; the timed one runs without an early stop, as the PyTorch script's min_new_tokens does.
+ * @module
+ */
+import {
+  AutoModelForCausalLM,
+  cpuDevice,
+  type Device,
+  type DType,
+  mergeAndUnload,
+  type Module,
+  webgpuDevice,
+} from "../mod.ts";
+import { generateTokens, generateTokensReference } from "../src/models/generate.ts";
+
+/** lowbias32, the hash of torch_lora_train.py's `hash32` (uint32 arithmetic). */
+function hash32(v: number): number {
+  let x = v >>> 0;
+  x ^= x >>> 16;
+  x = Math.imul(x, 0x7feb352d) >>> 0;
+  x ^= x >>> 15;
+  x = Math.imul(x, 0x846ca68b) >>> 0;
+  x ^= x >>> 16;
+  return x >>> 0;
+}
+
+/** The ids of torch_lora_train.py's `random_tokens(seed, offset, n, vocab)`, as numbers. */
+function promptTokens(seed: number, offset: number, n: number, vocab: number): number[] {
+  const base = Math.imul(seed, 0x9e3779b1) >>> 0;
+  return Array.from({ length: n }, (_, i) => hash32((i + base + offset) >>> 0) % vocab);
+}
+
+/** What one generation measurement needs. */
+export interface GenerateBenchOptions {
+  /** A model that generates (a Llama-family causal LM). */
+  model: {
+    config: { vocabSize: number; numHiddenLayers: number };
+    forwardStep: Parameters<typeof generateTokens>[0]["forwardStep"];
+  };
+  device: Device;
+  name: string;
+  batches: number[];
+  prompt: number;
+  gen: number;
+  readEvery: number;
+  seed: number;
+  /** Also time the reference loop (the figure before the device loop). */
+  reference: boolean;
+}
+
+/** Times greedy generation per (loop, batch); returns one record each. */
+export async function generateRecords(o: GenerateBenchOptions): Promise<Record<string, unknown>[]> {
+  const vocab = o.model.config.vocabSize;
+  const out: Record<string, unknown>[] = [];
+  const loops = o.reference ? ["device", "reference"] as const : ["device"] as const;
+  for (const batch of o.batches) {
+    // Row 0 is the PyTorch script's prompt; the other rows continue the same stream.
+    const prompts = Array.from(
+      { length: batch },
+      (_, r) => promptTokens(o.seed + 1, r * o.prompt, o.prompt, vocab),
+    );
+    for (const loop of loops) {
+      const rec: Record<string, unknown> = {
+        kind: "generate",
+        impl: "lora-webgpu",
+        model: o.name,
+        loop,
+        device: `${o.device}`,
+        batch,
+        prompt_len: o.prompt,
+        new_tokens: o.gen,
+        read_every: loop === "device" ? o.readEvery : 1,
+        error: null,
+      };
+      try {
+        const run = (n: number) =>
+          loop === "device"
+            ? generateTokens(o.model, prompts, { maxNewTokens: n, eosTokenId: null, readEvery: o.readEvery })
+            : generateTokensReference(o.model, prompts, { maxNewTokens: n, eosTokenId: null });
+        await run(Math.min(4, o.gen));
+        await o.device.sync();
+        const t = performance.now();
+        const toks = await run(o.gen);
+        await o.device.sync();
+        const s = (performance.now() - t) / 1000;
+        rec.gen_s = +s.toFixed(3);
+        rec.tokens_per_s = +((batch * o.gen) / s).toFixed(2);
+        rec.steps_per_s = +(o.gen / s).toFixed(2);
+        rec.ms_per_token = +((s * 1000) / o.gen).toFixed(2);
+        rec.first_new_tokens = toks[0].slice(o.prompt, o.prompt + 8);
+      } catch (e) {
+        rec.error = String((e as Error).stack ?? e);
+      }
+      out.push(rec);
+    }
+  }
+  return out;
+}
+
+/**
+ * bench/model_bench.ts --generate: after its LoRA training run, the adapter is merged into the base
+ * weights (so every linear is a plain one the decoding GEMV runs; the tokens are the adapted model's),
+ * then greedy generation at batch 1 and 8, 32-token prompt, 128 new tokens (8 and 8 with --quick), with
+ * the reference loop timed too at batch 1 (the figure before).
+ */
+export async function generateBench(
+  model: Module,
+  device: Device,
+  args: { name: string; seed: number; quick: boolean },
+): Promise<Record<string, unknown>[]> {
+  model.eval();
+  const merged = await mergeAndUnload(model);
+  const common = {
+    model: merged as unknown as GenerateBenchOptions["model"],
+    device,
+    name: args.name,
+    prompt: args.quick ? 8 : 32,
+    gen: args.quick ? 8 : 128,
+    readEvery: 16,
+    seed: args.seed,
+  };
+  const records = [
+    ...await generateRecords({ ...common, batches: [1], reference: true }),
+    ...await generateRecords({ ...common, batches: args.quick ? [] : [8], reference: false }),
+  ];
+  return records.map((r) => ({ ...r, adapter: "merged" }));
+}
+
+/** The --quick model: SmolLM2-135M's layout (GQA 3:1, tied embeddings) at CI size. */
+const QUICK_CONFIG = {
+  architectures: ["LlamaForCausalLM"],
+  model_type: "llama",
+  hidden_size: 96,
+  intermediate_size: 256,
+  num_hidden_layers: 2,
+  num_attention_heads: 3,
+  num_key_value_heads: 1,
+  vocab_size: 512,
+  tie_word_embeddings: true,
+  rope_theta: 100000.0,
+  max_position_embeddings: 2048,
+  rms_norm_eps: 1e-5,
+  hidden_act: "silu",
+};
+
+async function main(): Promise<void> {
+  const argv = Deno.args;
+  const get = (name: string) => {
+    const i = argv.indexOf(name);
+    return i >= 0 ? argv[i + 1] : undefined;
+  };
+  const quick = argv.includes("--quick");
+  const ckpt = get("--ckpt") ?? null;
+  if (!quick && ckpt === null) throw new Error("generate_bench: give --ckpt DIR (or --quick)");
+  const dtype = (get("--dtype") ?? "f32") as DType;
+  const device = get("--device") === "cpu" ? cpuDevice() : await webgpuDevice();
+  const layers = get("--layers");
+  let model;
+  let name = get("--name") ??
+    (ckpt === null ? "smollm2-shape-2l-quick" : ckpt.replace(/\/+$/, "").split("/").pop()!);
+  if (ckpt !== null && layers === undefined) {
+    model = await AutoModelForCausalLM.fromPretrained(ckpt, { device, dtype });
+  } else {
+    const config = ckpt === null
+      ? QUICK_CONFIG
+      : { ...JSON.parse(await Deno.readTextFile(`${ckpt}/config.json`)), num_hidden_layers: Number(layers) };
+    if (layers !== undefined) name += `-${layers}l-random`;
+    model = AutoModelForCausalLM.fromConfig(config, { device, dtype, seed: 0 });
+  }
+  const records = await generateRecords({
+    model,
+    device,
+    name,
+    batches: (get("--batch") ?? (quick ? "1" : "1,8")).split(",").map(Number),
+    prompt: Number(get("--prompt") ?? (quick ? 8 : 32)),
+    gen: Number(get("--gen") ?? (quick ? 8 : 128)),
+    readEvery: Number(get("--read-every") ?? 16),
+    seed: Number(get("--seed") ?? 1234),
+    reference: argv.includes("--reference"),
+  });
+  for (const r of records) console.log(JSON.stringify({ ...r, dtype }));
+}
+
+if (import.meta.main) await main();
