@@ -3,10 +3,13 @@
  * so it runs on every device. Module names are exactly transformers' (`model.layers.0.self_attn.q_proj`,
  * ...), so checkpoint and PEFT adapter keys map one to one.
  *
- * Attention follows transformers' eager path: scores = q kᵀ · head_dim^-½ plus an additive mask holding
- * the dtype's most negative finite value (never −∞, so a fully masked row stays finite), softmax in
- * float32, then · v. Grouped-query attention runs without repeating keys: the query heads of one
- * key/value head are stacked along the sequence axis of a single batched matmul.
+ * Attention is the fused, memory-efficient `causalAttention` (nothing [seq, keys]-sized is built or kept;
+ * masks are computed on the device from the [batch, keys] padding mask), equal to transformers' eager
+ * path, which is kept (`attnImplementation = "eager"`, and attention dropout in training): scores =
+ * q kᵀ · head_dim^-½ plus an additive mask holding the dtype's most negative finite value (never −∞, so
+ * a fully masked row stays finite), softmax in float32, then · v. Grouped-query attention runs without
+ * repeating keys in both. With labels the loss is the fused `linearCrossEntropy`, which never holds the
+ * whole logits; `logits` is then computed on first access.
  * @module
  */
 import { Module } from "../nn/module.ts";
@@ -15,9 +18,11 @@ import { checkQuantizeOptions, quantizeModel, type QuantizeModelOptions } from "
 import {
   add,
   cast,
+  causalAttention,
   crossEntropy,
   dropout,
   keep,
+  linearCrossEntropy,
   matmul,
   mean,
   mul,
@@ -123,8 +128,12 @@ interface LayerContext {
   cos: Tensor;
   sin: Tensor;
   rot: Tensor;
-  /** Additive mask [batch or 1, 1, 1, seq, keys], or null when nothing is masked. */
+  /** Additive mask [batch or 1, 1, 1, seq, keys] of the eager path, or null (nothing masked, or fused). */
   mask: Tensor | null;
+  /** Whether attention runs fused (`causalAttention`) rather than eager. */
+  fused: boolean;
+  /** The padding mask [batch, keys] for the fused attention, or null when every key is real. */
+  keyMask: Int32Array | null;
   cache: KVCache | null;
 }
 
@@ -214,6 +223,10 @@ export class LlamaAttention extends Module {
     let k = rope(kn(heads(this.k_proj.forward(x), kvh)));
     let v = heads(this.v_proj.forward(x), kvh);
     if (ctx.cache !== null) ({ k, v } = ctx.cache.append(this.layerIndex, k, v));
+    if (ctx.fused) {
+      const out = causalAttention(q, k, v, { keyMask: ctx.keyMask });
+      return this.o_proj.forward(reshape(permute(out, [0, 2, 1, 3]), [batch, seq, h * d]));
+    }
     const keys = k.shape[2];
     // [batch, kvh, group·seq, d]: the `group` query heads that share a key/value head, stacked.
     const qg = reshape(q, [batch, kvh, group * seq, d]);
@@ -363,6 +376,18 @@ export class LlamaForCausalLM extends Module {
    * config switches on.
    */
   static readonly families: readonly ModelFamily[] = ["llama"];
+  /**
+   * Attention's implementation, as transformers' `attn_implementation`: "fused" (default), the
+   * memory-efficient `causalAttention`, or "eager", the composed ops that keep the [seq, keys] weights.
+   * Attention dropout in training always runs eager.
+   */
+  attnImplementation: "fused" | "eager" = "fused";
+  /**
+   * Whether a forward with labels computes the loss with `linearCrossEntropy` (default), never holding
+   * the whole logits, or from the full logits as before (false). An output head carrying an adapter
+   * always takes the full logits.
+   */
+  fusedLoss = true;
   #rope: RopeTables;
   #rotations = new Map<Device, Map<DType, Tensor>>();
 
@@ -519,24 +544,42 @@ export class LlamaForCausalLM extends Module {
     }
     const { cos, sin } = this.#rope.gather(positions);
     const d = this.config.headDim;
+    const fused = this.attnImplementation === "fused" && !(this.training && this.config.attentionDropout > 0);
     const ctx: LayerContext = {
       cos: tensor(cos, [posBatch, 1, seq, d], { device, dtype }),
       sin: tensor(sin, [posBatch, 1, seq, d], { device, dtype }),
       rot: this.#rotation(device, dtype),
-      mask: this.#buildMask(batch, seq, past, keyMask, device),
+      mask: fused ? null : this.#buildMask(batch, seq, past, keyMask, device),
+      fused,
+      keyMask,
       cache,
     };
+    if (opts.labels !== undefined && opts.lastOnly) {
+      throw new ConfigError(`LlamaForCausalLM.forward: labels need every position (drop lastOnly)`);
+    }
+    // Labels are checked before any work is queued.
+    const targets = opts.labels === undefined
+      ? null
+      : this.#shiftedTargets(toGrid(opts.labels, "labels"), batch, seq);
     const hidden = this.model.forward(ids, ctx);
     const h = opts.lastOnly && seq > 1 ? slice(hidden, 1, seq - 1, seq) : hidden;
-    const logits = this.lm_head.forward(h);
-    let loss: Tensor | null = null;
-    if (opts.labels !== undefined) {
-      if (opts.lastOnly) {
-        throw new ConfigError(`LlamaForCausalLM.forward: labels need every position (drop lastOnly)`);
-      }
-      loss = this.#causalLoss(logits, toGrid(opts.labels, "labels"), batch, seq);
+    // A plain head (no adapter, no bias) can take the fused loss; anything else needs the logits.
+    const plainHead = Object.getPrototypeOf(this.lm_head) === Linear.prototype && this.lm_head.bias === null;
+    if (targets === null || !this.fusedLoss || !plainHead) {
+      const logits = this.lm_head.forward(h);
+      const loss = targets === null ? null : this.#causalLoss(logits, targets, batch, seq);
+      return { logits, loss };
     }
-    return { logits, loss };
+    const loss = linearCrossEntropy(reshape(h, [batch * seq, h.shape[2]]), this.lm_head.weight, targets);
+    // The logits on first access only (not enumerable: a tidy scope walking the result must not make
+    // them). Read them while the forward's tensors are alive (inside the same tidy scope).
+    let logits: Tensor | null = null;
+    const out = { loss } as CausalLMOutput;
+    Object.defineProperty(out, "logits", {
+      enumerable: false,
+      get: () => logits ??= this.lm_head.forward(h),
+    });
+    return out;
   }
 
   /** Causal mask plus padding mask as additive values, or null when no entry is masked. */
@@ -565,12 +608,15 @@ export class LlamaForCausalLM extends Module {
     return tensor(m, [rows, 1, 1, seq, keys], { device, dtype });
   }
 
-  #causalLoss(
-    logits: Tensor,
-    labels: { data: Int32Array; shape: [number, number] },
-    batch: number,
-    seq: number,
-  ) {
+  /** Mean cross-entropy of the full logits against the shifted targets. */
+  #causalLoss(logits: Tensor, targets: Int32Array, batch: number, seq: number) {
+    let flat = reshape(logits, [batch * seq, this.config.vocabSize]);
+    if (flat.dtype === "f16") flat = cast(flat, "f32"); // transformers computes the loss in float32
+    return crossEntropy(flat, targets);
+  }
+
+  /** transformers' causal-LM targets: labels shifted left by one, −100 at each row's last position. */
+  #shiftedTargets(labels: { data: Int32Array; shape: [number, number] }, batch: number, seq: number) {
     if (labels.shape[0] !== batch || labels.shape[1] !== seq) {
       throw new ShapeError(`LlamaForCausalLM.forward: labels [${labels.shape}] must be [${batch}, ${seq}]`);
     }
@@ -587,9 +633,7 @@ export class LlamaForCausalLM extends Module {
         targets[b * seq + i] = t;
       }
     }
-    let flat = reshape(logits, [batch * seq, vocab]);
-    if (flat.dtype === "f16") flat = cast(flat, "f32"); // transformers computes the loss in float32
-    return crossEntropy(flat, targets);
+    return targets;
   }
 
   /** One generation step for {@link generateTokens}: the new positions' last logits, cache extended. */
