@@ -17,6 +17,9 @@ export interface MixedCase {
   bias: boolean;
   dropout: number;
   position: "pre" | "post";
+  /** The base's and the adapters' dtypes (default f16 and f32). */
+  base?: "f16" | "f32";
+  adapters?: "f16" | "f32";
 }
 
 /** Shapes with odd sizes, a rank-1 adapter, bias or not, dropout before, after or none. */
@@ -25,6 +28,8 @@ export const MIXED_CASES: MixedCase[] = [
   { m: 16, inF: 64, outF: 48, rank: 8, bias: false, dropout: 0, position: "pre" },
   { m: 9, inF: 31, outF: 33, rank: 1, bias: true, dropout: 0.25, position: "pre" },
   { m: 12, inF: 40, outF: 20, rank: 4, bias: false, dropout: 0.5, position: "post" },
+  // The other way round (PEFT's lora_dtype=float16 over an f32 model) takes the fused path too.
+  { m: 7, inF: 24, outF: 10, rank: 2, bias: true, dropout: 0, position: "pre", base: "f32", adapters: "f16" },
 ];
 
 /** Counts the fused LoRA calls of a backend while `f` runs (the fused path must be taken, no fallback). */
@@ -46,30 +51,31 @@ async function countFused<T>(
 
 /** y, dx, dA, dB of one layer path (fused or composed) on `device`; weights and data from `seed`. */
 async function runPath(device: Device, c: MixedCase, fused: boolean, seed: number) {
-  const base = new Linear(c.inF, c.outF, { bias: c.bias, device, dtype: "f16", seed });
+  const [bt, at] = [c.base ?? "f16", c.adapters ?? "f32"];
+  const base = new Linear(c.inF, c.outF, { bias: c.bias, device, dtype: bt, seed });
   const layer = patchLinearModule(base, {
     dim: c.rank,
     alpha: 2 * c.rank,
     dropout: c.dropout,
     dropoutPosition: c.position,
-    loraDtype: "f32",
+    loraDtype: at,
     useFused: fused,
     seed: seed + 1,
   });
   layer.dropoutSeed = 1234;
   // lora_B starts at zero; random values make the adapter's term and dA non-trivial.
   const B = layer.lora_B.weight;
-  B._assign(randn(B.shape, { device, dtype: "f32", seed: seed + 2 }).detach());
+  B._assign(randn(B.shape, { device, dtype: at, seed: seed + 2 }).detach());
   B.requiresGrad = true;
-  const x = randn([c.m, c.inF], { device, dtype: "f16", seed: seed + 3, requiresGrad: true });
-  const dy = randn([c.m, c.outF], { device, dtype: "f16", seed: seed + 4 });
+  const x = randn([c.m, c.inF], { device, dtype: bt, seed: seed + 3, requiresGrad: true });
+  const dy = randn([c.m, c.outF], { device, dtype: bt, seed: seed + 4 });
   const y = layer.forward(x);
   sum(y.mul(dy)).backward();
   const A = layer.lora_A.weight;
-  assert.equal(y.dtype, "f16", "the output keeps the base dtype");
-  assert.equal(x.grad!.dtype, "f16", "dx keeps the base dtype");
-  assert.equal(A.grad!.dtype, "f32", "dA is in the adapters' dtype");
-  assert.equal(B.grad!.dtype, "f32", "dB is in the adapters' dtype");
+  assert.equal(y.dtype, bt, "the output keeps the base dtype");
+  assert.equal(x.grad!.dtype, bt, "dx keeps the base dtype");
+  assert.equal(A.grad!.dtype, at, "dA is in the adapters' dtype");
+  assert.equal(B.grad!.dtype, at, "dB is in the adapters' dtype");
   const out = {
     y: await y.data(),
     dx: await x.grad!.data(),

@@ -19,7 +19,9 @@ function needF16(device: Device): void {
 
 for (const c of MIXED_CASES) {
   gpuTest(
-    `f16 base + f32 adapters, fused = composed within 1e-2 (WebGPU): ${JSON.stringify(c)}`,
+    `mixed precision (default f16 base + f32 adapters), fused = composed within 1e-2 (WebGPU): ${
+      JSON.stringify(c)
+    }`,
     async (dev) => {
       needF16(dev);
       const errs = await runMixedCase(dev, c);

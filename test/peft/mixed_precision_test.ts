@@ -4,7 +4,7 @@ import { cpuDevice } from "../../mod.ts";
 import { MIXED_CASES, runF16AdamW, runMixedCase } from "./mixed_precision_cases.ts";
 
 for (const c of MIXED_CASES) {
-  Deno.test(`f16 base + f32 adapters, fused = composed within 1e-2 (CPU): ${JSON.stringify(c)}`, async () => {
+  Deno.test(`mixed precision (default f16 base + f32 adapters), fused = composed within 1e-2 (CPU): ${JSON.stringify(c)}`, async () => {
     const errs = await runMixedCase(cpuDevice(), c);
     for (const [k, e] of Object.entries(errs)) assert.ok(e <= 1e-2, `${k}: relative error ${e}`);
   });
