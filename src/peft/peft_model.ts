@@ -260,11 +260,14 @@ export class PeftModel<M extends PeftBaseModel = PeftBaseModel> {
         this.#layers.set(path, linear);
       }
     });
-    // An "all-linear" config is recorded with the modules it resolved to, as PEFT rewrites it.
-    this.#configs.set(
-      name,
-      config.targetModules === "all-linear" ? config.with({ targetModules: this.#pathsOf(name) }) : config,
-    );
+    // As PEFT rewrites its config: "all-linear" is recorded as the modules it resolved to, and missing
+    // targets as the model type's defaults (addWeightedAdapter unions them).
+    const recorded = config.targetModules === "all-linear"
+      ? config.with({ targetModules: this.#pathsOf(name) })
+      : config.targetModules === null && cfg.targetModules.kind === "list"
+      ? config.with({ targetModules: cfg.targetModules.names })
+      : config;
+    this.#configs.set(name, recorded);
     if (this.#active === null) this.#active = name;
     this.#reattach();
   }

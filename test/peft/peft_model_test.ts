@@ -9,10 +9,14 @@ import {
   cpuDevice,
   getPeftModel,
   isLoraLinear,
+  Linear,
   LlamaForCausalLM,
   LoraConfig,
   manualSeed,
+  Module,
   PeftModel,
+  randn,
+  type Tensor,
 } from "../../mod.ts";
 import { relErr } from "../helpers.ts";
 import { ADAPTERS_DIR, BASE_DIR, inputIds, loadedModel, meta } from "./peft_cases.ts";
@@ -41,6 +45,7 @@ Deno.test("getPeftModel patches the base in place with PEFT's default targets, b
   for (const [name, p] of model.namedParameters()) {
     assert.equal(p.requiresGrad, name.includes(".lora_"), name);
   }
+  assert.deepEqual(pm.peftConfig.default.targetModules, ["q_proj", "v_proj"]); // recorded as PEFT does
   // PEFT's init: B zero, so the adapter starts as the identity on the outputs
   const before = await logits(pm);
   const off = await pm.withAdapterDisabled(() => logits(pm));
@@ -278,5 +283,37 @@ Deno.test("addWeightedAdapter refuses what PEFT refuses, and more kinds than cat
     configError(/exists/),
   );
   assert.deepEqual(pm.adapterNames, ["default", "b", "c"]);
+  pm.unload();
+});
+
+Deno.test("mixed rows on a plain Module tree: 3-D input split by its first dim, each row its adapter's output", async () => {
+  class Tiny extends Module {
+    q_proj = new Linear(8, 6, { seed: 1 });
+    override forward(x: Tensor): Tensor {
+      return this.q_proj.forward(x);
+    }
+  }
+  const tiny = new Tiny();
+  const pm = getPeftModel(tiny, new LoraConfig({ r: 2, targetModules: ["q_proj"], initLoraWeights: false }));
+  pm.addAdapter(
+    "b",
+    new LoraConfig({ r: 3, loraAlpha: 5, targetModules: ["q_proj"], initLoraWeights: false }),
+  );
+  pm.eval();
+  const x = randn([4, 5, 8], { seed: 2 });
+  const rows = ["b", "default", "__base__", "b"];
+  const mixed = await (pm.forward(x, { adapterNames: rows }) as Tensor).data();
+  const each: Record<string, ArrayLike<number>> = {};
+  for (const n of ["default", "b"]) {
+    pm.setAdapter(n);
+    each[n] = await (pm.forward(x) as Tensor).data();
+  }
+  each.__base__ = await pm.withAdapterDisabled(async () => await (pm.forward(x) as Tensor).data());
+  const per = 5 * 6;
+  rows.forEach((n, r) => {
+    const got = Array.from(mixed).slice(r * per, (r + 1) * per);
+    const want = Array.from(each[n]).slice(r * per, (r + 1) * per);
+    assert.ok(relErr(got, want) <= 1e-6, `row ${r} (${n})`);
+  });
   pm.unload();
 });
