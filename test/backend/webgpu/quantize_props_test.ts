@@ -20,6 +20,9 @@ import type { CpuStorage } from "../../../src/backend/cpu/cpu_backend.ts";
 import { type FusedLora, packWeight, quantizedLinear } from "../../../src/nn/quantized_linear.ts";
 import { assertClose, type FloatType, floatTypes, printWorst, values } from "./compare.ts";
 import { gpu, gpuTest } from "./gpu.ts";
+import { WGSL_SOURCES } from "../../../src/backend/webgpu/wgsl_sources.ts";
+import { f32Bits } from "../../../src/core/dtype.ts";
+import { NF4_VALUES } from "../../../src/backend/kernels/quantize.ts";
 
 // Each run compiles a few GEMM specialisations on a software adapter; 10 keep the file near a minute.
 const RUNS = 10;
@@ -230,5 +233,15 @@ gpuTest(
   "quantized weights: one element (1 x 1), int8",
   (d) => checkCase(d, { ...base, out: 1, inF: 1, m: 1, scheme: "int8", rank: 1 }),
 );
+
+Deno.test("the WGSL NF4 table and midpoints are the bits of NF4_VALUES and NF4_MIDPOINTS", () => {
+  const src = WGSL_SOURCES["quant_codes"];
+  const hex = (fn: string) => {
+    const body = src.slice(src.indexOf(`fn ${fn}(`), src.indexOf("\n}", src.indexOf(`fn ${fn}(`)));
+    return [...body.matchAll(/0x([0-9a-f]{8})u/g)].map((m) => parseInt(m[1], 16));
+  };
+  assert.deepEqual(hex("nf4_value"), NF4_VALUES.map(f32Bits));
+  assert.deepEqual(hex("nf4_code"), NF4_MIDPOINTS.map(f32Bits));
+});
 
 globalThis.addEventListener("unload", () => printWorst("quantize_props_test"));
