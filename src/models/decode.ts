@@ -32,6 +32,8 @@ import { GEMV, GEMV_MAX_ROWS } from "../backend/kernels/gemv.ts";
 import { GATHER_IDS } from "../backend/kernels/gather_ids.ts";
 import { DECODE_ATTENTION } from "../backend/kernels/decode_attention.ts";
 import { ARGMAX } from "../backend/kernels/argmax.ts";
+import { ADD_RMS_NORM } from "../backend/kernels/add_rms_norm.ts";
+import { GEMV_GLU } from "../backend/kernels/gemv_glu.ts";
 import { SAMPLE_TOKEN, type SamplingWarpers } from "../backend/kernels/sample_token.ts";
 import type { DType } from "../core/dtype.ts";
 import { ShapeError } from "../core/errors.ts";
@@ -40,6 +42,12 @@ import type { RopeTables } from "./rope.ts";
 /** A module with a forward of one tensor (norms, linears). */
 interface TensorModule extends Module {
   forward(x: Tensor): Tensor;
+}
+
+/** A norm module as the step reads it: RMSNorm's scale and epsilon (LlamaRMSNorm has both). */
+interface NormModule extends TensorModule {
+  weight: Tensor;
+  readonly eps: number;
 }
 
 /** The attention block as the step reads it (LlamaAttention's fields). */
@@ -64,10 +72,10 @@ export interface DecoderModel {
     layers: {
       self_attn: AttentionParts;
       mlp: { gate_proj: Linear; up_proj: Linear; down_proj: Linear };
-      input_layernorm: TensorModule;
-      post_attention_layernorm: TensorModule;
+      input_layernorm: NormModule;
+      post_attention_layernorm: NormModule;
     }[];
-    norm: TensorModule;
+    norm: NormModule;
   };
   lm_head: Linear;
 }
@@ -100,6 +108,38 @@ export function decodeLinear(m: Linear, x: Tensor): Tensor {
   if (rows > GEMV_MAX_ROWS || !isPlainLinear(m) || x.dtype !== m.weight.dtype) return m.forward(x);
   const [y] = runKernel(GEMV, [x, m.weight], { m: rows, n: m.outFeatures, k }, [[rows, m.outFeatures]]);
   return m.bias === null ? y : add(y, m.bias);
+}
+
+/**
+ * The residual add h + delta and the norm after it: [new residual stream, normalised]. One dispatch for
+ * an RMSNorm of the model's dtype (what every Llama-family norm is), the module's own forward otherwise.
+ */
+export function decodeAddNorm(norm: NormModule, h: Tensor, delta: Tensor | null): [Tensor, Tensor] {
+  const [rows, n] = h.shape;
+  const fused = typeof norm.eps === "number" && norm.weight?.dtype === h.dtype && norm.weight.size === n &&
+    rows >= 1 && n >= 1 && (delta === null || delta.dtype === h.dtype);
+  if (!fused) {
+    const s = delta === null ? h : add(h, delta);
+    return [s, norm.forward(s)];
+  }
+  const res = delta ?? zeros([rows, n], { device: h.device, dtype: h.dtype });
+  const [s, y] = runKernel(ADD_RMS_NORM, [h, res, norm.weight], { rows, n, eps: norm.eps }, [[rows, n], [
+    rows,
+    n,
+  ]]);
+  return [s, y];
+}
+
+/** silu(gate(x)) · up(x): one GEMV pass over both weights for plain Linears and 1-8 rows. */
+export function decodeGlu(gate: Linear, up: Linear, x: Tensor): Tensor {
+  const [rows, k] = x.shape;
+  const fused = rows <= GEMV_MAX_ROWS && isPlainLinear(gate) && isPlainLinear(up) && gate.bias === null &&
+    up.bias === null && gate.weight.dtype === x.dtype && up.weight.dtype === x.dtype;
+  if (!fused) return mul(silu(decodeLinear(gate, x)), decodeLinear(up, x));
+  return runKernel(GEMV_GLU, [x, gate.weight, up.weight], { m: rows, n: gate.outFeatures, k }, [[
+    rows,
+    gate.outFeatures,
+  ]])[0];
 }
 
 /**
@@ -169,9 +209,12 @@ export function decodeStep(
       const d = rope.headDim;
       const cosT = tensor(cos, [batch, d], { device, dtype: "f32" });
       const sinT = tensor(sin, [batch, d], { device, dtype: "f32" });
+      // The residual stream is h + delta; each add is folded into the norm that follows it.
+      let delta: Tensor | null = null;
       model.model.layers.forEach((layer, l) => {
         const at = layer.self_attn;
-        const x = layer.input_layernorm.forward(h);
+        let x: Tensor;
+        [h, x] = decodeAddNorm(layer.input_layernorm, h, delta);
         let q = decodeLinear(at.q_proj, x);
         let k = decodeLinear(at.k_proj, x);
         const v = decodeLinear(at.v_proj, x);
@@ -192,13 +235,13 @@ export function decodeStep(
           start: args.start,
           scale: 1 / Math.sqrt(d),
         }, [[batch, heads * d], [batch, heads, cache.capacity]]);
-        h = add(h, decodeLinear(at.o_proj, attn));
-        const y = layer.post_attention_layernorm.forward(h);
+        let y: Tensor;
+        [h, y] = decodeAddNorm(layer.post_attention_layernorm, h, decodeLinear(at.o_proj, attn));
         const mlp = layer.mlp;
-        const act = mul(silu(decodeLinear(mlp.gate_proj, y)), decodeLinear(mlp.up_proj, y));
-        h = add(h, decodeLinear(mlp.down_proj, act));
+        delta = decodeLinear(mlp.down_proj, decodeGlu(mlp.gate_proj, mlp.up_proj, y));
       });
-      return decodeLinear(model.lm_head, model.model.norm.forward(h));
+      const [, normed] = decodeAddNorm(model.model.norm, h, delta);
+      return decodeLinear(model.lm_head, normed);
     })
   );
 }

@@ -1,5 +1,6 @@
 /**
- * The decoding kernels (argmax, sampleToken, gemv, gatherIds, decodeAttention in src/backend/kernels/)
+ * The decoding kernels (argmax, sampleToken, gemv, gemvGlu, addRmsNorm, gatherIds, decodeAttention in
+ * src/backend/kernels/)
  * on WebGPU against their CPU twins through `Backend.run`, as fast-check properties over odd sizes, f32
  * and f16. Token choices are compared exactly; sampling is compared wherever no decision of the draw
  * lies within rounding distance of its edge (checked in f64 on the host, and such cases are counted so
@@ -19,6 +20,8 @@ import {
   type SampleTokenArgs,
 } from "../../../src/backend/kernels/sample_token.ts";
 import { GEMV } from "../../../src/backend/kernels/gemv.ts";
+import { GEMV_GLU } from "../../../src/backend/kernels/gemv_glu.ts";
+import { ADD_RMS_NORM } from "../../../src/backend/kernels/add_rms_norm.ts";
 import { GATHER_IDS } from "../../../src/backend/kernels/gather_ids.ts";
 import { DECODE_ATTENTION, type DecodeAttentionArgs } from "../../../src/backend/kernels/decode_attention.ts";
 import { assertClose, type FloatType, floatTypes, onBoth, printWorst, seedArb, values } from "./compare.ts";
@@ -195,6 +198,61 @@ gpuTest("gemv on WebGPU matches the CPU for 1-8 rows", async (dev) => {
     ),
     { numRuns: RUNS },
   );
+});
+
+gpuTest("gemvGlu on WebGPU matches the CPU for 1-8 rows", async (dev) => {
+  await fc.assert(
+    fc.asyncProperty(
+      f(dev),
+      fc.integer({ min: 1, max: 8 }),
+      odd(500),
+      odd(500),
+      seedArb,
+      async (dt, m, n, k, s) => {
+        const x = values(m * k, s, dt), g = values(n * k, s + 1, dt), u = values(n * k, s + 2, dt);
+        const { gpu: gy, cpu: cy } = await onBoth(
+          dev,
+          dt,
+          (up) => up.be.run(GEMV_GLU, [up.up(x), up.up(g), up.up(u)], { m, n, k }),
+        );
+        assertClose(`gemvGlu [${m}, ${k}] x [${n}, ${k}]`, gy[0], cy[0], dt);
+      },
+    ),
+    { numRuns: RUNS },
+  );
+});
+
+// ---------------------------------------------------------------------------------------------- addRmsNorm
+
+gpuTest("addRmsNorm on WebGPU matches the CPU (sum and normalised rows)", async (dev) => {
+  await fc.assert(
+    fc.asyncProperty(f(dev), fc.integer({ min: 1, max: 9 }), odd(3000), seedArb, async (dt, rows, n, s) => {
+      const x = values(rows * n, s, dt), r = values(rows * n, s + 1, dt), w = values(n, s + 2, dt);
+      const { gpu: g, cpu: c } = await onBoth(
+        dev,
+        dt,
+        (u) => u.be.run(ADD_RMS_NORM, [u.up(x), u.up(r), u.up(w)], { rows, n, eps: 1e-5 }),
+      );
+      assertClose(`addRmsNorm sum [${rows}, ${n}]`, g[0], c[0], dt);
+      assertClose(`addRmsNorm output [${rows}, ${n}]`, g[1], c[1], dt);
+    }),
+    { numRuns: RUNS },
+  );
+});
+
+Deno.test("addRmsNorm (CPU twin) equals rmsNorm of the sum", async () => {
+  const { add, rmsNorm, tensor } = await import("../../../mod.ts");
+  const be = cpuDevice().backend;
+  const x = [1, -2, 3, 0.5, 4, -1], r = [0.5, 0.5, -1, 2, 0, 1], w = [2, 0.5, 1];
+  const [s, y] = be.run(ADD_RMS_NORM, [be.upload(x, "f32"), be.upload(r, "f32"), be.upload(w, "f32")], {
+    rows: 2,
+    n: 3,
+    eps: 1e-6,
+  });
+  const sum = add(tensor(x, [2, 3]), tensor(r, [2, 3]));
+  const want = await rmsNorm(sum, tensor(w, [3]), 1e-6).data();
+  assert.deepEqual([...await be.read(s)], [...await sum.data()]);
+  (await be.read(y)).forEach((v, i) => assert.ok(Math.abs(v - want[i]) < 1e-6, `${i}: ${v} vs ${want[i]}`));
 });
 
 // ---------------------------------------------------------------------------------------------- gatherIds
