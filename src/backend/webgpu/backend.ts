@@ -137,10 +137,10 @@ export class WebGpuBackend implements Backend {
   }
 
   /** A new live storage (checked against the memory limit first). */
-  #new(size: number, dtype: DType, what: string): GpuStorage {
+  #new(size: number, dtype: DType, what: string, forUpload = false): GpuStorage {
     const bytes = storageBytes(size, dtype);
     this.#reserve(size * dtypeSize(dtype), what);
-    const s = new GpuStorage(this.rt.alloc(bytes, what), size, dtype, this);
+    const s = new GpuStorage(this.rt.alloc(bytes, what, forUpload), size, dtype, this);
     this.#count(size * dtypeSize(dtype));
     return s;
   }
@@ -182,7 +182,7 @@ export class WebGpuBackend implements Backend {
   /** Uploads 32-bit words to a scratch buffer (ids, index lists). */
   #words(words: Uint32Array | Int32Array, what: string): Binding {
     const bytes = Math.max(4, words.byteLength);
-    const b = { buf: this.rt.alloc(bytes, what), bytes };
+    const b = { buf: this.rt.alloc(bytes, what, true), bytes };
     this.rt.write(b.buf, words);
     return b;
   }
@@ -194,7 +194,7 @@ export class WebGpuBackend implements Backend {
   upload(data: ArrayLike<number>, dtype: DType): Storage {
     this.rt.checkAlive("upload");
     const t = this.#checkDType(dtype, "upload");
-    const s = this.#new(data.length, dtype, `upload: tensor of ${data.length} elements (${dtype})`);
+    const s = this.#new(data.length, dtype, `upload: tensor of ${data.length} elements (${dtype})`, true);
     if (data.length === 0) return s;
     if (t === "f32") {
       this.rt.write(s.buf!, data instanceof Float32Array ? data : Float32Array.from(data));

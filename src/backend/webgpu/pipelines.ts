@@ -37,13 +37,12 @@ export function kernelSource(record: KernelTemplate, params: TemplateParams): st
  * lead to the pipeline, so a lookup walks a few Maps instead of serialising the specialisation.
  */
 interface SpecNode {
-  /** The specialisation key this level branches on (null until the first value arrives). */
-  key: string | null;
-  next: Map<unknown, SpecNode>;
+  /** The next level by the next key's name, then by its value (specialisations may differ in keys). */
+  next: Map<string, Map<unknown, SpecNode>>;
   kernel: CompiledKernel | null;
 }
 
-const newNode = (): SpecNode => ({ key: null, next: new Map(), kernel: null });
+const newNode = (): SpecNode => ({ next: new Map(), kernel: null });
 
 /** Compiles pipelines on first use and keeps them. */
 export class PipelineCache {
@@ -61,26 +60,29 @@ export class PipelineCache {
 
   /** The pipeline of `record` specialised with `params`. */
   get(record: KernelTemplate, params: TemplateParams): CompiledKernel {
-    let node = this.#tree.get(record);
+    let node: SpecNode | undefined = this.#tree.get(record);
     if (node === undefined) {
       node = newNode();
       this.#tree.set(record, node);
     }
     for (const key in params) {
-      if (node.key === null) node.key = key;
-      else if (node.key !== key) return this.#byText(record, params); // a differently shaped specialisation
+      let values: Map<unknown, SpecNode> | undefined = node.next.get(key);
+      if (values === undefined) {
+        values = new Map();
+        node.next.set(key, values);
+      }
       const value = params[key];
-      let next = node.next.get(value);
+      let next: SpecNode | undefined = values.get(value);
       if (next === undefined) {
         next = newNode();
-        node.next.set(value, next);
+        values.set(value, next);
       }
       node = next;
     }
     return node.kernel ??= this.#byText(record, params);
   }
 
-  /** The lookup by the specialisation's text (first use of a specialisation, and odd shapes). */
+  /** The lookup by the specialisation's text (first use of a specialisation in a key order). */
   #byText(record: KernelTemplate, params: TemplateParams): CompiledKernel {
     const key = `${record.name}|${JSON.stringify(params)}`;
     let k = this.#kernels.get(key);

@@ -5,9 +5,13 @@
  * Ordering rules this module keeps (WebGPU runs queue operations in call order):
  * - dispatches are recorded into an open command encoder and submitted only when a read or sync needs
  *   them, or when a batch reaches {@link MAX_BATCH} dispatches;
- * - `queue.writeBuffer` runs before the open batch is submitted, so uploads only ever write buffers
- *   that the open batch does not use: a buffer freed while the open batch still uses it returns to the
- *   pool only after that batch is submitted;
+ * - `queue.writeBuffer` runs before the open batch is submitted, so an upload must not write a buffer
+ *   that the open batch uses: uploads take pooled buffers the open batch has not touched
+ *   ({@link GpuRuntime.alloc}'s `forUpload`), and {@link GpuRuntime.write} submits the batch first when
+ *   it gets one it has. Kernel outputs may take a buffer freed earlier in the same batch: dispatches and
+ *   copies run in recording order, each seeing the earlier ones' writes;
+ * - a buffer is destroyed only when no unsubmitted command uses it (destroying it before the submit
+ *   would make the submit fail);
  * - every dispatch's parameters get their own slot of one uniform buffer, written once right before the
  *   batch is submitted (queue order puts that write after all earlier batches finished reading it).
  *
@@ -128,6 +132,7 @@ export class GpuRuntime {
   #peakInUseBytes = 0;
   readonly #bindCache = new Map<GPUBindGroupLayout, BindNode>();
   #bindCacheSize = 0;
+  #bindGroupsMade = 0;
   #lastPipeline: GPUComputePipeline | null = null;
   readonly #dynOffset = new Uint32Array(1);
   /** Per-kernel GPU times while profiling (null otherwise), and the batches whose times are pending. */
@@ -136,7 +141,8 @@ export class GpuRuntime {
   #queryResolve: GPUBuffer | null = null;
   #timedNames: string[] = [];
   #timedReads: Promise<void>[] = [];
-  #pendingRelease: GpuBuffer[] = [];
+  /** Buffers to destroy once the open batch, which uses them, is submitted. */
+  #pendingDestroy: GpuBuffer[] = [];
   readonly #staging = new Map<number, GPUBuffer[]>();
 
   /** Id of the batch being recorded; bumped at every submit. */
@@ -211,10 +217,12 @@ export class GpuRuntime {
   }
 
   /**
-   * A buffer of at least `bytes` bytes (a multiple of 4) that no unsubmitted work uses.
+   * A buffer of at least `bytes` bytes (a multiple of 4), pooled when one is free: for a kernel's output
+   * possibly one that the open batch used before (its earlier dispatches run first); with `forUpload`
+   * one that the open batch has not used, so {@link write} can fill it without submitting.
    * @param what names the op and tensor for size-limit errors, e.g. "matmul: output [2, 3] (f32)"
    */
-  alloc(bytes: number, what: string): GpuBuffer {
+  alloc(bytes: number, what: string, forUpload = false): GpuBuffer {
     const lim = this.limits;
     if (bytes > lim.maxStorageBufferBindingSize || bytes > lim.maxBufferSize) {
       const [name, limit] = bytes > lim.maxStorageBufferBindingSize
@@ -230,8 +238,17 @@ export class GpuRuntime {
     if (this.#inUseBytes > this.#peakInUseBytes) this.#peakInUseBytes = this.#inUseBytes;
     const free = this.#pool.get(capacity);
     if (free !== undefined && free.length > 0) {
-      this.#pooledBytes -= capacity;
-      return free.pop()!;
+      if (!forUpload) {
+        this.#pooledBytes -= capacity;
+        return free.pop()!;
+      }
+      // The lowest id the open batch has not used (the list is sorted by id, descending).
+      for (let i = free.length - 1; i >= 0; i--) {
+        if (free[i].lastBatch !== this.#batch) {
+          this.#pooledBytes -= capacity;
+          return free.splice(i, 1)[0];
+        }
+      }
     }
     this.#lastAlloc = `${what} (${capacity} bytes)`;
     this.#openScopes();
@@ -263,6 +280,7 @@ export class GpuRuntime {
   /** Destroys pooled buffers, largest first, until at most `keepBytes` stay pooled. */
   trimPool(keepBytes: number): void {
     if (this.#pooledBytes <= keepBytes) return;
+    this.flush(); // pooled buffers the open batch binds may be destroyed only after its submit
     const sizes = [...this.#pool.keys()].sort((a, b) => b - a);
     for (const size of sizes) {
       const list = this.#pool.get(size)!;
@@ -282,29 +300,47 @@ export class GpuRuntime {
     this.#bindCacheSize = 0;
   }
 
-  /** Gives a buffer back: to the pool now, or once the batch that uses it is submitted. */
+  /** Gives a buffer back to the pool (reusable by later dispatches of the open batch at once). */
   release(buf: GpuBuffer): void {
     if (this.lostReason !== null) return;
     this.#inUseBytes -= buf.capacity;
-    if (buf.lastBatch === this.#batch) this.#pendingRelease.push(buf);
-    else this.#toPool(buf);
+    this.#toPool(buf);
   }
 
   #toPool(buf: GpuBuffer): void {
     if (this.#pooledBytes + buf.capacity > Math.max(POOL_FLOOR_BYTES, this.#peakInUseBytes)) {
-      buf.gpu.destroy();
+      // Still bound by the open batch: destroyed after its submit.
+      if (buf.lastBatch === this.#batch) this.#pendingDestroy.push(buf);
+      else buf.gpu.destroy();
       this.#dropBindGroups();
       return;
     }
     const list = this.#pool.get(buf.capacity);
     if (list === undefined) this.#pool.set(buf.capacity, [buf]);
-    else list.push(buf);
+    else {
+      // Kept sorted by id, descending, so alloc takes the lowest id free: which buffer an allocation gets
+      // then depends only on which buffers are free, not on the order they were freed in. A training step
+      // frees its temporaries in another order than it took them; with a plain stack every step would
+      // bind other buffer combinations and miss the bind-group cache.
+      let lo = 0, hi = list.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1;
+        if (list[mid].id > buf.id) lo = mid + 1;
+        else hi = mid;
+      }
+      if (lo === list.length) list.push(buf);
+      else list.splice(lo, 0, buf);
+    }
     this.#pooledBytes += buf.capacity;
   }
 
-  /** Copies host bytes into a buffer that no unsubmitted work uses (fresh from {@link alloc}). */
+  /**
+   * Copies host bytes into a buffer fresh from {@link alloc} (with `forUpload`). Should the open batch use
+   * the buffer, it is submitted first: queue writes run before unsubmitted work.
+   */
   write(buf: GpuBuffer, data: ArrayBufferView): void {
     if (data.byteLength > 0) {
+      if (buf.lastBatch === this.#batch) this.flush();
       this.device.queue.writeBuffer(buf.gpu, 0, data.buffer, data.byteOffset, data.byteLength);
     }
   }
@@ -419,7 +455,13 @@ export class GpuRuntime {
     // After a drop the leaf may belong to the old tree; caching there is harmless (it is unreachable).
     leaf.set(id, group);
     this.#bindCacheSize++;
+    this.#bindGroupsMade++;
     return group;
+  }
+
+  /** Bind groups created so far (cache misses), for measuring the cache. */
+  get bindGroupsMade(): number {
+    return this.#bindGroupsMade;
   }
 
   /** Number of cached bind groups (for tests of the cache). */
@@ -573,9 +615,9 @@ export class GpuRuntime {
     }
     this.#batch++;
     this.#dispatches = 0;
-    const released = this.#pendingRelease;
-    this.#pendingRelease = [];
-    for (const b of released) this.#toPool(b);
+    const doomed = this.#pendingDestroy;
+    this.#pendingDestroy = [];
+    for (const b of doomed) b.gpu.destroy();
   }
 
   /** Waits for the error reports of submitted batches; throws the first error seen. */
@@ -636,7 +678,7 @@ export class GpuRuntime {
     this.markLost("destroyed by the caller");
     this.#pool.clear();
     this.#staging.clear();
-    this.#pendingRelease = [];
+    this.#pendingDestroy = [];
     this.#encoder = null;
     this.#pass = null;
     this.device.destroy();
