@@ -2,11 +2,13 @@
  * The WebGPU runtime's host-side caches (src/backend/webgpu/runtime.ts, pipelines.ts): a repeated op on
  * pooled buffers makes no new bind groups, a freed buffer comes back from the pool as the same buffer,
  * the pipeline lookup returns the compiled kernel of each specialisation (and a new one only for a new
- * specialisation), and cached bind groups still compute the right values after the pool was trimmed.
+ * specialisation), cached bind groups still compute the right values after the pool was trimmed, the pool
+ * hands out the lowest free id whatever the order of frees, and buffers freed inside an open batch are
+ * reused by later kernels of that batch but never overwritten by an upload before the batch ran.
  */
 import assert from "node:assert/strict";
 import { noGrad, tensor, webgpuDevice } from "../../../mod.ts";
-import type { WebGpuBackend } from "../../../src/backend/webgpu/backend.ts";
+import type { GpuStorage, WebGpuBackend } from "../../../src/backend/webgpu/backend.ts";
 import { PipelineCache } from "../../../src/backend/webgpu/pipelines.ts";
 import { UNARY } from "../../../src/backend/kernels/unary.ts";
 import { noGpu } from "./gpu.ts";
@@ -92,6 +94,57 @@ Deno.test({
         `unary|${JSON.stringify({ WG: 64, T: "f32", OP: "exp" })}`,
         `unary|${JSON.stringify({ WG: 64, T: "f32", OP: "neg" })}`,
       ]);
+    } finally {
+      device.destroy();
+    }
+  },
+});
+
+Deno.test({
+  name: "the pool hands out the lowest free id, whatever order buffers were freed in",
+  ignore: noGpu,
+  fn: async () => {
+    const device = await webgpuDevice();
+    try {
+      const rt = (device.backend as WebGpuBackend).rt;
+      const bufs = [0, 1, 2, 3].map((i) => rt.alloc(1024, `test: ${i}`));
+      for (const i of [2, 0, 3, 1]) rt.release(bufs[i]);
+      const again = [0, 1, 2, 3].map((i) => rt.alloc(1024, `test: again ${i}`));
+      assert.deepEqual(again.map((b) => b.id), bufs.map((b) => b.id));
+      for (const b of again) rt.release(b);
+    } finally {
+      device.destroy();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "inside one batch: a freed buffer feeds a later kernel's output, and an upload never overwrites it early",
+  ignore: noGpu,
+  fn: async () => {
+    const device = await webgpuDevice();
+    try {
+      const be = device.backend as WebGpuBackend;
+      const n = 64;
+      const x = be.upload(Float32Array.from({ length: n }, (_, i) => i), "f32");
+      // y = 2x + 1 reads x; x is freed while that dispatch is still unsubmitted.
+      const y = be.affine(x, 2, 1);
+      const xId = (x as GpuStorage).buf!.id;
+      be.free(x);
+      // An upload must not take x's buffer: writeBuffer would run before the open batch's affine.
+      const w = be.upload(Float32Array.from({ length: n }, () => -7), "f32");
+      assert.notEqual((w as GpuStorage).buf!.id, xId);
+      // A kernel output may take it at once: it runs after the affine that read x.
+      const z = be.affine(y, 1, 0.5);
+      assert.equal((z as GpuStorage).buf!.id, xId);
+      const [yv, zv, wv] = [await be.read(y), await be.read(z), await be.read(w)];
+      for (let i = 0; i < n; i++) {
+        assert.equal(yv[i], 2 * i + 1);
+        assert.equal(zv[i], 2 * i + 1.5);
+        assert.equal(wv[i], -7);
+      }
+      for (const s of [y, z, w]) be.free(s);
     } finally {
       device.destroy();
     }
