@@ -280,3 +280,22 @@ Deno.test("applyLoraToLinearModules, adapters from a dense model and mergeAndUnl
   assert.ok(q.q_proj instanceof Linear && !("lora_A" in q.q_proj));
   assert.ok(relDiff(host(q.forward(x)), yq) < 1e-5, "merged = unmerged");
 });
+
+Deno.test("f16 requests on a device without shader-f16 are DTypeErrors naming f16; the layer is unchanged", async () => {
+  const { Device } = await import("../../src/backend/device.ts");
+  const { createCpuBackend } = await import("../../src/backend/cpu/cpu_backend.ts");
+  // The CPU reference, posing as an adapter without shader-f16.
+  const cpu = createCpuBackend();
+  const noF16 = new Device({ ...cpu, supportsDType: (d) => d === "f32" }, "cpu", "no-f16");
+  const l = quantizeLinear(new Linear(8, 4, { device: noF16, seed: 2 }), { scheme: "nf4", blockSize: 4 });
+  assert.throws(
+    () => l.dequantizedWeight("f16"),
+    (e) => e instanceof DTypeError && /dtype f16/.test(e.message),
+  );
+  assert.throws(
+    () => patchLinearModule(l, { loraDtype: "f16" }),
+    (e) => e instanceof DTypeError && /f16/.test(e.message),
+  );
+  assert.ok(!("lora_A" in l), "no adapter was installed");
+  assert.equal(l.quantization?.scheme, "nf4");
+});
