@@ -12,9 +12,10 @@
 import type { Module } from "../nn/module.ts";
 import type { Linear } from "../nn/layers.ts";
 import type { Tensor } from "../tensor/mod.ts";
+import type { Storage } from "../backend/backend.ts";
 import { ConfigError } from "../core/errors.ts";
 import { checkOptionKeys } from "../core/options.ts";
-import { joinPath, mkdirp, pathKind, writeFilesAtomic } from "../io/fs.ts";
+import { joinPath, writeDirAtomic } from "../io/fs.ts";
 import { readSafetensors } from "../io/safetensors.ts";
 import type { StateValue } from "../nn/module.ts";
 import { Linear as LinearClass } from "../nn/layers.ts";
@@ -90,6 +91,8 @@ export interface PeftSaveOptions {
   selectedAdapters?: string[];
   /** Recorded as base_model_name_or_path when the adapter's config has none. */
   baseModelNameOrPath?: string;
+  /** Save NaN / infinite adapter weights instead of refusing with a FormatError (default false). */
+  allowNonFinite?: boolean;
 }
 
 /** Options of {@link PeftModel.addWeightedAdapter}. */
@@ -119,6 +122,12 @@ const checkName = (name: unknown, where: string): string => {
   }
   return name;
 };
+
+/** Up to five names of `names`, then how many more: error messages stay readable on big models. */
+function sampleList(names: readonly string[]): string {
+  const head = names.slice(0, 5).join(", ");
+  return names.length > 5 ? `${head} and ${names.length - 5} more` : head;
+}
 
 /** A number with thousands separators, as Python's `{:,d}`. */
 function groupDigits(n: number): string {
@@ -338,6 +347,83 @@ export class PeftModel<M extends PeftBaseModel = PeftBaseModel> {
     if (this.#active === null) this.#active = name;
     this.#reattach();
     if (!trainable) this.baseModel.eval();
+  }
+
+  /**
+   * PEFT's `hotswap_adapter`: replaces the weights of the loaded adapter `name` by those of a PEFT adapter
+   * folder (or its two files), keeping every adapter tensor object and the device's live bytes as they
+   * were, so a serving loop can swap adapters without rebuilding anything that holds them. The new
+   * adapter must target the same modules with the same shapes (ranks); its alpha may differ (the scales
+   * are updated, as PEFT's hot swap does). Everything is read, checked and uploaded before any tensor
+   * changes: on any error the adapter is left exactly as it was.
+   *
+   * Each tensor takes over a freshly uploaded storage of its own size and frees the old one, as
+   * loadStateDict does; on WebGPU the freed buffer goes to the pool and the next swap's upload takes it
+   * back, so repeated swaps create no new GPU buffers.
+   * @throws {ConfigError} an unknown `name`, other target modules, or a module whose A or B shape differs
+   *   (the message names the module and both shapes)
+   */
+  async hotswapAdapter(source: string | AdapterFilesInput, name: string): Promise<void> {
+    const op = "hotswapAdapter";
+    this.#open(op);
+    this.#checkIdle(op);
+    this.#known(name, op);
+    const files = await readAdapterSource(source);
+    this.#checkIdle(op);
+    this.#known(name, op);
+    const text = typeof files.config === "string" ? files.config : new TextDecoder().decode(files.config);
+    const cfg = parseAdapterConfig(text);
+    const config = LoraConfig.fromDict(JSON.parse(text));
+    const tensors = readSafetensors(files.weights).tensors;
+    const resident = new Map(this.#records(name));
+    this.#bare(() => {
+      const plan = planLoad(this.baseModel, cfg, tensors);
+      const planned = new Set(plan.map((p) => p.name));
+      const missing = [...resident.keys()].filter((p) => !planned.has(p));
+      const extra = plan.map((p) => p.name).filter((p) => !resident.has(p));
+      if (missing.length > 0 || extra.length > 0) {
+        throw new ConfigError(
+          `${op}: the new weights for "${name}" target other modules than the loaded adapter` +
+            (missing.length > 0 ? `; not targeted any more: ${sampleList(missing)}` : "") +
+            (extra.length > 0 ? `; newly targeted: ${sampleList(extra)}` : "") +
+            ` (a hot swap keeps the targets; use deleteAdapter and loadAdapter instead)`,
+        );
+      }
+      // Every shape is checked before anything is uploaded, and every upload done before any tensor
+      // takes its new storage, so a failure at any point leaves the adapter untouched.
+      for (const p of plan) {
+        const adapter = resident.get(p.name)!;
+        LORA_WEIGHTS.forEach((field, i) => {
+          const have = adapter[field.name].weight.shape, got = p.weights[i].shape;
+          if (have.join() !== got.join()) {
+            throw new ConfigError(
+              `${op}: ${p.name}.${field.stateKey} of "${name}" is [${have}] but the new weights are [${got}] ` +
+                `(r ${adapter.dim} → ${p.r}); a hot swap needs the same shapes`,
+            );
+          }
+        });
+      }
+      const writes: [Tensor, Storage][] = [];
+      try {
+        for (const p of plan) {
+          const adapter = resident.get(p.name)!;
+          LORA_WEIGHTS.forEach((field, i) => {
+            const target = adapter[field.name].weight;
+            const be = target.device.backend;
+            writes.push([target, be.upload(p.weights[i].data as ArrayLike<number>, target.dtype)]);
+          });
+        }
+      } catch (e) {
+        for (const [t, s] of writes) t.device.backend.free(s);
+        throw e;
+      }
+      for (const [t, s] of writes) t._replaceStorage(s);
+      for (const p of plan) {
+        const set = layerAdapters(p.linear);
+        set.set(name, { ...set.get(name)!, alpha: p.alpha, scale: p.scale });
+      }
+    });
+    this.#configs.set(name, config);
   }
 
   /**
@@ -585,30 +671,26 @@ export class PeftModel<M extends PeftBaseModel = PeftBaseModel> {
    */
   async saveAdapter(dir: string, opts: PeftSaveOptions = {}): Promise<void> {
     this.#open("saveAdapter");
-    checkOptionKeys(opts, ["selectedAdapters", "baseModelNameOrPath"], "saveAdapter");
+    checkOptionKeys(opts, ["selectedAdapters", "baseModelNameOrPath", "allowNonFinite"], "saveAdapter");
     if (typeof dir !== "string" || dir === "") {
       throw new ConfigError(`saveAdapter: dir must be a non-empty path string, got ${JSON.stringify(dir)}`);
     }
     const names = opts.selectedAdapters ?? this.adapterNames;
     for (const n of names) this.#known(n, "saveAdapter");
-    if ((await pathKind(dir)) === "file") {
-      throw new ConfigError(`saveAdapter: ${dir} is a file, not a directory`);
-    }
+    // Paths relative to dir; writeDirAtomic saves them all-or-nothing (one new folder, one rename).
     const files: Record<string, Uint8Array | string> = {};
-    const folders = new Set<string>([dir]);
     for (const n of names) {
       const records = this.#records(n);
       const config = this.#configs.get(n)!;
       const out = await adapterRecordsToFiles(this.baseModel, records, {
         baseModelNameOrPath: config.baseModelNameOrPath ?? opts.baseModelNameOrPath,
+        allowNonFinite: opts.allowNonFinite,
       });
-      const folder = n === "default" ? dir : joinPath(dir, n);
-      folders.add(folder);
+      const folder = n === "default" ? "" : n;
       files[joinPath(folder, ADAPTER_WEIGHTS_NAME)] = out[ADAPTER_WEIGHTS_NAME];
       files[joinPath(folder, ADAPTER_CONFIG_NAME)] = out[ADAPTER_CONFIG_NAME];
     }
-    for (const f of folders) await mkdirp(f);
-    await writeFilesAtomic(files);
+    await writeDirAtomic(dir, files, { op: "saveAdapter" });
   }
 
   /**
