@@ -21,6 +21,7 @@ import {
   causalAttention,
   crossEntropy,
   dropout,
+  fusedRmsNorm,
   keep,
   linearCrossEntropy,
   matmul,
@@ -29,8 +30,10 @@ import {
   noGrad,
   permute,
   reshape,
+  rotaryEmbedding,
   rsqrt,
   silu,
+  siluMul,
   slice,
   softmax,
   square,
@@ -130,7 +133,10 @@ interface LayerContext {
   rot: Tensor;
   /** Additive mask [batch or 1, 1, 1, seq, keys] of the eager path, or null (nothing masked, or fused). */
   mask: Tensor | null;
-  /** Whether attention runs fused (`causalAttention`) rather than eager. */
+  /**
+   * Whether attention runs fused (`causalAttention`) rather than eager, and the norms, SwiGLU product and
+   * rotary embedding as their memory-lean ops (src/tensor/fused_layers.ts) rather than composed.
+   */
   fused: boolean;
   /** The padding mask [batch, keys] for the fused attention, or null when every key is real. */
   keyMask: Int32Array | null;
@@ -149,9 +155,12 @@ function computeDType(dtype: DType): DType {
 
 /** RMSNorm that, like transformers' LlamaRMSNorm, normalises in float32 and casts back before the scale. */
 export class LlamaRMSNorm extends RMSNorm {
-  /** Normalises in f32 for f16 inputs; other dtypes use RMSNorm's own path. */
-  override forward(x: Tensor): Tensor {
-    if (x.dtype !== "f16") return super.forward(x);
+  /**
+   * Normalises in f32 for f16 inputs; other dtypes use the memory-lean `fusedRmsNorm` (`lean`, the
+   * default) or RMSNorm's composed path.
+   */
+  override forward(x: Tensor, lean = true): Tensor {
+    if (x.dtype !== "f16") return lean ? fusedRmsNorm(x, this.weight, this.eps) : super.forward(x);
     const x32 = cast(x, "f32");
     const normed = mul(x32, rsqrt(add(mean(square(x32), -1, true), this.eps)));
     return mul(this.weight, cast(normed, x.dtype));
@@ -215,10 +224,13 @@ export class LlamaAttention extends Module {
     const [batch, seq] = x.shape;
     const h = this.numHeads, kvh = this.numKeyValueHeads, d = this.headDim, group = h / kvh;
     const heads = (t: Tensor, n: number) => permute(reshape(t, [batch, seq, n, d]), [0, 2, 1, 3]);
-    const rope = (t: Tensor) => add(mul(t, ctx.cos), mul(matmul(t, ctx.rot), ctx.sin));
+    const rope = (t: Tensor) =>
+      ctx.fused
+        ? rotaryEmbedding(t, ctx.cos, ctx.sin, ctx.rot)
+        : add(mul(t, ctx.cos), mul(matmul(t, ctx.rot), ctx.sin));
     // Qwen3 normalises each head's [headDim] vector; the head layout does not change that.
-    const qn = (t: Tensor) => this.q_norm === undefined ? t : this.q_norm.forward(t);
-    const kn = (t: Tensor) => this.k_norm === undefined ? t : this.k_norm.forward(t);
+    const qn = (t: Tensor) => this.q_norm === undefined ? t : this.q_norm.forward(t, ctx.fused);
+    const kn = (t: Tensor) => this.k_norm === undefined ? t : this.k_norm.forward(t, ctx.fused);
     const q = rope(qn(heads(this.q_proj.forward(x), h)));
     let k = rope(kn(heads(this.k_proj.forward(x), kvh)));
     let v = heads(this.v_proj.forward(x), kvh);
@@ -268,9 +280,10 @@ export class LlamaMLP extends Module {
     this.down_proj = new Linear(is, hd, { ...opts, bias, seed: seed + 5 });
   }
 
-  /** x [..., hidden] → [..., hidden]. */
-  override forward(x: Tensor): Tensor {
-    return this.down_proj.forward(mul(silu(this.gate_proj.forward(x)), this.up_proj.forward(x)));
+  /** x [..., hidden] → [..., hidden]; `lean` (default) keeps only gate and up for the product's backward. */
+  override forward(x: Tensor, lean = true): Tensor {
+    const gate = this.gate_proj.forward(x), up = this.up_proj.forward(x);
+    return this.down_proj.forward(lean ? siluMul(gate, up) : mul(silu(gate), up));
   }
 }
 
@@ -297,8 +310,8 @@ export class LlamaDecoderLayer extends Module {
 
   /** x [batch, seq, hidden] → the same shape, after attention and MLP residuals. */
   override forward(x: Tensor, ctx: LayerContext): Tensor {
-    const h = add(x, this.self_attn.forward(this.input_layernorm.forward(x), ctx));
-    return add(h, this.mlp.forward(this.post_attention_layernorm.forward(h)));
+    const h = add(x, this.self_attn.forward(this.input_layernorm.forward(x, ctx.fused), ctx));
+    return add(h, this.mlp.forward(this.post_attention_layernorm.forward(h, ctx.fused), ctx.fused));
   }
 }
 
@@ -330,7 +343,7 @@ export class LlamaModel extends Module {
   override forward(ids: { data: Int32Array; shape: number[] }, ctx: LayerContext): Tensor {
     let h = this.embed_tokens.forward(ids);
     for (const layer of this.layers) h = layer.forward(h, ctx);
-    return this.norm.forward(h);
+    return this.norm.forward(h, ctx.fused);
   }
 }
 
@@ -460,7 +473,7 @@ export class LlamaForCausalLM extends Module {
 
   /** Writes `config.json` and `model.safetensors` as transformers' `save_pretrained` does. */
   async savePretrained(dir: string, opts: SaveModelOptions = {}): Promise<void> {
-    await saveModel(this, dir, opts);
+    await saveModel(this, dir, opts, "savePretrained");
   }
 
   /**
