@@ -102,10 +102,25 @@ function isPlainLinear(m: Linear): boolean {
     !Object.hasOwn(m, "forward");
 }
 
+/**
+ * Whether the step runs its linear layers as GEMVs: on hardware GPUs and the CPU reference. A software
+ * adapter (lavapipe, SwiftShader) runs workgroup barriers slowly, and its GEMM schedule (a block per
+ * invocation) was made for it, so there the layers' own forward is faster (bench/NOTES.md).
+ */
+export function prefersGemv(device: Tensor["device"]): boolean {
+  return !device.isSoftware;
+}
+
+/** Settings of one step that tests pin down; by default chosen from the device. */
+export interface DecodeKernels {
+  /** GEMV and gate/up GEMV kernels for the linear layers (default {@link prefersGemv}). */
+  gemv?: boolean;
+}
+
 /** y = x Wᵀ + b for x [rows, in]: the GEMV for 1-8 rows of a plain Linear, the layer's forward otherwise. */
-export function decodeLinear(m: Linear, x: Tensor): Tensor {
+export function decodeLinear(m: Linear, x: Tensor, gemv = prefersGemv(x.device)): Tensor {
   const [rows, k] = x.shape;
-  if (rows > GEMV_MAX_ROWS || !isPlainLinear(m) || x.dtype !== m.weight.dtype) return m.forward(x);
+  if (!gemv || rows > GEMV_MAX_ROWS || !isPlainLinear(m) || x.dtype !== m.weight.dtype) return m.forward(x);
   const [y] = runKernel(GEMV, [x, m.weight], { m: rows, n: m.outFeatures, k }, [[rows, m.outFeatures]]);
   return m.bias === null ? y : add(y, m.bias);
 }
@@ -131,11 +146,12 @@ export function decodeAddNorm(norm: NormModule, h: Tensor, delta: Tensor | null)
 }
 
 /** silu(gate(x)) · up(x): one GEMV pass over both weights for plain Linears and 1-8 rows. */
-export function decodeGlu(gate: Linear, up: Linear, x: Tensor): Tensor {
+export function decodeGlu(gate: Linear, up: Linear, x: Tensor, gemv = prefersGemv(x.device)): Tensor {
   const [rows, k] = x.shape;
-  const fused = rows <= GEMV_MAX_ROWS && isPlainLinear(gate) && isPlainLinear(up) && gate.bias === null &&
+  const fused = gemv && rows <= GEMV_MAX_ROWS && isPlainLinear(gate) && isPlainLinear(up) &&
+    gate.bias === null &&
     up.bias === null && gate.weight.dtype === x.dtype && up.weight.dtype === x.dtype;
-  if (!fused) return mul(silu(decodeLinear(gate, x)), decodeLinear(up, x));
+  if (!fused) return mul(silu(decodeLinear(gate, x, gemv)), decodeLinear(up, x, gemv));
   return runKernel(GEMV_GLU, [x, gate.weight, up.weight], { m: rows, n: gate.outFeatures, k }, [[
     rows,
     gate.outFeatures,
@@ -196,7 +212,10 @@ export function decodeStep(
   cache: StaticKVCache,
   rope: RopeTables,
   args: DecodeStepArgs,
+  kernels: DecodeKernels = {},
 ): Tensor {
+  const gemv = kernels.gemv ?? prefersGemv(ids.device);
+  const lin = (m: Linear, x: Tensor) => decodeLinear(m, x, gemv);
   return tidy(() =>
     noGrad(() => {
       const batch = ids.size;
@@ -215,9 +234,9 @@ export function decodeStep(
         const at = layer.self_attn;
         let x: Tensor;
         [h, x] = decodeAddNorm(layer.input_layernorm, h, delta);
-        let q = decodeLinear(at.q_proj, x);
-        let k = decodeLinear(at.k_proj, x);
-        const v = decodeLinear(at.v_proj, x);
+        let q = lin(at.q_proj, x);
+        let k = lin(at.k_proj, x);
+        const v = lin(at.v_proj, x);
         const heads = at.numHeads, kvh = at.numKeyValueHeads;
         if (at.q_norm !== undefined) {
           q = reshape(at.q_norm.forward(reshape(q, [batch, heads, d])), [batch, heads * d]);
@@ -236,12 +255,12 @@ export function decodeStep(
           scale: 1 / Math.sqrt(d),
         }, [[batch, heads * d], [batch, heads, cache.capacity]]);
         let y: Tensor;
-        [h, y] = decodeAddNorm(layer.post_attention_layernorm, h, decodeLinear(at.o_proj, attn));
+        [h, y] = decodeAddNorm(layer.post_attention_layernorm, h, lin(at.o_proj, attn));
         const mlp = layer.mlp;
-        delta = decodeLinear(mlp.down_proj, decodeGlu(mlp.gate_proj, mlp.up_proj, y));
+        delta = lin(mlp.down_proj, decodeGlu(mlp.gate_proj, mlp.up_proj, y, gemv));
       });
       const [, normed] = decodeAddNorm(model.model.norm, h, delta);
-      return decodeLinear(model.lm_head, normed);
+      return lin(model.lm_head, normed);
     })
   );
 }

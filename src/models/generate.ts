@@ -17,7 +17,14 @@ import { ConfigError, ShapeError } from "../core/errors.ts";
 import { checkOptionalBoolean, checkOptionKeys } from "../core/options.ts";
 import { argmaxRow } from "../backend/kernels/argmax.ts";
 import { drawUniform, sampleRow } from "../backend/kernels/sample_token.ts";
-import { chooseTokens, decodeStep, isDecoderModel, StaticKVCache, type TokenChoice } from "./decode.ts";
+import {
+  chooseTokens,
+  type DecodeKernels,
+  decodeStep,
+  isDecoderModel,
+  StaticKVCache,
+  type TokenChoice,
+} from "./decode.ts";
 import { RopeTables } from "./rope.ts";
 
 type RopeParameters = ConstructorParameters<typeof RopeTables>[1];
@@ -253,15 +260,17 @@ function maskPrefix(p: Prepared, len: number): Int32Array {
  * positions counted over real tokens only, as transformers' generate does). Returns each row's prompt
  * followed by its new tokens; a row stops after an `eosTokenId` token, the batch once all rows stopped.
  * A Llama-family model decodes on the device (tokens read back every `readEvery` steps); any other
- * {@link IncrementalLM} runs the reference loop. Both give the same tokens.
+ * {@link IncrementalLM} runs the reference loop. Both give the same tokens. `kernels` pins the step's
+ * kernel choice (tests run the GEMV path on a software adapter with it).
  */
 export async function generateTokens(
   model: IncrementalLM,
   promptIds: number[][],
   opts: GenerateOptions,
+  kernels: DecodeKernels = {},
 ): Promise<number[][]> {
   if (isDecoderModel(model) && hasRope(model)) {
-    return await generateOnDevice(model, prepare(model, promptIds, opts));
+    return await generateOnDevice(model, prepare(model, promptIds, opts), kernels);
   }
   return await referenceLoop(model, prepare(model, promptIds, opts));
 }
@@ -341,6 +350,7 @@ function hasRope(m: unknown): m is RopeModel {
 async function generateOnDevice(
   model: IncrementalLM & Parameters<typeof decodeStep>[0] & RopeModel,
   p: Prepared,
+  kernels: DecodeKernels,
 ): Promise<number[][]> {
   const { s, batch, width, out } = p;
   if (p.maxNewTokens === 0) return out;
@@ -388,7 +398,7 @@ async function generateOnDevice(
         slot: width + step,
         positions: Int32Array.from(p.pads, (pad) => width - pad + step),
         start: p.pads,
-      });
+      }, kernels);
       const next = chooseTokens(logits, choice, (step + 1) * batch);
       logits.dispose();
       if (!pending.includes(feed)) feed.dispose();

@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { AutoModelForCausalLM, type GenerateOptions, type LlamaForCausalLM } from "../../mod.ts";
 import { generateTokens, generateTokensReference } from "../../src/models/generate.ts";
-import { isDecoderModel } from "../../src/models/decode.ts";
+import { type DecodeKernels, isDecoderModel } from "../../src/models/decode.ts";
 import { tinyModel, tokenRows } from "./tiny_model.ts";
 import { caseDir } from "./family_cases.ts";
 import { gpuTest } from "../backend/webgpu/gpu.ts";
@@ -40,14 +40,20 @@ function countForwards(model: LlamaForCausalLM): { n: number } {
   return c;
 }
 
-async function deviceEqualsReference(model: LlamaForCausalLM, label: string): Promise<void> {
+async function deviceEqualsReference(
+  model: LlamaForCausalLM,
+  label: string,
+  kernels: DecodeKernels = {},
+): Promise<void> {
+  const generateTokensWith = (m: LlamaForCausalLM, p: number[][], o: GenerateOptions) =>
+    generateTokens(m, p, o, kernels);
   assert.ok(isDecoderModel(model), `${label}: the device loop applies`);
   const vocab = model.config.vocabSize;
   const prompts = ragged(vocab);
   const forwards = countForwards(model);
   for (const opts of SETTINGS) {
     forwards.n = 0;
-    const ours = await generateTokens(model, prompts, opts);
+    const ours = await generateTokensWith(model, prompts, opts);
     assert.equal(forwards.n, 1, `${label}: the device loop runs only the prefill through forward`);
     const ref = await generateTokensReference(model, prompts, opts);
     assert.deepEqual(ours, ref, `${label} ${JSON.stringify(opts)}`);
@@ -58,18 +64,22 @@ async function deviceEqualsReference(model: LlamaForCausalLM, label: string): Pr
   for (const readEvery of [1, 4, 16]) {
     const opts = { maxNewTokens: 9, eosTokenId: eos, readEvery };
     assert.deepEqual(
-      await generateTokens(model, prompts, opts),
+      await generateTokensWith(model, prompts, opts),
       await generateTokensReference(model, prompts, opts),
       `${label}: eos ${eos} with readEvery ${readEvery}`,
     );
   }
-  const stopped = await generateTokens(model, prompts, { maxNewTokens: 9, eosTokenId: eos, readEvery: 16 });
+  const stopped = await generateTokensWith(model, prompts, {
+    maxNewTokens: 9,
+    eosTokenId: eos,
+    readEvery: 16,
+  });
   assert.ok(stopped[0].length <= 5 + 3 && stopped[0].at(-1) === eos, `${label}: row 0 stops at EOS`);
   // Batched greedy rows equal each row alone (left padding changes nothing a row sees).
-  const batched = await generateTokens(model, prompts, { maxNewTokens: 6, eosTokenId: null });
+  const batched = await generateTokensWith(model, prompts, { maxNewTokens: 6, eosTokenId: null });
   for (let b = 0; b < prompts.length; b++) {
     assert.deepEqual(
-      (await generateTokens(model, [prompts[b]], { maxNewTokens: 6, eosTokenId: null }))[0],
+      (await generateTokensWith(model, [prompts[b]], { maxNewTokens: 6, eosTokenId: null }))[0],
       batched[b],
       `${label}: row ${b} alone`,
     );
@@ -103,16 +113,24 @@ Deno.test("readEvery must be a positive integer", async () => {
   await assert.rejects(() => tinyModel().generate([[1]], { maxNewTokens: 2, readEvery: 0 }), /readEvery/);
 });
 
-gpuTest("device decoding equals the reference loop on WebGPU (Llama f32)", async (dev) => {
-  await deviceEqualsReference(await tinyModel().to(dev), "llama webgpu f32");
-});
+gpuTest(
+  "device decoding equals the reference loop on WebGPU (Llama f32, GEMM and GEMV linears)",
+  async (dev) => {
+    const model = await tinyModel().to(dev);
+    await deviceEqualsReference(model, "llama webgpu f32");
+    await deviceEqualsReference(model, "llama webgpu f32 gemv", { gemv: true });
+  },
+);
 
-gpuTest("device decoding equals the reference loop on WebGPU (Qwen2, Qwen3 f32)", async (dev) => {
-  for (const name of ["qwen2-tied", "qwen3-gqa"]) {
-    const model = await AutoModelForCausalLM.fromPretrained(`${caseDir(name)}base`, { device: dev });
-    await deviceEqualsReference(model, `${name} webgpu`);
-  }
-});
+gpuTest(
+  "device decoding equals the reference loop on WebGPU (Qwen2, Qwen3 f32, GEMV kernels)",
+  async (dev) => {
+    for (const name of ["qwen2-tied", "qwen3-gqa"]) {
+      const model = await AutoModelForCausalLM.fromPretrained(`${caseDir(name)}base`, { device: dev });
+      await deviceEqualsReference(model, `${name} webgpu gemv`, { gemv: true });
+    }
+  },
+);
 
 gpuTest("f16 decoding on WebGPU: the read window does not change the tokens", async (dev) => {
   if (!dev.backend.supportsDType("f16")) return; // no shader-f16 on this adapter: nothing to run in f16
@@ -124,8 +142,8 @@ gpuTest("f16 decoding on WebGPU: the read window does not change the tokens", as
   });
   const prompts = ragged(model.config.vocabSize);
   for (const base of SETTINGS) {
-    const one = await generateTokens(model, prompts, { ...base, readEvery: 1 });
-    const many = await generateTokens(model, prompts, { ...base, readEvery: 5 });
+    const one = await generateTokens(model, prompts, { ...base, readEvery: 1 }, { gemv: true });
+    const many = await generateTokens(model, prompts, { ...base, readEvery: 5 }, { gemv: true });
     assert.deepEqual(many, one, JSON.stringify(base));
   }
 });
