@@ -127,7 +127,10 @@ export function createCpuBackend(): Backend {
     upload(data, dtype) {
       reserve(data.length * dtypeSize(dtype), `upload: tensor of ${data.length} elements (${dtype})`);
       const a = hostArray(dtype, data.length);
-      for (let i = 0; i < data.length; i++) a[i] = data[i];
+      // A same-type copy moves bits: a packed quantized weight's words may look like signaling NaNs, which
+      // an element-by-element copy through JS numbers would quieten (changing the codes).
+      if (dtype !== "f64" && data instanceof Float32Array) a.set(data);
+      else for (let i = 0; i < data.length; i++) a[i] = data[i];
       return out(dtype, a);
     },
     read(s) {

@@ -234,6 +234,29 @@ gpuTest(
   (d) => checkCase(d, { ...base, out: 1, inF: 1, m: 1, scheme: "int8", rank: 1 }),
 );
 
+gpuTest(
+  "a quantized Linear moved between devices keeps every packed word, signaling-NaN patterns included",
+  async (d) => {
+    const { Linear, quantizeLinear } = await import("../../../mod.ts");
+    // Codes 7 or 15, 15, and 8-11 at elements 6, 7 and 4 make a word whose bits are a signaling NaN.
+    const w = new Float32Array(64 * 64).map((_, i) =>
+      [0.3, 0.1, 0.2, 0.4, 0.09, 0.05, 0.0, 1.0][i % 8] - 0.01 * (i % 3)
+    );
+    const l = new Linear(64, 64, { device: d, bias: false });
+    l.weight._assign(tensor(w, [64, 64], { device: d }));
+    quantizeLinear(l, { scheme: "nf4", blockSize: 64 });
+    const words = wordsOf(Float32Array.from(await l.weight.data()));
+    const sNaN = (x: number) =>
+      (x & 0x7f800000) === 0x7f800000 && (x & 0x400000) === 0 && (x & 0x3fffff) !== 0;
+    assert.ok(words.some(sNaN), "the case holds signaling-NaN words");
+    await l.to(cpuDevice());
+    assert.deepEqual(wordsOf(Float32Array.from(await l.weight.data())), words, "GPU → CPU");
+    await l.to(d);
+    assert.deepEqual(wordsOf(Float32Array.from(await l.weight.data())), words, "CPU → GPU");
+    l.weight.dispose();
+  },
+);
+
 Deno.test("the WGSL NF4 table and midpoints are the bits of NF4_VALUES and NF4_MIDPOINTS", () => {
   const src = WGSL_SOURCES["quant_codes"];
   const hex = (fn: string) => {
