@@ -4,7 +4,9 @@
  * filesystem: there every helper throws a ConfigError telling the caller to pass the bytes themselves.
  *
  * Writes never leave a half-written file at the final path: data goes to a temporary name in the same
- * directory first and is then renamed over the target.
+ * directory first and is then renamed over the target. Saves of several files go further
+ * ({@link writeDirAtomic}): a complete new folder is written beside the target and switched in with one
+ * rename of a symbolic link, so a reader of the target sees one whole save, never a mix.
  * @module
  */
 import { ConfigError, LoraError } from "../core/errors.ts";
@@ -20,15 +22,37 @@ export interface FsOps {
   remove(path: string): Promise<void>;
   /** Whether the path is a directory, a file (anything else), or absent (null). */
   kind(path: string): Promise<"dir" | "file" | null>;
+  /** Like kind, without following a final symbolic link ("symlink"). Optional: the runtime's own otherwise. */
+  lkind?(path: string): Promise<"dir" | "file" | "symlink" | null>;
+  /** A directory's entries, symbolic links not followed. Optional, as lkind. */
+  readDir?(path: string): Promise<{ name: string; kind: "dir" | "file" | "symlink" }[]>;
+  /** Creates a symbolic link at `path` holding `target`. Optional, as lkind. */
+  symlink?(target: string, path: string): Promise<void>;
+  /** The target a symbolic link holds. Optional, as lkind. */
+  readLink?(path: string): Promise<string>;
+  /** A hard link (a second name for the same file). Optional, as lkind. */
+  link?(from: string, to: string): Promise<void>;
+  /** Removes a file, link or directory with everything in it. Optional, as lkind. */
+  removeTree?(path: string): Promise<void>;
+  /** The absolute path with every symbolic link resolved. Optional, as lkind. */
+  realPath?(path: string): Promise<string>;
 }
+
+type EntryKind = "dir" | "file" | "symlink";
 
 interface DenoFs {
   readFile(path: string): Promise<Uint8Array>;
   writeFile(path: string, data: Uint8Array): Promise<void>;
   rename(from: string, to: string): Promise<void>;
   mkdir(path: string, opts: { recursive: boolean }): Promise<void>;
-  remove(path: string): Promise<void>;
   stat(path: string): Promise<{ isDirectory: boolean }>;
+  lstat(path: string): Promise<{ isDirectory: boolean; isSymlink: boolean }>;
+  readDir(path: string): AsyncIterable<{ name: string; isDirectory: boolean; isSymlink: boolean }>;
+  symlink(target: string, path: string): Promise<void>;
+  readLink(path: string): Promise<string>;
+  link(from: string, to: string): Promise<void>;
+  remove(path: string, opts?: { recursive: boolean }): Promise<void>;
+  realPath(path: string): Promise<string>;
 }
 
 interface NodeFs {
@@ -38,6 +62,16 @@ interface NodeFs {
   mkdir(path: string, opts: { recursive: boolean }): Promise<unknown>;
   unlink(path: string): Promise<void>;
   stat(path: string): Promise<{ isDirectory(): boolean }>;
+  lstat(path: string): Promise<{ isDirectory(): boolean; isSymbolicLink(): boolean }>;
+  readdir(
+    path: string,
+    opts: { withFileTypes: true },
+  ): Promise<{ name: string; isDirectory(): boolean; isSymbolicLink(): boolean }[]>;
+  symlink(target: string, path: string): Promise<void>;
+  readlink(path: string): Promise<string>;
+  link(from: string, to: string): Promise<void>;
+  rm(path: string, opts: { recursive: boolean; force: boolean }): Promise<void>;
+  realpath(path: string): Promise<string>;
 }
 
 /** Whether `err` says that a path does not exist (Deno's NotFound or Node's ENOENT). */
@@ -48,27 +82,46 @@ export function isNotFoundError(err: unknown): boolean {
   return (err as { code?: unknown } | null)?.code === "ENOENT";
 }
 
-async function kindOf(stat: () => Promise<boolean>): Promise<"dir" | "file" | null> {
+async function kindOf<K extends string>(stat: () => Promise<K>): Promise<K | null> {
   try {
-    return (await stat()) ? "dir" : "file";
+    return await stat();
   } catch (err) {
     if (isNotFoundError(err)) return null;
     throw err;
   }
 }
 
-function denoOps(deno: DenoFs): FsOps {
+const entryKind = (dir: boolean, link: boolean): EntryKind => link ? "symlink" : dir ? "dir" : "file";
+
+function denoOps(deno: DenoFs): Required<FsOps> {
   return {
     readFile: (p) => deno.readFile(p),
     writeFile: (p, d) => deno.writeFile(p, d),
     rename: (a, b) => deno.rename(a, b),
     mkdirp: (p) => deno.mkdir(p, { recursive: true }),
     remove: (p) => deno.remove(p),
-    kind: (p) => kindOf(async () => (await deno.stat(p)).isDirectory),
+    kind: (p) => kindOf(async () => (await deno.stat(p)).isDirectory ? "dir" : "file"),
+    lkind: (p) =>
+      kindOf(async () => {
+        const st = await deno.lstat(p);
+        return entryKind(st.isDirectory, st.isSymlink);
+      }),
+    readDir: async (p) => {
+      const out: { name: string; kind: EntryKind }[] = [];
+      for await (const e of deno.readDir(p)) {
+        out.push({ name: e.name, kind: entryKind(e.isDirectory, e.isSymlink) });
+      }
+      return out;
+    },
+    symlink: (t, p) => deno.symlink(t, p),
+    readLink: (p) => deno.readLink(p),
+    link: (a, b) => deno.link(a, b),
+    removeTree: (p) => deno.remove(p, { recursive: true }),
+    realPath: (p) => deno.realPath(p),
   };
 }
 
-function nodeOps(fs: NodeFs): FsOps {
+function nodeOps(fs: NodeFs): Required<FsOps> {
   return {
     readFile: async (p) => {
       const buf = await fs.readFile(p);
@@ -79,16 +132,36 @@ function nodeOps(fs: NodeFs): FsOps {
     rename: (a, b) => fs.rename(a, b),
     mkdirp: async (p) => void await fs.mkdir(p, { recursive: true }),
     remove: (p) => fs.unlink(p),
-    kind: (p) => kindOf(async () => (await fs.stat(p)).isDirectory()),
+    kind: (p) => kindOf(async () => (await fs.stat(p)).isDirectory() ? "dir" : "file"),
+    lkind: (p) =>
+      kindOf(async () => {
+        const st = await fs.lstat(p);
+        return entryKind(st.isDirectory(), st.isSymbolicLink());
+      }),
+    readDir: async (p) =>
+      (await fs.readdir(p, { withFileTypes: true })).map((e) => ({
+        name: e.name,
+        kind: entryKind(e.isDirectory(), e.isSymbolicLink()),
+      })),
+    symlink: (t, p) => fs.symlink(t, p),
+    readLink: (p) => fs.readlink(p),
+    link: (a, b) => fs.link(a, b),
+    removeTree: (p) => fs.rm(p, { recursive: true, force: true }),
+    realPath: (p) => fs.realpath(p),
   };
 }
 
-let cached: FsOps | null = null;
+let cached: Required<FsOps> | null = null;
 let override: FsOps | null = null;
 
 /** The filesystem of this runtime; a ConfigError naming `op` where there is none (browsers). */
-async function fsFor(op: string): Promise<FsOps> {
-  if (override) return override;
+async function fsFor(op: string): Promise<Required<FsOps>> {
+  // A test's filesystem may leave the optional operations out: the runtime's own fill them in.
+  if (override) return { ...(await runtimeFs(op)), ...override } as Required<FsOps>;
+  return await runtimeFs(op);
+}
+
+async function runtimeFs(op: string): Promise<Required<FsOps>> {
   if (cached) return cached;
   const deno = (globalThis as { Deno?: DenoFs }).Deno;
   if (deno && typeof deno.readFile === "function") return (cached = denoOps(deno));
@@ -215,5 +288,218 @@ export async function writeFilesAtomic(files: Record<string, Uint8Array | string
           `had already been replaced`,
       );
     }
+  }
+}
+
+/** Options of {@link writeDirAtomic}. */
+export interface WriteDirOptions {
+  /** The public call to name in errors (`saveAdapter`, `saveModel`, ...). */
+  op: string;
+  /**
+   * Files of the previous save (relative paths) not to carry into the new one; every other file already
+   * in `dir` is kept (a checkpoint's optimizer state beside an adapter saved into it, say).
+   */
+  drop?: (relPath: string) => boolean;
+}
+
+const dirname = (path: string): string => {
+  const trimmed = path.replace(/[\\/]+$/, "");
+  const cut = Math.max(trimmed.lastIndexOf("/"), trimmed.lastIndexOf("\\"));
+  if (cut < 0) return ".";
+  return cut === 0 ? trimmed.slice(0, 1) : trimmed.slice(0, cut);
+};
+const basename = (path: string): string => {
+  const trimmed = path.replace(/[\\/]+$/, "");
+  return trimmed.slice(Math.max(trimmed.lastIndexOf("/"), trimmed.lastIndexOf("\\")) + 1);
+};
+const randomTag = (): string =>
+  `${Date.now().toString(36)}-${Math.floor(Math.random() * 2 ** 48).toString(36)}`;
+
+/** The folder names a save of `base` writes beside it: `.base.save-<tag>`. */
+const saveFolderPattern = (base: string): RegExp =>
+  new RegExp(`^\\.${base.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}\\.save-[0-9a-z-]+$`);
+
+/** A runtime failure as our ConfigError naming the call and path (our own errors pass through). */
+function fsError(op: string, what: string, path: string, err: unknown): Error {
+  if (err instanceof LoraError) return err;
+  const why = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+  return new ConfigError(`${op}: could not ${what} ${path} (${why})`);
+}
+
+async function step<T>(op: string, what: string, path: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    throw fsError(op, what, path, err);
+  }
+}
+
+/** Every entry under `root` as relative paths (directories before their contents), links not followed. */
+async function walk(fs: Required<FsOps>, root: string, rel = ""): Promise<[string, EntryKind][]> {
+  const out: [string, EntryKind][] = [];
+  for (const e of await fs.readDir(rel === "" ? root : joinPath(root, rel))) {
+    const r = rel === "" ? e.name : `${rel}/${e.name}`;
+    out.push([r, e.kind]);
+    if (e.kind === "dir") out.push(...await walk(fs, root, r));
+  }
+  return out;
+}
+
+/**
+ * Saves a set of files (paths relative to `dir` → contents) all-or-nothing: a reader of `dir` sees the
+ * complete previous save or the complete new one, also when the writer is killed midway or two saves
+ * race (the last switch wins, each switch is one whole save). How: the files are written in full into a
+ * new folder `.<name>.save-<tag>` beside `dir`, files of the previous save not being replaced are carried
+ * over (hard links, copies where links fail) unless `drop` says otherwise, and then `dir` is switched to
+ * the new folder with one rename of a symbolic link; `dir` becomes that link. A real directory at `dir`
+ * (the first save into it) is moved aside just before the switch and removed after it; the previous save
+ * folder is removed after the switch too. A save killed midway leaves the target as it was, plus an
+ * unfinished `.save-` folder beside it. `dir` being a regular file (or a link to one) is a ConfigError
+ * and the file stays untouched; so is a file of the previous save standing where the new save needs a
+ * directory, or a directory where it needs a file. Runtime failures come back as ConfigErrors naming
+ * `opts.op` and the path.
+ */
+export async function writeDirAtomic(
+  dir: string,
+  files: Record<string, Uint8Array | string>,
+  opts: WriteDirOptions,
+): Promise<void> {
+  const { op } = opts;
+  if (typeof dir !== "string" || dir === "") {
+    throw new ConfigError(`${op}: dir must be a non-empty path string, got ${JSON.stringify(dir)}`);
+  }
+  const fs = await fsFor(op);
+  let target = dir.replace(/(.)[\\/]+$/, "$1");
+  let kind = await step(op, "inspect", target, () => fs.lkind(target));
+  if (kind === "symlink") {
+    const link = await step(op, "read the link", target, () => fs.readLink(target));
+    if (!saveFolderPattern(basename(target)).test(link)) {
+      // The user's own link: save where it leads, leaving the link as it is.
+      const followed = await step(op, "inspect", target, () => fs.kind(target));
+      if (followed !== "dir") {
+        throw new ConfigError(
+          `${op}: ${dir} is a link to ${followed === "file" ? "a file" : "nothing"} (${link}), not a ` +
+            `directory; it was left untouched`,
+        );
+      }
+      target = await step(op, "resolve", target, () => fs.realPath(target));
+      kind = await step(op, "inspect", target, () => fs.lkind(target));
+    }
+  }
+  if (kind === "file") {
+    throw new ConfigError(`${op}: ${dir} is a file, not a directory; it was left untouched`);
+  }
+  const parent = dirname(target), base = basename(target);
+  // The previous save: the folder our link points at, a real directory, or none.
+  let previous: string | null = null;
+  if (kind === "symlink") {
+    previous = joinPath(
+      parent,
+      await step(op, "read the link", target, () => fs.readLink(target)),
+    );
+  } else if (kind === "dir") previous = target;
+  const old = previous === null ? [] : await step(op, "list", previous, () => walk(fs, previous!));
+  const oldKinds = new Map(old);
+  const names = Object.keys(files);
+  const wanted = new Set<string>();
+  for (const name of names) {
+    const parts = name.split("/");
+    for (let i = 1; i < parts.length; i++) wanted.add(parts.slice(0, i).join("/"));
+  }
+  for (const name of names) {
+    if (oldKinds.get(name) === "dir") {
+      throw new ConfigError(`${op}: ${joinPath(target, name)} is a directory; cannot replace it with a file`);
+    }
+  }
+  for (const d of wanted) {
+    const k = oldKinds.get(d);
+    if (k !== undefined && k !== "dir") {
+      throw new ConfigError(`${op}: ${joinPath(target, d)} is a file where the save needs a directory`);
+    }
+  }
+  await step(op, "create the directory", parent, () => fs.mkdirp(parent));
+  const fresh = joinPath(parent, `.${base}.save-${randomTag()}`);
+  try {
+    await step(op, "create the directory", fresh, () => fs.mkdirp(fresh));
+    for (const d of [...wanted].sort()) {
+      await step(op, "create the directory", joinPath(fresh, d), () => fs.mkdirp(joinPath(fresh, d)));
+    }
+    for (const name of names) {
+      const path = joinPath(fresh, name);
+      await step(op, "write", path, () => fs.writeFile(path, encode(files[name])));
+    }
+    // Carry what the previous save held beside the files being replaced.
+    for (const [rel, k] of old) {
+      if (rel in files || wanted.has(rel) || (k !== "dir" && opts.drop?.(rel))) continue;
+      const from = joinPath(previous!, rel), to = joinPath(fresh, rel);
+      if (k === "dir") await step(op, "create the directory", to, () => fs.mkdirp(to));
+      else if (k === "symlink") {
+        const t = await step(op, "read the link", from, () => fs.readLink(from));
+        await step(op, "link", to, () => fs.symlink(t, to));
+      } else {
+        try {
+          await fs.link(from, to);
+        } catch {
+          const bytes = await step(op, "read", from, () => fs.readFile(from));
+          await step(op, "write", to, () => fs.writeFile(to, bytes));
+        }
+      }
+    }
+  } catch (err) {
+    await fs.removeTree(fresh).catch(() => {});
+    throw err;
+  }
+  await switchTo(fs, op, target, fresh, kind === "dir");
+  // The folder our link pointed at (a real directory was moved aside and removed by switchTo).
+  if (kind === "symlink") await fs.removeTree(previous!).catch(() => {});
+}
+
+/** Points `target` at the complete folder `fresh` with one rename (two where a real directory is there). */
+async function switchTo(
+  fs: Required<FsOps>,
+  op: string,
+  target: string,
+  fresh: string,
+  realDirThere: boolean,
+): Promise<void> {
+  const parent = dirname(target), base = basename(target);
+  const linkTmp = joinPath(parent, `.${base}.link-${randomTag()}`);
+  let linked = true;
+  try {
+    await fs.symlink(basename(fresh), linkTmp);
+  } catch {
+    linked = false; // no symbolic links here (Windows without the privilege): the folder itself moves
+  }
+  const aside = joinPath(parent, `.${base}.old-${randomTag()}`);
+  if (realDirThere) {
+    try {
+      await fs.rename(target, aside);
+    } catch (err) {
+      // A racing save moved it first: nothing to move aside any more.
+      if (!isNotFoundError(err)) {
+        if (linked) await fs.remove(linkTmp).catch(() => {});
+        await fs.removeTree(fresh).catch(() => {});
+        throw fsError(op, "replace", target, err);
+      }
+    }
+  }
+  try {
+    await fs.rename(linked ? linkTmp : fresh, target);
+  } catch (err) {
+    if (linked) await fs.remove(linkTmp).catch(() => {});
+    await fs.removeTree(fresh).catch(() => {});
+    if (realDirThere) await fs.rename(aside, target).catch(() => {});
+    throw fsError(op, "replace", target, err);
+  }
+  if (realDirThere) await fs.removeTree(aside).catch(() => {});
+}
+
+/** Resolves a directory given to a loader once, so that all its files come from one save. */
+export async function resolveDir(dir: string): Promise<string> {
+  const fs = await fsFor("resolveDir");
+  try {
+    return (await fs.lkind(dir)) === "symlink" ? await fs.realPath(dir) : dir;
+  } catch {
+    return dir;
   }
 }

@@ -7,15 +7,7 @@
 import type { Module } from "../nn/module.ts";
 import type { Tensor } from "../tensor/mod.ts";
 import { type RawTensorEntry, readSafetensors, writeSafetensors } from "../io/safetensors.ts";
-import {
-  joinPath,
-  mkdirp,
-  pathKind,
-  readFileBytes,
-  readFileText,
-  removeFiles,
-  writeFilesAtomic,
-} from "../io/fs.ts";
+import { joinPath, pathKind, readFileBytes, readFileText, writeDirAtomic } from "../io/fs.ts";
 import { modulesWithAdapters } from "../nn/adapter_hook.ts";
 import { type LlamaConfig, llamaConfigToJson, parseLlamaConfig } from "./config.ts";
 import { ConfigError, FormatError } from "../core/errors.ts";
@@ -265,36 +257,22 @@ export async function modelToFiles(
 const WEIGHT_FILE = /^model(-\d{5}-of-\d{5})?\.safetensors$/;
 const INDEX_FILE = "model.safetensors.index.json";
 
-/** Weight files of an earlier save in `dir` (the single file, the index and the shards it lists). */
-async function previousWeightFiles(dir: string): Promise<string[]> {
-  const names = ["model.safetensors", INDEX_FILE];
-  if ((await pathKind(joinPath(dir, INDEX_FILE))) === "file") {
-    try {
-      const index = JSON.parse(await readFileText(joinPath(dir, INDEX_FILE)));
-      for (const name of Object.values(index?.weight_map ?? {})) {
-        // Only names a save of ours could have written: an index must not steer deletion elsewhere.
-        if (typeof name === "string" && WEIGHT_FILE.test(name)) names.push(name);
-      }
-    } catch { /* an unreadable old index lists nothing to clean up */ }
-  }
-  return [...new Set(names)];
-}
-
 /**
- * Writes {@link modelToFiles}' files into `dir` (created if needed); each file lands atomically. Weight
- * files of an earlier save in another layout (a single file vs shards) are removed afterwards, since a
- * loader would otherwise find the stale ones first.
+ * Writes {@link modelToFiles}' files into `dir` (created if needed), all-or-nothing across the files
+ * (writeDirAtomic in src/io/fs.ts: a complete new folder switched in by one rename; `dir` becomes a
+ * symbolic link to it). Weight files of an earlier save in another layout (a single file vs shards) are
+ * not carried over, since a loader would otherwise find the stale ones first; other files in `dir` are.
  */
 export async function saveModel(
   model: CheckpointModel,
   dir: string,
   opts: SaveModelOptions = {},
+  op = "saveModel",
 ): Promise<void> {
   const files = await modelToFiles(model, opts);
-  await mkdirp(dir);
-  const stale = (await previousWeightFiles(dir)).filter((name) => !(name in files));
-  await writeFilesAtomic(
-    Object.fromEntries(Object.entries(files).map(([name, data]) => [joinPath(dir, name), data])),
-  );
-  await removeFiles(stale.map((name) => joinPath(dir, name)));
+  // Only names a save of ours writes count as stale weights.
+  await writeDirAtomic(dir, files, {
+    op,
+    drop: (name) => WEIGHT_FILE.test(name) || name === INDEX_FILE,
+  });
 }

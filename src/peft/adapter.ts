@@ -13,7 +13,7 @@ import type { Module, StateValue } from "../nn/module.ts";
 import { Linear } from "../nn/layers.ts";
 import type { Tensor } from "../tensor/mod.ts";
 import { readSafetensors, type SafetensorsTensor, writeSafetensors } from "../io/safetensors.ts";
-import { isNotFoundError, joinPath, mkdirp, pathKind, readFileBytes, writeFilesAtomic } from "../io/fs.ts";
+import { isNotFoundError, joinPath, pathKind, readFileBytes, resolveDir, writeDirAtomic } from "../io/fs.ts";
 import { adapterModules, isLoraLinear, type LinearLoRA, patchLinearModule } from "./lora_linear.ts";
 import {
   adapterWeightKey,
@@ -59,6 +59,11 @@ export interface AdapterFilesInput {
 export interface SaveAdapterOptions {
   /** Recorded as `base_model_name_or_path` (PEFT uses it to find the base model); default null. */
   baseModelNameOrPath?: string;
+  /**
+   * false (default): a NaN or infinite adapter weight is a FormatError naming the tensor and nothing is
+   * written (a diverged run must not overwrite a good adapter); true writes them anyway.
+   */
+  allowNonFinite?: boolean;
 }
 
 /** Options of {@link loadAdapter}. */
@@ -159,11 +164,36 @@ function encodeFiles(
   layers: [string, LoraAdapter][],
   weights: HostTensor[][],
   opts: SaveAdapterOptions,
+  op: string,
 ): AdapterFiles {
   const entries: Record<string, HostTensor> = {};
   layers.forEach(([name], i) => {
     LORA_WEIGHTS.forEach((field, j) => entries[peftKey(name, field)] = weights[i][j]);
   });
+  if (opts.allowNonFinite !== undefined && typeof opts.allowNonFinite !== "boolean") {
+    throw new ConfigError(
+      `${op}: allowNonFinite must be true or false, got ${shown(opts.allowNonFinite)}`,
+    );
+  }
+  if (!opts.allowNonFinite) {
+    for (const [key, t] of Object.entries(entries)) {
+      const data = t.data as ArrayLike<number>;
+      let bad = 0, first = -1;
+      for (let i = 0; i < data.length; i++) {
+        if (!Number.isFinite(data[i])) {
+          if (first < 0) first = i;
+          bad++;
+        }
+      }
+      if (bad > 0) {
+        throw new FormatError(
+          `${op}: adapter weight ${key} (shape [${t.shape.join(", ")}]) holds ${bad} non-finite value(s), ` +
+            `the first ${data[first]} at flat index ${first}; nothing was written (training diverged? ` +
+            `pass { allowNonFinite: true } to save them anyway)`,
+        );
+      }
+    }
+  }
   return {
     [ADAPTER_WEIGHTS_NAME]: writeSafetensors(entries, { format: "pt" }),
     [ADAPTER_CONFIG_NAME]: buildConfig(model, layers, opts),
@@ -196,22 +226,23 @@ export function adapterToFiles(model: Module, opts: SaveAdapterOptions = {}): Ad
       return hostTensor(t, t.dataSync());
     })
   );
-  return encodeFiles(model, layers, weights, opts);
+  return encodeFiles(model, layers, weights, opts, "adapterToFiles");
 }
 
 /** {@link adapterToFiles} for models on any device (reads GPU weights back asynchronously). */
 export async function adapterToFilesAsync(
   model: Module,
   opts: SaveAdapterOptions = {},
+  op = "adapterToFilesAsync",
 ): Promise<AdapterFiles> {
-  const layers = loraLayers(model, "adapterToFilesAsync");
+  const layers = loraLayers(model, op);
   const weights: HostTensor[][] = [];
   for (const [, l] of layers) {
     const host: HostTensor[] = [];
     for (const [, t] of adapterWeights(l)) host.push(hostTensor(t, await t.data()));
     weights.push(host);
   }
-  return encodeFiles(model, layers, weights, opts);
+  return encodeFiles(model, layers, weights, opts, op);
 }
 
 /**
@@ -222,6 +253,7 @@ export async function adapterRecordsToFiles(
   model: Module,
   layers: [string, LoraAdapter][],
   opts: SaveAdapterOptions = {},
+  op = "saveAdapter",
 ): Promise<AdapterFiles> {
   const weights: HostTensor[][] = [];
   for (const [, l] of layers) {
@@ -229,25 +261,52 @@ export async function adapterRecordsToFiles(
     for (const [, t] of adapterWeights(l)) host.push(hostTensor(t, await t.data()));
     weights.push(host);
   }
-  return encodeFiles(model, layers, weights, opts);
+  return encodeFiles(model, layers, weights, opts, op);
 }
 
 /**
  * Writes the adapter of `model` into directory `dir` (created when missing) as PEFT's
- * `adapter_model.safetensors` and `adapter_config.json`. Both files are written in full to temporary
- * names before either replaces an existing file, so a failed save leaves the previous files as they were.
- * Deno, Node and Bun only; in browsers use {@link adapterToFiles}.
+ * `adapter_model.safetensors` and `adapter_config.json`, all-or-nothing across both files (see
+ * writeDirAtomic in src/io/fs.ts: a complete new folder beside `dir`, switched in by one rename; `dir`
+ * becomes a symbolic link to it; other files already in `dir` are kept). Non-finite weights are a
+ * FormatError naming the tensor unless `allowNonFinite`. Deno, Node and Bun only; in browsers use
+ * {@link adapterToFiles}.
  */
 export async function saveAdapter(model: Module, dir: string, opts: SaveAdapterOptions = {}): Promise<void> {
   if (typeof dir !== "string" || dir === "") {
-    throw new ConfigError(`saveAdapter: dir must be a non-empty path string, got ${JSON.stringify(dir)}`);
+    throw new ConfigError(`saveAdapter: dir must be a non-empty path string, got ${shown(dir)}`);
   }
-  const files = await adapterToFilesAsync(model, opts);
-  await mkdirp(dir);
-  await writeFilesAtomic({
-    [joinPath(dir, ADAPTER_WEIGHTS_NAME)]: files[ADAPTER_WEIGHTS_NAME],
-    [joinPath(dir, ADAPTER_CONFIG_NAME)]: files[ADAPTER_CONFIG_NAME],
-  });
+  if (opts === null || typeof opts !== "object") {
+    throw new ConfigError(`saveAdapter: options must be an object, got ${shown(opts)}`);
+  }
+  for (const key of Object.keys(opts)) {
+    if (!["baseModelNameOrPath", "allowNonFinite"].includes(key)) {
+      throw new ConfigError(
+        `saveAdapter: unknown option ${JSON.stringify(key)} (known: baseModelNameOrPath, allowNonFinite)`,
+      );
+    }
+  }
+  if (opts.baseModelNameOrPath !== undefined && typeof opts.baseModelNameOrPath !== "string") {
+    throw new ConfigError(
+      `saveAdapter: baseModelNameOrPath must be a string, got ${shown(opts.baseModelNameOrPath)}`,
+    );
+  }
+  const files = await adapterToFilesAsync(model, opts, "saveAdapter");
+  await writeDirAtomic(dir, {
+    [ADAPTER_WEIGHTS_NAME]: files[ADAPTER_WEIGHTS_NAME],
+    [ADAPTER_CONFIG_NAME]: files[ADAPTER_CONFIG_NAME],
+  }, { op: "saveAdapter" });
+}
+
+/** A value as the user wrote it: strings quoted (so "8" never reads as 8), the rest as JSON or String. */
+function shown(v: unknown): string {
+  if (typeof v === "string") return JSON.stringify(v);
+  if (typeof v === "bigint" || typeof v === "function" || typeof v === "symbol") return String(v);
+  try {
+    return JSON.stringify(v) ?? String(v);
+  } catch {
+    return String(v);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -279,6 +338,8 @@ export async function readAdapterSource(
   source: string | AdapterFilesInput,
 ): Promise<{ config: string | Uint8Array; weights: Uint8Array }> {
   if (typeof source === "string") {
+    // Both files from the one save `source` points at now, even if another save switches it meanwhile.
+    source = await resolveDir(source);
     if (source === "") throw new ConfigError(`loadAdapter: the adapter directory path is empty`);
     const weightsPath = joinPath(source, ADAPTER_WEIGHTS_NAME);
     const config = await readRequired(joinPath(source, ADAPTER_CONFIG_NAME), "the adapter config");

@@ -1,15 +1,16 @@
 /**
  * Training checkpoints: the adapter in PEFT's layout (so the directory is also a loadable adapter),
  * the optimizer's moment buffers in `optimizer.safetensors` keyed by parameter name, and step counts,
- * hyperparameters, scheduler position and loss history in `trainer_state.json`. Every file of a
- * checkpoint is written to a temporary name first and renamed into place together.
+ * hyperparameters, scheduler position and loss history in `trainer_state.json`. A checkpoint is saved
+ * all-or-nothing across its files (writeDirAtomic in src/io/fs.ts: a complete new folder switched in by
+ * one rename), and loaded from one resolved folder, so a reader never mixes two checkpoints.
  * @module
  */
 import type { Module } from "../nn/module.ts";
 import type { Tensor } from "../tensor/mod.ts";
 import type { AdamW } from "../optim/adamw.ts";
 import { type RawTensorEntry, readSafetensors, writeSafetensors } from "../io/safetensors.ts";
-import { joinPath, mkdirp, pathKind, readFileBytes, readFileText, writeFilesAtomic } from "../io/fs.ts";
+import { joinPath, pathKind, readFileBytes, readFileText, resolveDir, writeDirAtomic } from "../io/fs.ts";
 import {
   ADAPTER_CONFIG_NAME,
   ADAPTER_WEIGHTS_NAME,
@@ -94,7 +95,7 @@ export async function saveCheckpoint(
 ): Promise<void> {
   const { model, optimizer } = args;
   const names = optimizerNames(model, optimizer, "saveCheckpoint");
-  const adapter = await adapterToFilesAsync(model);
+  const adapter = await adapterToFilesAsync(model, {}, "saveCheckpoint");
   const adapterKeys = new Set(readSafetensors(adapter[ADAPTER_WEIGHTS_NAME]).tensors.keys());
   for (const n of names) {
     if (!adapterKeys.has(PEFT_PREFIX + n)) {
@@ -143,12 +144,10 @@ export async function saveCheckpoint(
     losses: args.losses ?? [],
     files,
   };
-  await mkdirp(dir);
-  // The trainer state goes last: renamed only once every file it vouches for is in place.
-  await writeFilesAtomic({
-    ...Object.fromEntries(Object.entries(contents).map(([name, data]) => [joinPath(dir, name), data])),
-    [joinPath(dir, TRAINER_STATE_NAME)]: JSON.stringify(state, null, 2) + "\n",
-  });
+  await writeDirAtomic(dir, {
+    ...contents,
+    [TRAINER_STATE_NAME]: JSON.stringify(state, null, 2) + "\n",
+  }, { op: "saveCheckpoint" });
 }
 
 async function readRequired(dir: string, name: string): Promise<Uint8Array> {
@@ -170,6 +169,8 @@ export async function loadCheckpoint(
 ): Promise<TrainerState> {
   const { model, optimizer } = args;
   const names = optimizerNames(model, optimizer, "loadCheckpoint");
+  // Every file from the one save `dir` points at now, even if another save switches it meanwhile.
+  dir = await resolveDir(dir);
   const statePath = joinPath(dir, TRAINER_STATE_NAME);
   if ((await pathKind(statePath)) !== "file") {
     throw new FormatError(`loadCheckpoint: ${statePath} does not exist`);

@@ -2,8 +2,8 @@
  * Saves that fail midway — a directory in the way, a write or mkdir refused by the filesystem, a rename
  * refused after others succeeded — for `saveModel` / `savePretrained` and for training checkpoints
  * (`saveCheckpoint`, `train({ checkpointDir })`). Every failure is reported, leaves no temporary file,
- * and leaves the previous save loadable: either intact byte for byte, or (when a rename fails after
- * another succeeded) refused on load rather than silently mixed.
+ * and leaves the previous save intact byte for byte and loadable (saves switch a complete new folder in
+ * with one rename, so there is no half-replaced state to refuse).
  */
 import assert from "node:assert/strict";
 import {
@@ -15,7 +15,6 @@ import {
   llamaConfig,
   LlamaForCausalLM,
   loadCheckpoint,
-  LoraError,
   manualSeed,
   PeftConfig,
   saveCheckpoint,
@@ -174,19 +173,24 @@ Deno.test("saveModel: a directory that cannot be created is an error and nothing
   });
 });
 
-Deno.test("saveModel: a rename refused after another succeeded names what was replaced; no temporaries", async () => {
-  await withDir(async (dir) => {
+Deno.test("saveModel: the final switch refused is a ConfigError naming saveModel; the previous save is intact", async () => {
+  await withDir(async (root) => {
+    const dir = `${root}/model`;
     const { before, error } = await failedModelOverwrite(
       dir,
       () =>
         withFs(
-          faultyFs((call, path) => call === "rename" && path.endsWith("config.json")),
+          faultyFs((call, path) => call === "rename" && path === dir),
           () => saveModel(baseModel(2), dir),
         ),
     );
-    assert.ok(error instanceof LoraError, `${error}`);
-    assert.match(error.message, /config\.json.*model\.safetensors had already been replaced/s);
-    assert.deepEqual(snapshot(dir).map(([n]) => n), before.map(([n]) => n), "no temporaries");
+    assert.ok(
+      error instanceof ConfigError && /^saveModel: could not replace/.test(error.message),
+      `${error}`,
+    );
+    assert.deepEqual(snapshot(dir), before);
+    assert.equal([...Deno.readDirSync(root)].length, 2, "the link and its folder, no leftovers");
+    await assertModelOneLoads(dir);
   });
 });
 
@@ -243,30 +247,29 @@ Deno.test("train: a checkpoint save failing at step 4 keeps the step-2 checkpoin
   });
 });
 
-Deno.test("saveCheckpoint: a rename refused midway leaves a mix that loadCheckpoint refuses with a FormatError", async () => {
-  await withDir(async (dir) => {
+Deno.test("saveCheckpoint: the final switch refused keeps the previous checkpoint whole and loadable", async () => {
+  await withDir(async (root) => {
+    const dir = `${root}/ckpt`;
     const model = loraModel();
     const optimizer = new AdamW(model.trainableParameters(), { lr: 1e-2 });
     await train({ model, optimizer, batches: BATCHES, steps: 2, logEvery: 2, checkpointDir: dir });
-    const names = snapshot(dir).map(([n]) => n);
+    const before = snapshot(dir);
     await train({ model, optimizer, batches: BATCHES, steps: 2, logEvery: 2 }); // new weights and moments
     const error = await withFs(
-      faultyFs((call, path) => call === "rename" && path.endsWith("optimizer.safetensors")),
+      faultyFs((call, path) => call === "rename" && path === dir),
       () => saveCheckpoint(dir, { model, optimizer, step: 4 }),
     ).then(() => null, (e) => e);
-    assert.ok(error instanceof LoraError && /adapter_model\.safetensors/.test(error.message), `${error}`);
-    assert.deepEqual(snapshot(dir).map(([n]) => n), names, "no temporaries");
-    // The adapter files are new, the optimizer and trainer state old: resuming must not mix them.
-    const fresh = loraModel();
-    await assert.rejects(
-      () =>
-        loadCheckpoint(dir, {
-          model: fresh,
-          optimizer: new AdamW(fresh.trainableParameters(), { lr: 1e-2 }),
-        }),
-      (e: unknown) =>
-        e instanceof FormatError && /adapter_model\.safetensors is not the file/.test(e.message),
+    assert.ok(
+      error instanceof ConfigError && /^saveCheckpoint: could not replace/.test(error.message),
+      `${error}`,
     );
+    assert.deepEqual(snapshot(dir), before, "the step-2 checkpoint byte for byte");
+    const fresh = loraModel();
+    const state = await loadCheckpoint(dir, {
+      model: fresh,
+      optimizer: new AdamW(fresh.trainableParameters(), { lr: 1e-2 }),
+    });
+    assert.equal(state.step, 2);
   });
 });
 

@@ -130,23 +130,30 @@ Deno.test("fs: when the second file's write fails, both previous files stay and 
   }
 });
 
-Deno.test("fs: a rename failing after another succeeded is reported with what was replaced; no temporaries", async () => {
-  const dir = await Deno.makeTempDir();
+Deno.test("fs: the final switch refused leaves the previous adapter whole, a ConfigError naming saveAdapter, no leftovers", async () => {
+  const root = await Deno.makeTempDir();
+  const dir = `${root}/out`;
   try {
     await saveAdapter(await adapted(1), dir);
-    _setFsForTesting(failingFs((op, path) => op === "rename" && path.endsWith(CONFIG)));
+    const before = {
+      w: Deno.readFileSync(`${dir}/${WEIGHTS}`),
+      c: Deno.readTextFileSync(`${dir}/${CONFIG}`),
+    };
+    _setFsForTesting(failingFs((op, path) => op === "rename" && path === dir));
     try {
       await assert.rejects(
         saveAdapter(await adapted(2), dir),
-        (e: Error) =>
-          e.message.includes(CONFIG) && e.message.includes(`${WEIGHTS} had already been replaced`),
+        (e: Error) => e instanceof ConfigError && /^saveAdapter: could not replace/.test(e.message),
       );
     } finally {
       _setFsForTesting(null);
     }
     assert.deepEqual(listDir(dir), [CONFIG, WEIGHTS]);
+    assert.deepEqual(Deno.readFileSync(`${dir}/${WEIGHTS}`), before.w);
+    assert.equal(Deno.readTextFileSync(`${dir}/${CONFIG}`), before.c);
+    assert.equal(listDir(root).length, 2, "out and the one folder it links to, nothing else");
   } finally {
-    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(root, { recursive: true });
   }
 });
 
