@@ -10,7 +10,8 @@
 import assert from "node:assert/strict";
 
 const root = new URL("../../", import.meta.url).pathname;
-const CHROMIUM = "/usr/bin/chromium";
+/** Debian's `chromium` package (.ci/run installs it); shared with test/examples/browser/. */
+export const CHROMIUM = "/usr/bin/chromium";
 
 /** Whether Chromium is here; CI installs it, elsewhere its absence skips the test. */
 export const hasChromium: boolean = await Deno.stat(CHROMIUM).then(() => true, () => false);
