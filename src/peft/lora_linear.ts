@@ -329,7 +329,8 @@ export function attachAdapter(linear: Linear, adapter: LoraAdapter): LinearLoRA 
  * batches in eval mode only.
  */
 function rowRoutedForward(layer: LinearLoRA, x: Tensor, rows: readonly (LoraAdapter | null)[]): Tensor {
-  const base = linear(x, layer.weight, layer.bias);
+  // The base layer's own forward: a quantized base dequantizes inside its GEMMs.
+  const base = Linear.prototype.forward.call(layer, x);
   const batch = rows.length;
   const inF = layer.inFeatures, outF = layer.outFeatures;
   const lead = x.size / inF;

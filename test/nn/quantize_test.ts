@@ -299,3 +299,32 @@ Deno.test("f16 requests on a device without shader-f16 are DTypeErrors naming f1
   assert.ok(!("lora_A" in l), "no adapter was installed");
   assert.equal(l.quantization?.scheme, "nf4");
 });
+
+Deno.test("PeftModel on an NF4 base: per-row adapters (and __base__ rows) keep the quantized forward", async () => {
+  const { AutoModelForCausalLM, getPeftModel, LoraConfig } = await import("../../mod.ts");
+  const base = await AutoModelForCausalLM.fromPretrained("examples/demo/base-model", {
+    quantize: { scheme: "nf4" },
+  });
+  assert.equal(base.model.layers[0].self_attn.q_proj.quantization?.scheme, "nf4");
+  const ids = { data: Int32Array.from({ length: 3 * 6 }, (_, i) => (i * 37) % 256), shape: [3, 6] };
+  const plain = host(base.forward(ids).logits);
+  // initLoraWeights false: B is not zero, so each adapter changes the logits.
+  const cfg = (seedish: number) =>
+    new LoraConfig({
+      r: 2 + seedish,
+      loraAlpha: 4,
+      targetModules: ["q_proj", "v_proj"],
+      initLoraWeights: false,
+    });
+  const pm = getPeftModel(base, cfg(0));
+  pm.addAdapter("b", cfg(1));
+  const rows = (names: string[]) => host(pm.forward(ids, { adapterNames: names }).logits);
+  const mixed = rows(["default", "__base__", "b"]);
+  const allA = rows(["default", "default", "default"]);
+  const allB = rows(["b", "b", "b"]);
+  const row = (v: Float32Array, i: number) => v.subarray(i * 6 * 256, (i + 1) * 6 * 256);
+  assert.ok(relDiff(row(mixed, 0), row(allA, 0)) < 1e-6);
+  assert.ok(relDiff(row(mixed, 1), row(plain, 1)) < 1e-6, "__base__ rows are the quantized base");
+  assert.ok(relDiff(row(mixed, 2), row(allB, 2)) < 1e-6);
+  assert.ok(relDiff(row(allA, 0), row(plain, 0)) > 1e-4, "the adapter changes the logits");
+});
