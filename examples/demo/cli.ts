@@ -321,3 +321,16 @@ export function parseDemoArgs(argv: readonly string[]): DemoOptions | null {
     quantize: v.quantize as DemoOptions["quantize"],
   };
 }
+
+/**
+ * Refuses a `--seq-len` beyond the base model's positions before any work: training such windows would
+ * only grow attention's memory until the process is killed (the issue's 16 GB run).
+ */
+export function checkSequenceLength(seqLen: number, maxPositionEmbeddings: number): void {
+  if (seqLen > maxPositionEmbeddings) {
+    throw new UsageError(
+      `--seq-len ${seqLen}: longer than the base model's max_position_embeddings (${maxPositionEmbeddings}); ` +
+        `use --seq-len ${maxPositionEmbeddings} or less`,
+    );
+  }
+}

@@ -31,7 +31,7 @@ import {
   WarmupCosineSchedule,
   webgpuDevice,
 } from "../../mod.ts";
-import { type DemoOptions, UsageError } from "./cli.ts";
+import { checkSequenceLength, type DemoOptions, UsageError } from "./cli.ts";
 import {
   completionIds,
   consecutiveWindows,
@@ -264,6 +264,7 @@ export async function runDemo(opts: DemoOptions, io: DemoIO): Promise<DemoResult
   io.log(`device: ${device} ${note}`);
   const { model, tokenizer } = await loadBase(baseDir, device, opts.quantize);
   const c = model.config;
+  checkSequenceLength(opts.seqLen, c.maxPositionEmbeddings);
   io.log(
     `base model: ${displayPath(baseDir)} (${count(c.numHiddenLayers, "layer")}, hidden ${c.hiddenSize}, ` +
       `${count(c.numAttentionHeads, "head")}, ${count(parameterCounts(model).total, "parameter")}); ` +

@@ -212,9 +212,32 @@ function toRows(input: TokenInput): { data: ArrayLike<number>; shape: readonly n
   return input;
 }
 
+/** The model's `config.maxPositionEmbeddings` where it has one (transformers' max_position_embeddings). */
+function maxPositionsOf(model: Module): number | null {
+  const v = (model as { config?: { maxPositionEmbeddings?: unknown } }).config?.maxPositionEmbeddings;
+  return typeof v === "number" && Number.isInteger(v) && v > 0 ? v : null;
+}
+
 /** Labels defaulting to the inputs with padding ignored; and the count of real tokens. */
-function prepare(batch: TrainBatch): { labels: TokenInput; tokens: number } {
+function prepare(
+  batch: TrainBatch,
+  step: number,
+  maxPositions: number | null,
+): { labels: TokenInput; tokens: number } {
+  if (batch === null || typeof batch !== "object" || batch.inputIds === undefined) {
+    throw new ConfigError(
+      `train: the batch for step ${step + 1} must be an object with inputIds, got ${showValue(batch)}`,
+    );
+  }
   const ids = toRows(batch.inputIds);
+  // Longer sequences would run attention past the trained positions and grow memory without bound.
+  if (maxPositions !== null && ids.shape[1] > maxPositions) {
+    throw new ShapeError(
+      `train: the batch for step ${step + 1} has inputIds [${ids.shape}], sequences of ${ids.shape[1]} ` +
+        `tokens, beyond the model's max_position_embeddings (${maxPositions}); cut them to at most ` +
+        `${maxPositions} tokens`,
+    );
+  }
   const mask = batch.attentionMask === undefined ? null : toRows(batch.attentionMask);
   if (mask !== null && mask.data.length !== ids.data.length) {
     throw new ShapeError(`train: attentionMask [${mask.shape}] does not match inputIds [${ids.shape}]`);
@@ -264,11 +287,12 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   optimizer.zeroGrad();
   const wasTraining = model.training;
   const bar = progressLine(opts.progress, steps, logEvery);
+  const maxPositions = maxPositionsOf(model);
   model.train();
   try {
     while (step < steps) {
       const batch = Array.isArray(batches) ? batches[step % batches.length] : batches(step);
-      const { labels, tokens } = prepare(batch);
+      const { labels, tokens } = prepare(batch, step, maxPositions);
       const update = () => {
         if (opts.clipNorm !== undefined) clipGradNorm(params, opts.clipNorm);
         optimizer.step();
@@ -312,6 +336,18 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       read.dispose();
       for (const l of pending) l.dispose();
       pending = [];
+      if (!opts.skipNonFinite) {
+        const bad = values.findIndex((v) => !Number.isFinite(v));
+        if (bad >= 0) {
+          const at = step - values.length + bad + 1;
+          throw new ConfigError(
+            `train: the loss at step ${at} is ${values[bad]}; training stopped (steps read back together ` +
+              `ran to step ${step}, so the adapter weights may be non-finite now; no checkpoint was written ` +
+              `for these steps). Lower the learning rate (now ${optimizer.lr}), set clipNorm, or pass ` +
+              `skipNonFinite: true to skip such steps`,
+          );
+        }
+      }
       losses.push(...values);
       const now = performance.now();
       const elapsed = (now - started) / 1000;

@@ -191,3 +191,35 @@ Deno.test("fs: readFileBytes reads what was written and reports absence through 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("saveAdapter: non-finite weights are a FormatError naming the tensor; the good save stays; allowNonFinite writes them", async () => {
+  const root = await Deno.makeTempDir();
+  const dir = `${root}/out`;
+  try {
+    await saveAdapter(await adapted(1), dir);
+    const before = Deno.readFileSync(`${dir}/${WEIGHTS}`);
+    const model = await adapted(2);
+    const [name, b] = model.namedParameters().find(([n]) => n.endsWith("lora_B.weight"))!;
+    const data = new Float32Array(b.size).fill(0.5);
+    data[3] = NaN;
+    data[5] = Infinity;
+    model.loadStateDict({ [name]: { shape: [...b.shape], data } }, { strict: false });
+    await assert.rejects(
+      saveAdapter(model, dir),
+      (e: unknown) =>
+        e instanceof FormatError &&
+        e.message.startsWith(`saveAdapter: adapter weight base_model.model.${name} (shape [`) &&
+        /holds 2 non-finite value\(s\), the first NaN at flat index 3/.test(e.message),
+    );
+    assert.deepEqual(Deno.readFileSync(`${dir}/${WEIGHTS}`), before, "the good adapter was not overwritten");
+    assert.throws(() => adapterToFiles(model), /^FormatError: adapterToFiles: adapter weight/);
+    await assert.rejects(
+      saveAdapter(model, dir, { allowNonFinite: "yes" as unknown as boolean }),
+      ConfigError,
+    );
+    await saveAdapter(model, dir, { allowNonFinite: true });
+    assert.notDeepEqual(Deno.readFileSync(`${dir}/${WEIGHTS}`), before);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});

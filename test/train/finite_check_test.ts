@@ -1,6 +1,6 @@
 /** The training loop's opt-in finite check: a step with a NaN loss or gradient is skipped and reported. */
 import assert from "node:assert/strict";
-import { AdamW, Module, mul, sum, type Tensor, tensor, train } from "../../mod.ts";
+import { AdamW, ConfigError, Module, mul, ShapeError, sum, type Tensor, tensor, train } from "../../mod.ts";
 
 /** A one-parameter "model" whose loss is sum(w²) times the batch's first token (NaN when it is 0). */
 class Toy extends Module {
@@ -34,10 +34,46 @@ Deno.test("train with skipNonFinite skips the update of a NaN step, reports it, 
   assert.ok(Math.abs(w[0]) < 1, "the three finite steps moved the weights towards 0");
 });
 
-Deno.test("train without the check lets a NaN step poison the weights (why the check exists)", async () => {
+Deno.test("train without skipNonFinite stops at the first non-finite loss with a ConfigError naming its step", async () => {
   const model = new Toy();
   const optimizer = new AdamW([model.w], { lr: 0.1 });
-  const result = await train({ model, optimizer, batches, steps: 4, logEvery: 4 });
-  assert.deepEqual(result.skippedSteps, []);
-  assert.ok(Array.from(await model.w.data()).some(Number.isNaN));
+  // Losses are read back every 4 steps; the error still names step 2, where the NaN first appeared.
+  await assert.rejects(
+    train({ model, optimizer, batches, steps: 8, logEvery: 4 }),
+    (e: unknown) =>
+      e instanceof ConfigError && /^train: the loss at step 2 is NaN; training stopped/.test(e.message) &&
+      /skipNonFinite/.test(e.message),
+  );
+});
+
+Deno.test("train stops before reporting (or checkpointing) the diverged steps", async () => {
+  {
+    const model = new Toy();
+    const optimizer = new AdamW([model.w], { lr: 0.1 });
+    const reports: number[] = [];
+    await assert.rejects(
+      train({ model, optimizer, batches, steps: 4, logEvery: 1, onProgress: (p) => reports.push(p.step) }),
+      /the loss at step 2 is NaN/,
+    );
+    assert.deepEqual(reports, [1], "no report for step 2, and checkpoints are written at reports only");
+  }
+});
+
+/** A model with a config, as LlamaForCausalLM has, and a trivially finite loss. */
+class Positional extends Toy {
+  config = { maxPositionEmbeddings: 4 };
+}
+
+Deno.test("train refuses sequences beyond max_position_embeddings before any step, naming the shape", async () => {
+  const model = new Positional();
+  const optimizer = new AdamW([model.w], { lr: 0.1 });
+  const before = Array.from(await model.w.data());
+  await assert.rejects(
+    train({ model, optimizer, batches: [{ inputIds: [[1, 2, 3, 4, 5]] }], steps: 2 }),
+    (e: unknown) =>
+      e instanceof ShapeError && /step 1 has inputIds \[1,5\].*max_position_embeddings \(4\)/.test(e.message),
+  );
+  assert.deepEqual(Array.from(await model.w.data()), before, "no update ran");
+  const ok = await train({ model, optimizer, batches: [{ inputIds: [[1, 2, 3, 4]] }], steps: 1 });
+  assert.equal(ok.step, 1, "exactly max_position_embeddings tokens train");
 });

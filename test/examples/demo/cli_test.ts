@@ -193,3 +193,10 @@ Deno.test("demo program: a malformed JSONL line and a checkpoint without weights
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("demo program: --seq-len beyond the base model's positions is exit code 2 naming max_position_embeddings, before any data or training", async () => {
+  const r = await runDemoProgram(["--seq-len", "5000", "--device", "cpu"]);
+  assert.equal(r.code, 2, r.stderr);
+  assertOneLineError(r.stderr, /--seq-len 5000: longer than the base model's max_position_embeddings \(64\)/);
+  assert.doesNotMatch(r.stdout, /^(data|training|accuracy)/m, "refused before reading data or training");
+});
