@@ -236,6 +236,11 @@ function specialisations(
     out.push([named("binary"), { ...base, OP, MAX_RANK }]);
   }
   out.push([named("permute"), { ...base, MAX_RANK }]);
+  // Decoding (src/models/decode.ts): token choice, GEMVs for 1-8 rows, the fused norm, decode attention.
+  for (const k of ["argmax", "sample_token", "gather_ids", "add_rms_norm", "decode_attention"] as const) {
+    out.push([named(k), base]);
+  }
+  for (const M of [1, 8]) out.push([named("gemv"), { ...base, M }], [named("gemv_glu"), { ...base, M }]);
   for (const OP of ["sum", "max"]) {
     out.push([named("reduce_rows"), { ...base, OP }], [named("reduce_cols"), { ...base, OP }]);
   }
