@@ -5,7 +5,7 @@
  */
 import type { DType } from "../core/dtype.ts";
 import { ConfigError } from "../core/errors.ts";
-import { checkOptionKeys } from "../core/options.ts";
+import { checkOptionKeys, showValue } from "../core/options.ts";
 
 /** Initialisation of lora_A: Xavier/Glorot normal, or kaiming-uniform with a = √5 ("uniform" / "kaiming"). */
 export type LoraAInit = "xavier" | "uniform" | "kaiming";
@@ -95,13 +95,13 @@ export function validateLoraOptions(
   initName = "loraAInit",
 ): void {
   if (!Number.isInteger(o.dim) || o.dim < 1) {
-    throw new ConfigError(`${where}: dim (rank) must be an integer ≥ 1, got ${o.dim}`);
+    throw new ConfigError(`${where}: dim (rank) must be an integer ≥ 1, got ${showValue(o.dim)}`);
   }
   if (typeof o.alpha !== "number" || !Number.isFinite(o.alpha)) {
-    throw new ConfigError(`${where}: alpha must be a finite number, got ${o.alpha}`);
+    throw new ConfigError(`${where}: alpha must be a finite number, got ${showValue(o.alpha)}`);
   }
   if (typeof o.dropout !== "number" || !(o.dropout >= 0 && o.dropout < 1)) {
-    throw new ConfigError(`${where}: dropout must be in [0, 1), got ${o.dropout}`);
+    throw new ConfigError(`${where}: dropout must be in [0, 1), got ${showValue(o.dropout)}`);
   }
   if (o.dropoutPosition !== "pre" && o.dropoutPosition !== "post") {
     throw new ConfigError(
