@@ -42,9 +42,8 @@ export function statsDType(dtype: DType): DType {
   return dtype === "f64" ? "f64" : "f32";
 }
 
-const PARAMS: ParamLayout = [
-  { name: "rows", type: "u32" },
-  { name: "kv_rows", type: "u32" },
+/** The fields every attention kernel reads; each adds the row count it is dispatched over. */
+const SHARED: ParamLayout = [
   { name: "heads", type: "u32" },
   { name: "kv_heads", type: "u32" },
   { name: "seq", type: "u32" },
@@ -52,10 +51,18 @@ const PARAMS: ParamLayout = [
   { name: "window", type: "u32" },
   { name: "has_mask", type: "u32" },
   { name: "scale", type: "f32" },
-  NEG_INF_FIELD,
 ];
+const ROWS: ParamLayout = [{ name: "rows", type: "u32" }, ...SHARED];
+const FORWARD_PARAMS: ParamLayout = [...ROWS, NEG_INF_FIELD];
+const KV_PARAMS: ParamLayout = [{ name: "kv_rows", type: "u32" }, ...SHARED];
 
-const uniforms = (a: AttentionArgs) => ({
+/** The values of `layout`'s fields for a call. */
+const uniformsOf = (layout: ParamLayout) => (a: AttentionArgs) => {
+  const all: Record<string, number> = allUniforms(a);
+  return Object.fromEntries(layout.map((f) => [f.name, all[f.name]]));
+};
+
+const allUniforms = (a: AttentionArgs) => ({
   rows: a.batch * a.heads * a.seq,
   kv_rows: a.batch * a.kvHeads * a.keys,
   heads: a.heads,
@@ -172,14 +179,14 @@ export const ATTENTION_FORWARD: KernelRecord<AttentionArgs> = {
     { name: "o", access: "write" },
     { name: "lse", access: "write" },
   ],
-  params: PARAMS,
+  params: FORWARD_PARAMS,
   check: (inputs, a) => checkArgs("attention", inputs, ["q", "k", "v"], a),
   outputs: ([q], a): OutputSpec[] => [
     { size: rowsOf(a) * a.dim, dtype: q.dtype, what: `attention: output ${shapeQ(a)} (${q.dtype})` },
     { size: rowsOf(a), dtype: statsDType(q.dtype), what: `attention: log-sum-exp [${rowsOf(a)}]` },
   ],
   specialise: ([q], a) => spec(q.dtype, a),
-  uniforms,
+  uniforms: uniformsOf(FORWARD_PARAMS),
   scratch: maskWords,
   geometry: (a) => ({ rows: a.dim === 0 ? 0 : rowsOf(a) }),
   reference([q, k, v], a, [os, ls]) {
@@ -217,14 +224,14 @@ export const ATTENTION_BACKWARD_Q: KernelRecord<AttentionArgs> = {
     { name: "dq", access: "write" },
     { name: "delta", access: "write" },
   ],
-  params: PARAMS,
+  params: ROWS,
   check: (inputs, a) => checkArgs("attention backward", inputs, ["q", "k", "v", "o", "dout", "lse"], a),
   outputs: ([q], a): OutputSpec[] => [
     { size: rowsOf(a) * a.dim, dtype: q.dtype, what: `attention backward: dq ${shapeQ(a)} (${q.dtype})` },
     { size: rowsOf(a), dtype: statsDType(q.dtype), what: `attention backward: delta [${rowsOf(a)}]` },
   ],
   specialise: ([q], a) => spec(q.dtype, a),
-  uniforms,
+  uniforms: uniformsOf(ROWS),
   scratch: maskWords,
   geometry: (a) => ({ rows: a.dim === 0 ? 0 : rowsOf(a) }),
   reference([q, k, v, o, dout], a, [dqs, ds]) {
@@ -265,7 +272,7 @@ export const ATTENTION_BACKWARD_KV: KernelRecord<AttentionArgs> = {
     { name: "dk", access: "write" },
     { name: "dv", access: "write" },
   ],
-  params: PARAMS,
+  params: KV_PARAMS,
   check: (inputs, a) => checkArgs("attention backward", inputs, ["q", "k", "v", "dout", "lse", "delta"], a),
   outputs: ([q], a): OutputSpec[] => {
     const n = a.batch * a.kvHeads * a.keys * a.dim;
@@ -275,7 +282,7 @@ export const ATTENTION_BACKWARD_KV: KernelRecord<AttentionArgs> = {
     ];
   },
   specialise: ([q], a) => spec(q.dtype, a),
-  uniforms,
+  uniforms: uniformsOf(KV_PARAMS),
   scratch: maskWords,
   geometry: (a) => ({ rows: a.dim === 0 ? 0 : a.batch * a.kvHeads * a.keys }),
   reference([q, k, v, dout, _lse, delta], a, [dks, dvs]) {
