@@ -46,6 +46,7 @@ import {
 } from "./lora_fields.ts";
 import { ConfigError, FormatError, ShapeError } from "../core/errors.ts";
 import { layerRouting } from "./adapter_set.ts";
+import { canFuseRows, fusedRowRoutedForward } from "./lora_rows.ts";
 import { checkOptionalBoolean, checkOptionalSeed, checkOptionKeys } from "../core/options.ts";
 
 /** Names of {@link LinearLoRAOptions}. */
@@ -326,11 +327,10 @@ export function attachAdapter(linear: Linear, adapter: LoraAdapter): LinearLoRA 
  * plus, for each adapter present, scale · B(A(x)) on its rows only. Rows are gathered per adapter (an
  * `embedding` lookup over the rows), so each adapter's two GEMMs run on its own rows, then the deltas are
  * gathered back into row order (rows without an adapter read a zero row). No dropout: PEFT allows mixed
- * batches in eval mode only.
+ * batches in eval mode only. On WebGPU, when no gradient is recorded, the same sum runs as the base GEMM
+ * plus one mixed-batch LoRA dispatch instead (lora_rows.ts); this composed form stays the reference.
  */
 function rowRoutedForward(layer: LinearLoRA, x: Tensor, rows: readonly (LoraAdapter | null)[]): Tensor {
-  // The base layer's own forward: a quantized base dequantizes inside its GEMMs.
-  const base = Linear.prototype.forward.call(layer, x);
   const batch = rows.length;
   const inF = layer.inFeatures, outF = layer.outFeatures;
   const lead = x.size / inF;
@@ -347,7 +347,12 @@ function rowRoutedForward(layer: LinearLoRA, x: Tensor, rows: readonly (LoraAdap
     if (g) g.push(i);
     else groups.set(a, [i]);
   });
+  // The base layer's own forward: a quantized base dequantizes inside its GEMMs.
+  const base = Linear.prototype.forward.call(layer, x);
   if (groups.size === 0) return base;
+  if (base.dtype === x.dtype && canFuseRows(layer, x, [...groups.keys()])) {
+    return fusedRowRoutedForward(layer, x, base, rows, chunk);
+  }
   const flatX = reshape(x, [batch, chunk * inF]);
   const pieces: Tensor[] = [];
   const index = new Array<number>(batch).fill(-1);

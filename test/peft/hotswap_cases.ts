@@ -68,7 +68,10 @@ export async function runHotswapCases(device: Device, tol: number, t: Deno.TestC
         await pm.loadAdapter(`${ADAPTERS_DIR}/b`, "b");
         const before = adapterTensors(pm, "default");
         const oldValues = await Promise.all(before.map((x) => x.data()));
-        await logits(pm); // a forward first: the swap must also work on buffers a forward has used
+        // Forwards first: the swap must also work on buffers a forward has used, and a mixed batch before it
+        // leaves packed adapters behind (WebGPU) that must not serve stale weights after it.
+        await logits(pm);
+        await logits(pm, ["default", "b", "default"]);
         // The files are read first and passed in memory: with no I/O inside the measured call, no
         // finalizer of an earlier test's dropped tensors can run in it and move the live bytes.
         const files = await adapterFiles(swapIn);
