@@ -45,9 +45,9 @@ const caseArb: fc.Arbitrary<Case> = fc.record({
   const rng = new Rng(c.seed + 5);
   const targets = Array.from(
     { length: c.n },
-    () => rng.uniform() < ignored ? -100 : Math.floor(rng.uniform() * c.vocab),
+    (): number => rng.uniform() < ignored ? -100 : Math.floor(rng.uniform() * c.vocab),
   );
-  if (targets.every((t) => t === -100)) targets[Math.floor(rng.uniform() * c.n)] = 0;
+  if (!targets.some((t) => t !== -100)) targets[Math.floor(rng.uniform() * c.n)] = 0;
   return { ...c, targets, chunkElements: chunkRows * c.vocab };
 });
 

@@ -48,11 +48,11 @@ const caseArb = (dev: Device): fc.Arbitrary<[FloatType, Case]> =>
       seed: fc.integer({ min: 0, max: 1e9 }),
     }).map(({ chunkRows, ...c }) => {
       const rng = new Rng(c.seed + 3);
-      const targets = Array.from({ length: c.n }, () =>
+      const targets = Array.from({ length: c.n }, (): number =>
         rng.uniform() < 0.3 ? -100 : Math.floor(rng.uniform() * c.vocab));
       if (
-        targets.every((t) =>
-          t === -100
+        !targets.some((t) =>
+          t !== -100
         )
       ) targets[0] = c.vocab - 1;
       return { ...c, targets, chunkElements: chunkRows * c.vocab };
