@@ -2,9 +2,10 @@
  * The browser example (examples/browser/) in a real browser: examples/browser/serve.ts serves it on the
  * loopback, puppeteer-core drives headless Chromium (Debian's `chromium`, WebGPU on its SwiftShader
  * adapter) through the page as a user would: fine-tune, download the PEFT adapter, pick those files in
- * the "load an adapter" form, generate. Checked here: held-out accuracy after the short run; the
+ * the "load an adapter" form, generate on WebGPU. Checked here: held-out accuracy after the short run; the
  * downloaded files load with `loadAdapter` in Deno; the browser's logits (trained model, and the adapter
- * loaded from disk) equal the CPU reference's within 1e-4 relative; the generated text equals the CPU's.
+ * loaded from disk on WebGPU) equal the CPU reference's within 1e-4 relative; the generated tokens equal
+ * the CPU's.
  * A screenshot of the finished page goes to $LORA_BROWSER_SCREENSHOT when set (the README's
  * docs/browser.png is made that way), else to a temporary file.
  */
@@ -27,9 +28,9 @@ const root = new URL("../../../", import.meta.url).pathname;
 const BASE_MODEL = `${root}examples/demo/base-model`;
 
 /**
- * A short run that still learns task B: measured on the page's software WebGPU, 30 steps of 16 reach
- * about 75% on 32 held-out prompts (the base model scores 0%); the assertion leaves room for rounding
- * differences between adapters.
+ * A short run that still learns task B: in Chromium on the page's CPU path, 30 steps of 16 took 31 s on
+ * this 2-core machine (heavily shared at the time) and reached 68.8% on 32 held-out prompts (the base
+ * model scores 0%); the assertion leaves room for the adapters' rounding.
  */
 const STEPS = Number(Deno.env.get("LORA_BROWSER_STEPS") ?? 30);
 const BATCH = 16;
@@ -44,7 +45,7 @@ const TRAIN_DEVICE = Deno.env.get("LORA_BROWSER_TRAIN_DEVICE") ?? "cpu";
 /** Relative error allowed between the browser's WebGPU logits and the CPU reference's. */
 const LOGITS_TOLERANCE = 1e-4;
 /** Every stage of the page ends well within this on 2 cores; a stuck page fails instead of hanging. */
-const STAGE_TIMEOUT_MS = 150_000;
+const STAGE_TIMEOUT_MS = Number(Deno.env.get("LORA_BROWSER_STAGE_TIMEOUT_S") ?? 150) * 1000;
 
 /** The flags the browser runs with: WebGPU on SwiftShader, and nothing that reaches the network. */
 const CHROMIUM_FLAGS = [
@@ -90,7 +91,8 @@ async function downloaded(dir: string, names: string[]): Promise<void> {
 }
 
 Deno.test({
-  name: "browser example: fine-tunes on WebGPU in Chromium, the downloaded adapter loads and matches the CPU",
+  name:
+    "browser example in Chromium: fine-tunes, the downloaded adapter loads, runs on WebGPU and matches the CPU",
   ignore: !hasChromium,
   sanitizeResources: false, // puppeteer's pipes and the browser's keep-alive connections close as it exits
   sanitizeOps: false,
@@ -149,7 +151,6 @@ Deno.test({
           } s; held-out accuracy ${trained.accuracyBefore} -> ${trained.accuracyAfter}`,
       );
       console.log(`seconds at each step's end: ${trained.stepSeconds.map((x) => x.toFixed(1)).join(" ")}`);
-      console.log(await page.evaluate(() => document.getElementById("log")?.textContent));
       assert.equal(trained.losses.length, STEPS, "a loss per step reached the curve");
       assert.ok(
         trained.accuracyBefore <= 0.05,
@@ -192,6 +193,10 @@ Deno.test({
       assert.ok(
         promptErr <= LOGITS_TOLERANCE,
         `logits under the loaded adapter: relative error ${promptErr}`,
+      );
+      console.log(
+        `relative error vs the CPU: trained ${trainedErr.toExponential(1)}, loaded on WebGPU ` +
+          `${promptErr.toExponential(1)}`,
       );
       const [row] = await reference.generate([generated.promptIds], { maxNewTokens: 8, eosTokenId: 10 });
       assert.deepEqual(generated.tokens, row.slice(generated.promptIds.length), "the CPU generates the same");
