@@ -43,7 +43,8 @@ const caseArb: fc.Arbitrary<Case> = fc.record({
   headDim: fc.constantFrom(2, 4, 6, 8),
   vocab: fc.integer({ min: 3, max: 70 }),
   batch: fc.integer({ min: 1, max: 3 }),
-  seq: fc.integer({ min: 1, max: 9 }),
+  // At least 2: with one position no label survives the shift and the loss is NaN on both paths.
+  seq: fc.integer({ min: 2, max: 9 }),
   tied: fc.boolean(),
   qwen3: fc.boolean(),
   padded: fc.boolean(),
@@ -51,7 +52,12 @@ const caseArb: fc.Arbitrary<Case> = fc.record({
 });
 
 /** The model of a case with LoRA on every projection and non-zero lora_B (so lora_A's gradient is too). */
-async function loraModel(c: Case, device: Device, fused: boolean): Promise<LlamaForCausalLM> {
+async function loraModel(
+  c: Case,
+  device: Device,
+  fused: boolean,
+  dtype: "f32" | "f64",
+): Promise<LlamaForCausalLM> {
   const heads = c.kvHeads * c.group;
   const config = llamaConfig({
     ...(c.qwen3 ? { architectures: ["Qwen3ForCausalLM"] } : {}),
@@ -66,13 +72,13 @@ async function loraModel(c: Case, device: Device, fused: boolean): Promise<Llama
     tieWordEmbeddings: c.tied,
   });
   const Model = c.qwen3 ? Qwen3ForCausalLM : LlamaForCausalLM;
-  const model = new Model(config, { device: cpuDevice(), seed: c.seed });
+  const model = new Model(config, { device: cpuDevice(), seed: c.seed, dtype });
   manualSeed(c.seed + 1);
   applyLoraToLinearModules(model, new PeftConfig({ targetModules: ["*_proj"], dim: 2, alpha: 4 }));
   const rng = new Rng(c.seed + 2);
   for (const [name, p] of model.namedParameters()) {
     if (name.includes("lora_B")) {
-      p._assign(tensor(Array.from({ length: p.size }, () => 0.5 * rng.normal()), p.shape));
+      p._assign(tensor(Array.from({ length: p.size }, () => 0.5 * rng.normal()), p.shape, { dtype }));
     }
   }
   await model.to(device);
@@ -83,8 +89,13 @@ async function loraModel(c: Case, device: Device, fused: boolean): Promise<Llama
 }
 
 /** Loss and LoRA gradients (by parameter name) of one training step on the case's batch. */
-async function step(c: Case, device: Device, fused: boolean): Promise<Map<string, Float32Array>> {
-  const model = await loraModel(c, device, fused);
+async function step(
+  c: Case,
+  device: Device,
+  fused: boolean,
+  dtype: "f32" | "f64" = "f32",
+): Promise<Map<string, Float64Array>> {
+  const model = await loraModel(c, device, fused, dtype);
   const rng = new Rng(c.seed + 3);
   const ids = Array.from(
     { length: c.batch },
@@ -96,51 +107,106 @@ async function step(c: Case, device: Device, fused: boolean): Promise<Map<string
   const attentionMask = ids.map((row, b) => row.map((_, i) => (i < pad[b] ? 0 : 1)));
   const labels = ids.map((row, b) => row.map((t, i) => (i < pad[b] || rng.uniform() < 0.2 ? -100 : t)));
   labels[0][c.seq - 1] = ids[0][c.seq - 1];
-  if (c.seq === 1) labels[0][0] = ids[0][0];
-  const out = new Map<string, Float32Array>();
+  const out = new Map<string, Float64Array>();
   const loss = tidy(() => {
     const { loss } = model.forward(ids, { labels, attentionMask: c.padded ? attentionMask : undefined });
     loss!.backward();
     return loss!;
   });
-  out.set("loss", Float32Array.from(await loss.data()));
+  out.set("loss", Float64Array.from(await loss.data()));
   loss.dispose();
   for (const [name, p] of model.namedParameters()) {
-    if (p.requiresGrad) out.set(name, Float32Array.from(await p.grad!.data()));
+    if (p.requiresGrad) out.set(name, Float64Array.from(await p.grad!.data()));
   }
   return out;
 }
 
-function assertAgree(a: Map<string, Float32Array>, b: Map<string, Float32Array>, tol: number, what: string) {
+/** Largest difference of two tensors' values and the largest magnitude of the second. */
+function maxDiff(x: Float64Array, y: Float64Array): { err: number; size: number } {
+  let err = 0, size = 0;
+  for (let i = 0; i < x.length; i++) {
+    if (Number.isNaN(x[i]) && Number.isNaN(y[i])) continue;
+    err = Math.max(err, Math.abs(x[i] - y[i]));
+    size = Math.max(size, Math.abs(y[i]));
+  }
+  return { err, size };
+}
+
+function assertAgree(a: Map<string, Float64Array>, b: Map<string, Float64Array>, tol: number, what: string) {
   assert.deepEqual([...a.keys()], [...b.keys()]);
   for (const [name, x] of a) {
-    const y = b.get(name)!;
-    let err = 0, size = 0;
-    for (let i = 0; i < x.length; i++) {
-      err = Math.max(err, Math.abs(x[i] - y[i]));
-      size = Math.max(size, Math.abs(y[i]));
-    }
-    if (Number.isNaN(y[0]) && name === "loss") continue;
+    const { err, size } = maxDiff(x, b.get(name)!);
     assert.ok(err <= tol * Math.max(1, size), `${what}: ${name} differs by ${err} (values up to ${size})`);
   }
 }
 
-Deno.test("the fused training step's loss and LoRA gradients equal the composed path's on the CPU (1e-5)", async () => {
-  await fc.assert(
-    fc.asyncProperty(caseArb, async (c) => {
-      assertAgree(await step(c, cpuDevice(), true), await step(c, cpuDevice(), false), 1e-5, "CPU");
-    }),
-    { numRuns: 25 },
-  );
+/**
+ * In f32 the two paths round differently, and attention's gradients can cancel badly enough that they
+ * differ by more than 1e-5 even though both are right to f32 (fast-check found q_proj's lora_B differing
+ * by 9e-5 at values up to 2.8; against f64, fused was off by 5.8e-5 and composed by 1.5e-4). So each f32
+ * result is held to the f64 composed path: within `tol`, or no farther than twice the composed f32 path.
+ */
+function assertAsAccurate(
+  fused: Map<string, Float64Array>,
+  composed: Map<string, Float64Array>,
+  exact: Map<string, Float64Array>,
+  tol: number,
+  what: string,
+) {
+  for (const [name, x] of fused) {
+    const ref = exact.get(name)!;
+    const ours = maxDiff(x, ref), theirs = maxDiff(composed.get(name)!, ref);
+    assert.ok(
+      ours.err <= Math.max(tol * Math.max(1, ours.size), 2 * theirs.err),
+      `${what}: ${name} is ${ours.err} from f64 (composed f32: ${theirs.err}; values up to ${ours.size})`,
+    );
+  }
+}
+
+const only = (m: Map<string, Float64Array>, key: string) => new Map([[key, m.get(key)!]]);
+
+const SHRUNK: Case = {
+  layers: 1,
+  kvHeads: 1,
+  group: 3,
+  headDim: 6,
+  vocab: 52,
+  batch: 1,
+  seq: 9,
+  tied: true,
+  qwen3: false,
+  padded: false,
+  seed: 999989,
+};
+
+async function checkCpu(c: Case) {
+  const cpu = cpuDevice();
+  const exact = await step(c, cpu, false, "f64");
+  assertAgree(await step(c, cpu, true, "f64"), exact, 1e-9, "CPU f64");
+  const fused = await step(c, cpu, true), composed = await step(c, cpu, false);
+  assertAgree(only(fused, "loss"), only(composed, "loss"), 1e-5, "CPU f32");
+  assertAsAccurate(fused, composed, exact, 1e-5, "CPU f32");
+}
+
+Deno.test("the fused training step's loss and LoRA gradients equal the composed path's on the CPU (f64 1e-9; f32 1e-5 or as accurate)", async () => {
+  await fc.assert(fc.asyncProperty(caseArb, checkCpu), { numRuns: 25 });
+});
+
+Deno.test("fused step, fast-check's shrunk case: q_proj's lora_B, where f32 attention gradients cancel", async () => {
+  await checkCpu(SHRUNK);
 });
 
 Deno.test({
-  name: "the fused training step's loss and LoRA gradients equal the composed path's on WebGPU (1e-4)",
+  name:
+    "the fused training step's loss and LoRA gradients equal the composed path's on WebGPU (1e-4 or as accurate)",
   ignore: noGpu,
   fn: async () => {
     await fc.assert(
       fc.asyncProperty(caseArb, async (c) => {
-        assertAgree(await step(c, gpu!, true), await step(c, gpu!, false), 1e-4, "WebGPU");
+        const exact = await step(c, cpuDevice(), false, "f64");
+        const fused = await step(c, gpu!, true), composed = await step(c, gpu!, false);
+        assertAgree(only(fused, "loss"), only(composed, "loss"), 1e-4, "WebGPU");
+        assertAsAccurate(fused, composed, exact, 1e-4, "WebGPU");
       }),
       { numRuns: 6 },
     );
