@@ -1,7 +1,8 @@
 // Each row's own LoRA adapter in one pass (a mixed batch, SGMV-style shrink then expand):
 // y[m] = y0[m] + scale_s · B_s (A_s x[m]) with s = slots[m], or y0[m] when the row has no adapter.
-// One workgroup per row. Shrink: t = A_s x[m] (rank r_s <= R) into workgroup memory, WG / 32 ranks at a
-// time, 32 lanes per rank striding the input so the loads coalesce, then a tree sum per rank. Expand:
+// One workgroup per row. Shrink: t = A_s x[m] (rank r_s <= R) into workgroup memory, WG / L ranks at a
+// time, L lanes per rank striding the input, then a tree sum per rank (L is chosen with R so that a
+// common rank takes one round of log2(L) barriers: each barrier costs much on software adapters). Expand:
 // every lane writes its share of the outputs from t. The adapters' A and B are read from packed buffers
 // at each slot's offsets (info: rank, A offset, B offset, scale bits per slot), so adapters of any rank
 // share one dispatch. Loops run to the uniform bound R, not the row's rank, so every barrier stays in
@@ -32,21 +33,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     b_off = info[4u * s + 2u];
     scale = bitcast<f32>(info[4u * s + 3u]);
   }
-  let lane = lid % 32u;
-  let group = lid / 32u;
+  let lane = lid % ${L}u;
+  let group = lid / ${L}u;
   let xo = row * p.k;
-  for (var j0 = 0u; j0 < ${R}u; j0 += ${WG / 32}u) {
+  for (var j0 = 0u; j0 < ${R}u; j0 += ${WG / L}u) {
     let j = j0 + group;
     var acc = 0.0;
     if (j < rank) {
       let ao = a_off + j * p.k;
-      for (var i = lane; i < p.k; i += 32u) {
+      for (var i = lane; i < p.k; i += ${L}u) {
         acc += f32(x[xo + i]) * f32(a[ao + i]);
       }
     }
     part[lid] = acc;
     workgroupBarrier();
-    for (var h = 16u; h > 0u; h = h >> 1u) {
+    for (var h = ${HALF_L}u; h > 0u; h = h >> 1u) {
       if (lane < h) {
         part[lid] = part[lid] + part[lid + h];
       }

@@ -43,10 +43,18 @@ export interface LoraRowsArgs {
   slots: readonly LoraRowsSlot[];
 }
 
-/** The rank bound a pipeline is compiled for: the largest rank rounded up to a multiple of 8 (at least 8). */
+/** The rank bound a pipeline is compiled for: the largest rank rounded up to a power of two, at least 8. */
 export function loraRowsRankBound(slots: readonly LoraRowsSlot[]): number {
-  const r = Math.max(1, ...slots.map((s) => s.rank));
-  return Math.ceil(r / 8) * 8;
+  const r = Math.max(8, ...slots.map((s) => s.rank));
+  return 2 ** Math.ceil(Math.log2(r));
+}
+
+/**
+ * Lanes summing one rank's dot product: as many as fit for all R ranks in one round of a 256-wide
+ * workgroup (the backend's size), 1 to 32, a power of two.
+ */
+export function loraRowsLanes(rankBound: number): number {
+  return Math.max(1, Math.min(32, 256 / rankBound));
 }
 
 /** The slot table as the kernel reads it: rank, A offset, B offset and the scale's bits per slot. */
@@ -110,7 +118,10 @@ export const LORA_ROWS: KernelRecord<LoraRowsArgs> = {
     [x],
     a,
   ) => [{ size: a.m * a.n, dtype: x.dtype, what: `loraRows: output [${a.m}, ${a.n}] (${x.dtype})` }],
-  specialise: ([x, , a], args) => ({ T: x.dtype, TA: a.dtype, R: loraRowsRankBound(args.slots) }),
+  specialise: ([x, , a], args) => {
+    const R = loraRowsRankBound(args.slots), L = loraRowsLanes(R);
+    return { T: x.dtype, TA: a.dtype, R, L, HALF_L: L >> 1 };
+  },
   uniforms: (a) => ({ k: a.k, n: a.n }),
   scratch: (a) => [a.rowSlots, slotWords(a.slots)],
   geometry: (a) => ({ rows: a.m }),

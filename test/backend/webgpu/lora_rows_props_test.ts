@@ -1,7 +1,7 @@
 /**
  * The mixed-batch LoRA kernel (LORA_ROWS, src/backend/kernels/lora_rows.ts) on WebGPU against its CPU
  * twin through `Backend.run`: fast-check properties over random row-to-adapter maps (rows without an
- * adapter included), ranks on either side of the kernel's 8-rank rounds, odd sizes, packed layouts with
+ * adapter included), ranks around the kernel's rank bounds (powers of two), odd sizes, packed layouts with
  * gaps, and the activation and adapter dtypes drawn independently from f32 and f16.
  */
 import assert from "node:assert/strict";
@@ -111,7 +111,7 @@ gpuTest(
 );
 
 gpuTest(
-  "loraRows: ranks at and past one round of 8, every row without an adapter, k = n = 1",
+  "loraRows: ranks at and past a rank bound, past one round, every row without an adapter, k = n = 1",
   async (dev) => {
     await check(dev, { m: 3, k: 65, n: 7, ranks: [8, 9], rows: [1, 0, 1], t: "f32", ta: "f32", seed: 1 });
     await check(dev, { m: 2, k: 5, n: 3, ranks: [4], rows: [-1, -1], t: "f32", ta: "f32", seed: 2 });
@@ -125,6 +125,8 @@ gpuTest(
       ta: "f32",
       seed: 3,
     });
+    // a rank past one 256-wide round (bound 512, one lane per rank, two rounds)
+    await check(dev, { m: 3, k: 3, n: 4, ranks: [300, 2], rows: [0, 1, 0], t: "f32", ta: "f32", seed: 5 });
     // rows of one adapter far apart, the others' in between (no grouping of adjacent rows assumed)
     await check(dev, {
       m: 6,

@@ -253,7 +253,12 @@ function specialisations(
   }
   for (const k of ["cross_entropy_rows", "cross_entropy_grad"]) out.push([named(k), { ...base, L: "f32" }]);
   // The mixed-batch LoRA: adapters of either type over this one, at one and at several 8-rank rounds.
-  for (const TA of ["f32", t]) for (const R of [8, 64]) out.push([named("lora_rows"), { ...base, TA, R }]);
+  for (const TA of ["f32", t]) {
+    for (const R of [8, 64, 1024]) {
+      const L = Math.max(1, Math.min(32, 256 / R));
+      out.push([named("lora_rows"), { ...base, TA, R, L, HALF_L: L >> 1 }]);
+    }
+  }
   // Quantized frozen weights: packing from and dequantizing to each type, and the GEMMs that read them as B
   // (forward: transposed, with the LoRA phase and bias; input gradient: plain, with the LoRA phase).
   for (const QUANT of ["nf4", "int8"] as const) {

@@ -1,0 +1,183 @@
+/**
+ * Multi-adapter serving benchmark (issue 19, "Many adapters at once"): a batch of 8 rows spread over 4
+ * LoRA adapters (PEFT's `adapterNames`, the mixed-batch kernel lora_rows on WebGPU) against the same batch
+ * on one adapter, for a forward over the whole prompt and for greedy generation; and the time of a hot
+ * swap (`hotswapAdapter`) of one adapter with the device's live bytes before and after.
+ *
+ * Every adapter has rank `--rank` (default 16) on all seven projections (q, k, v, o, gate, up, down), as
+ * the issue's SmolLM2-135M target says. The single-adapter figures are taken two ways: "single" runs
+ * the active adapter (the fused LoRA linear of one adapter), "single-rows" runs the mixed-batch path with
+ * every row naming the same adapter; "mixed" names a0 a1 a2 a3 a0 a1 a2 a3. Each forward waits for the
+ * device (no logits read back); each figure is the median of `--iters` runs after two warm-ups.
+ *
+ * Usage:
+ *   deno run -A bench/multi_adapter_bench.ts --ckpt DIR [--dtype f32|f16] [--rank 16] [--prompt 32]
+ *       [--gen 32] [--iters 10] [--device webgpu|cpu]
+ *   deno run -A bench/multi_adapter_bench.ts --quick   (2-layer SmolLM2-shaped random model, CI size)
+ *
+ * Prints one JSON line per measurement: {"kind": "multi_adapter", "what": "forward" | "generate" |
+ * "hotswap", "case", "ms", ...} and a summary line with the mixed / single ratios.
+ * @module
+ */
+import {
+  AutoModelForCausalLM,
+  cpuDevice,
+  type DType,
+  getPeftModel,
+  LoraConfig,
+  noGrad,
+  PeftModel,
+  webgpuDevice,
+} from "../mod.ts";
+
+/** The --quick model: SmolLM2-135M's layout (GQA 3:1, tied embeddings) at CI size. */
+const QUICK_CONFIG = {
+  architectures: ["LlamaForCausalLM"],
+  model_type: "llama",
+  hidden_size: 96,
+  intermediate_size: 256,
+  num_hidden_layers: 2,
+  num_attention_heads: 3,
+  num_key_value_heads: 1,
+  vocab_size: 512,
+  tie_word_embeddings: true,
+  rope_theta: 100000.0,
+  max_position_embeddings: 2048,
+  rms_norm_eps: 1e-5,
+  hidden_act: "silu",
+};
+
+const PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+const BATCH = 8;
+const ADAPTERS = 4;
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+async function main(): Promise<void> {
+  const argv = Deno.args;
+  const get = (name: string) => {
+    const i = argv.indexOf(name);
+    return i >= 0 ? argv[i + 1] : undefined;
+  };
+  const quick = argv.includes("--quick");
+  const ckpt = get("--ckpt") ?? null;
+  if (!quick && ckpt === null) throw new Error("multi_adapter_bench: give --ckpt DIR (or --quick)");
+  const dtype = (get("--dtype") ?? "f32") as DType;
+  const device = get("--device") === "cpu" ? cpuDevice() : await webgpuDevice();
+  const rank = Number(get("--rank") ?? 16);
+  const promptLen = Number(get("--prompt") ?? (quick ? 8 : 32));
+  const gen = Number(get("--gen") ?? (quick ? 4 : 32));
+  const iters = Number(get("--iters") ?? (quick ? 3 : 10));
+  const name = ckpt === null ? "smollm2-shape-2l-quick" : ckpt.replace(/\/+$/, "").split("/").pop()!;
+  const model = ckpt === null
+    ? AutoModelForCausalLM.fromConfig(QUICK_CONFIG, { device, dtype, seed: 0 })
+    : await AutoModelForCausalLM.fromPretrained(ckpt, { device, dtype });
+  const vocab = (model as unknown as { config: { vocabSize: number } }).config.vocabSize;
+
+  // Four adapters with non-zero B (PEFT's init_lora_weights=False), so every row really runs its adapter.
+  const config = () =>
+    new LoraConfig({ r: rank, loraAlpha: 2 * rank, targetModules: PROJECTIONS, initLoraWeights: false });
+  const pm = getPeftModel(model, config(), { adapterName: "a0" }) as PeftModel;
+  for (let i = 1; i < ADAPTERS; i++) pm.addAdapter(`a${i}`, config());
+  pm.setAdapter("a0", { inferenceMode: true });
+  pm.eval();
+
+  const ids = Array.from(
+    { length: BATCH },
+    (_, r) => Array.from({ length: promptLen }, (_, j) => (r * 131 + j * 17 + 1) % vocab),
+  );
+  const cases: [string, string[] | undefined][] = [
+    ["single", undefined],
+    ["single-rows", Array(BATCH).fill("a0")],
+    ["mixed", Array.from({ length: BATCH }, (_, r) => `a${r % ADAPTERS}`)],
+  ];
+  const base = { kind: "multi_adapter", impl: "lora-webgpu", model: name, device: device.kind, dtype, rank };
+  const results: Record<string, Record<string, number>> = { forward: {}, generate: {} };
+
+  for (const [label, adapterNames] of cases) {
+    const times: number[] = [];
+    for (let i = 0; i < iters + 2; i++) {
+      const t0 = performance.now();
+      const out = noGrad(() => pm.forward(ids, adapterNames ? { adapterNames } : {})) as {
+        logits: { dispose(): void };
+      };
+      const logits = out.logits;
+      await device.sync();
+      if (i >= 2) times.push(performance.now() - t0);
+      logits.dispose();
+    }
+    results.forward[label] = median(times);
+    console.log(JSON.stringify({
+      ...base,
+      what: "forward",
+      case: label,
+      batch: BATCH,
+      prompt_len: promptLen,
+      ms: results.forward[label],
+    }));
+  }
+
+  for (const [label, adapterNames] of cases) {
+    const opts = { maxNewTokens: gen, eosTokenId: null, ...(adapterNames ? { adapterNames } : {}) };
+    await pm.generate(ids, { ...opts, maxNewTokens: 2 }); // compiles the decoding pipelines
+    const times: number[] = [];
+    for (let i = 0; i < Math.max(1, Math.ceil(iters / 3)); i++) {
+      const t0 = performance.now();
+      await pm.generate(ids, opts);
+      times.push(performance.now() - t0);
+    }
+    results.generate[label] = median(times);
+    console.log(JSON.stringify({
+      ...base,
+      what: "generate",
+      case: label,
+      batch: BATCH,
+      prompt_len: promptLen,
+      new_tokens: gen,
+      ms: results.generate[label],
+      ms_per_step: results.generate[label] / gen,
+    }));
+  }
+
+  // Hot swap: a3's weights (saved in PEFT's format, held in memory) into a0; the files are parsed inside
+  // the timed call, as a server receiving an adapter would.
+  const dir = await Deno.makeTempDir();
+  try {
+    await pm.saveAdapter(dir, { selectedAdapters: ["a3"] });
+    const files = {
+      "adapter_model.safetensors": await Deno.readFile(`${dir}/a3/adapter_model.safetensors`),
+      "adapter_config.json": await Deno.readTextFile(`${dir}/a3/adapter_config.json`),
+    };
+    const times: number[] = [];
+    const bytesBefore = device.memory().bytes;
+    for (let i = 0; i < iters + 1; i++) {
+      const t0 = performance.now();
+      await pm.hotswapAdapter(files, "a0");
+      await device.sync();
+      if (i >= 1) times.push(performance.now() - t0);
+    }
+    console.log(JSON.stringify({
+      ...base,
+      what: "hotswap",
+      case: "a3 into a0",
+      weights_bytes: files["adapter_model.safetensors"].byteLength,
+      ms: median(times),
+      live_bytes_before: bytesBefore,
+      live_bytes_after: device.memory().bytes,
+    }));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+
+  console.log(JSON.stringify({
+    ...base,
+    what: "summary",
+    forward_mixed_over_single: results.forward.mixed / results.forward.single,
+    forward_mixed_over_single_rows: results.forward.mixed / results.forward["single-rows"],
+    generate_mixed_over_single: results.generate.mixed / results.generate.single,
+    generate_mixed_over_single_rows: results.generate.mixed / results.generate["single-rows"],
+    target: 1.3,
+  }));
+}
+
+if (import.meta.main) await main();
