@@ -214,19 +214,6 @@ Deno.test({
 });
 
 Deno.test("with labels, forward runs the fused kernels and makes no logits until they are read (then as without labels)", () => {
-  const c: Case = {
-    layers: 1,
-    kvHeads: 1,
-    group: 2,
-    headDim: 4,
-    vocab: 50,
-    batch: 2,
-    seq: 5,
-    tied: false,
-    qwen3: false,
-    padded: false,
-    seed: 3,
-  };
   const config = llamaConfig({
     vocabSize: 50,
     hiddenSize: 8,
