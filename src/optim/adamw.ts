@@ -158,6 +158,26 @@ export class AdamW {
     });
   }
 
+  /**
+   * Frees the optimizer's device memory (the packed moments of every group); idempotent. The parameters are
+   * untouched, and a later `step()` starts the moments from zero again, as a new optimizer would.
+   */
+  dispose(): void {
+    for (const g of this.#groups ?? []) {
+      for (const which of ["expAvg", "expAvgSq"] as const) {
+        const s = g[which];
+        if (s !== null && g.device.lostReason === null) g.device.backend.free(s);
+        g[which] = null;
+      }
+    }
+    this.#steps.fill(0);
+  }
+
+  /** Same as {@link AdamW.dispose}, for `using`. */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
   /** A copy of one parameter's moment out of its group's packed array. */
   #moment(i: number, which: "expAvg" | "expAvgSq"): Tensor {
     const p = this.params[i];
