@@ -19,9 +19,11 @@ import type { Linear } from "../nn/layers.ts";
 import { fromStorage, isGradEnabled, type Tensor } from "../tensor/mod.ts";
 import type { LoraAdapter } from "./lora_fields.ts";
 
-/** One layer's packed adapters: which adapters and storages it was made from, and the slot table. */
+/**
+ * One layer's packed adapters: the storages they were made from (compared, not the adapter records:
+ * PeftModel makes a fresh record of the active adapter on every routed forward) and the slot table.
+ */
 interface Packed {
-  adapters: readonly LoraAdapter[];
   storages: readonly Storage[];
   a: Tensor;
   b: Tensor;
@@ -59,8 +61,8 @@ function packedFor(layer: Linear, adapters: readonly LoraAdapter[]): Packed {
   const scales = adapters.map((a) => a.scale);
   const hit = PACKED.get(layer);
   if (
-    hit && !hit.a.isDisposed && !hit.b.isDisposed && hit.adapters.length === adapters.length &&
-    hit.adapters.every((a, i) => a === adapters[i]) && hit.storages.every((s, i) => s === storages[i])
+    hit && !hit.a.isDisposed && !hit.b.isDisposed && hit.storages.length === storages.length &&
+    hit.storages.every((s, i) => s === storages[i])
   ) {
     // Scales live on the host: a changed one (a hot swap with another alpha) needs no repacking.
     hit.slots.forEach((s, i) => s.scale = scales[i]);
@@ -96,7 +98,7 @@ function packedFor(layer: Linear, adapters: readonly LoraAdapter[]): Packed {
   // The cache outlives any tidy scope the forward runs in.
   a._retained = true;
   b._retained = true;
-  const packed = { adapters: [...adapters], storages, a, b, slots };
+  const packed = { storages, a, b, slots };
   PACKED.set(layer, packed);
   return packed;
 }
