@@ -188,7 +188,8 @@ const DTYPE_BYTES = { F32: 4, F16: 2, BF16: 2 } as const;
 /**
  * The files `save_pretrained` would write for this model: `config.json` and `model.safetensors`, or
  * numbered shards plus `model.safetensors.index.json` past `maxShardBytes`. A tied lm_head is left out.
- * @throws {ConfigError} when adapters (LoRA) are still attached (merge them with mergeAndUnload first)
+ * @throws {ConfigError} when adapters (LoRA) are still attached (merge them with mergeAndUnload first), or when a
+ *   Linear is quantized (its weight holds packed codes)
  */
 export async function modelToFiles(
   model: CheckpointModel,
@@ -202,6 +203,20 @@ export async function modelToFiles(
       `saveModel: ${adapted.length} modules still carry ${kinds} adapters (${names}${
         adapted.length > 3 ? ", ..." : ""
       }); fold them in with mergeAndUnload(model) first, or save the adapter with saveAdapter`,
+    );
+  }
+  // A quantized Linear's weight holds packed codes, not values: saving it under `weight` would write a
+  // checkpoint no loader reads correctly. Refuse rather than write something silently wrong.
+  const quantized = model.namedModules().filter(([, m]) =>
+    (m as { quantization?: unknown }).quantization != null
+  );
+  if (quantized.length > 0) {
+    const names = quantized.slice(0, 3).map(([name]) => name).join(", ");
+    throw new ConfigError(
+      `saveModel: ${quantized.length} Linears are quantized (${names}${
+        quantized.length > 3 ? ", ..." : ""
+      }); a quantized base cannot be saved as a checkpoint: save the f32 model before quantizeModel, or ` +
+        `save only the adapter with saveAdapter`,
     );
   }
   const dtype = opts.dtype ?? (model.dtype === "f16" ? "F16" : "F32");

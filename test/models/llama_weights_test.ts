@@ -8,6 +8,7 @@ import {
   LlamaForCausalLM,
   mergeAndUnload,
   PeftConfig,
+  quantizeModel,
   saveModel,
 } from "../../mod.ts";
 import { type RawTensorEntry, readSafetensors, writeSafetensors } from "../../src/io/safetensors.ts";
@@ -175,6 +176,21 @@ Deno.test("savePretrained then fromPretrained reproduces every weight and the lo
       "config.json",
       "model.safetensors",
     ]);
+  });
+});
+
+Deno.test("saveModel: a quantized model is a ConfigError naming its quantized Linears; nothing is written", async () => {
+  const model = tinyModel();
+  quantizeModel(model, { scheme: "nf4", blockSize: 16 });
+  await withTempDir(async (dir) => {
+    const target = `${dir}/ckpt`;
+    await assert.rejects(
+      () => saveModel(model, target),
+      (e) =>
+        e instanceof ConfigError &&
+        /saveModel: \d+ Linears are quantized \(model\.layers\.0\./.test(e.message),
+    );
+    assert.throws(() => Deno.statSync(target), Deno.errors.NotFound);
   });
 });
 
