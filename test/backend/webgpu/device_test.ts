@@ -160,7 +160,7 @@ gpuTest("defaultDevice prefers a hardware adapter, else the CPU; never a softwar
 gpuTest("defaultDevice returns the device given to setDefaultDevice", async () => {
   // setDefaultDevice is process-wide and has no undo, so this runs in a child process.
   const code = `
-    import { cpuDevice, defaultDevice, setDefaultDevice, webgpuDevice } from "../../webgpu/mod.ts";
+    import { cpuDevice, defaultDevice, setDefaultDevice, webgpuDevice } from "./mod.ts";
     const gpu = await webgpuDevice();
     setDefaultDevice(gpu);
     if (await defaultDevice() !== gpu) throw new Error("explicit WebGPU default ignored");
