@@ -160,7 +160,12 @@ export {
   type TokenInput,
 } from "./src/models/llama.ts";
 export { argmax, type GenerateOptions, KVCache, sampleToken } from "./src/models/generate.ts";
-export { MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM } from "./src/models/families.ts";
+export {
+  MistralForCausalLM,
+  Phi3ForCausalLM,
+  Qwen2ForCausalLM,
+  Qwen3ForCausalLM,
+} from "./src/models/families.ts";
 export { type AutoCausalLM, AutoModelForCausalLM, type FromConfigOptions } from "./src/models/auto.ts";
 export {
   type GenerationConfig,

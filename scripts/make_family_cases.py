@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes reference cases for the Qwen2 and Qwen3 model classes with Hugging Face transformers + PEFT.
+"""Writes reference cases for the Qwen2, Qwen3 and Phi-3 model classes with Hugging Face transformers + PEFT.
 
 Usage (torch, transformers 5.17 and peft 0.21 installed; runs on the CPU in float32, seconds):
   python3 scripts/make_family_cases.py OUT_DIR            # e.g. test/fixtures
@@ -9,7 +9,7 @@ For each case it creates OUT_DIR/<case>/ holding
   base/                 the tiny random model as transformers' save_pretrained wrote it, plus a
                         generation_config.json whose eos_token_id lists two ids (unlike config.json's)
   base-v4/config.json   the same config in the spelling transformers 4.x wrote (rope_theta + rope_scaling,
-                        torch_dtype, a sliding_window that use_sliding_window false switches off);
+                        torch_dtype; for Qwen a sliding_window that use_sliding_window false switches off);
                         transformers 5 is checked to compute the same logits from it
   adapter/              the LoRA adapter as PEFT's save_pretrained wrote it
   golden.safetensors    input_ids, attention_mask (int64 [2, 12]); logits_base, logits_lora
@@ -31,7 +31,7 @@ import torch
 import transformers
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
-from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+from transformers import Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 SIZES = dict(
     vocab_size=128,
@@ -71,6 +71,20 @@ CASES = {
         lora=dict(r=4, lora_alpha=4, target_modules=ALL_PROJ),
         padding=None,
     ),
+    # Phi-3: fused qkv_proj and gate_up_proj, GQA, untied head; LoRA on both fused Linears as PEFT
+    # targets them by name; left padding.
+    "phi3-gqa": dict(
+        arch="phi3",
+        config=dict(tie_word_embeddings=False, rope_parameters=dict(rope_type="default", rope_theta=10000.0)),
+        lora=dict(r=4, lora_alpha=8, target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]),
+        padding="left",
+    ),
+}
+
+CLASSES = {
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM),
+    "phi3": (Phi3Config, Phi3ForCausalLM),
 }
 
 BATCH, SEQ, PROMPT, NEW = 2, 12, 6, 6
@@ -87,7 +101,7 @@ def attention_mask(padding):
 
 def build_model(case):
     cfg = dict(SIZES, **case["config"])
-    config_cls, cls = (Qwen2Config, Qwen2ForCausalLM) if case["arch"] == "qwen2" else (Qwen3Config, Qwen3ForCausalLM)
+    config_cls, cls = CLASSES[case["arch"]]
     config = config_cls(**cfg)
     config._attn_implementation = "eager"
     model = cls(config).float().eval()
@@ -103,14 +117,18 @@ def build_model(case):
     return model, cls
 
 
-def v4_config(config_json):
-    """The config as transformers 4.x wrote it for Qwen: rope_theta + rope_scaling, torch_dtype, and the
+def v4_config(config_json, arch):
+    """The config as transformers 4.x wrote it: rope_theta + rope_scaling, torch_dtype, and for Qwen the
     sliding-window fields Qwen2.5's files carry with use_sliding_window false."""
     old = {k: v for k, v in config_json.items() if k not in ("rope_parameters", "dtype", "layer_types")}
     rope = config_json["rope_parameters"]
     old["rope_theta"] = rope["rope_theta"]
     old["rope_scaling"] = None
     old["torch_dtype"] = config_json.get("dtype", "float32")
+    old["transformers_version"] = "4.57.6"
+    if arch == "phi3":
+        old["sliding_window"] = None
+        return old
     old["use_sliding_window"] = False
     old["sliding_window"] = 4096
     old["max_window_layers"] = 1
@@ -149,7 +167,7 @@ def make_case(name, case, out_dir, seed):
         config_json = json.load(f)
     os.makedirs(os.path.join(d, "base-v4"))
     with open(os.path.join(d, "base-v4", "config.json"), "w") as f:
-        json.dump(v4_config(config_json), f, indent=2)
+        json.dump(v4_config(config_json, case["arch"]), f, indent=2)
     shutil.copy(os.path.join(base, "model.safetensors"), os.path.join(d, "base-v4", "model.safetensors"))
     old = cls.from_pretrained(os.path.join(d, "base-v4"), dtype=torch.float32, attn_implementation="eager")
     with torch.no_grad():

@@ -7,12 +7,17 @@ import { ConfigError } from "../core/errors.ts";
 import { joinPath, pathKind, readFileText } from "../io/fs.ts";
 import { ARCHITECTURE_FAMILIES, type LlamaConfig, parseLlamaConfig } from "./config.ts";
 import { LlamaForCausalLM, type LlamaModelOptions } from "./llama.ts";
-import { MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM } from "./families.ts";
+import { MistralForCausalLM, Phi3ForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM } from "./families.ts";
 import type { ModelSource } from "./weights.ts";
 import type { ModelSourceWithGeneration } from "./generation_config.ts";
 
 /** Every class the auto class can return. */
-export type AutoCausalLM = LlamaForCausalLM | MistralForCausalLM | Qwen2ForCausalLM | Qwen3ForCausalLM;
+export type AutoCausalLM =
+  | LlamaForCausalLM
+  | MistralForCausalLM
+  | Qwen2ForCausalLM
+  | Qwen3ForCausalLM
+  | Phi3ForCausalLM;
 
 /** The class for each architecture name of {@link ARCHITECTURE_FAMILIES}. */
 const CLASSES: Readonly<Record<string, typeof LlamaForCausalLM>> = {
@@ -20,6 +25,7 @@ const CLASSES: Readonly<Record<string, typeof LlamaForCausalLM>> = {
   MistralForCausalLM,
   Qwen2ForCausalLM,
   Qwen3ForCausalLM,
+  Phi3ForCausalLM,
 };
 
 /** The class that builds `config` (its first architecture, as transformers' auto class picks). */
@@ -69,7 +75,7 @@ export class AutoModelForCausalLM {
 
   /**
    * Loads a checkpoint (a directory, or `{ config, weights, generationConfig? }`) with the class its
-   * config names: Llama, Mistral, Qwen2 or Qwen3.
+   * config names: Llama, Mistral, Qwen2, Qwen3 or Phi-3.
    * @throws {ConfigError} for an architecture or config field we do not implement (naming it)
    */
   static async fromPretrained(

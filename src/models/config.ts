@@ -10,9 +10,10 @@ import { ConfigError } from "../core/errors.ts";
 
 /**
  * Families of one computation each: "llama" (Llama, Mistral without a sliding window), "qwen2" (biases
- * on q, k and v only), "qwen3" (per-head RMSNorm on queries and keys, head_dim 128 unless given).
+ * on q, k and v only), "qwen3" (per-head RMSNorm on queries and keys, head_dim 128 unless given), "phi3"
+ * (q, k, v fused in `qkv_proj`, gate and up in `gate_up_proj`, no biases).
  */
-export type ModelFamily = "llama" | "qwen2" | "qwen3";
+export type ModelFamily = "llama" | "qwen2" | "qwen3" | "phi3";
 
 /** transformers' architecture names we load, with their family and the `model_type` they are saved with. */
 export const ARCHITECTURE_FAMILIES: Readonly<Record<string, { family: ModelFamily; modelType: string }>> = {
@@ -20,6 +21,7 @@ export const ARCHITECTURE_FAMILIES: Readonly<Record<string, { family: ModelFamil
   MistralForCausalLM: { family: "llama", modelType: "mistral" },
   Qwen2ForCausalLM: { family: "qwen2", modelType: "qwen2" },
   Qwen3ForCausalLM: { family: "qwen3", modelType: "qwen3" },
+  Phi3ForCausalLM: { family: "phi3", modelType: "phi3" },
 };
 
 /** `model_type` values and the family each one computes. */
@@ -28,6 +30,7 @@ const MODEL_TYPE_FAMILIES: Readonly<Record<string, ModelFamily>> = {
   mistral: "llama",
   qwen2: "qwen2",
   qwen3: "qwen3",
+  phi3: "phi3",
 };
 
 /** Every architecture name in {@link ARCHITECTURE_FAMILIES}. */
@@ -92,6 +95,11 @@ export interface LlamaConfig {
   attentionOutputBias: boolean;
   /** Qwen3: RMSNorm over each head's queries and keys (`q_norm`, `k_norm`) before the rotary embedding. */
   qkNorm: boolean;
+  /**
+   * Phi-3: queries, keys and values come from one `qkv_proj` Linear (in that order along its output)
+   * and the MLP's gate and up halves from one `gate_up_proj`, as transformers' Phi3 modules are named.
+   */
+  fusedProjections: boolean;
   /** gate, up and down projections carry biases. */
   mlpBias: boolean;
   /** lm_head shares the embedding table. */
@@ -191,6 +199,13 @@ function parseRope(obj: Json): RopeParameters {
     src = { rope_type: "default", rope_theta: field(obj, "rope_theta") ?? 10000 };
     where = "config.json";
   }
+  // transformers 5 keeps Phi-3's partial_rotary_factor inside rope_parameters.
+  const partial = field(src, "partial_rotary_factor");
+  if (partial !== undefined && partial !== null && partial !== 1) {
+    throw new ConfigError(
+      `${where}: partial_rotary_factor ${JSON.stringify(partial)} is not implemented (only 1)`,
+    );
+  }
   const type = field(src, "rope_type") ?? field(src, "type") ?? "default";
   const theta = positiveNumber(src, "rope_theta", where, 10000);
   if (type === "default") return { ropeType: "default", theta };
@@ -283,7 +298,7 @@ function checkFullAttention(obj: Json, family: ModelFamily, layers: number): voi
     throw new ConfigError(`config.json: use_sliding_window true is not implemented`);
   }
   const sliding = field(obj, "sliding_window");
-  if (family === "llama" && sliding !== undefined && sliding !== null) {
+  if ((family === "llama" || family === "phi3") && sliding !== undefined && sliding !== null) {
     throw new ConfigError(
       `config.json: sliding_window ${JSON.stringify(sliding)} is not implemented (must be null)`,
     );
@@ -339,6 +354,15 @@ export function parseLlamaConfig(input: Json | string): LlamaConfig {
       `config.json: quantization_config is set; quantized checkpoints are not supported yet`,
     );
   }
+  if (family === "phi3") {
+    // Phi-3's residual and embedding dropouts are not implemented; its released configs set them to 0.
+    for (const key of ["resid_pdrop", "embd_pdrop"]) {
+      const p = field(obj, key);
+      if (p !== undefined && p !== null && p !== 0) {
+        throw new ConfigError(`config.json: ${key} ${JSON.stringify(p)} is not implemented (only 0)`);
+      }
+    }
+  }
   const partial = field(obj, "partial_rotary_factor");
   if (partial !== undefined && partial !== null && partial !== 1) {
     throw new ConfigError(
@@ -377,7 +401,12 @@ export function parseLlamaConfig(input: Json | string): LlamaConfig {
   }
   // Qwen2's projections are fixed in its modeling code (q, k, v biased, o not; no MLP bias) whatever
   // the file says; Qwen3 has attention_bias but no mlp_bias.
-  const attentionBias = family === "qwen2" ? true : bool(obj, "attention_bias", false);
+  // Phi-3's projections have no biases in its modeling code (its config has no attention_bias).
+  const attentionBias = family === "qwen2"
+    ? true
+    : family === "phi3"
+    ? false
+    : bool(obj, "attention_bias", false);
   return {
     architectures,
     modelType,
@@ -395,6 +424,7 @@ export function parseLlamaConfig(input: Json | string): LlamaConfig {
     attentionBias,
     attentionOutputBias: family === "qwen2" ? false : attentionBias,
     qkNorm: family === "qwen3",
+    fusedProjections: family === "phi3",
     mlpBias: family === "llama" ? bool(obj, "mlp_bias", false) : false,
     tieWordEmbeddings: bool(obj, "tie_word_embeddings", false),
     attentionDropout,
@@ -412,7 +442,10 @@ export const parseModelConfig: (input: Json | string) => LlamaConfig = parseLlam
 /** Options of {@link llamaConfig}: the sizes of a model, in camelCase, for building one from scratch. */
 export type LlamaConfigOptions =
   & Partial<
-    Omit<LlamaConfig, "source" | "rope" | "hiddenAct" | "family" | "attentionOutputBias" | "qkNorm">
+    Omit<
+      LlamaConfig,
+      "source" | "rope" | "hiddenAct" | "family" | "attentionOutputBias" | "qkNorm" | "fusedProjections"
+    >
   >
   & {
     vocabSize: number;
@@ -452,7 +485,7 @@ export function llamaConfig(opts: LlamaConfigOptions): LlamaConfig {
     eos_token_id: opts.eosTokenId ?? null,
     pad_token_id: opts.padTokenId ?? null,
   };
-  if (known?.family === "qwen2") delete json.attention_bias;
+  if (known?.family === "qwen2" || known?.family === "phi3") delete json.attention_bias;
   if (known?.family !== undefined && known.family !== "llama") delete json.mlp_bias;
   return parseLlamaConfig(json);
 }
@@ -501,7 +534,7 @@ export function llamaConfigToJson(config: LlamaConfig, dtype: "float32" | "float
     pad_token_id: config.padTokenId,
   });
   // Only the fields the family's transformers config has: Qwen2 fixes its biases in code.
-  if (config.family !== "qwen2") out.attention_bias = config.attentionBias;
+  if (config.family !== "qwen2" && config.family !== "phi3") out.attention_bias = config.attentionBias;
   if (config.family === "llama") out.mlp_bias = config.mlpBias;
   if (Object.hasOwn(out, "torch_dtype") && !Object.hasOwn(out, "dtype")) out.torch_dtype = dtype;
   else out.dtype = dtype;

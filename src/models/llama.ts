@@ -176,12 +176,14 @@ export class LlamaRMSNorm extends RMSNorm {
  * RMSNorm of queries and keys (`q_norm`, `k_norm`, applied before the rotary embedding).
  */
 export class LlamaAttention extends Module {
-  /** Query projection [heads·headDim, hidden]. */
-  q_proj: Linear;
-  /** Key projection [kvHeads·headDim, hidden]. */
-  k_proj: Linear;
-  /** Value projection [kvHeads·headDim, hidden]. */
-  v_proj: Linear;
+  /** Query projection [heads·headDim, hidden] (not present with fused projections: Phi-3's qkv_proj). */
+  q_proj!: Linear;
+  /** Key projection [kvHeads·headDim, hidden] (not present with fused projections). */
+  k_proj!: Linear;
+  /** Value projection [kvHeads·headDim, hidden] (not present with fused projections). */
+  v_proj!: Linear;
+  /** Phi-3: queries, keys and values in one projection [(heads + 2·kvHeads)·headDim, hidden]. */
+  qkv_proj?: Linear;
   /** Output projection [hidden, heads·headDim]. */
   o_proj: Linear;
   /** Qwen3: RMSNorm over each query head [headDim]; absent otherwise. */
@@ -206,9 +208,13 @@ export class LlamaAttention extends Module {
     const lin = (inF: number, outF: number, seed: number, bias: boolean) =>
       new Linear(inF, outF, { ...opts, bias, seed });
     const seed = (opts.seed ?? 0) + 1000 * layerIndex;
-    this.q_proj = lin(hiddenSize, h * d, seed + 1, config.attentionBias);
-    this.k_proj = lin(hiddenSize, kv * d, seed + 3, config.attentionBias);
-    this.v_proj = lin(hiddenSize, kv * d, seed + 5, config.attentionBias);
+    if (config.fusedProjections) {
+      this.qkv_proj = lin(hiddenSize, (h + 2 * kv) * d, seed + 1, config.attentionBias);
+    } else {
+      this.q_proj = lin(hiddenSize, h * d, seed + 1, config.attentionBias);
+      this.k_proj = lin(hiddenSize, kv * d, seed + 3, config.attentionBias);
+      this.v_proj = lin(hiddenSize, kv * d, seed + 5, config.attentionBias);
+    }
     this.o_proj = lin(h * d, hiddenSize, seed + 7, config.attentionOutputBias);
     if (config.qkNorm) {
       const norm = { eps: config.rmsNormEps, device: opts.device, dtype: opts.dtype };
@@ -234,9 +240,21 @@ export class LlamaAttention extends Module {
     // Qwen3 normalises each head's [headDim] vector; the head layout does not change that.
     const qn = (t: Tensor) => this.q_norm === undefined ? t : this.q_norm.forward(t, ctx.fused);
     const kn = (t: Tensor) => this.k_norm === undefined ? t : this.k_norm.forward(t, ctx.fused);
-    const q = rope(qn(heads(this.q_proj.forward(x), h)));
-    let k = rope(kn(heads(this.k_proj.forward(x), kvh)));
-    let v = heads(this.v_proj.forward(x), kvh);
+    let qx: Tensor, kx: Tensor, vx: Tensor;
+    if (this.qkv_proj !== undefined) {
+      // Phi-3's fused projection: queries, then keys, then values along the last axis.
+      const qkv = this.qkv_proj.forward(x);
+      qx = slice(qkv, 2, 0, h * d);
+      kx = slice(qkv, 2, h * d, (h + kvh) * d);
+      vx = slice(qkv, 2, (h + kvh) * d, (h + 2 * kvh) * d);
+    } else {
+      qx = this.q_proj.forward(x);
+      kx = this.k_proj.forward(x);
+      vx = this.v_proj.forward(x);
+    }
+    const q = rope(qn(heads(qx, h)));
+    let k = rope(kn(heads(kx, kvh)));
+    let v = heads(vx, kvh);
     if (ctx.cache !== null) ({ k, v } = ctx.cache.append(this.layerIndex, k, v));
     if (ctx.fused) {
       const out = causalAttention(q, k, v, { keyMask: ctx.keyMask });
@@ -266,10 +284,12 @@ export class LlamaAttention extends Module {
 
 /** The SwiGLU feed-forward block: down(silu(gate(x)) · up(x)). */
 export class LlamaMLP extends Module {
-  /** Gate projection [intermediate, hidden]. */
-  gate_proj: Linear;
-  /** Up projection [intermediate, hidden]. */
-  up_proj: Linear;
+  /** Gate projection [intermediate, hidden] (not present with fused projections: Phi-3's gate_up_proj). */
+  gate_proj!: Linear;
+  /** Up projection [intermediate, hidden] (not present with fused projections). */
+  up_proj!: Linear;
+  /** Phi-3: gate (first half of the output) and up (second half) in one projection [2·intermediate, hidden]. */
+  gate_up_proj?: Linear;
   /** Down projection [hidden, intermediate]. */
   down_proj: Linear;
 
@@ -278,14 +298,26 @@ export class LlamaMLP extends Module {
     super();
     const { hiddenSize: hd, intermediateSize: is, mlpBias: bias } = config;
     const seed = (opts.seed ?? 0) + 1000 * layerIndex + 500;
-    this.gate_proj = new Linear(hd, is, { ...opts, bias, seed: seed + 1 });
-    this.up_proj = new Linear(hd, is, { ...opts, bias, seed: seed + 3 });
+    if (config.fusedProjections) {
+      this.gate_up_proj = new Linear(hd, 2 * is, { ...opts, bias, seed: seed + 1 });
+    } else {
+      this.gate_proj = new Linear(hd, is, { ...opts, bias, seed: seed + 1 });
+      this.up_proj = new Linear(hd, is, { ...opts, bias, seed: seed + 3 });
+    }
     this.down_proj = new Linear(is, hd, { ...opts, bias, seed: seed + 5 });
   }
 
   /** x [..., hidden] → [..., hidden]; `lean` (default) keeps only gate and up for the product's backward. */
   override forward(x: Tensor, lean = true): Tensor {
-    const gate = this.gate_proj.forward(x), up = this.up_proj.forward(x);
+    let gate: Tensor, up: Tensor;
+    if (this.gate_up_proj !== undefined) {
+      const both = this.gate_up_proj.forward(x), is = both.shape[both.ndim - 1] / 2;
+      gate = slice(both, -1, 0, is);
+      up = slice(both, -1, is, 2 * is);
+    } else {
+      gate = this.gate_proj.forward(x);
+      up = this.up_proj.forward(x);
+    }
     return this.down_proj.forward(lean ? siluMul(gate, up) : mul(silu(gate), up));
   }
 }

@@ -1,5 +1,5 @@
 /**
- * The Qwen2 / Qwen3 reference cases of scripts/make_family_cases.py, checked on any device: loaded
+ * The Qwen2 / Qwen3 / Phi-3 reference cases of scripts/make_family_cases.py, checked on any device: loaded
  * through AutoModelForCausalLM, then base and LoRA logits, loss, every LoRA gradient, three AdamW steps,
  * greedy tokens (without early stop, and with the default stop at generation_config.json's EOS ids) and
  * merged logits against transformers 5.17 + PEFT 0.21. Shared by the CPU and the WebGPU tests.
@@ -12,6 +12,7 @@ import {
   type LlamaForCausalLM,
   loadAdapter,
   mergeAndUnload,
+  Phi3ForCausalLM,
   Qwen2ForCausalLM,
   Qwen3ForCausalLM,
   type Tensor,
@@ -23,6 +24,7 @@ export const FAMILY_CASES: Record<string, typeof LlamaForCausalLM> = {
   "qwen2-tied": Qwen2ForCausalLM,
   "qwen3-gqa": Qwen3ForCausalLM,
   "qwen3-bias-tied": Qwen3ForCausalLM,
+  "phi3-gqa": Phi3ForCausalLM,
 };
 
 /** The fixture directory of a case, with a trailing slash. */
