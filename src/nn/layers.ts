@@ -17,7 +17,7 @@ import {
 import { currentDevice, type Device } from "../backend/device.ts";
 import type { DType } from "../core/dtype.ts";
 import { nextSeed, Rng } from "../core/random.ts";
-import { ConfigError } from "../core/errors.ts";
+import { ConfigError, DeviceError } from "../core/errors.ts";
 import { dequantizePacked, quantizedLinear, type QuantLayout, type QuantScheme } from "./quantized_linear.ts";
 
 /** How a {@link Linear}'s frozen weight is quantized (quantizeLinear in src/nn/quantize.ts). */
@@ -83,7 +83,20 @@ export class Linear extends Module {
     const seed = opts.seed ?? nextSeed();
     const make = (shape: number[], s: number) => {
       if (opts.materialize === false) return Tensor._meta(shape, dtype, device).requiresGrad_(true);
-      return tensor(uniformValues(shape[0] * (shape[1] ?? 1), bound, s), shape, t);
+      const n = shape[0] * (shape[1] ?? 1);
+      // The initial values are drawn on the host first: check the budget before that allocation, so an
+      // oversized layer is a DeviceError rather than the runtime's RangeError or a killed process.
+      const limit = device.memoryLimit, live = device.memory().bytes, bytes = n * 4;
+      if ((limit !== null && live + bytes > limit) || n > 2 ** 31 - 1) {
+        throw new DeviceError(
+          `Linear(${inFeatures}, ${outFeatures}): the ${shape.length === 2 ? "weight" : "bias"} [${shape}] ` +
+            `(${dtype}) needs ${bytes} bytes with ${live} bytes live, past ` +
+            (limit !== null && live + bytes > limit
+              ? `this device's memory limit of ${limit} bytes (setMemoryLimit)`
+              : `the largest array this runtime allocates`),
+        );
+      }
+      return tensor(uniformValues(n, bound, s), shape, t);
     };
     this.weight = make([outFeatures, inFeatures], seed);
     this.bias = opts.bias === false ? null : make([outFeatures], seed + 1);

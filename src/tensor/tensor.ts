@@ -392,8 +392,22 @@ function randomTensor(
   draw: (r: Rng) => number,
 ) {
   checkShape(shape, op);
+  // The samples are drawn on the host (8 bytes each) first: check the device's budget before that
+  // allocation, so an oversized draw is a DeviceError naming the shape, not a RangeError or an OOM kill.
+  const device = opts?.device ?? currentDevice();
+  const count = shapeSize(shape), limit = device.memoryLimit, live = device.memory().bytes;
+  if ((limit !== null && live + count * 8 > limit) || count > 2 ** 31 - 1) {
+    throw new DeviceError(
+      `${op}: tensor [${shape}] draws ${count} samples, ${count * 8} bytes on the host with ${live} bytes ` +
+        `live, past ${
+          limit !== null && live + count * 8 > limit
+            ? `this device's memory limit of ${limit} bytes (setMemoryLimit)`
+            : "the largest array this runtime allocates"
+        }`,
+    );
+  }
   const rng = new Rng(opts?.seed ?? Math.floor(Math.random() * 2 ** 32));
-  const values = new Float64Array(shapeSize(shape));
+  const values = new Float64Array(count);
   for (let i = 0; i < values.length; i++) values[i] = draw(rng);
   return tensor(values, shape, opts);
 }
