@@ -82,11 +82,20 @@ export function isNotFoundError(err: unknown): boolean {
   return (err as { code?: unknown } | null)?.code === "ENOENT";
 }
 
+/** Whether `err` says that a path runs through a file (Deno's NotADirectory or Node's ENOTDIR). */
+function isNotADirectoryError(err: unknown): boolean {
+  const denoNotDir = (globalThis as { Deno?: { errors?: { NotADirectory?: new () => Error } } }).Deno?.errors
+    ?.NotADirectory;
+  if (denoNotDir && err instanceof denoNotDir) return true;
+  return (err as { code?: unknown } | null)?.code === "ENOTDIR";
+}
+
 async function kindOf<K extends string>(stat: () => Promise<K>): Promise<K | null> {
   try {
     return await stat();
   } catch (err) {
-    if (isNotFoundError(err)) return null;
+    // A path under a file (dir/file/x) exists no more than a missing one does.
+    if (isNotFoundError(err) || isNotADirectoryError(err)) return null;
     throw err;
   }
 }

@@ -329,7 +329,9 @@ async function readRequired(path: string, what: string): Promise<Uint8Array> {
     return await readFileBytes(path);
   } catch (err) {
     if (isNotFoundError(err)) throw new FormatError(`loadAdapter: ${path} not found (${what})`);
-    throw err;
+    // Any other runtime failure (a file where the directory should be, no permission): a bad path.
+    const why = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+    throw new ConfigError(`loadAdapter: could not read ${path}, ${what} (${why})`);
   }
 }
 

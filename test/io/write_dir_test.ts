@@ -63,6 +63,18 @@ Deno.test("writeDirAtomic: a regular file in the way is a ConfigError naming the
       (e: unknown) => e instanceof ConfigError && /is a link to a file/.test(e.message),
     );
     assert.deepEqual(names(root), ["link", "taken"]);
+    // A file where a parent directory should be: the runtime's AlreadyExists / NotADirectory come back
+    // as ConfigErrors naming the public call.
+    await assert.rejects(
+      saveAdapter(adapted(1), `${path}/sub`),
+      (e: unknown) =>
+        e instanceof ConfigError && /^saveAdapter: could not create the directory/.test(e.message),
+    );
+    await assert.rejects(
+      loadAdapter(adapted(1), path),
+      (e: unknown) => e instanceof ConfigError && /^loadAdapter: could not read/.test(e.message),
+    );
+    assert.equal(Deno.readTextFileSync(path), "user data");
   });
 });
 
