@@ -63,7 +63,7 @@ function anyScalar(): fc.Arbitrary<unknown> {
 
 /** Resolves to what `fn` gave or threw; rejects (failing the property) if it takes over `ms`. */
 async function outcome(fn: () => unknown, ms = 5000): Promise<unknown> {
-  let timer = 0;
+  let timer: ReturnType<typeof setTimeout> | undefined;
   const hang = new Promise((_, reject) => {
     timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms (a hang)`)), ms);
   });
