@@ -26,7 +26,7 @@ import {
   getPeftModel,
   LoraConfig,
   noGrad,
-  PeftModel,
+  type PeftModel,
   webgpuDevice,
 } from "../mod.ts";
 
