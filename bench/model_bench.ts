@@ -9,7 +9,7 @@
  *
  * Usage:
  *   deno run -A bench/model_bench.ts --ckpt DIR [--name NAME] [--batch 8] [--seq 512] [--steps 20]
- *       [--warmup 3] [--log-every 5] [--dtype f32|f16] [--device webgpu|cpu] [--seed 1234] [--no-split]
+ *       [--warmup 3] [--log-every 5] [--dtype f32|f16] [--lora-dtype f32|f16] [--device webgpu|cpu] [--seed 1234] [--no-split]
  *       [--opt-reps 10] [--profile]
  *   deno run -A bench/model_bench.ts --quick      (CI: a 2-layer SmolLM2-shaped model made in JS with
  *                                                  random weights, 1 x 16 tokens, 3 steps; any adapter)
@@ -72,6 +72,8 @@ interface Args {
   warmup: number;
   logEvery: number;
   dtype: DType;
+  /** LoRA weights' dtype (default: the base's); f32 over an f16 base is the mixed-precision case. */
+  loraDtype: DType | undefined;
   device: "webgpu" | "cpu";
   seed: number;
   split: boolean;
@@ -102,6 +104,7 @@ function parseArgs(argv: string[]): Args {
     warmup: num("--warmup", quick ? 1 : 3),
     logEvery: num("--log-every", 5),
     dtype: (get("--dtype") ?? "f32") as DType,
+    loraDtype: get("--lora-dtype") as DType | undefined,
     device: (get("--device") ?? "webgpu") as "webgpu" | "cpu",
     seed: num("--seed", 1234),
     split: !argv.includes("--no-split"),
@@ -139,6 +142,7 @@ async function main(): Promise<void> {
     ckpt: a.ckpt,
     mode: a.dtype === "f32" ? "fp32" : a.dtype,
     dtype: a.dtype,
+    lora_dtype: a.loraDtype ?? a.dtype,
     device: `${device}`,
     batch: a.batch,
     seq: a.seq,
@@ -165,7 +169,14 @@ async function main(): Promise<void> {
     t = performance.now();
     applyLoraToLinearModules(
       model,
-      new PeftConfig({ targetModules: TARGETS, dim: 16, alpha: 32, dropout: 0, loraAInit: "kaiming" }),
+      new PeftConfig({
+        targetModules: TARGETS,
+        dim: 16,
+        alpha: 32,
+        dropout: 0,
+        loraAInit: "kaiming",
+        ...(a.loraDtype === undefined ? {} : { loraDtype: a.loraDtype }),
+      }),
     );
     const params = model.trainableParameters();
     rec.trainable_params = params.reduce((s, p) => s + p.size, 0);
