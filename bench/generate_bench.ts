@@ -29,6 +29,7 @@ import {
   webgpuDevice,
 } from "../mod.ts";
 import { generateTokens, generateTokensReference } from "../src/models/generate.ts";
+import { QUICK_CONFIG } from "./quick_model.ts";
 
 /** lowbias32, the hash of torch_lora_train.py's `hash32` (uint32 arithmetic). */
 function hash32(v: number): number {
@@ -142,23 +143,6 @@ export async function generateBench(
   ];
   return records.map((r) => ({ ...r, adapter: "merged" }));
 }
-
-/** The --quick model: SmolLM2-135M's layout (GQA 3:1, tied embeddings) at CI size. */
-const QUICK_CONFIG = {
-  architectures: ["LlamaForCausalLM"],
-  model_type: "llama",
-  hidden_size: 96,
-  intermediate_size: 256,
-  num_hidden_layers: 2,
-  num_attention_heads: 3,
-  num_key_value_heads: 1,
-  vocab_size: 512,
-  tie_word_embeddings: true,
-  rope_theta: 100000.0,
-  max_position_embeddings: 2048,
-  rms_norm_eps: 1e-5,
-  hidden_act: "silu",
-};
 
 async function main(): Promise<void> {
   const argv = Deno.args;

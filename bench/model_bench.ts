@@ -38,6 +38,7 @@ import {
 import { cpuDevice } from "../mod.ts";
 import { generateBench } from "./generate_bench.ts";
 import type { WebGpuBackend } from "../src/backend/webgpu/backend.ts";
+import { QUICK_CONFIG } from "./quick_model.ts";
 
 // PEFT's target_modules match a name's last part; our patterns match whole dotted names.
 const TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"].map((n) =>
@@ -114,23 +115,6 @@ function parseArgs(argv: string[]): Args {
     quick,
   };
 }
-
-/** The --quick model: SmolLM2-135M's layout (GQA 3:1, tied embeddings) at a CI-sized width. */
-const QUICK_CONFIG = {
-  architectures: ["LlamaForCausalLM"],
-  model_type: "llama",
-  hidden_size: 96,
-  intermediate_size: 256,
-  num_hidden_layers: 2,
-  num_attention_heads: 3,
-  num_key_value_heads: 1,
-  vocab_size: 512,
-  tie_word_embeddings: true,
-  rope_theta: 100000.0,
-  max_position_embeddings: 2048,
-  rms_norm_eps: 1e-5,
-  hidden_act: "silu",
-};
 
 async function main(): Promise<void> {
   const a = parseArgs(Deno.args);
