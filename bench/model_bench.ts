@@ -10,7 +10,7 @@
  * Usage:
  *   deno run -A bench/model_bench.ts --ckpt DIR [--name NAME] [--batch 8] [--seq 512] [--steps 20]
  *       [--warmup 3] [--log-every 5] [--dtype f32|f16] [--lora-dtype f32|f16] [--device webgpu|cpu] [--seed 1234] [--no-split]
- *       [--opt-reps 10] [--profile]
+ *       [--opt-reps 10] [--profile] [--profile-detail]
  *   deno run -A bench/model_bench.ts --quick      (CI: a 2-layer SmolLM2-shaped model made in JS with
  *                                                  random weights, 1 x 16 tokens, 3 steps; any adapter)
  *   --generate                                    (then greedy generation tokens/s: bench/generate_bench.ts)
@@ -82,6 +82,8 @@ interface Args {
   optReps: number;
   /** Profile one training step with profile() and add its slowest rows to the record. */
   profile: boolean;
+  /** With --profile-detail: the profile's rows per kernel and shape (GEMM m x n x k and plan). */
+  profileDetail: boolean;
   generate: boolean;
   quick: boolean;
 }
@@ -110,7 +112,8 @@ function parseArgs(argv: string[]): Args {
     seed: num("--seed", 1234),
     split: !argv.includes("--no-split"),
     optReps: num("--opt-reps", 10),
-    profile: argv.includes("--profile"),
+    profile: argv.includes("--profile") || argv.includes("--profile-detail"),
+    profileDetail: argv.includes("--profile-detail"),
     generate: argv.includes("--generate"),
     quick,
   };
@@ -267,14 +270,18 @@ async function main(): Promise<void> {
           opt.step();
           opt.zeroGrad();
         });
-      }, { device });
+      }, { device, detail: a.profileDetail });
       console.error(p.toString());
       rec.profile = {
         timing: p.timing,
         total_ms: +p.totalMs.toFixed(2),
         measured_ms: +p.measuredMs.toFixed(2),
         dispatches: p.rows.reduce((s, r) => s + r.calls, 0),
-        rows: p.rows.slice(0, 30).map((r) => ({ name: r.name, calls: r.calls, ms: +r.ms.toFixed(3) })),
+        rows: p.rows.slice(0, a.profileDetail ? 80 : 30).map((r) => ({
+          name: r.name,
+          calls: r.calls,
+          ms: +r.ms.toFixed(3),
+        })),
       };
     }
     console.log(JSON.stringify(rec));

@@ -137,9 +137,9 @@ export interface Backend {
   memoryLimit: number | null;
   /**
    * Starts a profile: from now on each kernel (WebGPU) or op (CPU) is timed. `timestamps` tells whether
-   * the times are GPU timestamps (else host time).
+   * the times are GPU timestamps (else host time). With `detail`, rows are per kernel and shape.
    */
-  beginProfile(): { timestamps: boolean };
+  beginProfile(detail?: boolean): { timestamps: boolean };
   /** Ends the profile started by {@link beginProfile} (after all its work finished) and returns its rows. */
   endProfile(): Promise<ProfileRow[]>;
 

@@ -29,6 +29,11 @@ export interface ProfileResult {
 export interface ProfileOptions {
   /** The device whose work is timed; default the current default device. */
   device?: Device;
+  /**
+   * Rows per kernel and shape (GEMM: m x n x k and plan; other WebGPU kernels: their grid) instead of per
+   * kernel. Default false.
+   */
+  detail?: boolean;
 }
 
 const active = new WeakSet<Device>();
@@ -43,10 +48,13 @@ export async function profile(
   fn: () => unknown | Promise<unknown>,
   opts: ProfileOptions = {},
 ): Promise<ProfileResult> {
-  const o = checkOptionKeys(opts, ["device"], "profile");
+  const o = checkOptionKeys(opts, ["device", "detail"], "profile");
   if (typeof fn !== "function") throw new ConfigError(`profile: expected a function, got ${showValue(fn)}`);
   if (o.device !== undefined && !(o.device instanceof Device)) {
     throw new ConfigError(`profile: option device must be a Device, got ${showValue(o.device)}`);
+  }
+  if (o.detail !== undefined && typeof o.detail !== "boolean") {
+    throw new ConfigError(`profile: option detail must be true or false, got ${showValue(o.detail)}`);
   }
   const device = (o.device as Device | undefined) ?? currentDevice();
   device.checkAlive("profile");
@@ -57,7 +65,7 @@ export async function profile(
   let totalMs: number;
   try {
     await device.sync(); // earlier work is not this profile's
-    ({ timestamps } = device.backend.beginProfile());
+    ({ timestamps } = device.backend.beginProfile(o.detail === true));
     const t0 = performance.now();
     try {
       await fn();

@@ -89,6 +89,18 @@ Deno.test({
       checkRows(p);
       // After the profile, dispatching goes back to one pass per batch and still computes the same.
       assert.deepEqual(await workload(device), plain);
+      // A detailed profile splits the rows by shape: GEMM rows name m x n x k, others their grid.
+      const d = await profile(() => workload(device), { device, detail: true });
+      const gemmRows = d.rows.filter((r) => r.name.startsWith("gemm"));
+      assert.ok(
+        gemmRows.length > 0 && gemmRows.every((r) => /\d+x\d+x\d+/.test(r.name)),
+        `${gemmRows.map((r) => r.name)}`,
+      );
+      assert.equal(gemmRows.reduce((s, r) => s + r.calls, 0), gemmCalls);
+      assert.ok(d.rows.some((r) => r.name.startsWith("binary grid ")), `${d.rows.map((r) => r.name)}`);
+      // The next plain profile is per kernel again.
+      const again = await profile(() => workload(device), { device });
+      assert.equal(again.rows.find((r) => r.name === "binary")?.calls, 3);
     } finally {
       device.destroy();
     }
@@ -103,6 +115,7 @@ Deno.test("profile: nested profiles of one device and bad arguments are ConfigEr
   );
   await assert.rejects(() => profile(42 as unknown as () => void, { device }), ConfigError);
   await assert.rejects(() => profile(() => {}, { device: "gpu" as unknown as Device }), ConfigError);
+  await assert.rejects(() => profile(() => {}, { device, detail: "yes" as unknown as boolean }), ConfigError);
   await assert.rejects(
     () => profile(() => {}, { devise: device } as unknown as { device: Device }),
     ConfigError,

@@ -258,9 +258,9 @@ export class WebGpuBackend implements Backend {
     if (bytes !== null) this.rt.trimPool(Math.max(0, bytes - this.rt.inUseBytes));
   }
 
-  beginProfile(): { timestamps: boolean } {
+  beginProfile(detail = false): { timestamps: boolean } {
     this.rt.checkAlive("profile");
-    this.rt.beginProfile();
+    this.rt.beginProfile(detail);
     return { timestamps: this.rt.timestamps };
   }
 

@@ -249,6 +249,16 @@ export function recordGemm(ctx: GemmContext, req: GemmRequest): Binding {
       q_scale_off: b.quant?.codeWords ?? 0,
     }, req.what);
   const extra = [lora?.p ?? null, lora?.q ?? null, req.bias ?? null];
+  // Only a detailed profile pays for this string: its rows are per GEMM shape and plan.
+  const detail = rt.profilingDetail
+    ? `${batch > 1 ? `${batch}x ` : ""}${m}x${n}x${k}${flags.transA ? " At" : ""}${
+      flags.transB ? " Bt" : ""
+    }${
+      lora !== undefined ? ` lora r${lora.r}` : ""
+    } ${plan.schedule} ${plan.tile.BM}x${plan.tile.BN}x${plan.tile.BK} split ${plan.splits} ${flags.aType}${
+      flags.vecA && flags.vecB ? " vec4" : ""
+    }`
+    : undefined;
   if (plan.splits === 1) {
     const kernel = kernels.get(template, gemmSpecialisation(flags, plan.tile));
     const maxZ = rt.limits.maxComputeWorkgroupsPerDimension;
@@ -260,6 +270,7 @@ export function recordGemm(ctx: GemmContext, req: GemmRequest): Binding {
         params(strides, 0, k, z0, alpha),
         [a.bind, b.bind, ...extra, out],
         planGrid(rt, plan, zCount),
+        detail,
       );
     }
     return out;
@@ -274,6 +285,7 @@ export function recordGemm(ctx: GemmContext, req: GemmRequest): Binding {
     params([0, 0, m * n], plan.chunk, plan.chunk, 0, 1),
     [a.bind, b.bind, ...extra, part],
     planGrid(rt, plan, plan.splits),
+    detail,
   );
   const reduceArgs = splitReduceArgs(req, plan);
   const reduceOut = SPLITK_REDUCE.outputs([], reduceArgs);

@@ -137,6 +137,7 @@ export class GpuRuntime {
   readonly #dynOffset = new Uint32Array(1);
   /** Per-kernel GPU times while profiling (null otherwise), and the batches whose times are pending. */
   #profile: Map<string, { calls: number; ns: number }> | null = null;
+  #profileDetail = false;
   #querySet: GPUQuerySet | null = null;
   #queryResolve: GPUBuffer | null = null;
   #timedNames: string[] = [];
@@ -357,6 +358,7 @@ export class GpuRuntime {
     params: ArrayLike<number>,
     bindings: readonly (Binding | null)[],
     grid: Grid,
+    detail?: string,
   ): void {
     const maxDim = this.limits.maxComputeWorkgroupsPerDimension;
     if (grid[0] > maxDim || grid[1] > maxDim || grid[2] > maxDim) {
@@ -367,6 +369,10 @@ export class GpuRuntime {
     if (grid[0] === 0 || grid[1] === 0 || grid[2] === 0) return;
     // Without timestamp-query a profile gets each kernel's host (recording) time instead.
     const hostT0 = this.#profile !== null && this.#querySet === null ? performance.now() : 0;
+    // A detailed profile keys rows by kernel and shape (the caller's detail, else the grid).
+    const rowName = this.#profileDetail
+      ? `${kernel.name} ${detail ?? `grid ${grid.join("x")}`}`
+      : kernel.name;
     const slotWords = this.#uniformSlot / 4;
     const slot = this.#dispatches;
     const base = slot * slotWords;
@@ -382,7 +388,7 @@ export class GpuRuntime {
       // One pass per dispatch, so its begin and end timestamps time this kernel alone.
       if (this.#pass !== null) this.#pass.end();
       const q = this.#timedNames.length * 2;
-      this.#timedNames.push(kernel.name);
+      this.#timedNames.push(rowName);
       pass = this.#openEncoder().beginComputePass({
         timestampWrites: {
           querySet: this.#querySet,
@@ -403,9 +409,9 @@ export class GpuRuntime {
     pass.setBindGroup(0, group, this.#dynOffset, 0, 1);
     pass.dispatchWorkgroups(grid[0], grid[1], grid[2]);
     if (this.#profile !== null && this.#querySet === null) {
-      const row = this.#profile.get(kernel.name);
+      const row = this.#profile.get(rowName);
       const ns = (performance.now() - hostT0) * 1e6;
-      if (row === undefined) this.#profile.set(kernel.name, { calls: 1, ns });
+      if (row === undefined) this.#profile.set(rowName, { calls: 1, ns });
       else {
         row.calls++;
         row.ns += ns;
@@ -472,11 +478,12 @@ export class GpuRuntime {
   /**
    * Starts timing kernels: with `timestamp-query`, every dispatch runs in a pass of its own whose GPU
    * timestamps are read back per batch; without it, dispatches are only counted. Ends with
-   * {@link endProfile}.
+   * {@link endProfile}. With `detail`, rows are kept per kernel and shape instead of per kernel.
    */
-  beginProfile(): void {
+  beginProfile(detail = false): void {
     this.flush();
     this.#profile = new Map();
+    this.#profileDetail = detail;
     if (this.device.features.has("timestamp-query")) {
       this.#querySet ??= this.device.createQuerySet({ type: "timestamp", count: 2 * MAX_BATCH });
       this.#queryResolve ??= this.device.createBuffer({
@@ -485,6 +492,11 @@ export class GpuRuntime {
         usage: GPU_FLAGS.QUERY_RESOLVE | GPU_FLAGS.COPY_SRC,
       });
     }
+  }
+
+  /** Whether a detailed profile (rows per kernel and shape) is running: callers then pass shape details. */
+  get profilingDetail(): boolean {
+    return this.#profile !== null && this.#profileDetail;
   }
 
   /** Whether kernels are timed on the GPU (timestamp-query) while profiling. */
@@ -506,6 +518,7 @@ export class GpuRuntime {
       ms: r.ns / 1e6,
     }));
     this.#profile = null;
+    this.#profileDetail = false;
     return rows;
   }
 
