@@ -145,3 +145,269 @@ export const LORA_ROWS: KernelRecord<LoraRowsArgs> = {
     return [y];
   },
 };
+
+// -------------------------------------------------------------------------------------------------
+// Backward: two dispatches for the whole batch, whatever the number of adapters.
+// -------------------------------------------------------------------------------------------------
+
+/**
+ * One adapter of the packed set in a backward call: a forward slot plus the run of `order` (the batch's
+ * token rows sorted by slot) that holds its rows.
+ */
+export interface LoraRowsGradSlot extends LoraRowsSlot {
+  /** Index into `order` of the slot's first row. */
+  rowStart: number;
+  /** How many rows use the slot. */
+  rowCount: number;
+}
+
+/** Arguments of {@link LORA_ROWS_BACK}. */
+export interface LoraRowsBackArgs {
+  m: number;
+  k: number;
+  n: number;
+  /** Each row's slot index into `slots`, or {@link NO_SLOT}. */
+  rowSlots: Uint32Array;
+  slots: readonly LoraRowsSlot[];
+  /** Whether to compute dx (false: the dx output is one unwritten element). */
+  needDx: boolean;
+}
+
+/** Arguments of {@link LORA_ROWS_GRAD}. */
+export interface LoraRowsGradArgs {
+  m: number;
+  k: number;
+  n: number;
+  /** Elements of the packed dA and dB to produce (the packed A's and B's sizes). */
+  aSize: number;
+  bSize: number;
+  /** Every row with an adapter, grouped by slot (each slot's rows at its `rowStart`). */
+  order: Uint32Array;
+  slots: readonly LoraRowsGradSlot[];
+}
+
+/** The row stride of the per-row rank vectors t = A x and u = Bᵀ dy: the largest rank, at least 1. */
+export function loraRowsRankStride(slots: readonly LoraRowsSlot[]): number {
+  return Math.max(1, ...slots.map((s) => s.rank));
+}
+
+/** The backward slot table: rank, A offset, B offset, scale bits, first row, row count, 2 unused. */
+function gradSlotWords(slots: readonly (LoraRowsSlot & Partial<LoraRowsGradSlot>)[]): Uint32Array {
+  const w = new Uint32Array(Math.max(8, slots.length * 8));
+  slots.forEach((s, i) =>
+    w.set([s.rank, s.aOffset, s.bOffset, f32Bits(s.scale), s.rowStart ?? 0, s.rowCount ?? 0], i * 8)
+  );
+  return w;
+}
+
+/** The checks both backward kernels share with the forward's: sizes, slots inside the packed buffers. */
+function checkSlots(
+  op: string,
+  a: { size: number },
+  b: { size: number },
+  k: number,
+  n: number,
+  slots: readonly LoraRowsSlot[],
+): void {
+  slots.forEach((s, i) => {
+    if (!(Number.isInteger(s.rank) && s.rank >= 0 && s.rank <= LORA_ROWS_MAX_RANK)) {
+      throw new ShapeError(`${op}: slot ${i} has rank ${s.rank}; 0 to ${LORA_ROWS_MAX_RANK} fit`);
+    }
+    if (!(s.aOffset >= 0 && s.aOffset + s.rank * k <= a.size)) {
+      throw new ShapeError(
+        `${op}: slot ${i}'s A [${s.rank}, ${k}] at ${s.aOffset} runs past the packed A of ${a.size} elements`,
+      );
+    }
+    if (!(s.bOffset >= 0 && s.bOffset + n * s.rank <= b.size)) {
+      throw new ShapeError(
+        `${op}: slot ${i}'s B [${n}, ${s.rank}] at ${s.bOffset} runs past the packed B of ${b.size} elements`,
+      );
+    }
+    if (!Number.isFinite(s.scale)) throw new ShapeError(`${op}: slot ${i}'s scale ${s.scale} is not finite`);
+  });
+}
+
+function checkSizes(op: string, m: number, k: number, n: number): void {
+  if (!(Number.isInteger(m) && m >= 0 && Number.isInteger(k) && k >= 1 && Number.isInteger(n) && n >= 1)) {
+    throw new ShapeError(`${op}: sizes must be m >= 0, k >= 1, n >= 1, got m ${m}, k ${k}, n ${n}`);
+  }
+}
+
+/**
+ * The mixed-batch backward's per-row pass (wgsl/lora_rows_back.wgsl), one workgroup per row m with slot
+ * s: t[m] = A_s x[m] and u[m] = B_sᵀ dy[m] (f32, rank-stride rows, zero past the row's rank and for rows
+ * without an adapter), and with `needDx` the LoRA part of the input gradient dx[m] = scale_s · A_sᵀ u[m]
+ * (zero for rows without an adapter; the base layer's own gradient is added by autograd).
+ * Inputs x [m, k], dy [m, n], packed a and b; outputs t, u [m · stride] and dx [m, k].
+ */
+export const LORA_ROWS_BACK: KernelRecord<LoraRowsBackArgs> = {
+  name: "lora_rows_back",
+  template: "lora_rows_back",
+  bindings: [
+    { name: "x", access: "read" },
+    { name: "dy", access: "read" },
+    { name: "a", access: "read" },
+    { name: "b", access: "read" },
+    { name: "slots", access: "read" },
+    { name: "info", access: "read" },
+    { name: "t", access: "write" },
+    { name: "u", access: "write" },
+    { name: "dx", access: "write" },
+  ],
+  params: [{ name: "k", type: "u32" }, { name: "n", type: "u32" }, { name: "rs", type: "u32" }],
+  check([x, dy, a, b], { m, k, n, rowSlots, slots }) {
+    const op = "loraRowsBackward";
+    checkSizes(op, m, k, n);
+    if (x.dtype !== dy.dtype) throw new DTypeError(`${op}: x is ${x.dtype} but dy is ${dy.dtype}`);
+    if (a.dtype !== b.dtype) throw new DTypeError(`${op}: the packed A is ${a.dtype} but B is ${b.dtype}`);
+    expectSize(x.size, m * k, op, `x [${m}, ${k}]`);
+    expectSize(dy.size, m * n, op, `dy [${m}, ${n}]`);
+    expectSize(rowSlots.length, m, op, "the row slots");
+    checkSlots(op, a, b, k, n, slots);
+    rowSlots.forEach((s, r) => {
+      if (s !== NO_SLOT && s >= slots.length) {
+        throw new ShapeError(`${op}: row ${r} names slot ${s} but there are ${slots.length} slots`);
+      }
+    });
+  },
+  outputs: ([x], a) => {
+    const rs = loraRowsRankStride(a.slots);
+    return [
+      { size: a.m * rs, dtype: "f32", what: `loraRowsBackward: A x [${a.m}, ${rs}] (f32)` },
+      { size: a.m * rs, dtype: "f32", what: `loraRowsBackward: Bᵀ dy [${a.m}, ${rs}] (f32)` },
+      {
+        size: a.needDx ? a.m * a.k : 1,
+        dtype: x.dtype,
+        what: `loraRowsBackward: dx [${a.m}, ${a.k}] (${x.dtype})`,
+      },
+    ];
+  },
+  specialise: ([x, , a], args) => {
+    const R = loraRowsRankBound(args.slots), L = loraRowsLanes(R);
+    return { T: x.dtype, TA: a.dtype, R, L, HALF_L: L >> 1, DX: args.needDx };
+  },
+  uniforms: (a) => ({ k: a.k, n: a.n, rs: loraRowsRankStride(a.slots) }),
+  scratch: (a) => [a.rowSlots, gradSlotWords(a.slots)],
+  geometry: (a) => ({ rows: a.m }),
+  reference([x, dy, a, b], { m, k, n, rowSlots, slots, needDx }, [tSpec, uSpec, dxSpec]) {
+    const rs = loraRowsRankStride(slots);
+    const t = hostArray(tSpec.dtype, m * rs), u = hostArray(uSpec.dtype, m * rs);
+    const dx = hostArray(dxSpec.dtype, dxSpec.size);
+    for (let row = 0; row < m; row++) {
+      const id = rowSlots[row];
+      if (id === NO_SLOT) continue; // t, u and dx stay zero
+      const s = slots[id];
+      for (let j = 0; j < s.rank; j++) {
+        let tj = 0, uj = 0;
+        for (let i = 0; i < k; i++) tj += x[row * k + i] * a[s.aOffset + j * k + i];
+        for (let o = 0; o < n; o++) uj += dy[row * n + o] * b[s.bOffset + o * s.rank + j];
+        t[row * rs + j] = tj;
+        u[row * rs + j] = uj;
+      }
+      if (!needDx) continue;
+      // dx from u rounded to f32, as the kernel holds it
+      const uRow = Float32Array.from({ length: s.rank }, (_, j) => u[row * rs + j]);
+      for (let i = 0; i < k; i++) {
+        let acc = 0;
+        for (let j = 0; j < s.rank; j++) acc += uRow[j] * a[s.aOffset + j * k + i];
+        dx[row * k + i] = s.scale * acc;
+      }
+    }
+    return [t, u, dx];
+  },
+};
+
+/**
+ * The mixed-batch backward's weight gradients (wgsl/lora_rows_grad.wgsl), one invocation per element of
+ * the packed dA and dB: for slot s with rows R_s, dA_s[j, i] = scale_s Σ_{m∈R_s} u[m, j] x[m, i] and
+ * dB_s[o, j] = scale_s Σ_{m∈R_s} dy[m, o] t[m, j] (f32 sums), laid out as the packed A and B (elements
+ * of no slot are zero). Inputs x [m, k], dy [m, n], t and u from {@link LORA_ROWS_BACK}; outputs the
+ * packed dA and dB in the adapters' dtype `dtype`.
+ */
+export const LORA_ROWS_GRAD: KernelRecord<LoraRowsGradArgs & { dtype: "f32" | "f16" }> = {
+  name: "lora_rows_grad",
+  template: "lora_rows_grad",
+  bindings: [
+    { name: "x", access: "read" },
+    { name: "dy", access: "read" },
+    { name: "t", access: "read" },
+    { name: "u", access: "read" },
+    { name: "order", access: "read" },
+    { name: "info", access: "read" },
+    { name: "da", access: "write" },
+    { name: "db", access: "write" },
+  ],
+  params: [
+    { name: "k", type: "u32" },
+    { name: "n", type: "u32" },
+    { name: "rs", type: "u32" },
+    { name: "slots", type: "u32" },
+    { name: "a_size", type: "u32" },
+    { name: "b_size", type: "u32" },
+  ],
+  check([x, dy, t, u], { m, k, n, aSize, bSize, order, slots }) {
+    const op = "loraRowsBackward";
+    checkSizes(op, m, k, n);
+    if (x.dtype !== dy.dtype) throw new DTypeError(`${op}: x is ${x.dtype} but dy is ${dy.dtype}`);
+    expectSize(x.size, m * k, op, `x [${m}, ${k}]`);
+    expectSize(dy.size, m * n, op, `dy [${m}, ${n}]`);
+    const rs = loraRowsRankStride(slots);
+    expectSize(t.size, m * rs, op, `A x [${m}, ${rs}]`);
+    expectSize(u.size, m * rs, op, `Bᵀ dy [${m}, ${rs}]`);
+    checkSlots(op, { size: aSize }, { size: bSize }, k, n, slots);
+    slots.forEach((s, i) => {
+      if (!(s.rowStart >= 0 && s.rowCount >= 0 && s.rowStart + s.rowCount <= order.length)) {
+        throw new ShapeError(
+          `${op}: slot ${i}'s rows ${s.rowStart}..${s.rowStart + s.rowCount} run past the ${order.length} ` +
+            `ordered rows`,
+        );
+      }
+    });
+    order.forEach((r, i) => {
+      if (r >= m) throw new ShapeError(`${op}: ordered row ${i} is ${r} but the batch has ${m} rows`);
+    });
+  },
+  outputs: (_, a) => [
+    {
+      size: a.aSize,
+      dtype: a.dtype,
+      what: `loraRowsBackward: packed dA of ${a.aSize} elements (${a.dtype})`,
+    },
+    {
+      size: a.bSize,
+      dtype: a.dtype,
+      what: `loraRowsBackward: packed dB of ${a.bSize} elements (${a.dtype})`,
+    },
+  ],
+  specialise: ([x], args) => ({ T: x.dtype, TA: args.dtype }),
+  uniforms: (a) => ({
+    k: a.k,
+    n: a.n,
+    rs: loraRowsRankStride(a.slots),
+    slots: a.slots.length,
+    a_size: a.aSize,
+    b_size: a.bSize,
+  }),
+  scratch: (a) => [a.order, gradSlotWords(a.slots)],
+  geometry: (a) => ({ elements: a.aSize + a.bSize }),
+  reference([x, dy, t, u], { k, n, aSize, bSize, order, slots }, [daSpec, dbSpec]) {
+    const rs = loraRowsRankStride(slots);
+    const da = hostArray(daSpec.dtype, aSize), db = hostArray(dbSpec.dtype, bSize);
+    for (const s of slots) {
+      const rows = order.subarray(s.rowStart, s.rowStart + s.rowCount);
+      for (let j = 0; j < s.rank; j++) {
+        for (let i = 0; i < k; i++) {
+          let acc = 0;
+          for (const m of rows) acc += u[m * rs + j] * x[m * k + i];
+          da[s.aOffset + j * k + i] = s.scale * acc;
+        }
+        for (let o = 0; o < n; o++) {
+          let acc = 0;
+          for (const m of rows) acc += dy[m * n + o] * t[m * rs + j];
+          db[s.bOffset + o * s.rank + j] = s.scale * acc;
+        }
+      }
+    }
+    return [da, db];
+  },
+};

@@ -1,6 +1,6 @@
 /**
- * The mixed-batch LoRA kernel (LORA_ROWS, src/backend/kernels/lora_rows.ts) on WebGPU against its CPU
- * twin through `Backend.run`: fast-check properties over random row-to-adapter maps (rows without an
+ * The mixed-batch LoRA kernels (LORA_ROWS and the backward's LORA_ROWS_BACK and LORA_ROWS_GRAD,
+ * src/backend/kernels/lora_rows.ts) on WebGPU against their CPU twins through `Backend.run`: fast-check properties over random row-to-adapter maps (rows without an
  * adapter included), ranks around the kernel's rank bounds (powers of two), odd sizes, packed layouts with
  * gaps, and the activation and adapter dtypes drawn independently from f32 and f16.
  */
@@ -10,7 +10,11 @@ import type { Device } from "../../../mod.ts";
 import { ShapeError } from "../../../mod.ts";
 import {
   LORA_ROWS,
+  LORA_ROWS_BACK,
+  LORA_ROWS_GRAD,
   type LoraRowsArgs,
+  type LoraRowsGradSlot,
+  loraRowsRankStride,
   type LoraRowsSlot,
   NO_SLOT,
 } from "../../../src/backend/kernels/lora_rows.ts";
@@ -168,6 +172,154 @@ gpuTest(
     }
   },
 );
+
+/** The backward of `c`: the per-row pass, then the weight gradients from its t and u, on both backends. */
+async function checkBackward(dev: Device, c: Case): Promise<void> {
+  const rng = new Rng(c.seed);
+  const slots: LoraRowsGradSlot[] = [];
+  let aEnd = 0, bEnd = 0;
+  const rowSlots = Uint32Array.from(c.rows, (s) => (s < 0 ? NO_SLOT : s));
+  // the rows of each slot, in a shuffled order (the kernel must not assume sorted rows)
+  const bySlot = c.ranks.map((_, s) => c.rows.flatMap((r, i) => (r === s ? [i] : [])));
+  for (const list of bySlot) list.sort(() => rng.uniform() - 0.5);
+  const order = Uint32Array.from(bySlot.flat());
+  let start = 0;
+  for (let s = c.ranks.length - 1; s >= 0; s--) {
+    aEnd += 2 * Math.floor(rng.uniform() * 3);
+    bEnd += 2 * Math.floor(rng.uniform() * 3);
+    slots[s] = {
+      rank: c.ranks[s],
+      aOffset: aEnd,
+      bOffset: bEnd,
+      scale: 0.25 + 2 * rng.uniform(),
+      rowStart: 0,
+      rowCount: 0,
+    };
+    aEnd += c.ranks[s] * c.k + ((c.ranks[s] * c.k) % 2);
+    bEnd += c.ranks[s] * c.n + ((c.ranks[s] * c.n) % 2);
+  }
+  bySlot.forEach((list, s) => {
+    slots[s].rowStart = start;
+    slots[s].rowCount = list.length;
+    start += list.length;
+  });
+  const aSize = Math.max(2, aEnd), bSize = Math.max(2, bEnd);
+  const x = values(c.m * c.k, c.seed + 1, c.t);
+  const dy = values(c.m * c.n, c.seed + 2, c.t);
+  const a = values(aSize, c.seed + 3, c.ta);
+  const b = values(bSize, c.seed + 4, c.ta);
+  const { gpu, cpu } = await onBoth(dev, c.t, (up) => {
+    const w = new Uploads(up.be, c.ta);
+    const xs = up.up(x), dys = up.up(dy);
+    const [t, u, dx] = up.be.run(LORA_ROWS_BACK, [xs, dys, w.up(a), w.up(b)], {
+      m: c.m,
+      k: c.k,
+      n: c.n,
+      rowSlots,
+      slots,
+      needDx: true,
+    });
+    const [da, db] = up.be.run(LORA_ROWS_GRAD, [xs, dys, t, u], {
+      m: c.m,
+      k: c.k,
+      n: c.n,
+      aSize,
+      bSize,
+      order,
+      slots,
+      dtype: c.ta,
+    });
+    w.freeAll();
+    return [t, u, dx, da, db];
+  });
+  const wide = c.t === "f16" || c.ta === "f16" ? "f16" : "f32";
+  ["A x", "B^T dy", "dx", "dA", "dB"].forEach((what, i) =>
+    assertClose(`loraRowsBackward ${what} ${c.t} over ${c.ta}`, gpu[i], cpu[i], wide)
+  );
+  // Rows without an adapter get no LoRA input gradient, and adapters without rows no weight gradient.
+  const rs = loraRowsRankStride(slots);
+  c.rows.forEach((s, r) => {
+    if (s >= 0) return;
+    for (let i = 0; i < c.k; i++) assert.equal(gpu[2][r * c.k + i], 0);
+    for (let j = 0; j < rs; j++) assert.equal(gpu[0][r * rs + j] + gpu[1][r * rs + j], 0);
+  });
+  slots.forEach((s) => {
+    if (s.rowCount > 0) return;
+    for (let e = 0; e < s.rank * c.k; e++) assert.equal(gpu[3][s.aOffset + e], 0);
+    for (let e = 0; e < s.rank * c.n; e++) assert.equal(gpu[4][s.bOffset + e], 0);
+  });
+}
+
+gpuTest(
+  "loraRows backward (per-row pass and weight gradients) on WebGPU equals its CPU twin over random cases",
+  async (dev) => {
+    await fc.assert(fc.asyncProperty(caseArb(dev), (c) => checkBackward(dev, c)), { numRuns: RUNS });
+  },
+);
+
+gpuTest(
+  "loraRows backward: a rank past one round, rank 1, every row without an adapter, an adapter without rows",
+  async (dev) => {
+    await checkBackward(dev, {
+      m: 3,
+      k: 3,
+      n: 4,
+      ranks: [300, 2],
+      rows: [0, 1, 0],
+      t: "f32",
+      ta: "f32",
+      seed: 5,
+    });
+    await checkBackward(dev, {
+      m: 4,
+      k: 1,
+      n: 1,
+      ranks: [1, 3, 2],
+      rows: [2, -1, 0, 2],
+      t: "f32",
+      ta: "f32",
+      seed: 3,
+    });
+    await checkBackward(dev, { m: 2, k: 5, n: 3, ranks: [4], rows: [-1, -1], t: "f32", ta: "f32", seed: 2 });
+    await checkBackward(dev, {
+      m: 6,
+      k: 65,
+      n: 257,
+      ranks: [16, 9],
+      rows: [0, 1, 1, -1, 1, 0],
+      t: "f32",
+      ta: "f32",
+      seed: 4,
+    });
+  },
+);
+
+gpuTest("loraRows backward: an ordered row past the batch is a ShapeError before any work", (dev) => {
+  const be = dev.backend;
+  const x = be.upload([1, 2], "f32"), t = be.upload([0], "f32");
+  const before = be.memory();
+  try {
+    const slot = { rank: 1, aOffset: 0, bOffset: 0, scale: 1, rowStart: 0, rowCount: 1 };
+    assert.throws(
+      () =>
+        be.run(LORA_ROWS_GRAD, [x, x, t, t], {
+          m: 1,
+          k: 2,
+          n: 2,
+          aSize: 2,
+          bSize: 2,
+          order: Uint32Array.of(1),
+          slots: [slot],
+          dtype: "f32",
+        }),
+      /ordered row 0 is 1 but the batch has 1 rows/,
+    );
+    assert.deepEqual(be.memory(), before);
+  } finally {
+    be.free(x);
+    be.free(t);
+  }
+});
 
 Deno.test({
   name: "loraRows property errors summary",

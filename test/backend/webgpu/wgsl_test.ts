@@ -257,7 +257,11 @@ function specialisations(
     for (const R of [8, 64, 1024]) {
       const L = Math.max(1, Math.min(32, 256 / R));
       out.push([named("lora_rows"), { ...base, TA, R, L, HALF_L: L >> 1 }]);
+      for (const DX of [false, true]) {
+        out.push([named("lora_rows_back"), { ...base, TA, R, L, HALF_L: L >> 1, DX }]);
+      }
     }
+    out.push([named("lora_rows_grad"), { ...base, TA }]);
   }
   // Quantized frozen weights: packing from and dequantizing to each type, and the GEMMs that read them as B
   // (forward: transposed, with the LoRA phase and bias; input gradient: plain, with the LoRA phase).
