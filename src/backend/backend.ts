@@ -88,6 +88,22 @@ export interface LoraGrads {
   dB: Storage;
 }
 
+/** Encodings of the bytes a {@link Backend.beginUpload} receives (little-endian floats). */
+export type UploadFormat = "f32" | "f16" | "bf16";
+
+/** An upload under way ({@link Backend.beginUpload}). */
+export interface ByteUpload {
+  /**
+   * Copies `bytes` to byte `byteOffset` of the encoded tensor (a multiple of 4; the length too, except
+   * for the piece that ends the tensor). The bytes are copied before this returns.
+   */
+  write(bytes: Uint8Array, byteOffset: number): void;
+  /** The storage, once every byte was written (converted on the device where the format asks). */
+  finish(): Storage;
+  /** Frees what the upload holds (after an error); idempotent. */
+  abort(): void;
+}
+
 /** A device's memory: live tensors' storage (like torch's `memory_allocated`), its peak, the pool. */
 export interface MemoryStats {
   /** Live storages. */
@@ -118,6 +134,13 @@ export interface Backend {
 
   /** Copies host values in (rounding to the dtype). */
   upload(data: ArrayLike<number>, dtype: DType): Storage;
+  /**
+   * Optional: starts an upload of `size` elements of `dtype` whose little-endian bytes, encoded as
+   * `format`, arrive in pieces ({@link ByteUpload}); checkpoint loaders stream files through it instead
+   * of building whole arrays on the host. Null where this backend does not convert `format` to `dtype`
+   * itself (the caller converts on the host then). Throws as {@link upload} for sizes and dtypes.
+   */
+  beginUpload?(size: number, dtype: DType, format: UploadFormat): ByteUpload | null;
   /** Copies values out; f64 storage reads as Float64Array, everything else as Float32Array. */
   read(s: Storage): Promise<HostArray>;
   /** Synchronous read where the device allows it (the CPU); others throw DeviceError. */

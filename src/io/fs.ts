@@ -36,11 +36,34 @@ export interface FsOps {
   removeTree?(path: string): Promise<void>;
   /** The absolute path with every symbolic link resolved. Optional, as lkind. */
   realPath?(path: string): Promise<string>;
+  /** Opens a file for reads at any position. Optional: a reader over {@link FsOps.readFile}'s bytes otherwise. */
+  openRead?(path: string): Promise<FileRangeReader>;
+}
+
+/** A file open for reading byte ranges (what loaders use to stream big files without holding them). */
+export interface FileRangeReader {
+  /** The file's length in bytes when opened. */
+  readonly size: number;
+  /**
+   * Fills `into` with the bytes at `position` .. `position + into.length`; a range past the end is an
+   * error. One read at a time per reader.
+   */
+  read(into: Uint8Array, position: number): Promise<void>;
+  /** Closes the file (idempotent). */
+  close(): void;
 }
 
 type EntryKind = "dir" | "file" | "symlink";
 
+interface DenoFile {
+  read(p: Uint8Array): Promise<number | null>;
+  seek(offset: number, whence: number): Promise<number>;
+  stat(): Promise<{ size: number }>;
+  close(): void;
+}
+
 interface DenoFs {
+  open(path: string, opts: { read: true }): Promise<DenoFile>;
   readFile(path: string): Promise<Uint8Array>;
   writeFile(path: string, data: Uint8Array): Promise<void>;
   rename(from: string, to: string): Promise<void>;
@@ -55,7 +78,14 @@ interface DenoFs {
   realPath(path: string): Promise<string>;
 }
 
+interface NodeFileHandle {
+  read(buffer: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesRead: number }>;
+  stat(): Promise<{ size: number }>;
+  close(): Promise<void>;
+}
+
 interface NodeFs {
+  open(path: string, flags: "r"): Promise<NodeFileHandle>;
   readFile(path: string): Promise<Uint8Array>;
   writeFile(path: string, data: Uint8Array): Promise<void>;
   rename(from: string, to: string): Promise<void>;
@@ -127,6 +157,48 @@ function denoOps(deno: DenoFs): Required<FsOps> {
     link: (a, b) => deno.link(a, b),
     removeTree: (p) => deno.remove(p, { recursive: true }),
     realPath: (p) => deno.realPath(p),
+    openRead: async (p) => {
+      const file = await deno.open(p, { read: true });
+      const size = (await file.stat()).size;
+      let closed = false;
+      return {
+        size,
+        read: async (into, position) => {
+          checkRange(p, size, into.length, position);
+          await file.seek(position, 0); // Deno.SeekMode.Start
+          let done = 0;
+          while (done < into.length) {
+            const got = await file.read(into.subarray(done));
+            if (got === null) throw new RangeError(`${p}: file ended at ${position + done} bytes`);
+            done += got;
+          }
+        },
+        close: () => {
+          if (!closed) file.close();
+          closed = true;
+        },
+      };
+    },
+  };
+}
+
+/** A read past a file's end is an error of the caller's (the loaders check offsets first). */
+function checkRange(path: string, size: number, length: number, position: number): void {
+  if (!(position >= 0 && position + length <= size)) {
+    throw new RangeError(`${path}: bytes [${position}, ${position + length}] lie outside its ${size} bytes`);
+  }
+}
+
+/** A {@link FileRangeReader} over bytes already in memory. */
+export function bytesRangeReader(bytes: Uint8Array, name = "bytes"): FileRangeReader {
+  return {
+    size: bytes.length,
+    read: (into, position) => {
+      checkRange(name, bytes.length, into.length, position);
+      into.set(bytes.subarray(position, position + into.length));
+      return Promise.resolve();
+    },
+    close: () => {},
   };
 }
 
@@ -157,6 +229,27 @@ function nodeOps(fs: NodeFs): Required<FsOps> {
     link: (a, b) => fs.link(a, b),
     removeTree: (p) => fs.rm(p, { recursive: true, force: true }),
     realPath: (p) => fs.realpath(p),
+    openRead: async (p) => {
+      const fh = await fs.open(p, "r");
+      const size = (await fh.stat()).size;
+      let closed = false;
+      return {
+        size,
+        read: async (into, position) => {
+          checkRange(p, size, into.length, position);
+          let done = 0;
+          while (done < into.length) {
+            const { bytesRead } = await fh.read(into, done, into.length - done, position + done);
+            if (bytesRead === 0) throw new RangeError(`${p}: file ended at ${position + done} bytes`);
+            done += bytesRead;
+          }
+        },
+        close: () => {
+          if (!closed) void fh.close();
+          closed = true;
+        },
+      };
+    },
   };
 }
 
@@ -204,6 +297,15 @@ export function joinPath(dir: string, name: string): string {
 /** The bytes of a file. Errors from the runtime propagate (use {@link isNotFoundError} to tell absence). */
 export async function readFileBytes(path: string): Promise<Uint8Array> {
   return await (await fsFor("readFileBytes")).readFile(path);
+}
+
+/**
+ * Opens a file for range reads ({@link FileRangeReader}). A test filesystem without `openRead` gets a
+ * reader over its `readFile` bytes. Errors from the runtime propagate.
+ */
+export async function openFileReader(path: string): Promise<FileRangeReader> {
+  if (override && !override.openRead) return bytesRangeReader(await override.readFile(path), path);
+  return await (await fsFor("openFileReader")).openRead(path);
 }
 
 /** A file's contents decoded as UTF-8 (invalid bytes become U+FFFD). */

@@ -16,6 +16,7 @@
 
 import { DTypeError, FormatError, ShapeError } from "../core/errors.ts";
 import { f16ToF32BitsTable, numberToBf16Bits, numberToF16Bits } from "../core/half.ts";
+import type { FileRangeReader } from "./fs.ts";
 
 /** A decoded tensor of a safetensors file. */
 export interface SafetensorsTensor {
@@ -178,25 +179,83 @@ export function readSafetensors(bytes: Uint8Array): SafetensorsFile {
   if (Object.prototype.toString.call(bytes) !== "[object Uint8Array]") {
     fail(`expected a Uint8Array, got ${Object.prototype.toString.call(bytes)}`);
   }
-  if (bytes.length < 8) fail(`file is ${bytes.length} bytes, shorter than the 8-byte header length`);
+  const headerLen = safetensorsHeaderLength(bytes.subarray(0, 8), bytes.length);
+  const header = parseSafetensorsHeader(bytes.subarray(8, 8 + headerLen), bytes.length);
+  const tensors = new Map<string, SafetensorsTensor>();
+  const dataStart = bytes.byteOffset + header.dataStart;
+  for (const e of header.entries) {
+    const data = decode(e.dtype, bytes.buffer, dataStart + e.begin, (e.end - e.begin) / dtypeBytes(e.dtype));
+    tensors.set(e.name, { dtype: e.dtype, shape: e.shape, data });
+  }
+  return { tensors, metadata: header.metadata };
+}
 
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+/** One tensor's place in a safetensors file, as its (validated) header states it. */
+export interface SafetensorsEntry {
+  /** The tensor's name. */
+  name: string;
+  /** The file's dtype string ("F32", "BF16", ...). */
+  dtype: string;
+  /** Row-major shape. */
+  shape: number[];
+  /** First byte, relative to the data section. */
+  begin: number;
+  /** One past the last byte, relative to the data section. */
+  end: number;
+}
+
+/** What {@link parseSafetensorsHeader} finds: the tensors' places, the metadata, where data starts. */
+export interface SafetensorsHeader {
+  /** The tensors in the order their data lies in the file. */
+  entries: SafetensorsEntry[];
+  /** The `__metadata__` map (empty when absent); a null-prototype object. */
+  metadata: Record<string, string>;
+  /** Byte offset of the data section in the file (8 + the header length). */
+  dataStart: number;
+}
+
+/** Bytes per element of a dtype the format defines (and we read). */
+export function dtypeBytes(dtype: string): number {
+  const info = DTYPES.get(dtype);
+  if (!info) throw new DTypeError(`safetensors: unsupported dtype ${show(dtype)}`);
+  return info.size;
+}
+
+/**
+ * The header length a file's first 8 bytes give, checked against the 100 MB bound and the file's
+ * length (`fileLength` bytes in all).
+ * @throws {FormatError} as {@link readSafetensors} does
+ */
+export function safetensorsHeaderLength(first8: Uint8Array, fileLength: number): number {
+  if (fileLength < 8 || first8.length < 8) {
+    fail(`file is ${Math.min(fileLength, first8.length)} bytes, shorter than the 8-byte header length`);
+  }
+  const view = new DataView(first8.buffer, first8.byteOffset, 8);
   const headerLen64 = view.getBigUint64(0, true);
   if (headerLen64 > BigInt(MAX_HEADER_BYTES)) {
     fail(`header length ${headerLen64} exceeds the ${MAX_HEADER_BYTES}-byte limit`);
   }
   const headerLen = Number(headerLen64);
-  if (headerLen > bytes.length - 8) {
-    fail(`header length ${headerLen} exceeds the ${bytes.length - 8} bytes after the length field`);
+  if (headerLen > fileLength - 8) {
+    fail(`header length ${headerLen} exceeds the ${fileLength - 8} bytes after the length field`);
   }
+  return headerLen;
+}
+
+/**
+ * Validates a header (the bytes after the length field, as long as it says) of a file of `fileLength`
+ * bytes, as {@link readSafetensors} does, without touching any tensor data: the JSON, `__metadata__`,
+ * every entry's dtype, shape and offsets, and that the entries tile the data section exactly.
+ * @throws {FormatError} naming the tensor and field at fault
+ */
+export function parseSafetensorsHeader(headerBytes: Uint8Array, fileLength: number): SafetensorsHeader {
+  const headerLen = headerBytes.length;
   // The reference implementation requires this (a BOM or leading space is rejected there too).
-  if (headerLen === 0 || bytes[8] !== 0x7b) fail(`header does not start with "{"`);
+  if (headerLen === 0 || headerBytes[0] !== 0x7b) fail(`header does not start with "{"`);
 
   let header: unknown;
   try {
-    const text = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(
-      bytes.subarray(8, 8 + headerLen),
-    );
+    const text = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(headerBytes);
     header = JSON.parse(text);
   } catch (e) {
     // Invalid UTF-8, invalid JSON, or nesting deep enough to exhaust the stack: all are bad headers.
@@ -218,7 +277,7 @@ export function readSafetensors(bytes: Uint8Array): SafetensorsFile {
     }
   }
 
-  const dataLen = bytes.length - 8 - headerLen;
+  const dataLen = fileLength - 8 - headerLen;
   const entries: Entry[] = [];
   for (const name of Object.keys(hdr)) {
     if (name === "__metadata__") continue;
@@ -249,14 +308,33 @@ export function readSafetensors(bytes: Uint8Array): SafetensorsFile {
   if (cursor !== dataLen) {
     fail(`data section is ${dataLen} bytes but the tensors cover only [0, ${cursor}]`);
   }
+  return {
+    entries: entries.map(({ name, dtype, shape, begin, end }) => ({ name, dtype, shape, begin, end })),
+    metadata,
+    dataStart: 8 + headerLen,
+  };
+}
 
-  const tensors = new Map<string, SafetensorsTensor>();
-  const dataStart = bytes.byteOffset + 8 + headerLen;
-  for (const e of entries) {
-    const data = decode(e.dtype, bytes.buffer, dataStart + e.begin, (e.end - e.begin) / e.info.size);
-    tensors.set(e.name, { dtype: e.dtype, shape: e.shape, data });
-  }
-  return { tensors, metadata };
+/**
+ * Reads and validates the header of an open file ({@link FileRangeReader}), reading nothing else: the
+ * streaming loaders' first step.
+ * @throws {FormatError} as {@link readSafetensors} does
+ */
+export async function readSafetensorsHeader(file: FileRangeReader): Promise<SafetensorsHeader> {
+  const first8 = new Uint8Array(Math.min(8, file.size));
+  await file.read(first8, 0);
+  const headerLen = safetensorsHeaderLength(first8, file.size);
+  const headerBytes = new Uint8Array(headerLen);
+  await file.read(headerBytes, 8);
+  return parseSafetensorsHeader(headerBytes, file.size);
+}
+
+/**
+ * Decodes one tensor's little-endian bytes as {@link readSafetensors} decodes them (F16 and BF16 widened
+ * to Float32Array, ...), into a fresh array.
+ */
+export function decodeSafetensorsData(dtype: string, bytes: Uint8Array): SafetensorsData {
+  return decode(dtype, bytes.buffer, bytes.byteOffset, bytes.byteLength / dtypeBytes(dtype));
 }
 
 /** Validates one header entry; nothing here trusts the JSON's types or magnitudes. */

@@ -6,8 +6,26 @@
  */
 import type { Module } from "../nn/module.ts";
 import type { Tensor } from "../tensor/mod.ts";
-import { type RawTensorEntry, readSafetensors, writeSafetensors } from "../io/safetensors.ts";
-import { joinPath, pathKind, readFileBytes, readFileText, writeDirAtomic } from "../io/fs.ts";
+import {
+  decodeSafetensorsData,
+  dtypeBytes,
+  type RawTensorEntry,
+  readSafetensorsHeader,
+  type SafetensorsEntry,
+  type SafetensorsHeader,
+  writeSafetensors,
+} from "../io/safetensors.ts";
+import {
+  bytesRangeReader,
+  type FileRangeReader,
+  joinPath,
+  openFileReader,
+  pathKind,
+  readFileText,
+  writeDirAtomic,
+} from "../io/fs.ts";
+import type { ByteUpload, UploadFormat } from "../backend/backend.ts";
+import { numberToBf16Bits, numberToF16Bits } from "../core/half.ts";
 import { modulesWithAdapters } from "../nn/adapter_hook.ts";
 import { type LlamaConfig, llamaConfigToJson, parseLlamaConfig } from "./config.ts";
 import { ConfigError, FormatError } from "../core/errors.ts";
@@ -38,12 +56,23 @@ function isIgnorableKey(key: string): boolean {
   return key.endsWith(".rotary_emb.inv_freq");
 }
 
-interface RawCheckpoint {
-  config: Record<string, unknown> | string;
-  shards: { name: string; bytes: Uint8Array }[];
+/** One weight file: its name for messages and how to open it for range reads. */
+interface Shard {
+  name: string;
+  open(): Promise<FileRangeReader>;
 }
 
-/** Reads config and weight bytes from a directory (single file or sharded). */
+interface RawCheckpoint {
+  config: Record<string, unknown> | string;
+  shards: Shard[];
+}
+
+/** A shard on disk, opened only when the loader reads it. */
+function fileShard(path: string): Shard {
+  return { name: path, open: () => openFileReader(path) };
+}
+
+/** Finds config and weight files in a directory (single file or sharded); reads only the config and index. */
 async function readCheckpointDir(dir: string, where: string): Promise<RawCheckpoint> {
   if ((await pathKind(dir)) !== "dir") {
     throw new FormatError(`${where}: ${dir} is not a directory`);
@@ -55,7 +84,7 @@ async function readCheckpointDir(dir: string, where: string): Promise<RawCheckpo
   const config = await readFileText(configPath);
   const single = joinPath(dir, "model.safetensors");
   if ((await pathKind(single)) === "file") {
-    return { config, shards: [{ name: single, bytes: await readFileBytes(single) }] };
+    return { config, shards: [fileShard(single)] };
   }
   const indexPath = joinPath(dir, "model.safetensors.index.json");
   if ((await pathKind(indexPath)) !== "file") {
@@ -92,15 +121,227 @@ async function readCheckpointDir(dir: string, where: string): Promise<RawCheckpo
         `${where}: shard ${path} listed in the index does not exist`,
       );
     }
-    shards.push({ name: path, bytes: await readFileBytes(path) });
+    shards.push(fileShard(path));
   }
   return { config, shards };
 }
 
 /**
+ * Bytes of one read of the streaming loader (a multiple of 8, so a piece never splits an element and
+ * every piece starts word-aligned in the tensor). Large enough that the per-read cost vanishes, small
+ * enough that the two staging buffers stay small next to a model.
+ */
+let PIECE_BYTES = 64 << 20;
+
+/** @internal Sets the piece size (a positive multiple of 8; null restores the default), so tests cut tiny tensors. */
+export function _setPieceBytesForTesting(bytes: number | null): void {
+  PIECE_BYTES = bytes ?? 64 << 20;
+}
+
+/** Where a load's time went (milliseconds by phase) and how much it moved: for bench/load_bench.ts. */
+export interface LoadStats {
+  /** Bytes of tensor data read. */
+  bytes: number;
+  /**
+   * Milliseconds by phase: `open` (opening files, reading and checking headers), `read` (waiting for the
+   * file beyond what overlapped the rest), `write` (handing bytes to the device), `convert` (host
+   * conversions), `finish` (device-side conversions queued when a tensor is complete).
+   */
+  phases: Record<string, number>;
+  /** Tensors loaded. */
+  tensors: number;
+}
+
+let stats: LoadStats = { bytes: 0, phases: {}, tensors: 0 };
+
+/** @internal The counters of the loads since {@link resetLoadStats} (benchmarks read them). */
+export function loadStats(): LoadStats {
+  return stats;
+}
+
+/** @internal Restarts {@link loadStats}. */
+export function resetLoadStats(): void {
+  stats = { bytes: 0, phases: {}, tensors: 0 };
+}
+
+function timed<T>(phase: string, f: () => T): T {
+  const t0 = performance.now();
+  try {
+    return f();
+  } finally {
+    stats.phases[phase] = (stats.phases[phase] ?? 0) + performance.now() - t0;
+  }
+}
+
+async function timedAsync<T>(phase: string, f: () => Promise<T>): Promise<T> {
+  const t0 = performance.now();
+  try {
+    return await f();
+  } finally {
+    stats.phases[phase] = (stats.phases[phase] ?? 0) + performance.now() - t0;
+  }
+}
+
+/** Typed arrays use the platform's byte order; the format is little-endian. */
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+/** Encoding of a file dtype the device may take as it is. */
+const WIRE: Record<string, UploadFormat | undefined> = { F32: "f32", F16: "f16", BF16: "bf16" };
+
+/**
+ * Fills one tensor from the pieces of its bytes, in order: straight to the device where the backend
+ * takes the file's encoding (converting on the device if needed), else converted on the host into the
+ * target dtype's encoding and then streamed, else (a backend without streamed uploads: the CPU) into a
+ * host array uploaded at the end.
+ */
+class TensorFill {
+  readonly #fileDType: string;
+  readonly #target: Tensor;
+  readonly #upload: ByteUpload | null;
+  /** The dtype's own encoding when pieces are converted on the host before {@link #upload}. */
+  readonly #hostTo: UploadFormat | null;
+  readonly #host: Float32Array | Float64Array | null;
+
+  constructor(fileDType: string, target: Tensor) {
+    this.#fileDType = fileDType;
+    this.#target = target;
+    const be = target.device.backend;
+    const dtype = target.dtype;
+    let upload: ByteUpload | null = null;
+    let hostTo: UploadFormat | null = null;
+    const wire = WIRE[fileDType];
+    if (be.beginUpload !== undefined) {
+      if (wire !== undefined) upload = be.beginUpload(target.size, dtype, wire);
+      if (upload === null && (dtype === "f32" || dtype === "f16")) {
+        upload = be.beginUpload(target.size, dtype, dtype);
+        hostTo = dtype;
+      }
+    }
+    this.#upload = upload;
+    this.#hostTo = hostTo;
+    this.#host = upload !== null
+      ? null
+      : dtype === "f64"
+      ? new Float64Array(target.size)
+      : new Float32Array(target.size);
+  }
+
+  /** Takes the piece of the tensor's file bytes that starts at byte `offset`. */
+  write(piece: Uint8Array, offset: number): void {
+    const srcSize = dtypeBytes(this.#fileDType);
+    if (this.#upload !== null && this.#hostTo === null) {
+      timed("write", () => this.#upload!.write(piece, offset));
+      return;
+    }
+    const first = offset / srcSize;
+    if (this.#upload !== null) {
+      const bytes = timed(
+        "convert",
+        () => encode(decodeSafetensorsData(this.#fileDType, piece) as Float32Array, this.#hostTo!),
+      );
+      timed("write", () => this.#upload!.write(bytes, first * (this.#hostTo === "f32" ? 4 : 2)));
+      return;
+    }
+    const host = this.#host!;
+    if (LITTLE_ENDIAN && this.#fileDType === "F32" && host instanceof Float32Array) {
+      timed("write", () => new Uint8Array(host.buffer, offset, piece.length).set(piece));
+    } else {
+      timed("convert", () => host.set(decodeSafetensorsData(this.#fileDType, piece) as Float32Array, first));
+    }
+  }
+
+  /** Gives the target its storage. */
+  finish(): void {
+    const be = this.#target.device.backend;
+    const storage = timed(
+      "finish",
+      () => this.#upload !== null ? this.#upload.finish() : be.upload(this.#host!, this.#target.dtype),
+    );
+    this.#target._replaceStorage(storage);
+  }
+
+  abort(): void {
+    this.#upload?.abort();
+  }
+}
+
+/** Decoded values in an upload encoding: f32 as its bytes, f16 as its bit patterns. */
+function encode(values: ArrayLike<number>, to: UploadFormat): Uint8Array {
+  if (to === "f32") {
+    const f = values instanceof Float32Array ? values : Float32Array.from(values);
+    return new Uint8Array(f.buffer, f.byteOffset, f.byteLength);
+  }
+  const bits = new Uint16Array(values.length);
+  if (to === "f16") { for (let i = 0; i < values.length; i++) bits[i] = numberToF16Bits(values[i]); }
+  else for (let i = 0; i < values.length; i++) bits[i] = numberToBf16Bits(values[i]);
+  return new Uint8Array(bits.buffer);
+}
+
+/** A tensor to load: where its bytes lie in its shard, and the parameter they fill. */
+interface Planned {
+  entry: SafetensorsEntry;
+  target: Tensor;
+}
+
+/**
+ * Streams one shard's planned tensors from the file into their parameters: the file is read in pieces
+ * of at most {@link PIECE_BYTES} into one of two staging buffers while the previous piece goes to the
+ * device, so reading and uploading overlap and no whole-file (or whole-tensor) copy is made on the host.
+ */
+async function streamShard(file: FileRangeReader, dataStart: number, plan: Planned[]): Promise<void> {
+  const pieces: { p: Planned; offset: number; length: number }[] = [];
+  let largest = 0;
+  for (const p of plan) {
+    const bytes = p.entry.end - p.entry.begin;
+    for (let offset = 0; offset < bytes; offset += PIECE_BYTES) {
+      const length = Math.min(PIECE_BYTES, bytes - offset);
+      pieces.push({ p, offset, length });
+      largest = Math.max(largest, length);
+    }
+  }
+  const staging = [new Uint8Array(largest), new Uint8Array(pieces.length > 1 ? largest : 0)];
+  const readPiece = (i: number): Promise<void> => {
+    const { p, offset, length } = pieces[i];
+    return file.read(staging[i % 2].subarray(0, length), dataStart + p.entry.begin + offset);
+  };
+  const fills = new Map<Planned, TensorFill>();
+  let next: Promise<void> | null = pieces.length > 0 ? readPiece(0) : null;
+  try {
+    for (let i = 0; i < pieces.length; i++) {
+      await timedAsync("read", () => next!);
+      next = i + 1 < pieces.length ? readPiece(i + 1) : null;
+      const { p, offset, length } = pieces[i];
+      let fill = fills.get(p);
+      if (fill === undefined) fills.set(p, fill = new TensorFill(p.entry.dtype, p.target));
+      fill.write(staging[i % 2].subarray(0, length), offset);
+      stats.bytes += length;
+      if (offset + length === p.entry.end - p.entry.begin) {
+        fill.finish();
+        fills.delete(p);
+        stats.tensors++;
+      }
+    }
+    // Tensors of no bytes (a zero in the shape) have no piece.
+    for (const p of plan) {
+      if (p.entry.end === p.entry.begin) {
+        new TensorFill(p.entry.dtype, p.target).finish();
+        stats.tensors++;
+      }
+    }
+  } catch (e) {
+    await next?.catch(() => {});
+    for (const f of fills.values()) f.abort();
+    throw e;
+  }
+}
+
+/**
  * Builds a model with `build(config)` (shape-only weights) and fills every parameter from the
  * checkpoint. Missing keys (except `lm_head.weight` of a tied model), unexpected keys, shape mismatches
- * and non-float dtypes are FormatErrors naming the key and `where` (the public call).
+ * and non-float dtypes are FormatErrors naming the key and `where` (the public call), raised after
+ * reading every shard's header and before any tensor data is read. The data is streamed from the files
+ * in pieces straight into device memory (F32 → f32 and F16 → f16 as they are, BF16 / F16 → f32 widened
+ * on the device), so no whole file or tensor is copied on the host.
  */
 export async function loadLlamaWeights<M extends CheckpointModel>(
   source: ModelSource,
@@ -116,7 +357,13 @@ export async function loadLlamaWeights<M extends CheckpointModel>(
         `${where}: weights must be a Uint8Array or a non-empty list of them`,
       );
     }
-    raw = { config: source.config, shards: list.map((bytes, i) => ({ name: `weights[${i}]`, bytes })) };
+    raw = {
+      config: source.config,
+      shards: list.map((bytes, i) => {
+        const name = `weights[${i}]`;
+        return { name, open: () => Promise.resolve(bytesRangeReader(bytes, name)) };
+      }),
+    };
   } else {
     const got = source === null || typeof source !== "object"
       ? String(source)
@@ -128,49 +375,74 @@ export async function loadLlamaWeights<M extends CheckpointModel>(
   const config = parseLlamaConfig(raw.config);
   const model = build(config);
   const own = model.stateDict();
-  const found = new Map<string, { shape: number[]; data: ArrayLike<number>; from: string }>();
-  for (const shard of raw.shards) {
-    let file;
-    try {
-      file = readSafetensors(shard.bytes);
-    } catch (e) {
-      throw new FormatError(`${where}: ${shard.name}: ${(e as Error).message}`);
+  const opened: { shard: Shard; file: FileRangeReader; dataStart: number; plan: Planned[] }[] = [];
+  const loaded: Tensor[] = [];
+  try {
+    const found = new Map<string, string>();
+    for (const shard of raw.shards) {
+      const t0 = performance.now();
+      const file = await shard.open();
+      opened.push({ shard, file, dataStart: 0, plan: [] });
+      let header: SafetensorsHeader;
+      try {
+        header = await readSafetensorsHeader(file);
+      } catch (e) {
+        if (!(e instanceof FormatError)) throw e;
+        throw new FormatError(`${where}: ${shard.name}: ${e.message}`);
+      }
+      stats.phases.open = (stats.phases.open ?? 0) + performance.now() - t0;
+      const slot = opened[opened.length - 1];
+      slot.dataStart = header.dataStart;
+      for (const entry of header.entries) {
+        const key = entry.name;
+        if (isIgnorableKey(key)) continue;
+        if (found.has(key)) {
+          throw new FormatError(`${where}: ${key} appears in both ${found.get(key)} and ${shard.name}`);
+        }
+        if (!(key in own)) {
+          throw new FormatError(
+            `${where}: unexpected key ${key} in ${shard.name} (not a parameter of this model)`,
+          );
+        }
+        if (!FLOAT_DTYPES.has(entry.dtype)) {
+          throw new FormatError(
+            `${where}: ${key} has dtype ${entry.dtype}; expected F32, F16 or BF16`,
+          );
+        }
+        const want = own[key].shape;
+        if (entry.shape.length !== want.length || entry.shape.some((d, i) => d !== want[i])) {
+          throw new FormatError(
+            `${where}: ${key} has shape [${entry.shape}] but the config implies [${want}]`,
+          );
+        }
+        found.set(key, shard.name);
+        slot.plan.push({ entry, target: own[key] });
+      }
     }
-    for (const [key, t] of file.tensors) {
-      if (isIgnorableKey(key)) continue;
-      if (found.has(key)) {
-        throw new FormatError(
-          `${where}: ${key} appears in both ${found.get(key)!.from} and ${shard.name}`,
-        );
-      }
-      if (!(key in own)) {
-        throw new FormatError(
-          `${where}: unexpected key ${key} in ${shard.name} (not a parameter of this model)`,
-        );
-      }
-      if (!FLOAT_DTYPES.has(t.dtype)) {
-        throw new FormatError(
-          `${where}: ${key} has dtype ${t.dtype}; expected F32, F16 or BF16`,
-        );
-      }
-      const want = own[key].shape;
-      if (t.shape.length !== want.length || t.shape.some((d, i) => d !== want[i])) {
-        throw new FormatError(
-          `${where}: ${key} has shape [${t.shape}] but the config implies [${want}]`,
-        );
-      }
-      found.set(key, { shape: t.shape, data: t.data as ArrayLike<number>, from: shard.name });
+    const tied = config.tieWordEmbeddings;
+    const missing = Object.keys(own).filter((k) => !found.has(k) && !(tied && k === "lm_head.weight"));
+    if (missing.length > 0) {
+      const list = missing.slice(0, 8).join(", ") + (missing.length > 8 ? `, … (${missing.length})` : "");
+      throw new FormatError(`${where}: missing keys: ${list}`);
     }
+    for (const slot of opened) {
+      // A tied head is the embedding table itself; a stored copy of it is ignored, as transformers does.
+      if (tied) slot.plan = slot.plan.filter((p) => p.entry.name !== "lm_head.weight");
+      // A parameter the model holds twice (shared) is filled once.
+      slot.plan = slot.plan.filter((p) => {
+        if (loaded.includes(p.target)) return false;
+        loaded.push(p.target);
+        return true;
+      });
+    }
+    for (const slot of opened) await streamShard(slot.file, slot.dataStart, slot.plan);
+  } catch (e) {
+    // Nothing half-loaded stays on the device.
+    for (const t of loaded) if (!t.isMeta) t.dispose();
+    throw e;
+  } finally {
+    for (const slot of opened) slot.file.close();
   }
-  const tied = config.tieWordEmbeddings;
-  const missing = Object.keys(own).filter((k) => !found.has(k) && !(tied && k === "lm_head.weight"));
-  if (missing.length > 0) {
-    const list = missing.slice(0, 8).join(", ") + (missing.length > 8 ? `, … (${missing.length})` : "");
-    throw new FormatError(`${where}: missing keys: ${list}`);
-  }
-  // A tied head is the embedding table itself; a stored copy of it is ignored, as transformers does.
-  if (tied) found.delete("lm_head.weight");
-  model.loadStateDict(Object.fromEntries(found), { strict: false });
   return model;
 }
 

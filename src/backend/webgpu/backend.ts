@@ -7,6 +7,7 @@
 import type {
   Backend,
   BinaryOp,
+  ByteUpload,
   LoraBackwardArgs,
   LoraForwardArgs,
   LoraGrads,
@@ -15,6 +16,7 @@ import type {
   ProfileRow,
   Storage,
   UnaryOp,
+  UploadFormat,
 } from "../backend.ts";
 import { type DType, dtypeSize, type HostArray } from "../../core/dtype.ts";
 import { f16BitsToNumber, numberToF16Bits } from "../../core/half.ts";
@@ -35,6 +37,7 @@ import { REDUCE_COLS, REDUCE_ROWS } from "../kernels/reduce_axis.ts";
 import { SCATTER_ADD_ROWS } from "../kernels/scatter_add_rows.ts";
 import { SOFTMAX } from "../kernels/softmax.ts";
 import { UNARY } from "../kernels/unary.ts";
+import { WIDEN_HALF } from "../kernels/widen_half.ts";
 import { DIRECT_PROFILE, type GemmProfile, TILED_PROFILE } from "./gemm_plan.ts";
 import { recordLoraBackward, recordLoraForward } from "./lora.ts";
 import { checkPack, checkSegments } from "../packing.ts";
@@ -204,6 +207,78 @@ export class WebGpuBackend implements Backend {
       this.rt.write(s.buf!, bits);
     }
     return s;
+  }
+
+  /**
+   * A streamed upload: bytes already in `dtype`'s encoding go straight into the tensor's buffer, one
+   * `queue.writeBuffer` per piece; BF16/F16 bytes for an f32 tensor go into a buffer of raw words that
+   * {@link WIDEN_HALF} widens when the upload finishes. Null for other conversions (the host does them).
+   */
+  beginUpload(size: number, dtype: DType, format: UploadFormat): ByteUpload | null {
+    this.rt.checkAlive("upload");
+    this.#checkDType(dtype, "upload");
+    const direct = format === dtype;
+    if (!direct && !(dtype === "f32" && (format === "f16" || format === "bf16"))) return null;
+    const what = `upload: tensor of ${size} elements (${dtype})`;
+    const target = direct
+      ? this.#new(size, dtype, what, true)
+      : this.#new(Math.ceil(size / 2), "f32", `${what}: its ${format} words`, true);
+    const encodedBytes = size * (format === "f32" ? 4 : 2);
+    const tail = new Uint8Array(4);
+    let open = true;
+    return {
+      write: (bytes, byteOffset) => {
+        if (!open) throw new DeviceError(`upload: a write after the upload of ${size} elements ended`);
+        const end = byteOffset + bytes.length;
+        const whole = bytes.length - (bytes.length % 4);
+        if (
+          byteOffset % 4 !== 0 || byteOffset < 0 || end > encodedBytes ||
+          (whole < bytes.length && end !== encodedBytes)
+        ) {
+          throw new ShapeError(
+            `upload: bytes [${byteOffset}, ${end}] do not fit the ${encodedBytes} bytes of ${size} ${format} ` +
+              `elements in whole words (only the last piece may end inside one)`,
+          );
+        }
+        if (whole > 0) this.rt.write(target.buf!, bytes.subarray(0, whole), byteOffset);
+        if (whole < bytes.length) {
+          tail.fill(0);
+          tail.set(bytes.subarray(whole));
+          this.rt.write(target.buf!, tail, byteOffset + whole);
+        }
+      },
+      finish: () => {
+        if (!open) throw new DeviceError(`upload: the upload of ${size} elements already ended`);
+        open = false;
+        if (direct) return target;
+        try {
+          return this.run(WIDEN_HALF, [target], { format: format as "f16" | "bf16", n: size })[0];
+        } finally {
+          this.free(target);
+        }
+      },
+      abort: () => {
+        if (open) this.free(target);
+        open = false;
+      },
+    };
+  }
+
+  write(dst: Storage, data: ArrayLike<number>): void {
+    this.rt.checkAlive("write");
+    const b = this.#in(dst, "write");
+    if (data.length !== dst.size) {
+      throw new ShapeError(`write: ${data.length} values for a storage of ${dst.size} elements`);
+    }
+    if (data.length === 0) return;
+    // The runtime submits queued work that uses the buffer first (queue writes run before unsubmitted work).
+    if (dst.dtype === "f32") {
+      this.rt.write(b.buf, data instanceof Float32Array ? data : Float32Array.from(data));
+    } else {
+      const bits = new Uint16Array(data.length + (data.length % 2));
+      for (let i = 0; i < data.length; i++) bits[i] = numberToF16Bits(data[i]);
+      this.rt.write(b.buf, bits);
+    }
   }
 
   async read(s: Storage): Promise<HostArray> {

@@ -336,13 +336,14 @@ export class GpuRuntime {
   }
 
   /**
-   * Copies host bytes into a buffer fresh from {@link alloc} (with `forUpload`). Should the open batch use
-   * the buffer, it is submitted first: queue writes run before unsubmitted work.
+   * Copies host bytes into a buffer fresh from {@link alloc} (with `forUpload`), at `byteOffset` (a
+   * multiple of 4, as the byte length; streamed uploads write one piece at a time). Should the open batch
+   * use the buffer, it is submitted first: queue writes run before unsubmitted work.
    */
-  write(buf: GpuBuffer, data: ArrayBufferView): void {
+  write(buf: GpuBuffer, data: ArrayBufferView, byteOffset = 0): void {
     if (data.byteLength > 0) {
       if (buf.lastBatch === this.#batch) this.flush();
-      this.device.queue.writeBuffer(buf.gpu, 0, data.buffer, data.byteOffset, data.byteLength);
+      this.device.queue.writeBuffer(buf.gpu, byteOffset, data.buffer, data.byteOffset, data.byteLength);
     }
   }
 
