@@ -17,7 +17,8 @@
  *                    the bench on the fastest plan per shape; the planner's plan is checked against the CPU
  *                    by the test suite, the tuned ones against the planner's)
  *          --profile (GPU time per kernel, GEMM shape and plan of one fused forward + backward per size)
- *          --shapes M,D,r;M,D,r (sizes instead of the mode's)
+ *          --shapes M,D,r;M,D,r (sizes instead of the mode's), --reps N (repetitions, default 5),
+ *          --cover-ms T (the full mode's milliseconds of steps per await, default 250)
  *
  * Steps per await: 10 in the quick and tiny modes (the software-adapter goal is stated for 10); in the full
  * mode enough steps to cover about a quarter of a second per await, so that the await's fixed cost stays
@@ -64,7 +65,7 @@ const shapes: Shape[] = shapesOpt !== ""
   : mode === "quick"
   ? [{ M: 1024, D: 256, r: 16 }, { M: 512, D: 512, r: 8 }]
   : [{ M: 64, D: 48, r: 4 }];
-const reps = mode === "tiny" ? 2 : 5;
+const reps = Number(opt("--reps", mode === "tiny" ? "2" : "5"));
 const stepsPerAwait = mode === "full" ? 10 : mode === "quick" ? 10 : 2;
 const withJax = !args.has("--no-jax") && mode !== "tiny";
 const gemmSize = mode === "full" ? 4096 : mode === "quick" ? 1024 : 64;
@@ -81,7 +82,7 @@ console.error(
 );
 
 /** Milliseconds the steps of one await should cover in the full mode. */
-const AWAIT_COVER_MS = 250;
+const AWAIT_COVER_MS = Number(opt("--cover-ms", "250"));
 
 /**
  * Steps per await for a step of about `msPerStep`: fixed outside the full mode, else enough to cover
