@@ -161,6 +161,7 @@ export {
 } from "./src/models/llama.ts";
 export { argmax, type GenerateOptions, KVCache, sampleToken } from "./src/models/generate.ts";
 export {
+  Gemma3ForCausalLM,
   MistralForCausalLM,
   Phi3ForCausalLM,
   Qwen2ForCausalLM,

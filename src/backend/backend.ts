@@ -135,13 +135,6 @@ export interface Backend {
   /** Copies host values in (rounding to the dtype). */
   upload(data: ArrayLike<number>, dtype: DType): Storage;
   /**
-   * Overwrites every element of `dst` with host values (rounding to its dtype) in place: the same storage,
-   * nothing allocated (PEFT's hot swap writes new adapter weights this way). Work queued before the call
-   * reads the old values, work queued after it the new ones.
-   * @throws {ShapeError} when `data` does not have `dst.size` values
-   */
-  write(dst: Storage, data: ArrayLike<number>): void;
-  /**
    * Optional: starts an upload of `size` elements of `dtype` whose little-endian bytes, encoded as
    * `format`, arrive in pieces ({@link ByteUpload}); checkpoint loaders stream files through it instead
    * of building whole arrays on the host. Null where this backend does not convert `format` to `dtype`

@@ -7,7 +7,13 @@ import { ConfigError } from "../core/errors.ts";
 import { joinPath, pathKind, readFileText } from "../io/fs.ts";
 import { ARCHITECTURE_FAMILIES, type LlamaConfig, parseLlamaConfig } from "./config.ts";
 import { LlamaForCausalLM, type LlamaModelOptions } from "./llama.ts";
-import { MistralForCausalLM, Phi3ForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM } from "./families.ts";
+import {
+  Gemma3ForCausalLM,
+  MistralForCausalLM,
+  Phi3ForCausalLM,
+  Qwen2ForCausalLM,
+  Qwen3ForCausalLM,
+} from "./families.ts";
 import type { ModelSource } from "./weights.ts";
 import type { ModelSourceWithGeneration } from "./generation_config.ts";
 
@@ -17,7 +23,8 @@ export type AutoCausalLM =
   | MistralForCausalLM
   | Qwen2ForCausalLM
   | Qwen3ForCausalLM
-  | Phi3ForCausalLM;
+  | Phi3ForCausalLM
+  | Gemma3ForCausalLM;
 
 /** The class for each architecture name of {@link ARCHITECTURE_FAMILIES}. */
 const CLASSES: Readonly<Record<string, typeof LlamaForCausalLM>> = {
@@ -26,6 +33,7 @@ const CLASSES: Readonly<Record<string, typeof LlamaForCausalLM>> = {
   Qwen2ForCausalLM,
   Qwen3ForCausalLM,
   Phi3ForCausalLM,
+  Gemma3ForCausalLM,
 };
 
 /** The class that builds `config` (its first architecture, as transformers' auto class picks). */
@@ -75,7 +83,7 @@ export class AutoModelForCausalLM {
 
   /**
    * Loads a checkpoint (a directory, or `{ config, weights, generationConfig? }`) with the class its
-   * config names: Llama, Mistral, Qwen2, Qwen3 or Phi-3.
+   * config names: Llama, Mistral, Qwen2, Qwen3, Phi-3 or Gemma 3 (text).
    * @throws {ConfigError} for an architecture or config field we do not implement (naming it)
    */
   static async fromPretrained(

@@ -7,13 +7,15 @@
  * @module
  */
 import { ConfigError } from "../core/errors.ts";
+import { GEMMA3_DEFAULTS, type Gemma3LayerType, readGemma3Fields } from "./gemma3_config.ts";
 
 /**
  * Families of one computation each: "llama" (Llama, Mistral without a sliding window), "qwen2" (biases
  * on q, k and v only), "qwen3" (per-head RMSNorm on queries and keys, head_dim 128 unless given), "phi3"
- * (q, k, v fused in `qkv_proj`, gate and up in `gate_up_proj`, no biases).
+ * (q, k, v fused in `qkv_proj`, gate and up in `gate_up_proj`, no biases), "gemma3" (Gemma 3's text model:
+ * its own layers, src/models/gemma3.ts; settings in {@link LlamaConfig.gemma3}).
  */
-export type ModelFamily = "llama" | "qwen2" | "qwen3" | "phi3";
+export type ModelFamily = "llama" | "qwen2" | "qwen3" | "phi3" | "gemma3";
 
 /** transformers' architecture names we load, with their family and the `model_type` they are saved with. */
 export const ARCHITECTURE_FAMILIES: Readonly<Record<string, { family: ModelFamily; modelType: string }>> = {
@@ -22,6 +24,7 @@ export const ARCHITECTURE_FAMILIES: Readonly<Record<string, { family: ModelFamil
   Qwen2ForCausalLM: { family: "qwen2", modelType: "qwen2" },
   Qwen3ForCausalLM: { family: "qwen3", modelType: "qwen3" },
   Phi3ForCausalLM: { family: "phi3", modelType: "phi3" },
+  Gemma3ForCausalLM: { family: "gemma3", modelType: "gemma3_text" },
 };
 
 /** `model_type` values and the family each one computes. */
@@ -31,6 +34,7 @@ const MODEL_TYPE_FAMILIES: Readonly<Record<string, ModelFamily>> = {
   qwen2: "qwen2",
   qwen3: "qwen3",
   phi3: "phi3",
+  gemma3_text: "gemma3",
 };
 
 /** Every architecture name in {@link ARCHITECTURE_FAMILIES}. */
@@ -106,8 +110,10 @@ export interface LlamaConfig {
   tieWordEmbeddings: boolean;
   /** Dropout on attention weights in training mode. */
   attentionDropout: number;
-  /** The MLP activation (only SiLU is implemented). */
-  hiddenAct: "silu";
+  /** The MLP activation: SiLU (SwiGLU), or Gemma 3's tanh-approximated GELU (`hidden_activation`). */
+  hiddenAct: "silu" | "gelu_pytorch_tanh";
+  /** Gemma 3 only (absent otherwise): sliding-window layers, the attention scale, per-type rope. */
+  gemma3?: Gemma3Settings;
   /** Beginning-of-sequence token. */
   bosTokenId: number | null;
   /** One id or several (any of them ends generation). */
@@ -116,6 +122,18 @@ export interface LlamaConfig {
   padTokenId: number | null;
   /** The JSON object the config came from; saving writes it back with our changes on top. */
   source: Record<string, unknown>;
+}
+
+/** Gemma 3's own settings (transformers' `Gemma3TextConfig` fields beyond the shared ones). */
+export interface Gemma3Settings {
+  /** Each layer's attention: a sliding window or full causal attention. */
+  layerTypes: Gemma3LayerType[];
+  /** Keys a sliding layer's query sees, itself included (0 when no layer slides and none is given). */
+  slidingWindow: number;
+  /** Attention scores are scaled by this to the power −½ (instead of head_dim^−½). */
+  queryPreAttnScalar: number;
+  /** The sliding layers' rotary settings (the full layers' are {@link LlamaConfig.rope}). */
+  slidingRope: RopeParameters;
 }
 
 type Json = Record<string, unknown>;
@@ -340,14 +358,16 @@ export function parseLlamaConfig(input: Json | string): LlamaConfig {
     throw new ConfigError(`config.json: the config must be a JSON object, got ${JSON.stringify(obj)}`);
   }
   const { architectures, modelType, family } = parseFamily(obj);
-  const hiddenAct = field(obj, "hidden_act") ?? "silu";
+  const hiddenAct = family === "gemma3" ? "silu" : field(obj, "hidden_act") ?? "silu"; // Gemma: below
   if (hiddenAct !== "silu") {
     throw new ConfigError(
       `config.json: hidden_act ${JSON.stringify(hiddenAct)} is not supported (only "silu")`,
     );
   }
   const numHiddenLayers = positiveInt(obj, "num_hidden_layers");
-  checkFullAttention(obj, family, numHiddenLayers);
+  // Gemma 3's activation, windows, scale and per-layer-type rope (src/models/gemma3_config.ts).
+  const gemma = family === "gemma3" ? readGemma3Fields(obj, numHiddenLayers) : null;
+  if (gemma === null) checkFullAttention(obj, family, numHiddenLayers);
   const quant = field(obj, "quantization_config");
   if (quant !== undefined && quant !== null) {
     throw new ConfigError(
@@ -378,8 +398,12 @@ export function parseLlamaConfig(input: Json | string): LlamaConfig {
         `${numKeyValueHeads}`,
     );
   }
-  // Qwen3Config's own default is 128; the others derive it from the hidden size.
-  const defaultHeadDim = family === "qwen3" ? 128 : hiddenSize / numAttentionHeads;
+  // Qwen3Config's own default is 128, Gemma3TextConfig's 256; the others derive it from the hidden size.
+  const defaultHeadDim = family === "qwen3"
+    ? 128
+    : family === "gemma3"
+    ? GEMMA3_DEFAULTS.headDim
+    : hiddenSize / numAttentionHeads;
   const headDimField = field(obj, "head_dim");
   const headDim = headDimField === undefined || headDimField === null
     ? defaultHeadDim
@@ -420,15 +444,27 @@ export function parseLlamaConfig(input: Json | string): LlamaConfig {
     headDim,
     maxPositionEmbeddings: positiveInt(obj, "max_position_embeddings", 2048),
     rmsNormEps: positiveNumber(obj, "rms_norm_eps", "config.json", 1e-6),
-    rope: parseRope(obj),
+    rope: gemma === null ? parseRope(obj) : parseRope({ rope_parameters: gemma.fullRope }),
     attentionBias,
     attentionOutputBias: family === "qwen2" ? false : attentionBias,
-    qkNorm: family === "qwen3",
+    qkNorm: family === "qwen3" || family === "gemma3",
     fusedProjections: family === "phi3",
     mlpBias: family === "llama" ? bool(obj, "mlp_bias", false) : false,
-    tieWordEmbeddings: bool(obj, "tie_word_embeddings", false),
+    tieWordEmbeddings: bool(
+      obj,
+      "tie_word_embeddings",
+      family === "gemma3" && GEMMA3_DEFAULTS.tieWordEmbeddings,
+    ),
     attentionDropout,
-    hiddenAct: "silu",
+    hiddenAct: gemma === null ? "silu" : "gelu_pytorch_tanh",
+    ...(gemma === null ? {} : {
+      gemma3: {
+        layerTypes: gemma.layerTypes,
+        slidingWindow: gemma.slidingWindow,
+        queryPreAttnScalar: gemma.queryPreAttnScalar,
+        slidingRope: parseRope({ rope_parameters: gemma.slidingRope }),
+      },
+    }),
     bosTokenId: tokenId(obj, "bos_token_id"),
     eosTokenId: eosIds(obj),
     padTokenId: tokenId(obj, "pad_token_id"),
@@ -444,7 +480,14 @@ export type LlamaConfigOptions =
   & Partial<
     Omit<
       LlamaConfig,
-      "source" | "rope" | "hiddenAct" | "family" | "attentionOutputBias" | "qkNorm" | "fusedProjections"
+      | "source"
+      | "rope"
+      | "hiddenAct"
+      | "family"
+      | "attentionOutputBias"
+      | "qkNorm"
+      | "fusedProjections"
+      | "gemma3"
     >
   >
   & {
@@ -499,18 +542,31 @@ export function llamaConfig(opts: LlamaConfigOptions): LlamaConfig {
 export function llamaConfigToJson(config: LlamaConfig, dtype: "float32" | "float16" | "bfloat16"): Json {
   const out: Json = { ...config.source };
   const rope = config.rope;
-  const extra: Json = {};
-  if (rope.factor !== undefined) extra.factor = rope.factor;
-  if (rope.ropeType === "llama3") {
-    extra.low_freq_factor = rope.lowFreqFactor;
-    extra.high_freq_factor = rope.highFreqFactor;
-    extra.original_max_position_embeddings = rope.originalMaxPositionEmbeddings;
-  }
+  const extraOf = (rope: RopeParameters): Json => {
+    const extra: Json = {};
+    if (rope.factor !== undefined) extra.factor = rope.factor;
+    if (rope.ropeType === "llama3") {
+      extra.low_freq_factor = rope.lowFreqFactor;
+      extra.high_freq_factor = rope.highFreqFactor;
+      extra.original_max_position_embeddings = rope.originalMaxPositionEmbeddings;
+    }
+    return extra;
+  };
+  const extra = extraOf(rope);
   const legacyRope = !Object.hasOwn(out, "rope_parameters") &&
     (Object.hasOwn(out, "rope_theta") || Object.hasOwn(out, "rope_scaling"));
+  const gemma = config.gemma3;
   if (legacyRope) {
     out.rope_theta = rope.theta;
     out.rope_scaling = rope.ropeType === "default" ? null : { rope_type: rope.ropeType, ...extra };
+    // Gemma 3 in 4.x: the sliding layers' base beside the full layers' rope_theta / rope_scaling.
+    if (gemma !== undefined) out.rope_local_base_freq = gemma.slidingRope.theta;
+  } else if (gemma !== undefined) {
+    const sliding = gemma.slidingRope;
+    out.rope_parameters = {
+      full_attention: { rope_type: rope.ropeType, rope_theta: rope.theta, ...extra },
+      sliding_attention: { rope_type: sliding.ropeType, rope_theta: sliding.theta, ...extraOf(sliding) },
+    };
   } else {
     out.rope_parameters = { rope_type: rope.ropeType, rope_theta: rope.theta, ...extra };
   }
@@ -536,6 +592,16 @@ export function llamaConfigToJson(config: LlamaConfig, dtype: "float32" | "float
   // Only the fields the family's transformers config has: Qwen2 fixes its biases in code.
   if (config.family !== "qwen2" && config.family !== "phi3") out.attention_bias = config.attentionBias;
   if (config.family === "llama") out.mlp_bias = config.mlpBias;
+  if (gemma !== undefined) {
+    // Gemma3TextConfig names its activation hidden_activation (and has no hidden_act).
+    if (!Object.hasOwn(config.source, "hidden_act")) delete out.hidden_act;
+    Object.assign(out, {
+      hidden_activation: config.hiddenAct,
+      layer_types: [...gemma.layerTypes],
+      sliding_window: gemma.slidingWindow > 0 ? gemma.slidingWindow : null,
+      query_pre_attn_scalar: gemma.queryPreAttnScalar,
+    });
+  }
   if (Object.hasOwn(out, "torch_dtype") && !Object.hasOwn(out, "dtype")) out.torch_dtype = dtype;
   else out.dtype = dtype;
   return out;

@@ -3,12 +3,15 @@
  * decoder code (as transformers' own Qwen2/Qwen3 modeling files are generated from Llama's): what sets
  * a family apart is switched on by its parsed config (see `parseLlamaConfig`): Qwen2's biases on q, k and
  * v only, Qwen3's per-head q/k RMSNorm and explicit head_dim, Phi-3's fused qkv_proj and gate_up_proj
- * (`fusedProjections`). Each class builds only its own family's
+ * (`fusedProjections`); Gemma 3 has layers of its own (src/models/gemma3.ts, re-exported here). Each class
+ * builds only its own family's
  * configs, so a Qwen checkpoint cannot load as a Llama with the wrong projections.
  * @module
  */
 import type { ModelFamily } from "./config.ts";
 import { LlamaForCausalLM } from "./llama.ts";
+
+export { Gemma3ForCausalLM } from "./gemma3.ts";
 
 /** transformers' `MistralForCausalLM` without a sliding window: exactly Llama's computation. */
 export class MistralForCausalLM extends LlamaForCausalLM {

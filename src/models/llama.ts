@@ -129,8 +129,12 @@ function checkModelOptions(options: unknown, where: string): LlamaModelOptions {
   return o;
 }
 
-/** Per-forward tensors every layer shares. */
-interface LayerContext {
+/** Per-forward tensors every layer shares (exported for families with their own layers: gemma3.ts). */
+export interface LayerContext {
+  /** Rotary positions of the new tokens, [posBatch, seq] row-major (the cos/sin tables' rows). */
+  positions: Int32Array;
+  /** 1 when every row shares `positions`, else batch. */
+  posBatch: number;
   cos: Tensor;
   sin: Tensor;
   rot: Tensor;
@@ -147,12 +151,12 @@ interface LayerContext {
 }
 
 /** The most negative finite value of a dtype: transformers' `torch.finfo(dtype).min` mask value. */
-function maskValue(dtype: DType): number {
+export function maskValue(dtype: DType): number {
   return dtype === "f64" ? -Number.MAX_VALUE : dtype === "f16" ? -65504 : -3.4028234663852886e38;
 }
 
 /** Softmax and its mask run in f32 for f16 models, as transformers upcasts attention weights. */
-function computeDType(dtype: DType): DType {
+export function computeDType(dtype: DType): DType {
   return dtype === "f16" ? "f32" : dtype;
 }
 
@@ -458,7 +462,7 @@ export class LlamaForCausalLM extends Module {
       dtype: opts.dtype ?? "f32",
       seed: opts.seed ?? nextSeed(),
     };
-    this.model = new LlamaModel(cfg, o);
+    this.model = cls.createDecoder(cfg, o);
     // A tied head is the embedding table itself: a shape-only placeholder avoids allocating (and
     // leaving to the garbage collector) a second vocabulary-sized matrix.
     const tied = cfg.tieWordEmbeddings;
@@ -472,6 +476,11 @@ export class LlamaForCausalLM extends Module {
     this.config = cfg;
     this.dtype = o.dtype;
     this.#rope = new RopeTables(cfg.headDim, cfg.rope);
+  }
+
+  /** The decoder stack `model` of a new model; a family with layers of its own (Gemma 3) overrides it. */
+  protected static createDecoder(config: LlamaConfig, opts: LlamaModelOptions): LlamaModel {
+    return new LlamaModel(config, opts);
   }
 
   /**
@@ -594,6 +603,8 @@ export class LlamaForCausalLM extends Module {
     const d = this.config.headDim;
     const fused = this.attnImplementation === "fused" && !(this.training && this.config.attentionDropout > 0);
     const ctx: LayerContext = {
+      positions,
+      posBatch,
       cos: tensor(cos, [posBatch, 1, seq, d], { device, dtype }),
       sin: tensor(sin, [posBatch, 1, seq, d], { device, dtype }),
       rot: this.#rotation(device, dtype),

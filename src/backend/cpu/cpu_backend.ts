@@ -14,7 +14,7 @@ import type {
 } from "../backend.ts";
 import { type DType, dtypeSize, type HostArray, hostArray, roundInPlace } from "../../core/dtype.ts";
 import { dropoutKeepScale, dropoutThreshold } from "../../core/random.ts";
-import { DeviceError, ShapeError } from "../../core/errors.ts";
+import { DeviceError } from "../../core/errors.ts";
 import type { KernelRecord } from "../kernels/record.ts";
 import { checkPack, checkSegments } from "../packing.ts";
 import { AFFINE } from "../kernels/affine.ts";
@@ -132,16 +132,6 @@ export function createCpuBackend(): Backend {
       if (dtype !== "f64" && data instanceof Float32Array) a.set(data);
       else for (let i = 0; i < data.length; i++) a[i] = data[i];
       return out(dtype, a);
-    },
-    write(dst, data) {
-      const a = arr(dst);
-      if (data.length !== a.length) {
-        throw new ShapeError(`write: ${data.length} values for a storage of ${a.length} elements`);
-      }
-      // As upload: a same-type copy moves bits, then one rounding to the dtype.
-      if (dst.dtype !== "f64" && data instanceof Float32Array) a.set(data);
-      else for (let i = 0; i < data.length; i++) a[i] = data[i];
-      roundInPlace(a, dst.dtype);
     },
     read(s) {
       return Promise.resolve(arr(s).slice());

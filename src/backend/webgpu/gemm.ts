@@ -177,8 +177,6 @@ export function planRequest(
     maxBindingBytes,
     vec4Unmasked: flags.vecA && flags.vecB && !flags.maskA && !flags.maskB &&
       (flags.lora === null || (flags.lora.vecP && flags.lora.vecQ && !flags.lora.mask)),
-    transA: flags.transA,
-    transB: flags.transB,
   }, profile);
   return { flags, plan };
 }
