@@ -1,15 +1,20 @@
 /**
  * `causalAttention`: softmax(q kᵀ · scale + causal/padding/window mask) · v as one memory-efficient op
- * (src/backend/kernels/attention.ts). The forward keeps only its output and a log-sum-exp per query row;
+ * (src/backend/kernels/attention.ts: tiled FlashAttention-2-style kernels for head widths up to 128, one
+ * workgroup per row above). The forward keeps only its output and a log-sum-exp per query row;
  * nothing [seq, keys]-sized is built, kept or uploaded, and grouped key/value heads are read in place.
  * @module
  */
 import {
   ATTENTION_BACKWARD_KV,
+  ATTENTION_BACKWARD_KV_ROWS,
   ATTENTION_BACKWARD_Q,
+  ATTENTION_BACKWARD_Q_ROWS,
   ATTENTION_FORWARD,
+  ATTENTION_FORWARD_ROWS,
   type AttentionArgs,
   statsDType,
+  TILED_MAX_DIM,
 } from "../backend/kernels/attention.ts";
 import { ConfigError, DeviceError, DTypeError, ShapeError } from "../core/errors.ts";
 import { fromStorage, Tensor } from "./tensor.ts";
@@ -84,7 +89,12 @@ export function causalAttention(
   device.checkAlive(op);
   const be = device.backend;
   const args: AttentionArgs = { batch, heads, kvHeads, seq, keys, dim, scale, window, keyMask };
-  const [os, ls] = be.run(ATTENTION_FORWARD, [q.storage(op), k.storage(op), v.storage(op)], args);
+  // The tiled kernels hold whole head rows in registers; wider heads take the one-row-per-workgroup ones.
+  const tiled = dim <= TILED_MAX_DIM;
+  const forward = tiled ? ATTENTION_FORWARD : ATTENTION_FORWARD_ROWS;
+  const backwardQ = tiled ? ATTENTION_BACKWARD_Q : ATTENTION_BACKWARD_Q_ROWS;
+  const backwardKV = tiled ? ATTENTION_BACKWARD_KV : ATTENTION_BACKWARD_KV_ROWS;
+  const [os, ls] = be.run(forward, [q.storage(op), k.storage(op), v.storage(op)], args);
   // The log-sum-exp lives as long as the output's graph: it is a constant input of the node (no
   // gradient flows to it), so graph disposal and tidy scopes treat it like the saved tensors of any op.
   const lse = fromStorage(ls, [batch, heads, seq], statsDType(q.dtype), device);
@@ -93,7 +103,7 @@ export function causalAttention(
     inputs: [q, k, v, lse],
     backward: (g) => {
       const gs = g.storage(op);
-      const [dq, delta] = be.run(ATTENTION_BACKWARD_Q, [
+      const [dq, delta] = be.run(backwardQ, [
         q.storage(op),
         k.storage(op),
         v.storage(op),
@@ -101,7 +111,7 @@ export function causalAttention(
         gs,
         lse.storage(op),
       ], args);
-      const [dk, dv] = be.run(ATTENTION_BACKWARD_KV, [
+      const [dk, dv] = be.run(backwardKV, [
         q.storage(op),
         k.storage(op),
         v.storage(op),

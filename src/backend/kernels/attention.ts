@@ -1,8 +1,12 @@
 /**
  * Memory-efficient causal attention (FlashAttention-style): forward and backward as three kernels that
  * never hold a [seq, keys] score matrix. The forward keeps only the output and one log-sum-exp per query
- * row; the backward recomputes each weight from them (wgsl/attention/forward.wgsl, backward_q.wgsl,
- * backward_kv.wgsl, sharing wgsl/attention/shared.wgsl).
+ * row; the backward recomputes each weight from them. Two schedules with one contract and one CPU
+ * reference: the tiled one (FlashAttention-2's: a workgroup per block of query rows or key rows, the
+ * other side staged in workgroup memory tile by tile, per-invocation register tiles; wgsl/attention/
+ * forward.wgsl, backward_q.wgsl, backward_kv.wgsl, sharing shared.wgsl) for head widths up to
+ * {@link TILED_MAX_DIM}, and the row one (a workgroup per query row or key row; wgsl/attention/rows_*.wgsl)
+ * for wider heads.
  *
  * Layouts: q, o, dO [batch, heads, seq, dim]; k, v [batch, kvHeads, keys, dim] with `heads` a multiple of
  * `kvHeads` (grouped-query attention: head h reads key/value head ⌊h / (heads / kvHeads)⌋, as
@@ -15,7 +19,7 @@
  */
 import type { DType, HostArray } from "../../core/dtype.ts";
 import { hostArray } from "../../core/dtype.ts";
-import { ShapeError } from "../../core/errors.ts";
+import { ConfigError, ShapeError } from "../../core/errors.ts";
 import { expectSize, type KernelRecord, NEG_INF_FIELD, type OutputSpec, type ParamLayout } from "./record.ts";
 
 /** Sizes and options shared by the three attention kernels. */
@@ -179,10 +183,10 @@ function eachRow(a: AttentionArgs, f: (b: number, h: number, i: number, row: num
 }
 
 /** Forward: inputs q, k, v; scratch keyMask; outputs o [batch, heads, seq, dim] and lse [batch, heads, seq]. */
-export const ATTENTION_FORWARD: KernelRecord<AttentionArgs> = {
-  name: "attention_forward",
-  template: "attention/forward",
-  includes: ["attention/shared"],
+export const ATTENTION_FORWARD_ROWS: KernelRecord<AttentionArgs> = {
+  name: "attention_forward_rows",
+  template: "attention/rows_forward",
+  includes: ["attention/rows_shared"],
   bindings: [
     { name: "q", access: "read" },
     { name: "k", access: "read" },
@@ -219,12 +223,12 @@ export const ATTENTION_FORWARD: KernelRecord<AttentionArgs> = {
 
 /**
  * Backward for the queries: inputs q, k, v, o, dO, lse; scratch keyMask; outputs dq and delta = Σ dO ⊙ O
- * per row (read by {@link ATTENTION_BACKWARD_KV}).
+ * per row (read by {@link ATTENTION_BACKWARD_KV_ROWS}).
  */
-export const ATTENTION_BACKWARD_Q: KernelRecord<AttentionArgs> = {
-  name: "attention_backward_q",
-  template: "attention/backward_q",
-  includes: ["attention/shared"],
+export const ATTENTION_BACKWARD_Q_ROWS: KernelRecord<AttentionArgs> = {
+  name: "attention_backward_q_rows",
+  template: "attention/rows_backward_q",
+  includes: ["attention/rows_shared"],
   bindings: [
     { name: "q", access: "read" },
     { name: "k", access: "read" },
@@ -270,10 +274,10 @@ export const ATTENTION_BACKWARD_Q: KernelRecord<AttentionArgs> = {
 };
 
 /** Backward for keys and values: inputs q, k, v, dO, lse, delta; scratch keyMask; outputs dk and dv. */
-export const ATTENTION_BACKWARD_KV: KernelRecord<AttentionArgs> = {
-  name: "attention_backward_kv",
-  template: "attention/backward_kv",
-  includes: ["attention/shared"],
+export const ATTENTION_BACKWARD_KV_ROWS: KernelRecord<AttentionArgs> = {
+  name: "attention_backward_kv_rows",
+  template: "attention/rows_backward_kv",
+  includes: ["attention/rows_shared"],
   bindings: [
     { name: "q", access: "read" },
     { name: "k", access: "read" },
@@ -321,4 +325,224 @@ export const ATTENTION_BACKWARD_KV: KernelRecord<AttentionArgs> = {
     dv.set(accv);
     return [dk, dv];
   },
+};
+
+// -------------------------------------------------------------------------------------------------
+// The tiled schedule
+
+/** Widest head the tiled kernels take (their register tiles hold whole rows); wider ones use the rows. */
+export const TILED_MAX_DIM = 128;
+
+/** Workgroup memory every tile configuration fits in: WebGPU's default limit, so every device has it. */
+export const ATTENTION_WORKGROUP_BYTES = 16384;
+
+/**
+ * Tiles of the forward and the query backward: BR query rows per workgroup, KS invocations per row
+ * (splitting each key tile), BC keys per staged tile.
+ */
+export interface QueryTile {
+  readonly BR: number;
+  readonly KS: number;
+  readonly BC: number;
+}
+
+/**
+ * Tiles of the key/value backward: BC key rows per workgroup, KS invocations per key row (splitting
+ * each query tile), BQ query rows per staged tile.
+ */
+export interface KeyTile {
+  readonly BC: number;
+  readonly KS: number;
+  readonly BQ: number;
+}
+
+/** Tile choices of one call (benchmarks compare them; calls normally leave them to the defaults). */
+export interface AttentionTiles {
+  readonly forward?: QueryTile;
+  readonly backwardQ?: QueryTile;
+  readonly backwardKV?: KeyTile;
+}
+
+/** The arguments of the tiled kernels: {@link AttentionArgs} plus optional tile overrides. */
+export interface TiledAttentionArgs extends AttentionArgs {
+  readonly tiles?: AttentionTiles;
+}
+
+/** 4-wide chunks of a head row. */
+const chunks = (dim: number) => Math.max(1, Math.ceil(dim / 4));
+
+/** Default tiles by head width (measured on the H200: bench/attention_bench.ts, bench/NOTES.md). */
+export function defaultTiles(dim: number): Required<AttentionTiles> {
+  if (chunks(dim) <= 16) {
+    return {
+      forward: { BR: 64, KS: 2, BC: 16 },
+      backwardQ: { BR: 64, KS: 2, BC: 16 },
+      backwardKV: { BC: 32, KS: 4, BQ: 8 },
+    };
+  }
+  return {
+    forward: { BR: 32, KS: 2, BC: 8 },
+    backwardQ: { BR: 32, KS: 2, BC: 8 },
+    backwardKV: { BC: 16, KS: 4, BQ: 4 },
+  };
+}
+
+/** Chunks of the query-side workgroup tile: the key and value tiles, at least one chunk per row to merge. */
+const tileChunks = (t: QueryTile, dim: number) => Math.max(2 * t.BC * chunks(dim), t.BR);
+
+/** Workgroup bytes of a query-side tile (key and value tiles, key words, the splits' m and l). */
+export function queryTileBytes(t: QueryTile, dim: number): number {
+  return tileChunks(t, dim) * 16 + t.BC * 4 + (t.KS > 1 ? t.BR * t.KS * 8 : 0) + 4;
+}
+
+/** Odd chunk stride of the value rows in workgroup memory (neighbouring rows in different banks). */
+const oddStride = (dim: number) => chunks(dim) + 1 - (chunks(dim) % 2);
+
+/** Workgroup bytes of a key-side tile (value rows, query and dO tiles, per-query words). */
+export function keyTileBytes(t: KeyTile, dim: number): number {
+  return t.BC * oddStride(dim) * 16 + 2 * t.BQ * chunks(dim) * 16 + t.BQ * 12;
+}
+
+const pow2 = (n: number) => Number.isInteger(n) && n >= 1 && (n & (n - 1)) === 0;
+
+function checkQueryTile(op: string, t: QueryTile, dim: number): void {
+  if (![t.BR, t.KS, t.BC].every(pow2) || t.BC % t.KS !== 0 || t.BR * t.KS > 256) {
+    throw new ConfigError(
+      `${op}: tile BR ${t.BR}, KS ${t.KS}, BC ${t.BC} (powers of 2, KS | BC, BR·KS <= 256)`,
+    );
+  }
+  const bytes = queryTileBytes(t, dim);
+  if (bytes > ATTENTION_WORKGROUP_BYTES) {
+    throw new ConfigError(
+      `${op}: tile BR ${t.BR}, KS ${t.KS}, BC ${t.BC} at dim ${dim} needs ${bytes} bytes`,
+    );
+  }
+}
+
+function checkKeyTile(op: string, t: KeyTile, dim: number): void {
+  if (![t.BC, t.KS, t.BQ].every(pow2) || t.BQ % t.KS !== 0 || t.BC * t.KS > 256) {
+    throw new ConfigError(
+      `${op}: tile BC ${t.BC}, KS ${t.KS}, BQ ${t.BQ} (powers of 2, KS | BQ, BC·KS <= 256)`,
+    );
+  }
+  const bytes = keyTileBytes(t, dim);
+  if (bytes > ATTENTION_WORKGROUP_BYTES) {
+    throw new ConfigError(
+      `${op}: tile BC ${t.BC}, KS ${t.KS}, BQ ${t.BQ} at dim ${dim} needs ${bytes} bytes`,
+    );
+  }
+}
+
+const forwardTile = (a: TiledAttentionArgs) => a.tiles?.forward ?? defaultTiles(a.dim).forward;
+const backwardQTile = (a: TiledAttentionArgs) => a.tiles?.backwardQ ?? defaultTiles(a.dim).backwardQ;
+const backwardKVTile = (a: TiledAttentionArgs) => a.tiles?.backwardKV ?? defaultTiles(a.dim).backwardKV;
+
+/** Template constants of a query-side tile. */
+function querySpec(dtype: DType, a: TiledAttentionArgs, t: QueryTile, kind: "forward" | "backward_q") {
+  const DV = chunks(a.dim), TILE = tileChunks(t, a.dim);
+  const CC = Math.min(DV, Math.floor(TILE / t.BR));
+  return {
+    ...spec(dtype, a),
+    DV,
+    TILE,
+    VEC: a.dim % 4 === 0,
+    HAS_DOUT: kind === "backward_q",
+    HAS_O: kind === "backward_q",
+    WG: t.BR * t.KS,
+    BR: t.BR,
+    KS: t.KS,
+    BC: t.BC,
+    NK: t.BC / t.KS,
+    CC,
+    NPART: Math.ceil(DV / CC),
+  };
+}
+
+const QUERY_TILED_FIELDS: ParamLayout = [
+  ...SHARED,
+  { name: "q_blocks", type: "u32" },
+  { name: "bh", type: "u32" },
+  { name: "groups", type: "u32" },
+];
+
+function queryUniforms(a: TiledAttentionArgs, t: QueryTile, negInf: boolean): Record<string, number> {
+  const all = allUniforms(a);
+  const qBlocks = Math.ceil(a.seq / t.BR), bh = a.batch * a.heads;
+  const out: Record<string, number> = {};
+  for (const f of SHARED) out[f.name] = all[f.name as keyof typeof all];
+  if (negInf) out.neg_inf = -Infinity;
+  return { ...out, q_blocks: qBlocks, bh, groups: qBlocks * bh };
+}
+
+/** Tiled forward: the contract of {@link ATTENTION_FORWARD_ROWS} (same bindings, outputs and reference). */
+export const ATTENTION_FORWARD: KernelRecord<TiledAttentionArgs> = {
+  ...ATTENTION_FORWARD_ROWS,
+  name: "attention_forward",
+  template: "attention/forward",
+  includes: ["attention/shared"],
+  params: [...QUERY_TILED_FIELDS, NEG_INF_FIELD],
+  check: (inputs, a) => {
+    checkArgs("attention", inputs, ["q", "k", "v"], a);
+    checkQueryTile("attention", forwardTile(a), a.dim);
+  },
+  specialise: ([q], a) => querySpec(q.dtype, a, forwardTile(a), "forward"),
+  uniforms: (a) => queryUniforms(a, forwardTile(a), true),
+  geometry: (a) => ({ rows: a.dim === 0 || a.seq === 0 ? 0 : queryUniforms(a, forwardTile(a), true).groups }),
+};
+
+/** Tiled backward for the queries: the contract of {@link ATTENTION_BACKWARD_Q_ROWS}. */
+export const ATTENTION_BACKWARD_Q: KernelRecord<TiledAttentionArgs> = {
+  ...ATTENTION_BACKWARD_Q_ROWS,
+  name: "attention_backward_q",
+  template: "attention/backward_q",
+  includes: ["attention/shared"],
+  params: QUERY_TILED_FIELDS,
+  check: (inputs, a) => {
+    checkArgs("attention backward", inputs, ["q", "k", "v", "o", "dout", "lse"], a);
+    checkQueryTile("attention backward", backwardQTile(a), a.dim);
+  },
+  specialise: ([q], a) => querySpec(q.dtype, a, backwardQTile(a), "backward_q"),
+  uniforms: (a) => queryUniforms(a, backwardQTile(a), false),
+  geometry: (a) => ({
+    rows: a.dim === 0 || a.seq === 0 ? 0 : queryUniforms(a, backwardQTile(a), false).groups,
+  }),
+};
+
+function keyUniforms(a: TiledAttentionArgs, t: KeyTile): Record<string, number> {
+  const all = allUniforms(a);
+  const out: Record<string, number> = {};
+  for (const f of SHARED) out[f.name] = all[f.name as keyof typeof all];
+  const bk = a.batch * a.kvHeads;
+  return { ...out, bk, groups: Math.ceil(a.keys / t.BC) * bk };
+}
+
+/** Tiled backward for keys and values: the contract of {@link ATTENTION_BACKWARD_KV_ROWS}. */
+export const ATTENTION_BACKWARD_KV: KernelRecord<TiledAttentionArgs> = {
+  ...ATTENTION_BACKWARD_KV_ROWS,
+  name: "attention_backward_kv",
+  template: "attention/backward_kv",
+  includes: ["attention/shared"],
+  params: [...SHARED, { name: "bk", type: "u32" }, { name: "groups", type: "u32" }],
+  check: (inputs, a) => {
+    checkArgs("attention backward", inputs, ["q", "k", "v", "dout", "lse", "delta"], a);
+    checkKeyTile("attention backward", backwardKVTile(a), a.dim);
+  },
+  specialise: ([q], a) => {
+    const t = backwardKVTile(a);
+    return {
+      ...spec(q.dtype, a),
+      DV: chunks(a.dim),
+      VP: oddStride(a.dim),
+      VEC: a.dim % 4 === 0,
+      HAS_DOUT: true,
+      HAS_O: false,
+      WG: t.BC * t.KS,
+      BC: t.BC,
+      KS: t.KS,
+      BQ: t.BQ,
+      NQ: t.BQ / t.KS,
+    };
+  },
+  uniforms: (a) => keyUniforms(a, backwardKVTile(a)),
+  geometry: (a) => ({ rows: a.dim === 0 || a.keys === 0 ? 0 : keyUniforms(a, backwardKVTile(a)).groups }),
 };
