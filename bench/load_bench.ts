@@ -6,6 +6,8 @@
  *
  * Usage:
  *   deno run -A bench/load_bench.ts --ckpt DIR [--device webgpu|cpu] [--dtype f32|f16] [--repeat 2]
+ *       [--piece-mb 64] [--readers 3] [--sync-mb 0]   (read size; reads in flight; wait for the device
+ *       every N MiB, 0: never)
  *   deno run -A bench/load_bench.ts --make DIR [--hidden 2048 --inter 8192 --layers 16 --heads 32
  *       --kv-heads 8 --vocab 128256] [--format F32|BF16|F16]
  *       (writes a random-weight Llama checkpoint at those shapes, Llama-3.2-1B's by default, streamed to
@@ -17,7 +19,13 @@
  * @module
  */
 import { AutoModelForCausalLM, cpuDevice, type DType, webgpuDevice } from "../mod.ts";
-import { loadStats, resetLoadStats } from "../src/models/weights.ts";
+import {
+  _setPieceBytesForTesting,
+  _setReadersForTesting,
+  _setSyncEveryBytesForTesting,
+  loadStats,
+  resetLoadStats,
+} from "../src/models/weights.ts";
 
 function arg(name: string, fallback: string): string {
   const i = Deno.args.indexOf(`--${name}`);
@@ -162,6 +170,12 @@ if (make !== "") {
   const deviceKind = arg("device", "webgpu");
   const dtype = arg("dtype", "f32") as DType;
   const repeat = Number(arg("repeat", "2"));
+  const pieceMb = Number(arg("piece-mb", "64"));
+  const syncMb = Number(arg("sync-mb", "0"));
+  const readers = Number(arg("readers", "3"));
+  _setPieceBytesForTesting(pieceMb * (1 << 20));
+  _setReadersForTesting(readers);
+  _setSyncEveryBytesForTesting(syncMb > 0 ? syncMb * (1 << 20) : null);
   const device = deviceKind === "cpu" ? cpuDevice() : await webgpuDevice();
   const disk = await diskRead(dir);
   for (let r = 0; r < repeat; r++) {
@@ -177,6 +191,9 @@ if (make !== "") {
       ckpt: dir,
       device: device.backend.description,
       dtype,
+      piece_mb: pieceMb,
+      readers,
+      sync_mb: syncMb,
       run: r,
       seconds: +seconds.toFixed(3),
       bytes: stats.bytes,

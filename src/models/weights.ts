@@ -138,6 +138,18 @@ export function _setPieceBytesForTesting(bytes: number | null): void {
   PIECE_BYTES = bytes ?? 64 << 20;
 }
 
+/**
+ * Bytes handed to the device between waits for it to finish them (null: never wait). The device keeps a
+ * host copy of every written piece until it has copied it into the buffer; waiting now and then bounds
+ * that memory, at the price of the wait.
+ */
+let SYNC_EVERY_BYTES: number | null = null;
+
+/** @internal Sets {@link SYNC_EVERY_BYTES} (benchmarks compare the settings). */
+export function _setSyncEveryBytesForTesting(bytes: number | null): void {
+  SYNC_EVERY_BYTES = bytes;
+}
+
 /** Where a load's time went (milliseconds by phase) and how much it moved: for bench/load_bench.ts. */
 export interface LoadStats {
   /** Bytes of tensor data read. */
@@ -283,44 +295,80 @@ interface Planned {
   target: Tensor;
 }
 
+/** Reads in flight at once per shard (each with its own file handle and staging buffer). */
+let READERS = 3;
+
+/** @internal Sets {@link READERS} (null: the default), for benchmarks and tests. */
+export function _setReadersForTesting(n: number | null): void {
+  READERS = n ?? 3;
+}
+
 /**
- * Streams one shard's planned tensors from the file into their parameters: the file is read in pieces
- * of at most {@link PIECE_BYTES} into one of two staging buffers while the previous piece goes to the
- * device, so reading and uploading overlap and no whole-file (or whole-tensor) copy is made on the host.
+ * Streams one shard's planned tensors from the file into their parameters: the data is cut into pieces
+ * of at most {@link PIECE_BYTES}, and {@link READERS} workers, each with its own file handle and staging
+ * buffer, take the pieces in file order, read one and hand it to the device, so that reads run in
+ * parallel with each other and with the uploads, and no whole-file (or whole-tensor) copy is made on the
+ * host. A tensor's storage is made when its first piece is taken and given to it after its last.
  */
-async function streamShard(file: FileRangeReader, dataStart: number, plan: Planned[]): Promise<void> {
+async function streamShard(
+  shard: Shard,
+  first: FileRangeReader,
+  dataStart: number,
+  plan: Planned[],
+): Promise<void> {
   const pieces: { p: Planned; offset: number; length: number }[] = [];
   let largest = 0;
+  const remaining = new Map<Planned, number>();
   for (const p of plan) {
     const bytes = p.entry.end - p.entry.begin;
+    let count = 0;
     for (let offset = 0; offset < bytes; offset += PIECE_BYTES) {
       const length = Math.min(PIECE_BYTES, bytes - offset);
       pieces.push({ p, offset, length });
       largest = Math.max(largest, length);
+      count++;
     }
+    remaining.set(p, count);
   }
-  const staging = [new Uint8Array(largest), new Uint8Array(pieces.length > 1 ? largest : 0)];
-  const readPiece = (i: number): Promise<void> => {
-    const { p, offset, length } = pieces[i];
-    return file.read(staging[i % 2].subarray(0, length), dataStart + p.entry.begin + offset);
-  };
   const fills = new Map<Planned, TensorFill>();
-  let next: Promise<void> | null = pieces.length > 0 ? readPiece(0) : null;
-  try {
-    for (let i = 0; i < pieces.length; i++) {
-      await timedAsync("read", () => next!);
-      next = i + 1 < pieces.length ? readPiece(i + 1) : null;
-      const { p, offset, length } = pieces[i];
+  const readers: FileRangeReader[] = [first];
+  let taken = 0;
+  let sinceSync = 0;
+  let failure: { error: unknown } | null = null;
+  const work = async (reader: FileRangeReader): Promise<void> => {
+    const staging = new Uint8Array(largest);
+    while (failure === null && taken < pieces.length) {
+      const { p, offset, length } = pieces[taken++];
       let fill = fills.get(p);
       if (fill === undefined) fills.set(p, fill = new TensorFill(p.entry.dtype, p.target));
-      fill.write(staging[i % 2].subarray(0, length), offset);
+      const bytes = staging.subarray(0, length);
+      await timedAsync("read", () => reader.read(bytes, dataStart + p.entry.begin + offset));
+      if (failure !== null) return;
+      fill.write(bytes, offset);
       stats.bytes += length;
-      if (offset + length === p.entry.end - p.entry.begin) {
+      sinceSync += length;
+      const left = remaining.get(p)! - 1;
+      remaining.set(p, left);
+      if (left === 0) {
         fill.finish();
         fills.delete(p);
         stats.tensors++;
       }
+      if (SYNC_EVERY_BYTES !== null && sinceSync >= SYNC_EVERY_BYTES) {
+        sinceSync = 0;
+        await timedAsync("sync", () => p.target.device.backend.sync());
+      }
     }
+  };
+  try {
+    const workers = Math.max(1, Math.min(READERS, pieces.length));
+    for (let w = 1; w < workers; w++) readers.push(await shard.open());
+    await Promise.all(readers.map((r) =>
+      work(r).catch((error) => {
+        failure ??= { error };
+      })
+    ));
+    if (failure !== null) throw (failure as { error: unknown }).error;
     // Tensors of no bytes (a zero in the shape) have no piece.
     for (const p of plan) {
       if (p.entry.end === p.entry.begin) {
@@ -329,9 +377,10 @@ async function streamShard(file: FileRangeReader, dataStart: number, plan: Plann
       }
     }
   } catch (e) {
-    await next?.catch(() => {});
     for (const f of fills.values()) f.abort();
     throw e;
+  } finally {
+    for (const r of readers.slice(1)) r.close();
   }
 }
 
@@ -340,7 +389,7 @@ async function streamShard(file: FileRangeReader, dataStart: number, plan: Plann
  * checkpoint. Missing keys (except `lm_head.weight` of a tied model), unexpected keys, shape mismatches
  * and non-float dtypes are FormatErrors naming the key and `where` (the public call), raised after
  * reading every shard's header and before any tensor data is read. The data is streamed from the files
- * in pieces straight into device memory (F32 → f32 and F16 → f16 as they are, BF16 / F16 → f32 widened
+ * in pieces, several reads at once, straight into device memory (F32 → f32 and F16 → f16 as they are, BF16 / F16 → f32 widened
  * on the device), so no whole file or tensor is copied on the host.
  */
 export async function loadLlamaWeights<M extends CheckpointModel>(
@@ -435,7 +484,7 @@ export async function loadLlamaWeights<M extends CheckpointModel>(
         return true;
       });
     }
-    for (const slot of opened) await streamShard(slot.file, slot.dataStart, slot.plan);
+    for (const slot of opened) await streamShard(slot.shard, slot.file, slot.dataStart, slot.plan);
   } catch (e) {
     // Nothing half-loaded stays on the device.
     for (const t of loaded) if (!t.isMeta) t.dispose();
