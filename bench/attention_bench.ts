@@ -1,0 +1,207 @@
+/**
+ * Causal attention kernels on a WebGPU device (src/backend/kernels/attention.ts): the forward and the
+ * forward + backward (dq, then dk/dv) at model shapes, f32 and f16, timed as many iterations recorded
+ * back to back with one wait at the end (the wait alone costs about 11 ms in Deno, so each repetition
+ * runs at least ~100 ms of work), the median of the repetitions; plus each kernel's GPU time from one
+ * profiled repetition (timestamps where the adapter has them). TFLOP/s count causal FLOPs: the forward
+ * 2 · B · H · T² · D (two T × T × D products, half of them masked), the backward 2.5 times that.
+ *
+ * Usage: deno run -A bench/attention_bench.ts [--quick] [--rows] [--variants] [--dtype f32|f16|both]
+ *          [--shapes main|all] [--reps 5] [--dawn]
+ *   --rows      also time the one-workgroup-per-row kernels (the schedule before the tiled one)
+ *   --variants  also time the tile variants below at the first shape
+ *   --quick     tiny shapes (for the software adapter and CI)
+ * Each kernel is run on the backend directly (no autograd), on random inputs of the call's shapes.
+ * @module
+ */
+import { profile } from "../mod.ts";
+import type { Storage } from "../src/backend/backend.ts";
+import {
+  ATTENTION_BACKWARD_KV,
+  ATTENTION_BACKWARD_KV_ROWS,
+  ATTENTION_BACKWARD_Q,
+  ATTENTION_BACKWARD_Q_ROWS,
+  ATTENTION_FORWARD,
+  ATTENTION_FORWARD_ROWS,
+  type AttentionTiles,
+  defaultTiles,
+  type KeyTile,
+  type QueryTile,
+  type TiledAttentionArgs,
+} from "../src/backend/kernels/attention.ts";
+import type { KernelRecord } from "../src/backend/kernels/record.ts";
+import { argValue, benchDevice, implementationName } from "./bench_device.ts";
+
+const argv = Deno.args;
+const quick = argv.includes("--quick");
+const REPS = Number(argValue(argv, "--reps", quick ? "3" : "5"));
+const dtypeArg = argValue(argv, "--dtype", "both");
+
+interface Shape {
+  name: string;
+  batch: number;
+  heads: number;
+  kvHeads: number;
+  seq: number;
+  dim: number;
+}
+
+const SHAPES: Shape[] = quick ? [{ name: "quick", batch: 1, heads: 3, kvHeads: 1, seq: 64, dim: 16 }] : [
+  { name: "SmolLM2-135M 8x512", batch: 8, heads: 9, kvHeads: 3, seq: 512, dim: 64 },
+  { name: "SmolLM2-135M 1x2048", batch: 1, heads: 9, kvHeads: 3, seq: 2048, dim: 64 },
+  { name: "Llama-3.2-1B 4x512", batch: 4, heads: 32, kvHeads: 8, seq: 512, dim: 64 },
+];
+const shapes = argValue(argv, "--shapes", "all") === "main" ? SHAPES.slice(0, 1) : SHAPES;
+
+const device = await benchDevice(argv);
+const be = device.backend;
+const dtypes = (dtypeArg === "both" ? ["f32", "f16"] : [dtypeArg]).filter((d) =>
+  be.supportsDType(d as "f32" | "f16")
+) as ("f32" | "f16")[];
+
+/** One schedule: the three records and the tiles they run with. */
+interface Schedule {
+  label: string;
+  forward: KernelRecord<TiledAttentionArgs>;
+  backwardQ: KernelRecord<TiledAttentionArgs>;
+  backwardKV: KernelRecord<TiledAttentionArgs>;
+  tiles?: AttentionTiles;
+}
+
+const tiled = (label: string, tiles?: AttentionTiles): Schedule => ({
+  label,
+  forward: ATTENTION_FORWARD,
+  backwardQ: ATTENTION_BACKWARD_Q,
+  backwardKV: ATTENTION_BACKWARD_KV,
+  tiles,
+});
+const ROWS: Schedule = {
+  label: "rows (before)",
+  forward: ATTENTION_FORWARD_ROWS,
+  backwardQ: ATTENTION_BACKWARD_Q_ROWS,
+  backwardKV: ATTENTION_BACKWARD_KV_ROWS,
+};
+
+const qt = (BR: number, KS: number, BC: number): QueryTile => ({ BR, KS, BC });
+const kt = (BC: number, KS: number, BQ: number): KeyTile => ({ BC, KS, BQ });
+/** Query-side variants (forward and dq alike) and key-side ones, paired up by index. */
+const QUERY_VARIANTS = [
+  qt(64, 1, 16),
+  qt(32, 2, 16),
+  qt(64, 4, 16),
+  qt(128, 1, 16),
+  qt(32, 4, 16),
+  qt(64, 2, 8),
+];
+const KEY_VARIANTS = [kt(32, 2, 8), kt(16, 4, 8), kt(32, 8, 8), kt(16, 8, 8), kt(32, 2, 4), kt(64, 1, 4)];
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+function randomStorage(n: number, dtype: "f32" | "f16", seed: number): Storage {
+  const a = new Float32Array(n);
+  let x = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
+    a[i] = (x / 4294967296 - 0.5) * 2;
+  }
+  return be.upload(a, dtype);
+}
+
+/** ms per iteration of `step` (median over REPS), each repetition long enough to hide the wait. */
+async function time(step: () => void): Promise<number> {
+  step();
+  await be.sync(); // pipelines compiled, pools filled
+  let t = performance.now();
+  step();
+  await be.sync();
+  const once = performance.now() - t;
+  const iters = Math.max(3, Math.min(400, Math.ceil(100 / Math.max(once, 0.05))));
+  const out: number[] = [];
+  for (let r = 0; r < REPS; r++) {
+    t = performance.now();
+    for (let i = 0; i < iters; i++) step();
+    await be.sync();
+    out.push((performance.now() - t) / iters);
+  }
+  return median(out);
+}
+
+const fmt = (ms: number) => ms.toFixed(3).padStart(9);
+const tflops = (flop: number, ms: number) => (flop / (ms * 1e-3) / 1e12).toFixed(2).padStart(6);
+
+console.log(`attention_bench on ${be.description} (${implementationName(argv)}), reps ${REPS}`);
+for (const s of shapes) {
+  const keys = s.seq;
+  const fwdFlop = 2 * s.batch * s.heads * s.seq * s.seq * s.dim;
+  for (const dtype of dtypes) {
+    const nq = s.batch * s.heads * s.seq * s.dim, nkv = s.batch * s.kvHeads * keys * s.dim;
+    const q = randomStorage(nq, dtype, 1), k = randomStorage(nkv, dtype, 2), v = randomStorage(nkv, dtype, 3);
+    const dout = randomStorage(nq, dtype, 4);
+    const schedules: Schedule[] = [tiled(`tiled default ${JSON.stringify(defaultTiles(s.dim))}`)];
+    if (argv.includes("--variants") && s === shapes[0]) {
+      QUERY_VARIANTS.forEach((t, i) =>
+        schedules.push(tiled(`tiled q ${JSON.stringify(t)} kv ${JSON.stringify(KEY_VARIANTS[i])}`, {
+          forward: t,
+          backwardQ: t,
+          backwardKV: KEY_VARIANTS[i],
+        }))
+      );
+    }
+    if (argv.includes("--rows")) schedules.push(ROWS);
+    for (const sch of schedules) {
+      const args: TiledAttentionArgs = {
+        batch: s.batch,
+        heads: s.heads,
+        kvHeads: s.kvHeads,
+        seq: s.seq,
+        keys,
+        dim: s.dim,
+        scale: 1 / Math.sqrt(s.dim),
+        window: 0,
+        keyMask: null,
+        tiles: sch.tiles,
+      };
+      try {
+        const [o0, l0] = be.run(sch.forward, [q, k, v], args);
+        const forward = () => {
+          const [o, l] = be.run(sch.forward, [q, k, v], args);
+          be.free(o);
+          be.free(l);
+        };
+        const backward = () => {
+          const [dq, delta] = be.run(sch.backwardQ, [q, k, v, o0, dout, l0], args);
+          const [dk, dv] = be.run(sch.backwardKV, [q, k, v, dout, l0, delta], args);
+          for (const x of [dq, delta, dk, dv]) be.free(x);
+        };
+        const fMs = await time(forward);
+        const fbMs = await time(() => {
+          forward();
+          backward();
+        });
+        const p = await profile(() => {
+          for (let i = 0; i < 3; i++) {
+            forward();
+            backward();
+          }
+        }, { device });
+        const per = p.rows.map((r) => `${r.name} ${(r.ms / r.calls).toFixed(3)}`).join(", ");
+        console.log(
+          `${s.name.padEnd(20)} ${dtype} ${sch.label}\n    forward ${fmt(fMs)} ms ${
+            tflops(fwdFlop, fMs)
+          } TFLOP/s` +
+            ` | fwd+bwd ${fmt(fbMs)} ms ${
+              tflops(3.5 * fwdFlop, fbMs)
+            } TFLOP/s | per call (${p.timing}): ${per}`,
+        );
+        be.free(o0);
+        be.free(l0);
+      } catch (e) {
+        console.log(`${s.name.padEnd(20)} ${dtype} ${sch.label}: FAILED ${(e as Error).message}`);
+      }
+    }
+    for (const x of [q, k, v, dout]) be.free(x);
+  }
+}
