@@ -10,8 +10,15 @@
  *                                    (512, 4096, 16))
  *        deno run -A bench/lora_bench.ts --tiny   (a few seconds; CI runs it so the bench cannot rot)
  * Options: --no-jax, --dtype f32|f16|both, --json PATH,
- *          --tune   (hardware GPUs: time the GEMM with each candidate workgroup tile, check each against the
- *                    CPU reference, and run the rest of the bench on the fastest)
+ *          --dawn   (run on Dawn, the `webgpu` npm package's dawn.node, instead of Deno's own WebGPU; with
+ *                    --dawn-toggles a,b for Dawn toggles: bench/bench_device.ts)
+ *          --tune   (hardware GPUs: time every candidate tile and k split for each GEMM of the fused op at
+ *                    each size and for the square GEMM (bench/gemm_tune.ts), print them, and run the rest of
+ *                    the bench on the fastest plan per shape; the planner's plan is checked against the CPU
+ *                    by the test suite, the tuned ones against the planner's)
+ *          --profile (GPU time per kernel, GEMM shape and plan of one fused forward + backward per size)
+ *          --shapes M,D,r;M,D,r (sizes instead of the mode's), --reps N (repetitions, default 5),
+ *          --cover-ms T (the full mode's milliseconds of steps per await, default 250)
  *
  * Steps per await: 10 in the quick and tiny modes (the software-adapter goal is stated for 10); in the full
  * mode enough steps to cover about a quarter of a second per await, so that the await's fixed cost stays
@@ -24,16 +31,16 @@ import {
   linear,
   loraLinear,
   patchLinearModule,
+  profile,
   randn,
   type Tensor,
   tidy,
-  webgpuDevice,
 } from "../mod.ts";
 import { jaxLoraStep } from "./jax_peer.ts";
 import type { WebGpuBackend } from "../src/backend/webgpu/backend.ts";
-import { type GemmTile, TILED_PROFILE, tiledTile } from "../src/backend/webgpu/gemm_plan.ts";
-import { relErr } from "../test/helpers.ts";
-import { cpuDevice } from "../mod.ts";
+import type { GemmChoice, GemmShape } from "../src/backend/webgpu/gemm_plan.ts";
+import { benchDevice, implementationName } from "./bench_device.ts";
+import { loraShapes, tunedEntries, type TuneResult, tuneShapes, tuneTable } from "./gemm_tune.ts";
 
 interface Shape {
   M: number;
@@ -47,26 +54,35 @@ const opt = (name: string, fallback: string) => {
   return i >= 0 ? Deno.args[i + 1] : fallback;
 };
 const mode = args.has("--full") ? "full" : args.has("--tiny") ? "tiny" : "quick";
-const shapes: Shape[] = mode === "full"
+const shapesOpt = opt("--shapes", "");
+const shapes: Shape[] = shapesOpt !== ""
+  ? shapesOpt.split(";").map((p) => {
+    const [M, D, r] = p.split(",").map(Number);
+    return { M, D, r };
+  })
+  : mode === "full"
   ? [{ M: 8192, D: 4096, r: 16 }, { M: 2048, D: 2048, r: 8 }, { M: 512, D: 4096, r: 16 }]
   : mode === "quick"
   ? [{ M: 1024, D: 256, r: 16 }, { M: 512, D: 512, r: 8 }]
   : [{ M: 64, D: 48, r: 4 }];
-const reps = mode === "tiny" ? 2 : 5;
+const reps = Number(opt("--reps", mode === "tiny" ? "2" : "5"));
 const stepsPerAwait = mode === "full" ? 10 : mode === "quick" ? 10 : 2;
 const withJax = !args.has("--no-jax") && mode !== "tiny";
 const gemmSize = mode === "full" ? 4096 : mode === "quick" ? 1024 : 64;
 
-const device: Device = await webgpuDevice();
+const device: Device = await benchDevice(Deno.args);
+const implementation = implementationName(Deno.args);
 const dtypeOpt = opt("--dtype", "both");
 const dtypes: DType[] = (dtypeOpt === "both" ? ["f32", "f16"] as DType[] : [dtypeOpt as DType])
   .filter((d) => d === "f32" || device.supportsDType(d));
 console.error(
-  `bench: ${mode} on ${device} (${new Date().toISOString().slice(0, 10)}), dtypes ${dtypes.join(", ")}`,
+  `bench: ${mode} on ${device} through ${implementation} (${new Date().toISOString().slice(0, 10)}), dtypes ${
+    dtypes.join(", ")
+  }`,
 );
 
 /** Milliseconds the steps of one await should cover in the full mode. */
-const AWAIT_COVER_MS = 250;
+const AWAIT_COVER_MS = Number(opt("--cover-ms", "250"));
 
 /**
  * Steps per await for a step of about `msPerStep`: fixed outside the full mode, else enough to cover
@@ -116,62 +132,54 @@ const record = (s: Shape, dtype: string, measure: string, ms: number, note?: str
   );
 };
 
-/** Workgroup tiles tried by --tune: BM, BN, BK, TM, TN. */
-const TUNE_TILES: readonly [number, number, number, number, number][] = [
-  [128, 128, 8, 8, 8],
-  [128, 128, 16, 8, 8],
-  [128, 64, 8, 8, 8],
-  [64, 128, 8, 8, 8],
-  [128, 128, 8, 8, 16],
-  [256, 128, 8, 16, 8],
-  [64, 64, 16, 4, 4],
-];
-
-/** Relative error of this device's GEMM against the CPU reference on one product (x · wᵀ). */
-async function gemmError(m: number, n: number, k: number): Promise<number> {
-  const x = randn([m, k], { device, seed: 11 }), w = randn([n, k], { device, seed: 12 });
-  const y = linear(x, w);
-  const ours = (await y.toArray()) as number[][];
-  const cpu = cpuDevice();
-  const [xc, wc] = [await x.to(cpu), await w.to(cpu)];
-  const ref = (await linear(xc, wc).toArray()) as number[][];
-  for (const t of [x, w, y, xc, wc]) t.dispose();
-  return relErr(ours.flat(), ref.flat());
+/** A profile choice that takes the tuned plan of each tuned shape (exact m, n, k and layout). */
+function tunedChoice(results: readonly TuneResult[]): (shape: GemmShape) => GemmChoice | undefined {
+  const table = new Map<string, GemmChoice>();
+  for (const r of results) {
+    const s = r.shape;
+    table.set(`${s.m},${s.n},${s.k},${s.transA},${s.transB}`, { tile: r.best.tile, splits: r.best.splits });
+  }
+  return (s) => table.get(`${s.m},${s.n},${s.k},${s.transA ?? false},${s.transB ?? false}`);
 }
 
 const tuneRows: string[] = [];
 if (args.has("--tune") && (!device.isSoftware || mode === "tiny")) {
   const be = device.backend as unknown as WebGpuBackend;
-  const n = gemmSize;
-  const a = randn([n, n], { device, seed: 7 }), w = randn([n, n], { device, seed: 8 });
-  let best: { tile: GemmTile; ms: number } | null = null;
-  for (const [BM, BN, BK, TM, TN] of TUNE_TILES) {
-    let tile: GemmTile;
-    try {
-      tile = tiledTile(BM, BN, BK, TM, TN);
-    } catch {
-      continue;
-    }
-    if (tile.WG > (be.gpuDevice.limits.maxComputeInvocationsPerWorkgroup ?? 256)) continue;
-    if (2 * BK * (BM + BN) * 4 > be.gpuDevice.limits.maxComputeWorkgroupStorageSize) continue;
-    be.gemmProfile = { schedule: "tiled", tiles: [tile] };
-    const err = Math.max(await gemmError(515, 387, 263), await gemmError(512, 384, 256));
-    const ms = await time(() => tidy(() => void linear(a, w)));
-    const tflops = (2 * n ** 3) / (ms * 1e9);
-    const name = `${BM}x${BN}x${BK} (${TM}x${TN}, ${tile.WG} inv.)`;
-    tuneRows.push(`| ${name} | ${ms.toFixed(3)} | ${tflops.toFixed(2)} | ${err.toExponential(1)} |`);
-    console.error(
-      `  tune ${name.padEnd(28)} ${ms.toFixed(3)} ms  ${tflops.toFixed(2)} TFLOP/s  err ${
-        err.toExponential(1)
-      }`,
-    );
-    if (err <= 1e-4 && (best === null || ms < best.ms)) best = { tile, ms };
+  const tuneList = [
+    ...shapes.flatMap((s) => loraShapes(s.M, s.D, s.r)),
+    {
+      name: `GEMM ${gemmSize}^3`,
+      m: gemmSize,
+      n: gemmSize,
+      k: gemmSize,
+      transA: false,
+      transB: true,
+      lora: 0,
+    },
+  ];
+  const results = await tuneShapes(device, tuneList, { budgetS: Number(opt("--tune-budget-s", "60")) });
+  tuneRows.push(...tuneTable(results), "", "Tuned entries:", ...tunedEntries(results));
+  const bad = results.filter((r) => r.err > 1e-5);
+  if (bad.length > 0) {
+    console.error(`  tune: results differ from the planner's: ${bad.map((r) => r.shape.name).join(", ")}`);
   }
-  a.dispose();
-  w.dispose();
-  const small = TILED_PROFILE.tiles[TILED_PROFILE.tiles.length - 1];
-  be.gemmProfile = best === null ? TILED_PROFILE : { schedule: "tiled", tiles: [best.tile, small] };
-  console.error(`  tune: the rest of the run uses ${JSON.stringify(be.gemmProfile.tiles)}`);
+  const good = results.filter((r) => r.err <= 1e-5);
+  be.gemmProfile = { ...be.gemmProfile, choose: tunedChoice(good) };
+  console.error(`  tune: the rest of the run uses the tuned plans of ${good.length} shapes`);
+}
+
+/** With --profile: one more run of `step` under a detailed profile, its slowest kernels printed. */
+async function profileStep(what: string, step: () => void): Promise<void> {
+  if (!args.has("--profile")) return;
+  const p = await profile(step, { device, detail: true });
+  console.log(
+    `profile ${what}: ${p.totalMs.toFixed(3)} ms wall, ${
+      p.measuredMs.toFixed(3)
+    } ms in kernels (${p.timing})`,
+  );
+  for (const row of p.rows.slice(0, 12)) {
+    console.log(`  ${row.ms.toFixed(3).padStart(9)} ms  x${row.calls}  ${row.name}`);
+  }
 }
 
 for (const s of shapes) {
@@ -205,10 +213,16 @@ for (const s of shapes) {
         linear(x, Wt, b).backward(dy);
         clearGrads();
       });
-    record(s, dtype, "fused forward", await time(fwd));
-    record(s, dtype, "fused forward+backward", await time(fwdBwd(true)));
-    record(s, dtype, "composed forward+backward", await time(fwdBwd(false)));
-    record(s, dtype, "base linear forward+backward", await time(baseFwdBwd));
+    const measures: [string, () => void][] = [
+      ["fused forward", fwd],
+      ["fused forward+backward", fwdBwd(true)],
+      ["composed forward+backward", fwdBwd(false)],
+      ["base linear forward+backward", baseFwdBwd],
+    ];
+    for (const [what, step] of measures) {
+      record(s, dtype, what, await time(step));
+      await profileStep(`${what} ${dtype} (${s.M}, ${s.D}, ${s.r})`, step);
+    }
     for (const t of [x, dy, W, b, A, B]) t?.dispose();
   }
   if (withJax) {
@@ -257,17 +271,25 @@ const ratio = (s: string, d: string) =>
 
 const jsonPath = opt("--json", `bench/results/lora_bench_${mode}.json`);
 await Deno.mkdir(jsonPath.replace(/\/[^/]*$/, ""), { recursive: true }).catch(() => {});
-const report = { date: new Date().toISOString(), device: String(device), mode, reps, tune: tuneRows, rows };
+const report = {
+  date: new Date().toISOString(),
+  device: String(device),
+  implementation,
+  mode,
+  reps,
+  tune: tuneRows,
+  rows,
+};
 await Deno.writeTextFile(`${jsonPath}.tmp`, JSON.stringify(report, null, 2));
 await Deno.rename(`${jsonPath}.tmp`, jsonPath);
 
 if (tuneRows.length > 0) {
-  console.log(`\nGEMM ${gemmSize}^3 f32 per workgroup tile (--tune)`);
-  console.log("| tile | ms | TFLOP/s | rel. error vs CPU |");
-  console.log("|---|---|---|---|");
+  console.log(`\nGEMM plans per shape (--tune), f32, GPU ms per product`);
   for (const r of tuneRows) console.log(r);
 }
-console.log(`\nLoRA linear on ${device}, ${report.date.slice(0, 10)} (median ms per step)`);
+console.log(
+  `\nLoRA linear on ${device} through ${implementation}, ${report.date.slice(0, 10)} (median ms per step)`,
+);
 console.log("| shape (M, D, r) | dtype | measure | ms | steps per await | note |");
 console.log("|---|---|---|---|---|---|");
 for (const r of rows) {
@@ -282,3 +304,6 @@ for (const r of rows) {
   console.log(`| ${r.shape} | ${r.dtype} | ${r.measure} | ${r.ms.toFixed(3)} | ${r.steps} | ${note} |`);
 }
 console.log(`\nJSON: ${jsonPath}`);
+// Dawn's instance keeps the process alive while the GPU object is referenced.
+device.destroy();
+Deno.exit(0);

@@ -42,22 +42,36 @@ function directTile(TM: number, TN: number, WG: number): GemmTile {
   return { BM: TM, BN: TN, BK: 4, TM, TN, WG };
 }
 
+/** A plan fixed from outside the heuristics (a tuned table, or the tuner trying one). */
+export interface GemmChoice {
+  tile: GemmTile;
+  /** k slices wanted (1: no split); reduced like any plan's to fit the partial sums into a binding. */
+  splits: number;
+}
+
 /** The tile configurations a device uses for one schedule, largest first. */
 export interface GemmProfile {
   schedule: GemmSchedule;
   tiles: readonly GemmTile[];
+  /**
+   * A choice for one shape that overrides the heuristics (undefined: plan as usual). Its tile must be
+   * one the schedule's template takes; a split is ignored where the shape may not be split.
+   */
+  choose?: (shape: GemmShape) => GemmChoice | undefined;
 }
 
 /**
  * Hardware GPUs: 128 × 128 workgroup tiles (26 TFLOP/s f32 on an H200, bench/NOTES.md), 64 × 64 for small
- * products, and 128 × 16 / 16 × 128 for the products one of whose sides is a LoRA rank (x·Aᵀ, dy·B, dA, dB),
- * which a square tile would mostly pad.
+ * products, 32 × 128 for products of a few dozen rows (the chunked loss's 32-row logits and d-hidden
+ * products, which a 16-row tile reads the vocabulary-sized operand twice for), and 128 × 16 / 16 × 128 for
+ * the products one of whose sides is a LoRA rank (x·Aᵀ, dy·B, dA, dB), which a square tile would mostly pad.
  */
 export const TILED_PROFILE: GemmProfile = {
   schedule: "tiled",
   tiles: [
     tiledTile(128, 128, 8, 8, 8),
     tiledTile(64, 64, 16, 4, 4),
+    tiledTile(32, 128, 16, 4, 8),
     tiledTile(128, 16, 16, 8, 4),
     tiledTile(16, 128, 16, 4, 8),
   ],
@@ -85,11 +99,21 @@ export const DIRECT_PROFILE: GemmProfile = {
 const CPU_THREADS = Math.max(1, (globalThis.navigator as Navigator | undefined)?.hardwareConcurrency ?? 4);
 
 /**
- * Work units (tiled: workgroups; direct: invocations) a GEMM wants before it splits k: a GPU's
- * multiprocessors, a few SIMD registers of lanes per CPU thread.
+ * Invocations a tiled GEMM wants in flight before it splits k: two 256-invocation workgroups per
+ * multiprocessor of a large GPU (an H200 has 132). Counting invocations rather than workgroups matters for
+ * the narrow tiles (64 or 128 invocations): the chunked loss's d-hidden product (32 rows, 2,048 columns,
+ * k = the vocabulary) made 16 workgroups of 128 invocations, and split only to 128 workgroups in all, one
+ * per multiprocessor at a quarter of its lanes (bench/NOTES.md, issue 15).
+ */
+const TILED_WANTED_INVOCATIONS = 1 << 16;
+
+/**
+ * Work units a GEMM wants before it splits k (tiled: invocations of its workgroups; direct: invocations,
+ * one block each): see {@link TILED_WANTED_INVOCATIONS}; a software adapter, a few SIMD registers of
+ * lanes per CPU thread.
  */
 function wantedUnits(schedule: GemmSchedule, cpuThreads: number): number {
-  return schedule === "tiled" ? 128 : Math.max(64, 32 * cpuThreads);
+  return schedule === "tiled" ? TILED_WANTED_INVOCATIONS : Math.max(64, 32 * cpuThreads);
 }
 
 /** Below this many multiply-adds a product takes the smallest tile: a larger one would not pay. */
@@ -120,6 +144,9 @@ export interface GemmShape {
   maxBindingBytes: number;
   /** Every operand is read as vec4 (its contiguous dimension a multiple of 4) and none is masked. */
   vec4Unmasked: boolean;
+  /** Which operands are stored transposed (for {@link GemmProfile.choose}; the heuristics ignore it). */
+  transA?: boolean;
+  transB?: boolean;
 }
 
 function blocks(shape: GemmShape, t: GemmTile): { tilesN: number; tiles: number } {
@@ -158,8 +185,15 @@ function finish(shape: GemmShape, schedule: GemmSchedule, tile: GemmTile, wanted
  */
 export function planGemm(shape: GemmShape, profile: GemmProfile, cpuThreads = CPU_THREADS): GemmPlan {
   const { schedule, tiles } = profile;
+  const chosen = profile.choose?.(shape);
+  if (chosen !== undefined) {
+    const splits = shape.splittable && shape.batch === 1
+      ? Math.max(1, Math.min(chosen.splits, Math.floor(shape.k / Math.max(4, chosen.tile.BK)), 64))
+      : 1;
+    return finish(shape, schedule, chosen.tile, splits);
+  }
   const want = wantedUnits(schedule, cpuThreads);
-  const units = (t: GemmTile) => blocks(shape, t).tiles * shape.batch;
+  const units = (t: GemmTile) => blocks(shape, t).tiles * shape.batch * (schedule === "tiled" ? t.WG : 1);
   const area = (t: GemmTile) => t.BM * t.BN;
   // A tile fits when its block does not overhang m or n by more than padding to 4 (to 16 for workgroup
   // tiles, whose narrowest side is 16). A narrow workgroup tile (a side under 64) is only for products
@@ -172,9 +206,17 @@ export function planGemm(shape: GemmShape, profile: GemmProfile, cpuThreads = CP
     (schedule === "tiled" ? narrowOk(t.BM, shape.m) && narrowOk(t.BN, shape.n) : blocks(shape, t).tiles >= 8);
   const fitting = tiles.filter(fits);
   const pool = fitting.length > 0 ? fitting : tiles;
-  const smallest = pool.reduce((a, b) => (area(b) < area(a) ? b : a));
-  const loose = (t: GemmTile) => finish(shape, schedule, t, slicesFor(shape, units(t), want, false));
   const small = shape.m * shape.n * shape.k * shape.batch < SMALL_WORK[schedule];
+  // The fallback tile. Direct: the smallest. Tiled: the one that pads the output least (by area alone, a
+  // 32-row product took the 128 × 16 tile and computed four times its rows), then the smallest for small
+  // products (more workgroups) and the largest for others (the operands read fewer times).
+  const padded = (t: GemmTile) =>
+    schedule === "tiled" ? Math.ceil(shape.m / t.BM) * t.BM * Math.ceil(shape.n / t.BN) * t.BN : 0;
+  const better = (b: GemmTile, a: GemmTile) =>
+    padded(b) < padded(a) ||
+    (padded(b) === padded(a) && (schedule === "direct" || small ? area(b) < area(a) : area(b) > area(a)));
+  const smallest = pool.reduce((a, b) => (better(b, a) ? b : a));
+  const loose = (t: GemmTile) => finish(shape, schedule, t, slicesFor(shape, units(t), want, false));
   if (schedule === "direct" && (small || !shape.vec4Unmasked)) return loose(tiles[tiles.length - 1]);
   if (small) return loose(smallest);
   for (const tile of fitting) {

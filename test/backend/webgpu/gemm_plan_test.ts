@@ -67,6 +67,14 @@ Deno.test("planGemm: large products take the large tiles, rank-wide ones the lon
   assert.equal(tile(2048, 8, 2048, TILED_PROFILE), "128x16");
   assert.equal(tile(16, 4096, 8192, TILED_PROFILE), "16x128");
   assert.equal(tile(200, 200, 100, TILED_PROFILE), "64x64");
+  // The chunked loss's 32-row products (Llama-3.2-1B: vocabulary 128256, hidden 2048): the 32-row tile, and
+  // for the d-hidden product (k = the vocabulary) k split until the GPU has enough invocations.
+  assert.equal(tile(32, 128256, 2048, TILED_PROFILE), "32x128");
+  const dh = planGemm(shape(32, 2048, 128256), TILED_PROFILE, 2);
+  assert.equal(`${dh.tile.BM}x${dh.tile.BN}`, "32x128");
+  assert.ok(dh.splits * dh.tiles * dh.tile.WG >= 1 << 16, `too few invocations: ${JSON.stringify(dh)}`);
+  // Rows that fit no tile take the one that pads them least, not the 128-row one.
+  assert.equal(tile(20, 128256, 2048, TILED_PROFILE), "32x128");
   // Deep and narrow (LoRA's dA on a GPU): the large tile with k split.
   const p = planGemm(shape(16, 2048, 8192), TILED_PROFILE, 2);
   assert.ok(p.splits > 1, `expected split-K, got ${JSON.stringify(p)}`);

@@ -1,0 +1,449 @@
+/**
+ * GEMM plan tuner: for each GEMM shape, times the planner's own choice and every candidate workgroup tile
+ * × k-split on this adapter (GPU timestamps when the adapter has them, else wall-clock), checks the best
+ * against the planner's result, and prints the table and a TS table the planner can take
+ * (`GemmProfile.choose`). Shapes: the GEMMs of a Llama-3.2-1B LoRA training step at 4 × 512 tokens
+ * (`--shapes llama`), of the fused LoRA linear at the bench's sizes (`--shapes lora`), a square 4096³, or
+ * `m,n,k,layout[,lora r]` lists (`--shapes 32,2048,128256,NN;2048,16,2048,NT`; layout NN / NT / TN / TT
+ * says which operand is stored transposed).
+ *
+ * Also `--lora-profile M,D,r`: one fused LoRA forward + backward at that size under a detailed profile
+ * (GPU time per GEMM shape and plan), to find which kernel of the fused op an implementation is slow at.
+ *
+ * Usage: deno run -A bench/gemm_tune.ts [--dawn [--dawn-toggles a,b]] [--shapes llama|lora|square|LIST]
+ *        [--dtype f32|f16] [--budget-s 40] [--lora-profile 8192,4096,16] [--tiny]
+ * @module
+ */
+import type { WebGpuBackend } from "../src/backend/webgpu/backend.ts";
+import { bufferBytes, type GemmRequest, planRequest, type WgslType } from "../src/backend/webgpu/gemm.ts";
+import { recordGemm } from "../src/backend/webgpu/gemm.ts";
+import {
+  type GemmChoice,
+  type GemmProfile,
+  type GemmTile,
+  TILED_PROFILE,
+  tiledTile,
+} from "../src/backend/webgpu/gemm_plan.ts";
+import { PipelineCache } from "../src/backend/webgpu/pipelines.ts";
+import type { GpuBuffer, GpuRuntime } from "../src/backend/webgpu/runtime.ts";
+import { f16BitsToNumber, numberToF16Bits } from "../src/core/half.ts";
+import type { Device } from "../mod.ts";
+import { argValue, benchDevice, implementationName } from "./bench_device.ts";
+
+/** One GEMM to tune: C [m, n] = op(A) [m, k] · op(B) [k, n] (+ a LoRA phase of rank `lora`). */
+export interface TuneShape {
+  name: string;
+  m: number;
+  n: number;
+  k: number;
+  transA: boolean;
+  transB: boolean;
+  /** Rank of the LoRA pre-phase (the fused linear's output kernels, never split), or 0. */
+  lora: number;
+}
+
+const shape = (name: string, m: number, n: number, k: number, layout: string, lora = 0): TuneShape => ({
+  name,
+  m,
+  n,
+  k,
+  transA: layout[0] === "T",
+  transB: layout[1] === "T",
+  lora,
+});
+
+/**
+ * The GEMMs of one Llama-3.2-1B LoRA training step at 4 × 512 tokens (hidden 2048, intermediate 8192, 8
+ * KV heads of 64, vocab 128256, r 16 on all seven projections, the chunked loss at 32 rows a chunk), each
+ * distinct shape once, with how many the step runs.
+ */
+export function llamaShapes(tokens = 2048, r = 16): TuneShape[] {
+  const H = 2048, I = 8192, KV = 512, V = 128256, rows = Math.floor((1 << 22) / V);
+  return [
+    shape("loss dh = dl·E (x64 fwd+bwd)", rows, H, V, "NN"),
+    shape("loss logits = h·Eᵀ (x128)", rows, V, H, "NT"),
+    shape("q/o out (x32)", tokens, H, H, "NT", r),
+    shape("k/v out (x32)", tokens, KV, H, "NT", r),
+    shape("gate/up out (x32)", tokens, I, H, "NT", r),
+    shape("down out (x16)", tokens, H, I, "NT", r),
+    shape("q/o dx (x32)", tokens, H, H, "NN", r),
+    shape("k/v dx (x32)", tokens, H, KV, "NN", r),
+    shape("gate/up dx (x32)", tokens, H, I, "NN", r),
+    shape("down dx (x16)", tokens, I, H, "NN", r),
+    shape("t = x·Aᵀ, in 2048 (x144)", tokens, r, H, "NT"),
+    shape("t = x·Aᵀ, in 8192 (x32)", tokens, r, I, "NT"),
+    shape("g = dy·B, out 2048 (x48)", tokens, r, H, "NN"),
+    shape("g = dy·B, out 512 (x32)", tokens, r, KV, "NN"),
+    shape("g = dy·B, out 8192 (x32)", tokens, r, I, "NN"),
+    shape("dA = gᵀ·x, in 2048 (x96)", r, H, tokens, "TN"),
+    shape("dA = gᵀ·x, in 8192 (x16)", r, I, tokens, "TN"),
+    shape("dB = dyᵀ·t, out 2048 (x48)", H, r, tokens, "TN"),
+    shape("dB = dyᵀ·t, out 512 (x32)", KV, r, tokens, "TN"),
+    shape("dB = dyᵀ·t, out 8192 (x32)", I, r, tokens, "TN"),
+  ];
+}
+
+/** The GEMMs of the fused LoRA linear's forward and backward at (M, D, r) (bench/lora_bench.ts). */
+export function loraShapes(M: number, D: number, r: number): TuneShape[] {
+  const s = `(${M}, ${D}, ${r})`;
+  return [
+    shape(`${s} t = x·Aᵀ`, M, r, D, "NT"),
+    shape(`${s} y = x·Wᵀ + LoRA`, M, D, D, "NT", r),
+    shape(`${s} g = dy·B`, M, r, D, "NN"),
+    shape(`${s} dx = dy·W + LoRA`, M, D, D, "NN", r),
+    shape(`${s} dA = gᵀ·x`, r, D, M, "TN"),
+    shape(`${s} dB = dyᵀ·t`, D, r, M, "TN"),
+  ];
+}
+
+/** Candidate workgroup tiles beyond the planner's own: BM, BN, BK, TM, TN. */
+const EXTRA_TILES: readonly [number, number, number, number, number][] = [
+  [128, 128, 16, 8, 8],
+  [128, 64, 8, 8, 8],
+  [64, 128, 8, 8, 8],
+  [128, 32, 16, 8, 4],
+  [64, 64, 8, 4, 4],
+];
+
+/** The candidate tiles this device can run: the planner's and {@link EXTRA_TILES}. */
+export function candidateTiles(gpu: GPUDevice): GemmTile[] {
+  const out: GemmTile[] = [...TILED_PROFILE.tiles];
+  for (const [BM, BN, BK, TM, TN] of EXTRA_TILES) {
+    let t: GemmTile;
+    try {
+      t = tiledTile(BM, BN, BK, TM, TN);
+    } catch {
+      continue;
+    }
+    if (t.WG > gpu.limits.maxComputeInvocationsPerWorkgroup) continue;
+    if (2 * BK * (BM + BN) * 4 > gpu.limits.maxComputeWorkgroupStorageSize) continue;
+    out.push(t);
+  }
+  return out;
+}
+
+/** A tile's name: BMxBNxBK. */
+export const tileName = (t: GemmTile): string => `${t.BM}x${t.BN}x${t.BK}`;
+
+/** One measured plan. */
+export interface TunedVariant {
+  tile: GemmTile;
+  splits: number;
+  ms: number;
+}
+
+/** What the tuner found for one shape. */
+export interface TuneResult {
+  shape: TuneShape;
+  planner: TunedVariant;
+  best: TunedVariant;
+  /** Relative error of the best plan's result against the planner's. */
+  err: number;
+  variants: TunedVariant[];
+}
+
+/** Deterministic random values in [-1, 1) (a small LCG; never zeros). */
+function randomWords(n: number, seed: number, dtype: WgslType): ArrayBufferView {
+  let s = (seed * 2654435761) >>> 0 || 1;
+  const next = () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s / 2 ** 31 - 1;
+  };
+  if (dtype === "f32") return Float32Array.from({ length: n }, next);
+  const h = new Uint16Array(n + (n % 2));
+  for (let i = 0; i < n; i++) h[i] = numberToF16Bits(next());
+  return h;
+}
+
+/** The operand buffers of one shape and the request that multiplies them. */
+interface Operands {
+  req: GemmRequest;
+  free: () => void;
+}
+
+function operands(rt: GpuRuntime, s: TuneShape, dtype: WgslType): Operands {
+  const bufs: GpuBuffer[] = [];
+  const upload = (n: number, seed: number, type: WgslType) => {
+    const buf = rt.alloc(bufferBytes(n, type), `gemm_tune: operand of ${n}`, true);
+    rt.write(buf, randomWords(n, seed, type));
+    bufs.push(buf);
+    return { buf, bytes: buf.capacity };
+  };
+  const a = upload(s.m * s.k, 1, dtype), b = upload(s.k * s.n, 2, dtype);
+  const lora = s.lora > 0
+    ? {
+      p: upload(s.m * s.lora, 3, "f32"),
+      q: upload(s.n * s.lora, 4, dtype),
+      r: s.lora,
+      scale: 2,
+      dropout: null,
+    }
+    : undefined;
+  return {
+    req: {
+      a: { bind: a, type: dtype, trans: s.transA },
+      b: { bind: b, type: dtype, trans: s.transB },
+      m: s.m,
+      n: s.n,
+      k: s.k,
+      lora,
+      outType: dtype,
+      what: `gemm_tune ${s.name}`,
+    },
+    free: () => bufs.forEach((x) => rt.release(x)),
+  };
+}
+
+/** Milliseconds per run of `record` (GPU time from timestamps when there are any), `reps` runs. */
+async function timeRuns(rt: GpuRuntime, record: () => void, reps: number): Promise<number> {
+  if (rt.timestamps) {
+    rt.beginProfile(false);
+    for (let i = 0; i < reps; i++) record();
+    const rows = await rt.endProfile();
+    return rows.reduce((a, r) => a + r.ms, 0) / reps;
+  }
+  await rt.sync();
+  const t0 = performance.now();
+  for (let i = 0; i < reps; i++) record();
+  await rt.sync();
+  return (performance.now() - t0) / reps;
+}
+
+/** The plan a choice gives this shape (splits clamped the planner's way). */
+function planOf(be: WebGpuBackend, req: GemmRequest, profile: GemmProfile) {
+  return planRequest(req, profile, be.rt.limits.maxStorageBufferBindingSize).plan;
+}
+
+/** Reads a C buffer as numbers. */
+async function readOut(rt: GpuRuntime, buf: GpuBuffer, n: number, dtype: WgslType): Promise<Float64Array> {
+  const raw = await rt.read(buf, bufferBytes(n, dtype));
+  if (dtype === "f32") return Float64Array.from(new Float32Array(raw, 0, n));
+  const h = new Uint16Array(raw, 0, n);
+  return Float64Array.from(h, f16BitsToNumber);
+}
+
+function relErr(ours: ArrayLike<number>, ref: ArrayLike<number>): number {
+  let num = 0, den = 0;
+  for (let i = 0; i < ref.length; i++) {
+    num += (ours[i] - ref[i]) ** 2;
+    den += ref[i] ** 2;
+  }
+  return den === 0 ? Math.sqrt(num) : Math.sqrt(num / den);
+}
+
+/** Options of {@link tuneShapes}. */
+export interface TuneOptions {
+  dtype?: WgslType;
+  /** Stop starting new shapes after this many seconds (the rest are reported as not tuned). */
+  budgetS?: number;
+  log?: (line: string) => void;
+}
+
+/**
+ * Times the planner's plan and every candidate tile × split for each shape; returns what it found. The
+ * device's GEMM profile is left as it was.
+ */
+export async function tuneShapes(
+  device: Device,
+  shapes: readonly TuneShape[],
+  opts: TuneOptions = {},
+): Promise<TuneResult[]> {
+  const be = device.backend as unknown as WebGpuBackend;
+  const rt = be.rt;
+  const dtype = opts.dtype ?? "f32";
+  const log = opts.log ?? ((l: string) => console.error(l));
+  const kernels = new PipelineCache(be.gpuDevice, (msg) => rt.reportError(msg));
+  const own = be.gemmProfile;
+  // A software adapter's direct schedule has its own tiles (gemm_plan.ts): tune among those there.
+  const tiles = own.schedule === "tiled" ? candidateTiles(be.gpuDevice) : [...own.tiles];
+  const t0 = performance.now();
+  const results: TuneResult[] = [];
+  for (const s of shapes) {
+    if (opts.budgetS !== undefined && (performance.now() - t0) / 1000 > opts.budgetS) {
+      log(`  tune: budget spent, not tuned: ${s.name}`);
+      continue;
+    }
+    const ops = operands(rt, s, dtype);
+    const flops = 2 * s.m * s.n * s.k;
+    const measure = async (profile: GemmProfile): Promise<number> => {
+      const ctx = { rt, kernels, profile };
+      const run = () => rt.release(recordGemm(ctx, ops.req).buf);
+      run();
+      await rt.sync(); // compiled, pools filled
+      const once = await timeRuns(rt, run, 1);
+      const reps = Math.max(2, Math.min(10, Math.ceil(20 / Math.max(once, 0.01))));
+      return await timeRuns(rt, run, reps);
+    };
+    const forced = (c: GemmChoice): GemmProfile => ({ ...own, choose: () => c });
+    const plannerPlan = planOf(be, ops.req, own);
+    const planner: TunedVariant = {
+      tile: plannerPlan.tile,
+      splits: plannerPlan.splits,
+      ms: await measure(own),
+    };
+    const variants: TunedVariant[] = [];
+    const seen = new Set<string>();
+    for (const tile of tiles) {
+      // Tiles much larger than the output would compute mostly padding.
+      if (tile.BM > 2 * Math.max(16, s.m) || tile.BN > 2 * Math.max(16, s.n)) continue;
+      const blocksOf = Math.ceil(s.m / tile.BM) * Math.ceil(s.n / tile.BN) * tile.WG;
+      for (const want of [1, 2, 4, 8, 16, 32, 64]) {
+        if (want > 1 && (s.lora > 0 || s.k < 64 * want || blocksOf * want > (1 << 19))) break;
+        const p = planOf(be, ops.req, forced({ tile, splits: want }));
+        const key = `${tileName(p.tile)}/${p.splits}`;
+        if (seen.has(key)) continue;
+        seen.add(key);
+        const ms = await measure(forced({ tile, splits: want }));
+        variants.push({ tile: p.tile, splits: p.splits, ms });
+      }
+    }
+    variants.sort((a, b) => a.ms - b.ms);
+    const best = variants[0] ?? planner;
+    // The best plan's result against the planner's (which the property tests check against the CPU).
+    const ref = recordGemm({ rt, kernels, profile: own }, ops.req);
+    const got = recordGemm({ rt, kernels, profile: forced(best) }, ops.req);
+    const n = s.m * s.n;
+    const err = relErr(await readOut(rt, got.buf, n, dtype), await readOut(rt, ref.buf, n, dtype));
+    rt.release(ref.buf);
+    rt.release(got.buf);
+    ops.free();
+    const tf = (ms: number) => (flops / (ms * 1e9)).toFixed(2);
+    log(
+      `  ${s.name.padEnd(34)} planner ${tileName(planner.tile)}/${planner.splits} ${
+        planner.ms.toFixed(3)
+      } ms ` +
+        `(${tf(planner.ms)} TFLOP/s)  best ${tileName(best.tile)}/${best.splits} ${best.ms.toFixed(3)} ms ` +
+        `(${tf(best.ms)})  x${(planner.ms / best.ms).toFixed(2)}  err ${err.toExponential(1)}`,
+    );
+    results.push({ shape: s, planner, best, err, variants });
+  }
+  return results;
+}
+
+/** The results as a markdown table. */
+export function tuneTable(results: readonly TuneResult[]): string[] {
+  const tf = (r: TuneResult, ms: number) => (2 * r.shape.m * r.shape.n * r.shape.k / (ms * 1e9)).toFixed(2);
+  const lines = [
+    "| GEMM | m, n, k, layout | planner plan | ms | TFLOP/s | best plan | ms | TFLOP/s | speed-up | next best |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+  ];
+  for (const r of results) {
+    const s = r.shape;
+    const next = r.variants.slice(1, 4).map((v) => `${tileName(v.tile)}/${v.splits} ${v.ms.toFixed(3)}`);
+    lines.push(
+      `| ${s.name} | ${s.m}, ${s.n}, ${s.k}, ${s.transA ? "T" : "N"}${s.transB ? "T" : "N"}${
+        s.lora ? ` +LoRA r${s.lora}` : ""
+      } | ${tileName(r.planner.tile)} split ${r.planner.splits} | ${r.planner.ms.toFixed(3)} | ${
+        tf(r, r.planner.ms)
+      } | ${tileName(r.best.tile)} split ${r.best.splits} | ${r.best.ms.toFixed(3)} | ${tf(r, r.best.ms)} | ${
+        (r.planner.ms / r.best.ms).toFixed(2)
+      } | ${next.join("; ")} |`,
+    );
+  }
+  return lines;
+}
+
+/** The winners as entries of a TS table (`TunedGemm` in src/backend/webgpu/gemm_tuned.ts). */
+export function tunedEntries(results: readonly TuneResult[]): string[] {
+  return results.map((r) => {
+    const s = r.shape, t = r.best.tile;
+    return `  { m: ${s.m}, n: ${s.n}, k: ${s.k}, transA: ${s.transA}, transB: ${s.transB}, tile: [${t.BM}, ${t.BN}, ${t.BK}, ${t.TM}, ${t.TN}], splits: ${r.best.splits} }, // ${s.name}: x${
+      (r.planner.ms / r.best.ms).toFixed(2)
+    }`;
+  });
+}
+
+/** Parses `--shapes`. */
+export function parseShapes(spec: string): TuneShape[] {
+  if (spec === "llama") return llamaShapes();
+  if (spec === "lora") {
+    return [...loraShapes(8192, 4096, 16), ...loraShapes(2048, 2048, 8), ...loraShapes(512, 4096, 16)];
+  }
+  if (spec === "square") {
+    return [shape("4096^3 x·Wᵀ", 4096, 4096, 4096, "NT"), shape("4096^3 NN", 4096, 4096, 4096, "NN")];
+  }
+  return spec.split(";").filter((x) => x !== "").map((part) => {
+    const [m, n, k, layout = "NN", r = "0"] = part.split(",");
+    return shape(part, Number(m), Number(n), Number(k), layout, Number(r));
+  });
+}
+
+/**
+ * One fused LoRA forward + backward at (M, D, r) under a detailed profile: GPU ms per GEMM shape and
+ * plan (and per other kernel), and the wall-clock time of the same step without profiling.
+ */
+export async function loraProfile(
+  device: Device,
+  M: number,
+  D: number,
+  r: number,
+  dtype: WgslType,
+): Promise<string[]> {
+  const be = device.backend as unknown as WebGpuBackend;
+  const rt = be.rt;
+  const up = (n: number, seed: number) => be.upload(randomWords(n, seed, "f32") as Float32Array, dtype);
+  const x = up(M * D, 1), w = up(D * D, 2), a = up(r * D, 3), b = up(D * r, 4), dy = up(M * D, 5);
+  const sizes = { m: M, inFeatures: D, outFeatures: D, rank: r, scale: 2, dropout: null };
+  const step = () => {
+    const y = be.loraForward({ x, w, a, b, bias: null, ...sizes });
+    const g = be.loraBackward({ x, w, a, b, dy, needDx: true, ...sizes });
+    for (const s of [y, g.dA, g.dB, g.dx!]) be.free(s);
+  };
+  step();
+  await be.sync();
+  // Wall-clock of the step, many per await.
+  const n = 10;
+  let t0 = performance.now();
+  for (let i = 0; i < n; i++) step();
+  await be.sync();
+  const wall = (performance.now() - t0) / n;
+  rt.beginProfile(true);
+  t0 = performance.now();
+  for (let i = 0; i < 3; i++) step();
+  const rows = await rt.endProfile();
+  const lines = [
+    `fused LoRA fwd+bwd (${M}, ${D}, ${r}) ${dtype}: ${
+      wall.toFixed(3)
+    } ms per step wall-clock (${n} per await); ` +
+    `kernels sum ${
+      (rows.reduce((s, x) => s + x.ms, 0) / 3).toFixed(3)
+    } ms per step (GPU timestamps: ${rt.timestamps})`,
+  ];
+  rows.sort((p, q) => q.ms - p.ms);
+  for (const row of rows) {
+    lines.push(`  ${(row.ms / 3).toFixed(3).padStart(9)} ms  x${row.calls / 3}  ${row.name}`);
+  }
+  for (const s of [x, w, a, b, dy]) be.free(s);
+  return lines;
+}
+
+if (import.meta.main) {
+  const argv = Deno.args;
+  const tiny = argv.includes("--tiny");
+  const device = await benchDevice(argv);
+  const dtype = argValue(argv, "--dtype", "f32") as WgslType;
+  console.log(`gemm_tune on ${device} through ${implementationName(argv)}, ${new Date().toISOString()}`);
+  const prof = argValue(argv, "--lora-profile", "");
+  for (const spec of prof.split(";").filter((x) => x !== "")) {
+    const [M, D, r] = spec.split(",").map(Number);
+    for (const l of await loraProfile(device, M, D, r, dtype)) console.log(l);
+  }
+  const spec = argValue(argv, "--shapes", tiny ? "40,24,300,NN;37,16,64,TN;16,40,24,NT,4" : "");
+  if (spec !== "") {
+    const results = await tuneShapes(device, parseShapes(spec), {
+      dtype,
+      budgetS: Number(argValue(argv, "--budget-s", "60")),
+    });
+    console.log(`\nGEMM plans on ${device} (${implementationName(argv)}), ${dtype}, GPU ms per product`);
+    for (const l of tuneTable(results)) console.log(l);
+    console.log("\nTuned entries:");
+    for (const l of tunedEntries(results)) console.log(l);
+    const bad = results.filter((r) => r.err > (dtype === "f32" ? 1e-5 : 1e-2));
+    if (bad.length > 0) {
+      console.log(`MISMATCH: ${bad.map((r) => `${r.shape.name} err ${r.err}`).join("; ")}`);
+      Deno.exit(1);
+    }
+  }
+  device.destroy();
+  Deno.exit(0);
+}
