@@ -1,32 +1,43 @@
 /**
  * Multi-adapter serving benchmark (issue 19, "Many adapters at once"): a batch of 8 rows spread over 4
  * LoRA adapters (PEFT's `adapterNames`, the mixed-batch kernel lora_rows on WebGPU) against the same batch
- * on one adapter, for a forward over the whole prompt and for greedy generation; and the time of a hot
- * swap (`hotswapAdapter`) of one adapter with the device's live bytes before and after.
+ * on one adapter, for a forward over the whole prompt, for greedy generation and for a training step (the
+ * loss over the batch, its backward into every adapter used, then AdamW over the trained adapters); and
+ * the time of a hot swap (`hotswapAdapter`) of one adapter with the device's live bytes before and after.
  *
  * Every adapter has rank `--rank` (default 16) on all seven projections (q, k, v, o, gate, up, down), as
  * the issue's SmolLM2-135M target says. The single-adapter figures are taken two ways: "single" runs
  * the active adapter (the fused LoRA linear of one adapter), "single-rows" runs the mixed-batch path with
  * every row naming the same adapter; "mixed" names a0 a1 a2 a3 a0 a1 a2 a3. Each forward waits for the
- * device (no logits read back); each figure is the median of `--iters` runs after two warm-ups.
+ * device (no logits read back); each figure is the median of `--iters` runs after two warm-ups. Training
+ * runs in eval mode (PEFT allows `adapterNames` there only; the adapters have no dropout, so eval and
+ * training mode compute the same), every adapter trainable: "single" trains a0 on all 8 rows, "mixed"
+ * trains a0-a3 on 2 rows each (AdamW then updates 4 adapters' weights instead of 1: the "step" figure
+ * holds that, "fwd_bwd" is the loss and gradients alone).
  *
  * Usage:
  *   deno run -A bench/multi_adapter_bench.ts --ckpt DIR [--dtype f32|f16] [--rank 16] [--prompt 32]
- *       [--gen 32] [--iters 10] [--device webgpu|cpu]
+ *       [--gen 32] [--iters 10] [--device webgpu|cpu] [--profile]
  *   deno run -A bench/multi_adapter_bench.ts --quick   (2-layer SmolLM2-shaped random model, CI size)
  *
  * Prints one JSON line per measurement: {"kind": "multi_adapter", "what": "forward" | "generate" |
- * "hotswap", "case", "ms", ...} and a summary line with the mixed / single ratios.
+ * "train" | "hotswap", "case", "ms", ...} and a summary line with the mixed / single ratios. `--profile`
+ * also prints, per kernel, where one mixed-batch training step (loss and gradients) spends its time.
  * @module
  */
 import {
+  AdamW,
   AutoModelForCausalLM,
   cpuDevice,
+  detach,
   type DType,
   getPeftModel,
   LoraConfig,
   noGrad,
   type PeftModel,
+  profile,
+  type Tensor,
+  tidy,
   webgpuDevice,
 } from "../mod.ts";
 import { QUICK_CONFIG } from "./quick_model.ts";
@@ -76,7 +87,7 @@ async function main(): Promise<void> {
     ["mixed", Array.from({ length: BATCH }, (_, r) => `a${r % ADAPTERS}`)],
   ];
   const base = { kind: "multi_adapter", impl: "lora-webgpu", model: name, device: device.kind, dtype, rank };
-  const results: Record<string, Record<string, number>> = { forward: {}, generate: {} };
+  const results: Record<string, Record<string, number>> = { forward: {}, generate: {}, train: {}, step: {} };
 
   for (const [label, adapterNames] of cases) {
     const times: number[] = [];
@@ -123,6 +134,69 @@ async function main(): Promise<void> {
     }));
   }
 
+  // Training: the model's loss with labels = ids, backward into every trainable adapter the rows use.
+  const weightsOf = (n: string) => pm.adapterLayers(n).flatMap(([, a]) => [a.lora_A.weight, a.lora_B.weight]);
+  for (let i = 0; i < ADAPTERS; i++) for (const w of weightsOf(`a${i}`)) w.requiresGrad = true;
+  const trainIters = Math.max(3, Math.ceil(iters / 2));
+  for (const [label, adapterNames] of cases) {
+    const used = adapterNames ? [...new Set(adapterNames)] : ["a0"];
+    const opt = new AdamW(used.flatMap(weightsOf), { lr: 1e-4, weightDecay: 0.01 });
+    const lossOf = (): Tensor => {
+      const out = pm.forward(ids, { labels: ids, ...(adapterNames ? { adapterNames } : {}) }) as {
+        loss: Tensor;
+      };
+      return out.loss;
+    };
+    const gradTimes: number[] = [], stepTimes: number[] = [];
+    let lastLoss = NaN;
+    for (let i = 0; i < trainIters + 2; i++) {
+      let t0 = performance.now();
+      const loss = tidy(() => {
+        const l = lossOf();
+        l.backward();
+        return detach(l);
+      });
+      await device.sync();
+      if (i >= 2) gradTimes.push(performance.now() - t0);
+      opt.zeroGrad();
+      loss.dispose();
+      t0 = performance.now();
+      const l2 = tidy(() => {
+        const l = lossOf();
+        l.backward();
+        opt.step();
+        opt.zeroGrad();
+        return detach(l);
+      });
+      await device.sync();
+      if (i >= 2) stepTimes.push(performance.now() - t0);
+      lastLoss = await l2.item();
+      l2.dispose();
+    }
+    if (argv.includes("--profile") && label === "mixed") {
+      const p = await profile(() => {
+        tidy(() => lossOf().backward());
+        opt.zeroGrad();
+      }, { device });
+      console.log(`profile of one mixed-batch loss + backward (${device.kind}):\n${p.toString()}`);
+    }
+    opt.dispose();
+    results.train[label] = median(gradTimes);
+    results.step[label] = median(stepTimes);
+    console.log(JSON.stringify({
+      ...base,
+      what: "train",
+      case: label,
+      batch: BATCH,
+      prompt_len: promptLen,
+      adapters_trained: used.length,
+      fwd_bwd_ms: results.train[label],
+      step_ms: results.step[label],
+      loss: lastLoss,
+    }));
+  }
+  for (let i = 0; i < ADAPTERS; i++) for (const w of weightsOf(`a${i}`)) w.requiresGrad = false;
+
   // Hot swap: a3's weights (saved in PEFT's format, held in memory) into a0; the files are parsed inside
   // the timed call, as a server receiving an adapter would.
   const dir = await Deno.makeTempDir();
@@ -160,6 +234,9 @@ async function main(): Promise<void> {
     forward_mixed_over_single_rows: results.forward.mixed / results.forward["single-rows"],
     generate_mixed_over_single: results.generate.mixed / results.generate.single,
     generate_mixed_over_single_rows: results.generate.mixed / results.generate["single-rows"],
+    train_fwd_bwd_mixed_over_single: results.train.mixed / results.train.single,
+    train_fwd_bwd_mixed_over_single_rows: results.train.mixed / results.train["single-rows"],
+    train_step_mixed_over_single: results.step.mixed / results.step.single,
     target: 1.3,
   }));
 }
