@@ -30,7 +30,7 @@ import {
   noGrad,
   permute,
   reshape,
-  rotaryEmbedding,
+  rotaryHeads,
   rsqrt,
   silu,
   siluMul,
@@ -163,11 +163,12 @@ export function computeDType(dtype: DType): DType {
 /** RMSNorm that, like transformers' LlamaRMSNorm, normalises in float32 and casts back before the scale. */
 export class LlamaRMSNorm extends RMSNorm {
   /**
-   * Normalises in f32 for f16 inputs; other dtypes use the memory-lean `fusedRmsNorm` (`lean`, the
-   * default) or RMSNorm's composed path.
+   * The fused kernel `fusedRmsNorm` (`lean`, the default; statistics in f32 for every dtype) or the
+   * composed path: RMSNorm's for f32 and f64, in f32 and cast back for f16.
    */
   override forward(x: Tensor, lean = true): Tensor {
-    if (x.dtype !== "f16") return lean ? fusedRmsNorm(x, this.weight, this.eps) : super.forward(x);
+    if (lean && this.weight.dtype === x.dtype) return fusedRmsNorm(x, this.weight, this.eps);
+    if (x.dtype !== "f16") return super.forward(x);
     const x32 = cast(x, "f32");
     const normed = mul(x32, rsqrt(add(mean(square(x32), -1, true), this.eps)));
     return mul(this.weight, cast(normed, x.dtype));
@@ -237,10 +238,7 @@ export class LlamaAttention extends Module {
     const [batch, seq] = x.shape;
     const h = this.numHeads, kvh = this.numKeyValueHeads, d = this.headDim, group = h / kvh;
     const heads = (t: Tensor, n: number) => permute(reshape(t, [batch, seq, n, d]), [0, 2, 1, 3]);
-    const rope = (t: Tensor) =>
-      ctx.fused
-        ? rotaryEmbedding(t, ctx.cos, ctx.sin, ctx.rot)
-        : add(mul(t, ctx.cos), mul(matmul(t, ctx.rot), ctx.sin));
+    const rope = (t: Tensor) => add(mul(t, ctx.cos), mul(matmul(t, ctx.rot), ctx.sin));
     // Qwen3 normalises each head's [headDim] vector; the head layout does not change that.
     const qn = (t: Tensor) => this.q_norm === undefined ? t : this.q_norm.forward(t, ctx.fused);
     const kn = (t: Tensor) => this.k_norm === undefined ? t : this.k_norm.forward(t, ctx.fused);
@@ -256,8 +254,15 @@ export class LlamaAttention extends Module {
       kx = this.k_proj.forward(x);
       vx = this.v_proj.forward(x);
     }
-    const q = rope(qn(heads(qx, h)));
-    let k = rope(kn(heads(kx, kvh)));
+    // Fused: one kernel splits the projection into heads and rotates them (no permute, no copy); Qwen3's
+    // per-head norms go first, on the [batch, seq, heads, headDim] view.
+    const split = (t: Tensor, n: number) => reshape(t, [batch, seq, n, d]);
+    const q = ctx.fused
+      ? rotaryHeads(this.q_norm === undefined ? qx : qn(split(qx, h)), ctx.cos, ctx.sin, h)
+      : rope(qn(heads(qx, h)));
+    let k = ctx.fused
+      ? rotaryHeads(this.k_norm === undefined ? kx : kn(split(kx, kvh)), ctx.cos, ctx.sin, kvh)
+      : rope(kn(heads(kx, kvh)));
     let v = heads(vx, kvh);
     if (ctx.cache !== null) ({ k, v } = ctx.cache.append(this.layerIndex, k, v));
     if (ctx.fused) {

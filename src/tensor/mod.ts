@@ -25,8 +25,15 @@ export {
 export * from "./ops.ts";
 export { causalAttention, type CausalAttentionOptions } from "./attention.ts";
 export { linearCrossEntropy, type LinearCrossEntropyOptions } from "./fused_loss.ts";
-/** @internal memory-lean decoder pieces for the models (src/models/llama.ts). */
-export { fusedRmsNorm, rotaryEmbedding, siluMul } from "./fused_layers.ts";
+/** @internal fused decoder pieces for the models (src/models/llama.ts) and their composed twins. */
+export {
+  fusedRmsNorm,
+  leanRmsNorm,
+  leanSiluMul,
+  rotaryEmbedding,
+  rotaryHeads,
+  siluMul,
+} from "./fused_layers.ts";
 export {
   type BackwardOps,
   disposeGraph,

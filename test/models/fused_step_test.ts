@@ -1,6 +1,7 @@
 /**
- * Model-level properties of the fused training path (causalAttention + linearCrossEntropy) against the
- * composed one it replaced (eager attention with a [seq, keys] mask, the loss from whole logits): on
+ * Model-level properties of the fused training path (causalAttention + linearCrossEntropy, and the fused
+ * RMSNorm, SiLU × up and RoPE kernels of src/tensor/fused_layers.ts) against the composed one it replaced
+ * (eager attention with a [seq, keys] mask, the loss from whole logits, composed norms and RoPE): on
  * random small configs (grouped-query ratios, head widths, tied heads, Qwen3's q/k norms, padding, ignored
  * labels), the loss and every LoRA gradient agree to 1e-5 on the CPU and 1e-4 on WebGPU; and a training
  * forward that never reads its logits never makes them.
@@ -240,11 +241,15 @@ Deno.test("with labels, forward runs the fused kernels and makes no logits until
   try {
     model.forward(ids, { labels: ids }).loss!.dispose();
     assert.ok(kernels.has("attention_forward") && kernels.has("cross_entropy_rows"), "the fused kernels ran");
+    for (const k of ["rms_norm", "silu_mul", "rope"]) assert.ok(kernels.has(k), `the fused ${k} kernel ran`);
     kernels.clear();
     model.attnImplementation = "eager";
     model.fusedLoss = false;
     model.forward(ids, { labels: ids }).loss!.dispose();
     assert.ok(!kernels.has("attention_forward") && !kernels.has("cross_entropy_rows"), "the eager path ran");
+    for (const k of ["rms_norm", "silu_mul", "rope"]) {
+      assert.ok(!kernels.has(k), `the eager path ran no ${k}`);
+    }
     model.attnImplementation = "fused";
     model.fusedLoss = true;
   } finally {

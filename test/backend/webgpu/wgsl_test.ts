@@ -240,6 +240,10 @@ function specialisations(
   for (const k of ["argmax", "sample_token", "gather_ids", "add_rms_norm", "decode_attention"] as const) {
     out.push([named(k), base]);
   }
+  // The fused decoder pieces (src/tensor/fused_layers.ts): RMSNorm, SiLU × up, RoPE forward and backward.
+  out.push([named("rms_norm"), base], [named("silu_mul"), base], [named("silu_mul_backward"), base]);
+  for (const k of ["rms_norm_backward", "rms_norm_weight_grad"]) out.push([named(k), { ...base, L: "f32" }]);
+  for (const BACKWARD of [false, true]) out.push([named("rope"), { ...base, BACKWARD }]);
   for (const M of [1, 8]) out.push([named("gemv"), { ...base, M }], [named("gemv_glu"), { ...base, M }]);
   for (const OP of ["sum", "max"]) {
     out.push([named("reduce_rows"), { ...base, OP }], [named("reduce_cols"), { ...base, OP }]);
