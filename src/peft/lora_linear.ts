@@ -327,8 +327,9 @@ export function attachAdapter(linear: Linear, adapter: LoraAdapter): LinearLoRA 
  * plus, for each adapter present, scale · B(A(x)) on its rows only. Rows are gathered per adapter (an
  * `embedding` lookup over the rows), so each adapter's two GEMMs run on its own rows, then the deltas are
  * gathered back into row order (rows without an adapter read a zero row). No dropout: PEFT allows mixed
- * batches in eval mode only. On WebGPU, when no gradient is recorded, the same sum runs as the base GEMM
- * plus one mixed-batch LoRA dispatch instead (lora_rows.ts); this composed form stays the reference.
+ * batches in eval mode only. On WebGPU the same sum runs as the base GEMM plus one mixed-batch LoRA
+ * dispatch instead (lora_rows.ts), with gradients too (two dispatches backward, whatever the number of
+ * adapters); this composed form stays the reference.
  */
 function rowRoutedForward(layer: LinearLoRA, x: Tensor, rows: readonly (LoraAdapter | null)[]): Tensor {
   const batch = rows.length;
