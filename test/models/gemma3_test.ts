@@ -332,3 +332,53 @@ Deno.test("an f16 Gemma 3 stays near the f32 reference logits", async () => {
     assert.ok(err < 1e-2, `${impl}: ${err}`);
   }
 });
+
+Deno.test("parse: gemma-3-1b's config.json as published (4.x spelling, window pattern 6, two EOS ids)", () => {
+  const c = parseLlamaConfig({
+    architectures: ["Gemma3ForCausalLM"],
+    attention_bias: false,
+    attention_dropout: 0.0,
+    attn_logit_softcapping: null,
+    bos_token_id: 2,
+    cache_implementation: "hybrid",
+    eos_token_id: [1, 106],
+    final_logit_softcapping: null,
+    head_dim: 256,
+    hidden_activation: "gelu_pytorch_tanh",
+    hidden_size: 1152,
+    initializer_range: 0.02,
+    intermediate_size: 6912,
+    max_position_embeddings: 32768,
+    model_type: "gemma3_text",
+    num_attention_heads: 4,
+    num_hidden_layers: 26,
+    num_key_value_heads: 1,
+    pad_token_id: 0,
+    query_pre_attn_scalar: 256,
+    rms_norm_eps: 1e-6,
+    rope_local_base_freq: 10000,
+    rope_scaling: null,
+    rope_theta: 1000000,
+    sliding_window: 512,
+    sliding_window_pattern: 6,
+    torch_dtype: "bfloat16",
+    transformers_version: "4.50.0.dev0",
+    use_cache: true,
+    vocab_size: 262144,
+  });
+  const full = c.gemma3!.layerTypes.flatMap((t, i) => t === "full_attention" ? [i] : []);
+  assert.deepEqual(full, [5, 11, 17, 23]);
+  assert.deepEqual([
+    c.gemma3!.slidingWindow,
+    c.rope,
+    c.gemma3!.slidingRope,
+    c.eosTokenId,
+    c.tieWordEmbeddings,
+  ], [
+    512,
+    { ropeType: "default", theta: 1e6 },
+    { ropeType: "default", theta: 1e4 },
+    [1, 106],
+    true,
+  ]);
+});
