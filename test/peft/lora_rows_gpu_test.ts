@@ -78,7 +78,7 @@ async function check(dev: Device, c: Case): Promise<void> {
     const pm = build(c, device);
     const x = randn(shape, { seed: c.seed + 7, device, dtype: c.dtype });
     if (profile) device.backend.beginProfile();
-    // No gradient to record (the adapters are trainable): the fused forward has no backward yet.
+    // No gradient to record: the cached forward path (the recorded one is checked in mixed_training_*).
     const y = noGrad(() => pm.forward(x, { adapterNames: names }) as Tensor);
     const values = await y.data();
     const rows = profile ? await device.backend.endProfile() : [];
