@@ -135,6 +135,13 @@ export interface Backend {
   /** Copies host values in (rounding to the dtype). */
   upload(data: ArrayLike<number>, dtype: DType): Storage;
   /**
+   * Overwrites every element of `dst` with host values (rounding to its dtype) in place: the same storage,
+   * nothing allocated (PEFT's hot swap writes new adapter weights this way). Work queued before the call
+   * reads the old values, work queued after it the new ones.
+   * @throws {ShapeError} when `data` does not have `dst.size` values
+   */
+  write(dst: Storage, data: ArrayLike<number>): void;
+  /**
    * Optional: starts an upload of `size` elements of `dtype` whose little-endian bytes, encoded as
    * `format`, arrive in pieces ({@link ByteUpload}); checkpoint loaders stream files through it instead
    * of building whole arrays on the host. Null where this backend does not convert `format` to `dtype`
@@ -192,9 +199,10 @@ export interface Backend {
   /**
    * Batched matrix product out[b] = op(A[b]) · op(B[b]), op = transpose when the flag is set.
    * A[b] is [m, k] ([k, m] stored when transA); B[b] is [k, n] ([n, k] stored when transB).
-   * `aBatch`/`bBatch` are 1 (broadcast) or `batch`.
+   * `aBatch`/`bBatch` are 1 (broadcast) or `batch`. With `bias` ([n], A's dtype) every row of every
+   * product gets bias added before the result is rounded to its dtype (on WebGPU inside the GEMM's store).
    */
-  matmul(a: Storage, b: Storage, args: MatmulArgs): Storage;
+  matmul(a: Storage, b: Storage, args: MatmulArgs, bias?: Storage | null): Storage;
   /** Contiguous copy of `x` (of `shape`) with axes permuted: out axis i is input axis perm[i]. */
   permute(x: Storage, shape: readonly number[], perm: readonly number[]): Storage;
   /** Copies rows of a [rows, dim] table: out[i] = table[ids[i]]. */

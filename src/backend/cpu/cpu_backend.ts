@@ -14,7 +14,7 @@ import type {
 } from "../backend.ts";
 import { type DType, dtypeSize, type HostArray, hostArray, roundInPlace } from "../../core/dtype.ts";
 import { dropoutKeepScale, dropoutThreshold } from "../../core/random.ts";
-import { DeviceError } from "../../core/errors.ts";
+import { DeviceError, DTypeError, ShapeError } from "../../core/errors.ts";
 import type { KernelRecord } from "../kernels/record.ts";
 import { checkPack, checkSegments } from "../packing.ts";
 import { AFFINE } from "../kernels/affine.ts";
@@ -133,6 +133,16 @@ export function createCpuBackend(): Backend {
       else for (let i = 0; i < data.length; i++) a[i] = data[i];
       return out(dtype, a);
     },
+    write(dst, data) {
+      const a = arr(dst);
+      if (data.length !== a.length) {
+        throw new ShapeError(`write: ${data.length} values for a storage of ${a.length} elements`);
+      }
+      // As upload: a same-type copy moves bits, then one rounding to the dtype.
+      if (dst.dtype !== "f64" && data instanceof Float32Array) a.set(data);
+      else for (let i = 0; i < data.length; i++) a[i] = data[i];
+      roundInPlace(a, dst.dtype);
+    },
     read(s) {
       return Promise.resolve(arr(s).slice());
     },
@@ -175,9 +185,17 @@ export function createCpuBackend(): Backend {
     sumAxis: (x, outer, n, inner) => run(REDUCE_COLS, [x], { op: "sum", outer, n, inner })[0],
     maxAxis: (x, outer, n, inner) => run(REDUCE_COLS, [x], { op: "max", outer, n, inner })[0],
     softmax: (x, rows, n, log) => run(SOFTMAX, [x], { rows, n, log })[0],
-    matmul(a, b, { batch, aBatch, bBatch, m, k, n, transA, transB }) {
+    matmul(a, b, { batch, aBatch, bBatch, m, k, n, transA, transB }, bias) {
+      if (bias != null && bias.size !== n) {
+        throw new ShapeError(`matmul: bias of ${bias.size} elements for ${n} output columns`);
+      }
+      if (bias != null && bias.dtype !== a.dtype) {
+        throw new DTypeError(`matmul: bias is ${bias.dtype} but the operands are ${a.dtype}`);
+      }
       reserve(batch * m * n * dtypeSize(a.dtype), `matmul: output [${batch}, ${m}, ${n}] (${a.dtype})`);
       const av = arr(a), bv = arr(b);
+      // The bias joins each sum in f64, so the result is rounded once (as the GEMM's store does).
+      const bz = bias == null ? null : arr(bias);
       const r = hostArray(a.dtype, batch * m * n);
       // Row i of op(A) is gathered once; then both layouts of B are walked contiguously: dot products
       // against B's rows when transposed, row-scaled accumulation (axpy) otherwise. Sums stay in f64.
@@ -194,7 +212,7 @@ export function createCpuBackend(): Backend {
               const jo = bo + j * k;
               let s = 0;
               for (let p = 0; p < k; p++) s += row[p] * bv[jo + p];
-              r[ro + j] = s;
+              r[ro + j] = bz === null ? s : s + bz[j];
             }
           } else {
             acc.fill(0);
@@ -202,6 +220,7 @@ export function createCpuBackend(): Backend {
               const x = row[p], po = bo + p * n;
               for (let j = 0; j < n; j++) acc[j] += x * bv[po + j];
             }
+            if (bz !== null) { for (let j = 0; j < n; j++) acc[j] += bz[j]; }
             r.set(acc, ro);
           }
         }

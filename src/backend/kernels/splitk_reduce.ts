@@ -1,10 +1,12 @@
 /**
  * `splitk_reduce`: out[i] = alpha · sum over s of part[s · n + i], the second dispatch of a split-K GEMM
- * (webgpu/gemm.ts) adding the slices' f32 partial products (wgsl/gemm/splitk_reduce.wgsl).
+ * (webgpu/gemm.ts) adding the slices' f32 partial products (wgsl/gemm/splitk_reduce.wgsl); and
+ * `splitk_reduce_bias`, the same with the GEMM's bias added (wgsl/gemm/splitk_reduce_bias.wgsl).
  * @module
  */
 import type { DType } from "../../core/dtype.ts";
 import { hostArray } from "../../core/dtype.ts";
+import { DTypeError, ShapeError } from "../../core/errors.ts";
 import { expectSize, type KernelRecord } from "./record.ts";
 
 /** Arguments of {@link SPLITK_REDUCE}. */
@@ -37,6 +39,60 @@ export const SPLITK_REDUCE: KernelRecord<SplitKReduceArgs> = {
       let acc = 0;
       for (let s = 0; s < splits; s++) acc += part[s * n + i];
       r[i] = acc * alpha;
+    }
+    return [r];
+  },
+};
+
+/** Arguments of {@link SPLITK_REDUCE_BIAS}: those of the plain reduce and the output's column count. */
+export interface SplitKReduceBiasArgs extends SplitKReduceArgs {
+  /** Columns of the [n / cols, cols] output: bias has this many elements, one per column. */
+  cols: number;
+}
+
+/**
+ * The split-K reduce of a GEMM with a bias epilogue: out[i] = alpha · sum over s of part[s · n + i] +
+ * bias[i mod cols] (wgsl/gemm/splitk_reduce_bias.wgsl). A split GEMM's slices leave the bias out; this
+ * adds it once, after the sum, so a Linear with bias may split k like one without.
+ */
+export const SPLITK_REDUCE_BIAS: KernelRecord<SplitKReduceBiasArgs> = {
+  name: "splitk_reduce_bias",
+  template: "gemm/splitk_reduce_bias",
+  bindings: [
+    { name: "part", access: "read" },
+    { name: "bias", access: "read" },
+    { name: "y", access: "write" },
+  ],
+  params: [
+    { name: "n", type: "u32" },
+    { name: "splits", type: "u32" },
+    { name: "alpha", type: "f32" },
+    { name: "cols", type: "u32" },
+  ],
+  check: ([part, bias], a) => {
+    expectSize(part.size, a.splits * a.n, "splitKReduceBias", `partial sums [${a.splits}, ${a.n}]`);
+    expectSize(bias.size, a.cols, "splitKReduceBias", `bias [${a.cols}]`);
+    if (a.cols < 1 || a.n % a.cols !== 0) {
+      throw new ShapeError(`splitKReduceBias: ${a.n} outputs do not make rows of ${a.cols} columns`);
+    }
+    if (bias.dtype !== a.dtype) {
+      throw new DTypeError(`splitKReduceBias: bias is ${bias.dtype} but the output is ${a.dtype}`);
+    }
+  },
+  outputs: (_, a) => [{
+    size: a.n,
+    dtype: a.dtype,
+    what: `splitKReduceBias: output of ${a.n} elements (${a.dtype})`,
+  }],
+  specialise: (_, a) => ({ T: a.dtype }),
+  uniforms: (a) => ({ n: a.n, splits: a.splits, alpha: a.alpha, cols: a.cols }),
+  geometry: (a) => ({ elements: a.n }),
+  reference([part, bias], { n, splits, alpha, cols }, [y]) {
+    const r = hostArray(y.dtype, n);
+    for (let i = 0; i < n; i++) {
+      let acc = 0;
+      for (let s = 0; s < splits; s++) acc += part[s * n + i];
+      r[i] = acc * alpha + bias[i % cols];
     }
     return [r];
   },

@@ -489,8 +489,16 @@ export class WebGpuBackend implements Backend {
     return s;
   }
 
-  matmul(a: Storage, b: Storage, args: MatmulArgs): Storage {
+  matmul(a: Storage, b: Storage, args: MatmulArgs, bias?: Storage | null): Storage {
     const [ab, bb] = this.#begin("matmul", a, b);
+    // The bias is added in the GEMM's store (or its split-K reduce), not by a separate add.
+    const biasBind = bias == null ? null : this.#in(bias, "matmul");
+    if (bias != null) {
+      this.#sameSize(bias, args.n, "matmul", `bias [${args.n}]`);
+      if (bias.dtype !== a.dtype) {
+        throw new DTypeError(`matmul: bias is ${bias.dtype} but the operands are ${a.dtype}`);
+      }
+    }
     const { batch, aBatch, bBatch, m, k, n, transA, transB } = args;
     this.#sameSize(
       a,
@@ -516,6 +524,7 @@ export class WebGpuBackend implements Backend {
       n,
       k,
       batch,
+      bias: biasBind,
       outType: T,
       what: `matmul: output [${batch}, ${m}, ${n}] (${T})`,
     });

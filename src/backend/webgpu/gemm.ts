@@ -8,7 +8,7 @@ import type { FusedDropout, WeightQuant } from "../backend.ts";
 import { type PipelineCache, WORKGROUP_SIZE } from "./pipelines.ts";
 import { type GemmPlan, type GemmProfile, type GemmTile, planGemm } from "./gemm_plan.ts";
 import { GEMM_DIRECT, GEMM_PARAMS, GEMM_TILED } from "../kernels/gemm.ts";
-import { SPLITK_REDUCE } from "../kernels/splitk_reduce.ts";
+import { SPLITK_REDUCE, SPLITK_REDUCE_BIAS } from "../kernels/splitk_reduce.ts";
 import { dropoutParams } from "../kernels/dropout_mask.ts";
 import { type KernelTemplate, packParams } from "../kernels/record.ts";
 import type { TemplateParams } from "./template.ts";
@@ -173,10 +173,14 @@ export function planRequest(
     n: req.n,
     k: req.k,
     batch: req.batch ?? 1,
-    splittable: req.lora === undefined && req.bias == null,
+    // The LoRA output kernel's epilogue (scale, mask) must run once; a bias is added by the split-K
+    // reduce instead (SPLITK_REDUCE_BIAS).
+    splittable: req.lora === undefined,
     maxBindingBytes,
     vec4Unmasked: flags.vecA && flags.vecB && !flags.maskA && !flags.maskB &&
       (flags.lora === null || (flags.lora.vecP && flags.lora.vecQ && !flags.lora.mask)),
+    transA: flags.transA,
+    transB: flags.transB,
   }, profile);
   return { flags, plan };
 }
@@ -193,14 +197,15 @@ export function requestPipelines(
   const { flags, plan } = planRequest(req, profile, maxBindingBytes);
   const template = SCHEDULE_TEMPLATE[plan.schedule];
   if (plan.splits === 1) return [[template, gemmSpecialisation(flags, plan.tile)]];
+  const reduce = req.bias != null ? SPLITK_REDUCE_BIAS : SPLITK_REDUCE;
   return [
-    [template, gemmSpecialisation({ ...flags, cType: "f32" }, plan.tile)],
-    [SPLITK_REDUCE, { ...SPLITK_REDUCE.specialise([], splitReduceArgs(req, plan)), WG: WORKGROUP_SIZE }],
+    [template, gemmSpecialisation({ ...flags, cType: "f32", bias: false }, plan.tile)],
+    [reduce, { ...SPLITK_REDUCE.specialise([], splitReduceArgs(req, plan)), WG: WORKGROUP_SIZE }],
   ];
 }
 
 function splitReduceArgs(req: GemmRequestShape, plan: GemmPlan) {
-  return { n: req.m * req.n, splits: plan.splits, alpha: req.alpha ?? 1, dtype: req.outType };
+  return { n: req.m * req.n, splits: plan.splits, alpha: req.alpha ?? 1, dtype: req.outType, cols: req.n };
 }
 
 /** The dispatch grid of `plan` for `zCount` batch entries or slices, folded onto x and y. */
@@ -276,23 +281,29 @@ export function recordGemm(ctx: GemmContext, req: GemmRequest): Binding {
     return out;
   }
   // Split-K: slice z sums k in [z · chunk, (z + 1) · chunk) into its own partial product, then one kernel
-  // adds the slices and applies alpha.
+  // adds the slices, applies alpha and adds the bias.
   const partBytes = bufferBytes(plan.splits * m * n, "f32");
   const part = { buf: rt.alloc(partBytes, `${req.what} (split-K partial sums)`), bytes: partBytes };
-  const kernel = kernels.get(template, gemmSpecialisation({ ...flags, cType: "f32" }, plan.tile));
+  const kernel = kernels.get(
+    template,
+    gemmSpecialisation({ ...flags, cType: "f32", bias: false }, plan.tile),
+  );
   rt.dispatch(
     kernel,
     params([0, 0, m * n], plan.chunk, plan.chunk, 0, 1),
-    [a.bind, b.bind, ...extra, part],
+    [a.bind, b.bind, extra[0], extra[1], null, part],
     planGrid(rt, plan, plan.splits),
     detail,
   );
   const reduceArgs = splitReduceArgs(req, plan);
-  const reduceOut = SPLITK_REDUCE.outputs([], reduceArgs);
+  const words = req.bias != null
+    ? packParams(SPLITK_REDUCE_BIAS.params, SPLITK_REDUCE_BIAS.uniforms(reduceArgs, []), req.what)
+    : packParams(SPLITK_REDUCE.params, SPLITK_REDUCE.uniforms(reduceArgs, []), req.what);
+  const reduce = req.bias != null ? SPLITK_REDUCE_BIAS : SPLITK_REDUCE;
   rt.dispatch(
-    kernels.get(SPLITK_REDUCE, { ...SPLITK_REDUCE.specialise([], reduceArgs), WG: WORKGROUP_SIZE }),
-    packParams(SPLITK_REDUCE.params, SPLITK_REDUCE.uniforms(reduceArgs, reduceOut), req.what),
-    [part, out],
+    kernels.get(reduce, { ...SPLITK_REDUCE.specialise([], reduceArgs), WG: WORKGROUP_SIZE }),
+    words,
+    req.bias != null ? [part, req.bias, out] : [part, out],
     rt.grid1d(m * n, WORKGROUP_SIZE),
   );
   rt.release(part.buf);
