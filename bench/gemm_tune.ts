@@ -102,7 +102,7 @@ const EXTRA_TILES: readonly [number, number, number, number, number][] = [
   [128, 64, 8, 8, 8],
   [64, 128, 8, 8, 8],
   [128, 32, 16, 8, 4],
-  [64, 64, 8, 4, 4],
+  [128, 256, 8, 8, 16],
 ];
 
 /** The candidate tiles this device can run: the planner's and {@link EXTRA_TILES}. */
