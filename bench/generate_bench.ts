@@ -10,6 +10,9 @@
  *   deno run -A bench/generate_bench.ts --ckpt DIR [--name NAME] [--batch 1,8] [--prompt 32] [--gen 128]
  *       [--read-every 16] [--dtype f32|f16] [--device webgpu|cpu] [--seed 1234] [--reference]
  *       [--layers N]   (keep the first N decoder layers of the checkpoint's config, random weights)
+ *       [--lora R]     (LoRA of rank R on q,k,v,o,gate,up,down, B random, not merged: a PEFT model's decode)
+ *       [--profile | --profile-detail]   (dispatches per step and the kernels' profile rows)
+ *       [--gemv]       (the GEMV kernels even on a software adapter, e.g. to count their dispatches)
  *   deno run -A bench/generate_bench.ts --quick   (CI size: 2-layer SmolLM2-shaped random model)
  *   bench/model_bench.ts --generate runs the same measurement after its training run.
  *
@@ -24,11 +27,15 @@ import {
   cpuDevice,
   type Device,
   type DType,
+  getPeftModel,
+  LoraConfig,
   mergeAndUnload,
   type Module,
+  profile,
   webgpuDevice,
 } from "../mod.ts";
 import { generateTokens, generateTokensReference } from "../src/models/generate.ts";
+import type { DecodeKernels } from "../src/models/decode.ts";
 import { QUICK_CONFIG } from "./quick_model.ts";
 
 /** lowbias32, the hash of torch_lora_train.py's `hash32` (uint32 arithmetic). */
@@ -64,6 +71,38 @@ export interface GenerateBenchOptions {
   seed: number;
   /** Also time the reference loop (the figure before the device loop). */
   reference: boolean;
+  /**
+   * Also profile the device loop: dispatches per decoding step (the calls of a generation of `gen`
+   * tokens less those of one token, over gen − 1) and, with `detail`, the kernels' rows per shape.
+   */
+  profile?: { detail: boolean } | null;
+  /** Pins the step's kernels (`--gemv`: the GEMV path on a software adapter too, to count its dispatches). */
+  kernels?: DecodeKernels;
+}
+
+/** Dispatches per decoding step and the profile rows of one device-loop generation (`--profile`). */
+async function profileSteps(o: GenerateBenchOptions, prompts: number[][]): Promise<Record<string, unknown>> {
+  const gen = (n: number) => () =>
+    generateTokens(
+      o.model,
+      prompts,
+      { maxNewTokens: n, eosTokenId: null, readEvery: o.readEvery },
+      o.kernels,
+    );
+  const one = await profile(gen(1), { device: o.device });
+  const all = await profile(gen(o.gen), { device: o.device, detail: o.profile?.detail === true });
+  const calls = (rows: { calls: number }[]) => rows.reduce((s, r) => s + r.calls, 0);
+  const steps = Math.max(1, o.gen - 1);
+  return {
+    dispatches_per_step: +((calls(all.rows) - calls(one.rows)) / steps).toFixed(1),
+    profile_timing: all.timing,
+    profile_ms_per_step: +(all.measuredMs / o.gen).toFixed(3),
+    profile_rows: all.rows.slice(0, 16).map((r) =>
+      `${r.name} calls ${r.calls} ms ${r.ms.toFixed(3)} (${
+        (1000 * r.ms / Math.max(1, r.calls)).toFixed(1)
+      } us each)`
+    ),
+  };
 }
 
 /** Times greedy generation per (loop, batch); returns one record each. */
@@ -93,7 +132,12 @@ export async function generateRecords(o: GenerateBenchOptions): Promise<Record<s
       try {
         const run = (n: number) =>
           loop === "device"
-            ? generateTokens(o.model, prompts, { maxNewTokens: n, eosTokenId: null, readEvery: o.readEvery })
+            ? generateTokens(
+              o.model,
+              prompts,
+              { maxNewTokens: n, eosTokenId: null, readEvery: o.readEvery },
+              o.kernels,
+            )
             : generateTokensReference(o.model, prompts, { maxNewTokens: n, eosTokenId: null });
         await run(Math.min(4, o.gen));
         await o.device.sync();
@@ -106,6 +150,7 @@ export async function generateRecords(o: GenerateBenchOptions): Promise<Record<s
         rec.steps_per_s = +(o.gen / s).toFixed(2);
         rec.ms_per_token = +((s * 1000) / o.gen).toFixed(2);
         rec.first_new_tokens = toks[0].slice(o.prompt, o.prompt + 8);
+        if (loop === "device" && o.profile) Object.assign(rec, await profileSteps(o, prompts));
       } catch (e) {
         rec.error = String((e as Error).stack ?? e);
       }
@@ -168,6 +213,25 @@ async function main(): Promise<void> {
     if (layers !== undefined) name += `-${layers}l-random`;
     model = AutoModelForCausalLM.fromConfig(config, { device, dtype, seed: 0 });
   }
+  const lora = get("--lora");
+  if (lora !== undefined) {
+    const config = new LoraConfig({
+      r: Number(lora),
+      loraAlpha: 2 * Number(lora),
+      targetModules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    });
+    // The adapters patch the model's Linears in place; generation runs on the patched base model.
+    getPeftModel(model as unknown as Parameters<typeof getPeftModel>[0], config);
+    // B starts at zero; random B makes the adapter change the tokens, as a trained one does.
+    const { randn, scale } = await import("../mod.ts");
+    (model as unknown as Module).namedParameters().forEach(([path, p], i) => {
+      if (path.endsWith("lora_B.weight")) {
+        p._assign(scale(randn(p.shape, { device, dtype: p.dtype, seed: i }), 0.02));
+      }
+    });
+    (model as unknown as Module).eval();
+    name += `-lora-r${lora}`;
+  }
   const records = await generateRecords({
     model,
     device,
@@ -178,6 +242,10 @@ async function main(): Promise<void> {
     readEvery: Number(get("--read-every") ?? 16),
     seed: Number(get("--seed") ?? 1234),
     reference: argv.includes("--reference"),
+    profile: argv.includes("--profile") || argv.includes("--profile-detail")
+      ? { detail: argv.includes("--profile-detail") }
+      : null,
+    kernels: argv.includes("--gemv") ? { gemv: true } : {},
   });
   for (const r of records) console.log(JSON.stringify({ ...r, dtype }));
 }

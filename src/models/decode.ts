@@ -5,9 +5,17 @@
  * and value into the cache in place and attends over the row's visible slots, and the token ids staying on
  * the device from one step's choice (argmax or seeded sampling) to the next step's embedding.
  *
+ * A layer is five dispatches: its input RMSNorm fused into one GEMV over the q, k and v weights
+ * (`gemvNorm`, the three outputs side by side), attention, o_proj with the residual add (`gemv` with a
+ * residual), the post-attention norm fused into the gate/up GEMV with SiLU and the product (`gemvGlu`),
+ * and down_proj with the residual add. A step uploads nothing: the rotary tables and each row's first
+ * slot are on the device for the whole generation, so the same buffers are bound every step and the
+ * runtime's bind-group cache hits.
+ *
  * The step reads the model's modules structurally ({@link DecoderModel}), so this file does not import the
  * model classes (which import generation). Layers it cannot run this way (a Linear that carries an adapter,
- * a quantized one, more than 8 rows) go through their own forward.
+ * a quantized one, more than 8 rows) go through their own forward, and the norm before them through
+ * `addRmsNorm`; Qwen3's q/k norms take the unfused projections.
  * @module
  */
 import {
@@ -19,6 +27,7 @@ import {
   noGrad,
   reshape,
   silu,
+  slice,
   type Tensor,
   tensor,
   tidy,
@@ -29,9 +38,10 @@ import { Linear } from "../nn/layers.ts";
 import { adapterKind } from "../nn/adapter_hook.ts";
 import type { KernelRecord } from "../backend/kernels/record.ts";
 import { GEMV, GEMV_MAX_ROWS } from "../backend/kernels/gemv.ts";
+import { GEMV_NORM } from "../backend/kernels/gemv_norm.ts";
 import { GATHER_IDS } from "../backend/kernels/gather_ids.ts";
-import { DECODE_ATTENTION } from "../backend/kernels/decode_attention.ts";
-import { ARGMAX } from "../backend/kernels/argmax.ts";
+import { DECODE_ATTENTION, type QkvLayout } from "../backend/kernels/decode_attention.ts";
+import { ARGMAX, ARGMAX_CHUNK, ARGMAX_PARTIAL } from "../backend/kernels/argmax.ts";
 import { ADD_RMS_NORM } from "../backend/kernels/add_rms_norm.ts";
 import { GEMV_GLU } from "../backend/kernels/gemv_glu.ts";
 import { SAMPLE_TOKEN, type SamplingWarpers } from "../backend/kernels/sample_token.ts";
@@ -50,17 +60,28 @@ interface NormModule extends TensorModule {
   readonly eps: number;
 }
 
-/** The attention block as the step reads it (LlamaAttention's fields). */
+/** The attention block as the step reads it (LlamaAttention's fields; Phi-3 has qkv_proj instead). */
 interface AttentionParts {
-  q_proj: Linear;
-  k_proj: Linear;
-  v_proj: Linear;
+  q_proj?: Linear;
+  k_proj?: Linear;
+  v_proj?: Linear;
+  /** Phi-3's fused projection: queries, keys, values along the output axis. */
+  qkv_proj?: Linear;
   o_proj: Linear;
   q_norm?: TensorModule;
   k_norm?: TensorModule;
   readonly numHeads: number;
   readonly numKeyValueHeads: number;
   readonly headDim: number;
+}
+
+/** The feed-forward block as the step reads it (LlamaMLP's fields; Phi-3 has gate_up_proj instead). */
+interface MlpParts {
+  gate_proj?: Linear;
+  up_proj?: Linear;
+  /** Phi-3's fused projection: gate rows, then up rows. */
+  gate_up_proj?: Linear;
+  down_proj: Linear;
 }
 
 /** What the decoding step needs of a Llama-family causal LM (LlamaForCausalLM has all of it). */
@@ -71,7 +92,7 @@ export interface DecoderModel {
     embed_tokens: { weight: Tensor };
     layers: {
       self_attn: AttentionParts;
-      mlp: { gate_proj: Linear; up_proj: Linear; down_proj: Linear };
+      mlp: MlpParts;
       input_layernorm: NormModule;
       post_attention_layernorm: NormModule;
     }[];
@@ -80,11 +101,23 @@ export interface DecoderModel {
   lm_head: Linear;
 }
 
-/** Whether `m` has the modules {@link decodeStep} reads (every Llama-family model does). */
+/** Whether the attention block has separate or fused (Phi-3) projections, all Linears. */
+function hasProjections(a: AttentionParts | undefined, m: MlpParts | undefined): boolean {
+  if (a === undefined || m === undefined || !(a.o_proj instanceof Linear && m.down_proj instanceof Linear)) {
+    return false;
+  }
+  const attn = a.qkv_proj instanceof Linear ||
+    (a.q_proj instanceof Linear && a.k_proj instanceof Linear && a.v_proj instanceof Linear);
+  const mlp = m.gate_up_proj instanceof Linear ||
+    (m.gate_proj instanceof Linear && m.up_proj instanceof Linear);
+  return attn && mlp;
+}
+
+/** Whether `m` has the modules {@link decodeStep} reads (every Llama-family model does, Phi-3 too). */
 export function isDecoderModel(m: unknown): m is DecoderModel {
   const x = m as DecoderModel;
   return typeof x === "object" && x !== null && x.lm_head instanceof Linear &&
-    Array.isArray(x.model?.layers) && x.model.layers.every((l) => l?.self_attn?.q_proj instanceof Linear) &&
+    Array.isArray(x.model?.layers) && x.model.layers.every((l) => hasProjections(l?.self_attn, l?.mlp)) &&
     x.model.embed_tokens?.weight !== undefined;
 }
 
@@ -117,12 +150,25 @@ export interface DecodeKernels {
   gemv?: boolean;
 }
 
+/** Whether the GEMV runs `m` on x: GEMVs chosen, 1-8 rows, a plain Linear of x's dtype. */
+function gemvRuns(m: Linear, x: Tensor, gemv: boolean): boolean {
+  return gemv && x.shape[0] <= GEMV_MAX_ROWS && isPlainLinear(m) && m.weight.dtype === x.dtype &&
+    (m.bias === null || m.bias.dtype === x.dtype);
+}
+
 /** y = x Wᵀ + b for x [rows, in]: the GEMV for 1-8 rows of a plain Linear, the layer's forward otherwise. */
 export function decodeLinear(m: Linear, x: Tensor, gemv = prefersGemv(x.device)): Tensor {
   const [rows, k] = x.shape;
-  if (!gemv || rows > GEMV_MAX_ROWS || !isPlainLinear(m) || x.dtype !== m.weight.dtype) return m.forward(x);
-  const [y] = runKernel(GEMV, [x, m.weight], { m: rows, n: m.outFeatures, k }, [[rows, m.outFeatures]]);
+  if (!gemvRuns(m, x, gemv)) return m.forward(x);
+  const [y] = runKernel(GEMV, [x, m.weight, x], { m: rows, n: m.outFeatures, k }, [[rows, m.outFeatures]]);
   return m.bias === null ? y : add(y, m.bias);
+}
+
+/** Whether `norm` is an RMSNorm the fused kernels apply to rows of h (scale of h's dtype and width). */
+function normFuses(norm: NormModule, h: Tensor): boolean {
+  const [rows, n] = h.shape;
+  return typeof norm.eps === "number" && norm.weight?.dtype === h.dtype && norm.weight.size === n &&
+    rows >= 1 && n >= 1;
 }
 
 /**
@@ -131,8 +177,7 @@ export function decodeLinear(m: Linear, x: Tensor, gemv = prefersGemv(x.device))
  */
 export function decodeAddNorm(norm: NormModule, h: Tensor, delta: Tensor | null): [Tensor, Tensor] {
   const [rows, n] = h.shape;
-  const fused = typeof norm.eps === "number" && norm.weight?.dtype === h.dtype && norm.weight.size === n &&
-    rows >= 1 && n >= 1 && (delta === null || delta.dtype === h.dtype);
+  const fused = normFuses(norm, h) && (delta === null || delta.dtype === h.dtype);
   if (!fused) {
     const s = delta === null ? h : add(h, delta);
     return [s, norm.forward(s)];
@@ -148,14 +193,112 @@ export function decodeAddNorm(norm: NormModule, h: Tensor, delta: Tensor | null)
 /** silu(gate(x)) · up(x): one GEMV pass over both weights for plain Linears and 1-8 rows. */
 export function decodeGlu(gate: Linear, up: Linear, x: Tensor, gemv = prefersGemv(x.device)): Tensor {
   const [rows, k] = x.shape;
-  const fused = gemv && rows <= GEMV_MAX_ROWS && isPlainLinear(gate) && isPlainLinear(up) &&
-    gate.bias === null &&
-    up.bias === null && gate.weight.dtype === x.dtype && up.weight.dtype === x.dtype;
+  const fused = gemvRuns(gate, x, gemv) && gemvRuns(up, x, gemv) && gate.bias === null && up.bias === null;
   if (!fused) return mul(silu(decodeLinear(gate, x, gemv)), decodeLinear(up, x, gemv));
-  return runKernel(GEMV_GLU, [x, gate.weight, up.weight], { m: rows, n: gate.outFeatures, k }, [[
+  return runKernel(GEMV_GLU, [x, x, gate.weight, up.weight], { m: rows, n: gate.outFeatures, k }, [[
     rows,
     gate.outFeatures,
   ]])[0];
+}
+
+/**
+ * The residual stream between the kernels of a step: its value is h + delta, where delta is an add not
+ * yet done (null when a fused kernel took it, or nothing is pending). The norm after it folds it in.
+ */
+interface Stream {
+  h: Tensor;
+  delta: Tensor | null;
+}
+
+/** Folds a pending delta into h (for the unfused kernels). */
+function settle(s: Stream): Tensor {
+  if (s.delta !== null) {
+    s.h = add(s.h, s.delta);
+    s.delta = null;
+  }
+  return s.h;
+}
+
+/** Column ranges of one [rows, stride] tensor: a projection's outputs side by side. */
+interface Columns {
+  t: Tensor;
+  stride: number;
+  offsets: number[];
+}
+
+/**
+ * norm(stream) through 1-3 linears: one `gemvNorm` dispatch (the outputs side by side) when the norm is an
+ * RMSNorm and the linears plain of one bias kind, else the norm (with the pending add) and each linear
+ * on its own. Returns where each linear's output is.
+ */
+function normLinears(norm: NormModule, s: Stream, ms: Linear[], gemv: boolean): Columns[] {
+  const h = s.h, [rows, k] = h.shape;
+  const fused = s.delta === null && ms.length <= 3 && normFuses(norm, h) &&
+    ms.every((m) => gemvRuns(m, h, gemv)) &&
+    (ms.every((m) => m.bias === null) || ms.every((m) => m.bias !== null));
+  if (!fused) {
+    let x: Tensor;
+    [s.h, x] = decodeAddNorm(norm, h, s.delta);
+    s.delta = null;
+    return ms.map((m) => ({ t: decodeLinear(m, x, gemv), stride: m.outFeatures, offsets: [0] }));
+  }
+  const parts = [0, 1, 2].map((i) => ms[i]?.outFeatures ?? 0) as [number, number, number];
+  const w = [0, 1, 2].map((i) => (ms[i] ?? ms[0]).weight);
+  const bias = ms[0].bias !== null;
+  const b = bias ? [0, 1, 2].map((i) => (ms[i] ?? ms[0]).bias!) : w;
+  const total = parts[0] + parts[1] + parts[2];
+  const [y] = runKernel(GEMV_NORM, [h, norm.weight, ...w, ...b], { m: rows, parts, k, eps: norm.eps, bias }, [
+    [
+      rows,
+      total,
+    ],
+  ]);
+  return ms.map((_, i) => ({
+    t: y,
+    stride: total,
+    offsets: [i === 0 ? 0 : parts[0] + (i === 2 ? parts[1] : 0)],
+  }));
+}
+
+/** stream += x Wᵀ (+ b): the GEMV with its residual add fused when it can, else a pending delta. */
+function addLinear(m: Linear, x: Tensor, s: Stream, gemv: boolean): void {
+  if (s.delta === null && m.bias === null && gemvRuns(m, x, gemv) && s.h.dtype === x.dtype) {
+    const [rows, k] = x.shape;
+    s.h = runKernel(GEMV, [x, m.weight, s.h], { m: rows, n: m.outFeatures, k, residual: true }, [[
+      rows,
+      m.outFeatures,
+    ]])[0];
+    return;
+  }
+  settle(s);
+  s.delta = decodeLinear(m, x, gemv);
+}
+
+/** silu(gate(norm(stream))) · up(norm(stream)): one `gemvGlu` dispatch with the norm fused when it can. */
+function normGlu(norm: NormModule, s: Stream, mlp: MlpParts, gemv: boolean): Tensor {
+  const h = s.h, [rows, k] = h.shape;
+  const gate = mlp.gate_up_proj ?? mlp.gate_proj!, up = mlp.gate_up_proj ?? mlp.up_proj!;
+  const n = mlp.gate_up_proj === undefined ? gate.outFeatures : gate.outFeatures / 2;
+  const plain = [gate, up].every((m) => gemvRuns(m, h, gemv) && m.bias === null);
+  const upOffset = mlp.gate_up_proj === undefined ? 0 : n * k;
+  if (plain && s.delta === null && normFuses(norm, h)) {
+    return runKernel(GEMV_GLU, [h, norm.weight, gate.weight, up.weight], {
+      m: rows,
+      n,
+      k,
+      norm: { eps: norm.eps },
+      upOffset,
+    }, [[rows, n]])[0];
+  }
+  let x: Tensor;
+  [s.h, x] = decodeAddNorm(norm, h, s.delta);
+  s.delta = null;
+  if (mlp.gate_up_proj === undefined) return decodeGlu(gate, up, x, gemv);
+  if (plain) {
+    return runKernel(GEMV_GLU, [x, x, gate.weight, up.weight], { m: rows, n, k, upOffset }, [[rows, n]])[0];
+  }
+  const both = decodeLinear(mlp.gate_up_proj, x, gemv);
+  return mul(silu(slice(both, 1, 0, n)), slice(both, 1, n, 2 * n));
 }
 
 /**
@@ -192,77 +335,130 @@ export class StaticKVCache {
   }
 }
 
-/** Where one decoding step writes and what it sees. */
-export interface DecodeStepArgs {
-  /** The cache slot of this step's token (the same for every row). */
-  slot: number;
-  /** Rotary positions of this step's token per row [batch]. */
-  positions: Int32Array;
-  /** First visible slot per row (its left padding ends there) [batch]. */
-  start: Int32Array;
+/**
+ * What every step of one generation reads and nothing changes: the rotary tables for positions
+ * 0 .. capacity − 1 and each row's first visible slot (its left padding), on the device once.
+ */
+export class DecodeConstants {
+  /** cos of the rotary angles, [capacity, headDim] f32. */
+  readonly cos: Tensor;
+  /** sin of the rotary angles, [capacity, headDim] f32. */
+  readonly sin: Tensor;
+  /** First visible slot per row, [batch] f32; row b's token in slot s sits at position s − start[b]. */
+  readonly start: Tensor;
+
+  /** Tables of `capacity` positions from `rope`, and the rows' first slots `start`, on `device`. */
+  constructor(rope: RopeTables, capacity: number, start: Int32Array, device: Tensor["device"]) {
+    const { cos, sin } = rope.gather(Int32Array.from({ length: capacity }, (_, i) => i));
+    const d = rope.headDim;
+    this.cos = keep(tensor(cos, [capacity, d], { device, dtype: "f32" }));
+    this.sin = keep(tensor(sin, [capacity, d], { device, dtype: "f32" }));
+    this.start = keep(tensor(Float32Array.from(start), [start.length], { device, dtype: "f32" }));
+  }
+
+  /** Frees the tables and the starts. */
+  dispose(): void {
+    for (const t of [this.cos, this.sin, this.start]) t.dispose();
+  }
 }
 
 /**
- * One decoding step: the token ids [batch] (f32, as the choice kernels write them) at `args.slot`, through
- * every layer with the cache extended in place; returns the logits [batch, vocab] (model dtype).
+ * One decoding step: the token ids [batch] (f32, as the choice kernels write them) at cache slot `slot`,
+ * through every layer with the cache extended in place; returns the logits [batch, vocab] (model dtype).
+ * Row b's token is at rotary position slot − start[b] (`constants`).
  */
 export function decodeStep(
   model: DecoderModel,
   ids: Tensor,
   cache: StaticKVCache,
-  rope: RopeTables,
-  args: DecodeStepArgs,
+  constants: DecodeConstants,
+  slot: number,
   kernels: DecodeKernels = {},
 ): Tensor {
   const gemv = kernels.gemv ?? prefersGemv(ids.device);
-  const lin = (m: Linear, x: Tensor) => decodeLinear(m, x, gemv);
   return tidy(() =>
     noGrad(() => {
       const batch = ids.size;
       const table = model.model.embed_tokens.weight;
       const [vocab, hidden] = table.shape;
-      const device = table.device;
-      let h =
-        runKernel(GATHER_IDS, [table, ids], { rows: vocab, dim: hidden, count: batch }, [[batch, hidden]])[0];
-      const { cos, sin } = rope.gather(args.positions);
-      const d = rope.headDim;
-      const cosT = tensor(cos, [batch, d], { device, dtype: "f32" });
-      const sinT = tensor(sin, [batch, d], { device, dtype: "f32" });
-      // The residual stream is h + delta; each add is folded into the norm that follows it.
-      let delta: Tensor | null = null;
+      const s: Stream = {
+        h: runKernel(GATHER_IDS, [table, ids], { rows: vocab, dim: hidden, count: batch }, [[
+          batch,
+          hidden,
+        ]])[0],
+        delta: null,
+      };
       model.model.layers.forEach((layer, l) => {
         const at = layer.self_attn;
-        let x: Tensor;
-        [h, x] = decodeAddNorm(layer.input_layernorm, h, delta);
-        let q = lin(at.q_proj, x);
-        let k = lin(at.k_proj, x);
-        const v = lin(at.v_proj, x);
-        const heads = at.numHeads, kvh = at.numKeyValueHeads;
-        if (at.q_norm !== undefined) {
-          q = reshape(at.q_norm.forward(reshape(q, [batch, heads, d])), [batch, heads * d]);
+        const heads = at.numHeads, kvh = at.numKeyValueHeads, d = at.headDim;
+        let q: Columns, k: Columns, v: Columns;
+        if (at.qkv_proj !== undefined) {
+          const [all] = normLinears(layer.input_layernorm, s, [at.qkv_proj], gemv);
+          q = all;
+          k = { ...all, offsets: [all.offsets[0] + heads * d] };
+          v = { ...all, offsets: [all.offsets[0] + (heads + kvh) * d] };
+        } else if (at.q_norm === undefined && at.k_norm === undefined) {
+          [q, k, v] = normLinears(layer.input_layernorm, s, [at.q_proj!, at.k_proj!, at.v_proj!], gemv);
+        } else {
+          // Qwen3 normalises each head of q and k before the rotation: the projections stay apart.
+          [q, k, v] = normLinears(layer.input_layernorm, s, [at.q_proj!, at.k_proj!, at.v_proj!], gemv);
+          const headNorm = (c: Columns, norm: TensorModule | undefined, n: number): Columns => {
+            if (norm === undefined) return c;
+            const own = c.stride === n * d && c.offsets[0] === 0
+              ? c.t
+              : slice(c.t, 1, c.offsets[0], c.offsets[0] + n * d);
+            return {
+              t: reshape(norm.forward(reshape(own, [batch, n, d])), [batch, n * d]),
+              stride: n * d,
+              offsets: [0],
+            };
+          };
+          q = headNorm(q, at.q_norm, heads);
+          k = headNorm(k, at.k_norm, kvh);
         }
-        if (at.k_norm !== undefined) {
-          k = reshape(at.k_norm.forward(reshape(k, [batch, kvh, d])), [batch, kvh * d]);
-        }
-        const [attn] = runKernel(DECODE_ATTENTION, [q, k, v, cosT, sinT, cache.keys[l], cache.values[l]], {
+        const layout: QkvLayout = {
+          qStride: q.stride,
+          qOffset: q.offsets[0],
+          kStride: k.stride,
+          kOffset: k.offsets[0],
+          vStride: v.stride,
+          vOffset: v.offsets[0],
+        };
+        const [attn] = runKernel(DECODE_ATTENTION, [
+          q.t,
+          k.t,
+          v.t,
+          constants.cos,
+          constants.sin,
+          cache.keys[l],
+          cache.values[l],
+          constants.start,
+        ], {
           batch,
           heads,
           kvHeads: kvh,
           headDim: d,
           capacity: cache.capacity,
-          pos: args.slot,
-          start: args.start,
+          pos: slot,
           scale: 1 / Math.sqrt(d),
+          layout,
         }, [[batch, heads * d], [batch, heads, cache.capacity]]);
-        let y: Tensor;
-        [h, y] = decodeAddNorm(layer.post_attention_layernorm, h, lin(at.o_proj, attn));
-        const mlp = layer.mlp;
-        delta = lin(mlp.down_proj, decodeGlu(mlp.gate_proj, mlp.up_proj, y, gemv));
+        addLinear(at.o_proj, attn, s, gemv);
+        addLinear(layer.mlp.down_proj, normGlu(layer.post_attention_layernorm, s, layer.mlp, gemv), s, gemv);
       });
-      const [, normed] = decodeAddNorm(model.model.norm, h, delta);
-      return lin(model.lm_head, normed);
+      return normLinears(model.model.norm, s, [model.lm_head], gemv)[0].t;
     })
   );
+}
+
+/** Argmax of each row of logits [rows, n] as f32 ids; a long row in two passes (chunks, then their winners). */
+function greedyIds(logits: Tensor, rows: number, n: number): Tensor {
+  if (n <= ARGMAX_CHUNK) return runKernel(ARGMAX, [logits], { rows, n }, [[rows]])[0];
+  const chunks = Math.ceil(n / ARGMAX_CHUNK);
+  return tidy(() => {
+    const [part] = runKernel(ARGMAX_PARTIAL, [logits], { rows, n, chunk: ARGMAX_CHUNK }, [[rows, chunks, 2]]);
+    return runKernel(ARGMAX, [part], { rows, n: chunks, pairs: true }, [[rows]])[0];
+  });
 }
 
 /** How a step's token is chosen: argmax, or a seeded draw with the warpers. */
@@ -277,7 +473,7 @@ export function chooseTokens(logits: Tensor, choice: TokenChoice, counter: numbe
   const [rows, n] = logits.shape.length === 3 ? [logits.shape[0], logits.shape[2]] : logits.shape;
   return noGrad(() =>
     choice.greedy
-      ? runKernel(ARGMAX, [logits], { rows, n }, [[rows]])[0]
+      ? greedyIds(logits, rows, n)
       : runKernel(SAMPLE_TOKEN, [logits], { rows, n, ...choice, counter }, [[rows]])[0]
   );
 }

@@ -19,6 +19,7 @@ import { argmaxRow } from "../backend/kernels/argmax.ts";
 import { drawUniform, sampleRow } from "../backend/kernels/sample_token.ts";
 import {
   chooseTokens,
+  DecodeConstants,
   type DecodeKernels,
   decodeStep,
   isDecoderModel,
@@ -361,6 +362,7 @@ async function generateOnDevice(
   const done = new Array<boolean>(batch).fill(false);
   const prefill = new KVCache(model.config.numHiddenLayers);
   let cache: StaticKVCache | null = null;
+  let constants: DecodeConstants | null = null;
   let feed: Tensor | null = null;
   let pending: Tensor[] = [];
   try {
@@ -375,6 +377,8 @@ async function generateOnDevice(
     // Slots 0 .. width − 1 hold the prompt; step k's token goes to slot width + k − 1.
     cache = new StaticKVCache(prefill, width + p.maxNewTokens);
     prefill.dispose();
+    // Row b's first real token sits in slot pads[b] at position 0: slot s is position s − pads[b].
+    constants = new DecodeConstants(rope, cache.capacity, p.pads, feed.device);
     for (let step = 0; step < p.maxNewTokens; step++) {
       const last = step === p.maxNewTokens - 1;
       if (pending.length === s.readEvery || last) {
@@ -394,11 +398,7 @@ async function generateOnDevice(
         }
         if (last || done.every(Boolean)) break;
       }
-      const logits = decodeStep(model, feed, cache, rope, {
-        slot: width + step,
-        positions: Int32Array.from(p.pads, (pad) => width - pad + step),
-        start: p.pads,
-      }, kernels);
+      const logits = decodeStep(model, feed, cache, constants, width + step, kernels);
       const next = chooseTokens(logits, choice, (step + 1) * batch);
       logits.dispose();
       if (!pending.includes(feed)) feed.dispose();
@@ -410,6 +410,7 @@ async function generateOnDevice(
     if (feed !== null && !pending.includes(feed)) feed.dispose();
     prefill.dispose();
     cache?.dispose();
+    constants?.dispose();
   }
   return out;
 }

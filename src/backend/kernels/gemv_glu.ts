@@ -1,71 +1,100 @@
 /**
  * `gemvGlu`: y[m, n] = silu(x · gᵀ) · (x · uᵀ) for 1 to 8 rows of x [m, k] (wgsl/gemv_glu.wgsl): the
  * gate and up projections of a SwiGLU block with the activation and product, one dispatch where
- * decoding would otherwise run two GEMVs and two element-wise ops. Gate and up are rounded to the
- * storage type before the activation, and silu's result before the product, as the separate ops store
- * them.
+ * decoding would otherwise run two GEMVs and two element-wise ops. With `norm`, the RMSNorm before the
+ * block is fused in too (x is then the residual stream, normalised on the fly as `gemvNorm` does). The
+ * up weight's rows may start `upOffset` elements into its storage, so a fused gate_up weight (Phi-3's) is
+ * bound as both. Gate and up are rounded to the storage type before the activation, and silu's result
+ * before the product, as the separate ops store them.
  * @module
  */
-import { type DType, hostArray } from "../../core/dtype.ts";
-import { roundToF16 } from "../../core/half.ts";
+import { hostArray } from "../../core/dtype.ts";
 import { DTypeError, ShapeError } from "../../core/errors.ts";
 import { expectSize, type KernelRecord } from "./record.ts";
-import { GEMV_MAX_ROWS } from "./gemv.ts";
+import { checkGemvShape, gemvLayout, gemvSpec, roundTo } from "./gemv.ts";
 
 /** Arguments of {@link GEMV_GLU}. */
 export interface GemvGluArgs {
   m: number;
   n: number;
   k: number;
+  /** The fused RMSNorm's epsilon (its scale is the second input); null: no norm, the second input unread. */
+  norm?: { eps: number } | null;
+  /** Where u's first row starts in its storage, in elements (default 0); a multiple of k. */
+  upOffset?: number;
 }
 
-const round = (
-  v: number,
-  dtype: DType,
-) => (dtype === "f16" ? roundToF16(v) : dtype === "f32" ? Math.fround(v) : v);
-
-/** The kernel: inputs x [m, k], gate g [n, k], up u [n, k]; output y [m, n]. */
+/** The kernel: inputs x [m, k], nw [k] (norm scale, or any storage), gate g [n, k], up u; output y [m, n]. */
 export const GEMV_GLU: KernelRecord<GemvGluArgs> = {
   name: "gemv_glu",
   template: "gemv_glu",
   bindings: [
     { name: "x", access: "read" },
+    { name: "nw", access: "read" },
     { name: "g", access: "read" },
     { name: "u", access: "read" },
     { name: "y", access: "write" },
   ],
-  params: [{ name: "n", type: "u32" }, { name: "k", type: "u32" }],
-  check([x, g, u], { m, n, k }) {
-    if (!(Number.isInteger(m) && m >= 1 && m <= GEMV_MAX_ROWS)) {
-      throw new ShapeError(`gemvGlu: takes 1 to ${GEMV_MAX_ROWS} rows, got ${m}`);
-    }
-    if (!(n >= 1 && k >= 1)) throw new ShapeError(`gemvGlu: sizes must be positive, got n ${n}, k ${k}`);
+  params: [
+    { name: "n", type: "u32" },
+    { name: "k", type: "u32" },
+    { name: "u_off", type: "u32" },
+    { name: "eps", type: "f32" },
+  ],
+  check(inputs, { m, n, k, norm, upOffset }) {
+    if (inputs.length !== 4) throw new ShapeError(`gemvGlu: takes x, nw, gate and up, got ${inputs.length}`);
+    const [x, nw, g, u] = inputs;
+    checkGemvShape("gemvGlu", m, n, k);
     if (g.dtype !== x.dtype || u.dtype !== x.dtype) {
       throw new DTypeError(`gemvGlu: x ${x.dtype}, gate ${g.dtype}, up ${u.dtype} must agree`);
     }
+    const off = upOffset ?? 0;
+    if (!(Number.isInteger(off) && off >= 0 && off % k === 0)) {
+      throw new ShapeError(`gemvGlu: upOffset must be a non-negative multiple of k ${k}, got ${upOffset}`);
+    }
     expectSize(x.size, m * k, "gemvGlu", `x [${m}, ${k}]`);
-    expectSize(g.size, n * k, "gemvGlu", `gate [${n}, ${k}]`);
-    expectSize(u.size, n * k, "gemvGlu", `up [${n}, ${k}]`);
+    // One storage as both (a fused gate_up weight): the gate rows, then the up rows from upOffset.
+    if (g !== u) expectSize(g.size, n * k, "gemvGlu", `gate [${n}, ${k}]`);
+    expectSize(u.size, off + n * k, "gemvGlu", `up [${n}, ${k}] from element ${off}`);
+    if (norm !== undefined && norm !== null) {
+      if (nw.dtype !== x.dtype) throw new DTypeError(`gemvGlu: norm weight ${nw.dtype}, x ${x.dtype}`);
+      expectSize(nw.size, k, "gemvGlu", `norm weight [${k}]`);
+    }
   },
   outputs: (
     [x],
     a,
   ) => [{ size: a.m * a.n, dtype: x.dtype, what: `gemvGlu: output [${a.m}, ${a.n}] (${x.dtype})` }],
-  specialise: ([x], a) => ({ T: x.dtype, M: a.m }),
-  uniforms: (a) => ({ n: a.n, k: a.k }),
-  geometry: (a) => ({ rows: Math.ceil(a.n / 8) }),
-  reference([x, g, u], { m, n, k }, [spec]) {
-    const dt = spec.dtype;
+  specialise: ([x], a) => ({
+    T: x.dtype,
+    M: a.m,
+    VEC: a.k % 4 === 0,
+    NORM: a.norm !== undefined && a.norm !== null,
+    ...gemvSpec(a.n, a.k),
+  }),
+  uniforms: (a) => ({ n: a.n, k: a.k, u_off: a.upOffset ?? 0, eps: a.norm?.eps ?? 0 }),
+  geometry: (a) => ({ rows: gemvLayout(a.n, a.k).groups }),
+  reference([x, nw, g, u], { m, n, k, norm, upOffset }, [spec]) {
+    const dt = spec.dtype, off = upOffset ?? 0;
     const y = hostArray(dt, m * n);
+    const xr = new Float64Array(k);
     for (let i = 0; i < m; i++) {
+      if (norm !== undefined && norm !== null) {
+        let ss = 0;
+        for (let t = 0; t < k; t++) ss += x[i * k + t] * x[i * k + t];
+        const inv = 1 / Math.sqrt(ss / k + norm.eps);
+        for (let t = 0; t < k; t++) xr[t] = roundTo(nw[t] * roundTo(x[i * k + t] * inv, dt), dt);
+      } else {
+        for (let t = 0; t < k; t++) xr[t] = x[i * k + t];
+      }
       for (let j = 0; j < n; j++) {
         let sg = 0, su = 0;
         for (let t = 0; t < k; t++) {
-          sg += x[i * k + t] * g[j * k + t];
-          su += x[i * k + t] * u[j * k + t];
+          sg += xr[t] * g[j * k + t];
+          su += xr[t] * u[off + j * k + t];
         }
-        const gs = round(sg, dt);
-        y[i * n + j] = round(gs / (1 + Math.exp(-gs)), dt) * round(su, dt);
+        const gs = roundTo(sg, dt);
+        y[i * n + j] = roundTo(gs / (1 + Math.exp(-gs)), dt) * roundTo(su, dt);
       }
     }
     return [y];

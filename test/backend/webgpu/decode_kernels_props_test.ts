@@ -1,5 +1,5 @@
 /**
- * The decoding kernels (argmax, sampleToken, gemv, gemvGlu, addRmsNorm, gatherIds, decodeAttention in
+ * The decoding kernels (argmax, sampleToken, gemv, gemvGlu, gemvNorm, addRmsNorm, gatherIds, decodeAttention in
  * src/backend/kernels/)
  * on WebGPU against their CPU twins through `Backend.run`, as fast-check properties over odd sizes, f32
  * and f16. Token choices are compared exactly; sampling is compared wherever no decision of the draw
@@ -11,7 +11,7 @@ import fc from "fast-check";
 import type { Device } from "../../../mod.ts";
 import { cpuDevice } from "../../../mod.ts";
 import type { Backend, Storage } from "../../../src/backend/backend.ts";
-import { ARGMAX, argmaxRow } from "../../../src/backend/kernels/argmax.ts";
+import { ARGMAX, ARGMAX_PARTIAL, argmaxRow } from "../../../src/backend/kernels/argmax.ts";
 import {
   drawUniform,
   orderKey,
@@ -21,6 +21,7 @@ import {
 } from "../../../src/backend/kernels/sample_token.ts";
 import { GEMV } from "../../../src/backend/kernels/gemv.ts";
 import { GEMV_GLU } from "../../../src/backend/kernels/gemv_glu.ts";
+import { GEMV_NORM } from "../../../src/backend/kernels/gemv_norm.ts";
 import { ADD_RMS_NORM } from "../../../src/backend/kernels/add_rms_norm.ts";
 import { GATHER_IDS } from "../../../src/backend/kernels/gather_ids.ts";
 import { DECODE_ATTENTION, type DecodeAttentionArgs } from "../../../src/backend/kernels/decode_attention.ts";
@@ -29,6 +30,8 @@ import { gpu, gpuTest } from "./gpu.ts";
 import { roundToF16 } from "../../../src/core/half.ts";
 
 const RUNS = 25;
+/** Runs of the GEMV kernels with many template specialisations (each new one compiles on lavapipe). */
+const SPECIALISED_RUNS = 12;
 const f = (dev: Device) => floatTypes(dev);
 const odd = (max: number) => fc.oneof(fc.integer({ min: 1, max: 40 }), fc.integer({ min: 1, max }));
 
@@ -60,6 +63,39 @@ gpuTest("argmax: one column, and a row wider than many workgroup passes", async 
   await argmaxCase(dev, "f32", 3, 1, 1, false);
   await argmaxCase(dev, "f32", 2, 70001, 2, true);
 });
+
+/** Two-pass argmax (chunks of `chunk`, then the pairs) on both backends against argmaxRow. */
+async function twoPassCase(dev: Device, dt: FloatType, rows: number, n: number, chunk: number, seed: number) {
+  // Few levels (ties across chunks), some −∞, and a NaN chunk now and then.
+  const x = values(rows * n, seed, dt, { lo: 0, hi: 4 }).map(Math.floor);
+  for (let i = seed % 7; i < x.length; i += 11) x[i] = -Infinity;
+  if (seed % 3 === 0) x.fill(NaN, 0, Math.min(n, chunk));
+  const { gpu: g, cpu: c } = await onBoth(dev, dt, (u) => {
+    const [part] = u.be.run(ARGMAX_PARTIAL, [u.up(x)], { rows, n, chunk });
+    const [ids] = u.be.run(ARGMAX, [part], { rows, n: Math.ceil(n / chunk), pairs: true });
+    u.be.free(part);
+    return ids;
+  });
+  assert.deepEqual([...g[0]], [...c[0]], `two-pass argmax [${rows}, ${n}] chunk ${chunk} ${dt}`);
+  for (let r = 0; r < rows; r++) assert.equal(c[0][r], argmaxRow(x, r * n, n), `row ${r}`);
+}
+
+gpuTest(
+  "two-pass argmax (chunk winners, then the pairs) equals argmaxRow on WebGPU and the CPU",
+  async (dev) => {
+    await fc.assert(
+      fc.asyncProperty(
+        f(dev),
+        fc.integer({ min: 1, max: 5 }),
+        odd(3000),
+        fc.integer({ min: 1, max: 700 }),
+        seedArb,
+        (dt, r, n, chunk, s) => twoPassCase(dev, dt, r, n, chunk, s),
+      ),
+      { numRuns: RUNS },
+    );
+  },
+);
 
 // ---------------------------------------------------------------------------------------------- sampling
 
@@ -178,48 +214,121 @@ Deno.test("sampleRow follows the warped distribution (CPU twin, counter-based dr
 
 // ---------------------------------------------------------------------------------------------- gemv
 
-gpuTest("gemv on WebGPU matches the CPU for 1-8 rows", async (dev) => {
+/** k as the GEMVs see it: odd sizes (scalar loads) and multiples of 4 (vec4 loads) alike. */
+const kArb = (max: number) => fc.oneof(odd(max), odd(max / 4).map((k) => 4 * k));
+
+gpuTest("gemv on WebGPU matches the CPU for 1-8 rows, with and without the residual add", async (dev) => {
   await fc.assert(
     fc.asyncProperty(
       f(dev),
       fc.integer({ min: 1, max: 8 }),
       odd(700),
-      odd(700),
+      kArb(700),
+      fc.boolean(),
       seedArb,
-      async (dt, m, n, k, s) => {
-        const x = values(m * k, s, dt), w = values(n * k, s + 1, dt);
+      async (dt, m, n, k, residual, s) => {
+        const x = values(m * k, s, dt), w = values(n * k, s + 1, dt), r = values(m * n, s + 2, dt);
         const { gpu: g, cpu: c } = await onBoth(
           dev,
           dt,
-          (u) => u.be.run(GEMV, [u.up(x), u.up(w)], { m, n, k }),
+          (u) => u.be.run(GEMV, [u.up(x), u.up(w), u.up(residual ? r : x)], { m, n, k, residual }),
         );
-        assertClose(`gemv [${m}, ${k}] x [${n}, ${k}]`, g[0], c[0], dt);
+        assertClose(`gemv [${m}, ${k}] x [${n}, ${k}]${residual ? " + res" : ""}`, g[0], c[0], dt);
       },
     ),
     { numRuns: RUNS },
   );
 });
 
-gpuTest("gemvGlu on WebGPU matches the CPU for 1-8 rows", async (dev) => {
-  await fc.assert(
-    fc.asyncProperty(
-      f(dev),
-      fc.integer({ min: 1, max: 8 }),
-      odd(500),
-      odd(500),
-      seedArb,
-      async (dt, m, n, k, s) => {
-        const x = values(m * k, s, dt), g = values(n * k, s + 1, dt), u = values(n * k, s + 2, dt);
-        const { gpu: gy, cpu: cy } = await onBoth(
-          dev,
-          dt,
-          (up) => up.be.run(GEMV_GLU, [up.up(x), up.up(g), up.up(u)], { m, n, k }),
-        );
-        assertClose(`gemvGlu [${m}, ${k}] x [${n}, ${k}]`, gy[0], cy[0], dt);
-      },
-    ),
-    { numRuns: RUNS },
-  );
+gpuTest(
+  "gemvGlu on WebGPU matches the CPU for 1-8 rows (with the norm fused, and a shared gate_up weight)",
+  async (dev) => {
+    await fc.assert(
+      fc.asyncProperty(
+        f(dev),
+        fc.integer({ min: 1, max: 8 }),
+        odd(500),
+        kArb(500),
+        fc.boolean(),
+        fc.boolean(),
+        seedArb,
+        async (dt, m, n, k, norm, shared, s) => {
+          const x = values(m * k, s, dt), g = values(n * k, s + 1, dt), u = values(n * k, s + 2, dt);
+          const nw = values(k, s + 3, dt);
+          const both = new Float32Array(2 * n * k);
+          both.set(g);
+          both.set(u, n * k);
+          const args = { m, n, k, norm: norm ? { eps: 1e-5 } : null, upOffset: shared ? n * k : 0 };
+          const { gpu: gy, cpu: cy } = await onBoth(dev, dt, (up) => {
+            const xs = up.up(x), ns = norm ? up.up(nw) : xs;
+            if (!shared) return up.be.run(GEMV_GLU, [xs, ns, up.up(g), up.up(u)], args);
+            const w = up.up(both);
+            return up.be.run(GEMV_GLU, [xs, ns, w, w], args);
+          });
+          assertClose(`gemvGlu [${m}, ${k}] x [${n}, ${k}] norm ${norm} shared ${shared}`, gy[0], cy[0], dt);
+        },
+      ),
+      { numRuns: SPECIALISED_RUNS },
+    );
+  },
+);
+
+gpuTest(
+  "gemvNorm on WebGPU matches the CPU for 1-8 rows, 1-3 parts, with and without biases",
+  async (dev) => {
+    await fc.assert(
+      fc.asyncProperty(
+        f(dev),
+        fc.integer({ min: 1, max: 8 }),
+        fc.tuple(odd(300), fc.nat(200), fc.nat(200)),
+        kArb(400),
+        fc.boolean(),
+        seedArb,
+        async (dt, m, [n0, n1, n2], k, bias, s) => {
+          const parts: [number, number, number] = [n0, n1, n1 === 0 ? 0 : n2];
+          const x = values(m * k, s, dt), nw = values(k, s + 1, dt);
+          const ws = parts.map((n, i) => values(Math.max(1, n) * k, s + 2 + i, dt));
+          const bs = parts.map((n, i) => values(Math.max(1, n), s + 5 + i, dt));
+          const { gpu: g, cpu: c } = await onBoth(dev, dt, (u) => {
+            const w = ws.map((v, i) => (parts[i] === 0 ? null : u.up(v)));
+            const w0 = w[0]!;
+            const b = bias ? bs.map((v, i) => (parts[i] === 0 ? w0 : u.up(v))) : [w0, w0, w0];
+            return u.be.run(GEMV_NORM, [u.up(x), u.up(nw), ...w.map((t) => t ?? w0), ...b], {
+              m,
+              parts,
+              k,
+              eps: 1e-5,
+              bias,
+            });
+          });
+          assertClose(`gemvNorm [${m}, ${k}] parts [${parts}] bias ${bias}`, g[0], c[0], dt);
+        },
+      ),
+      { numRuns: SPECIALISED_RUNS },
+    );
+  },
+);
+
+Deno.test("gemvNorm and gemvGlu's norm (CPU twins) equal addRmsNorm's output through gemv", async () => {
+  const be = cpuDevice().backend;
+  const m = 2, k = 5, n = 3;
+  const x = values(m * k, 1, "f32"), nw = values(k, 2, "f32"), w = values(n * k, 3, "f32");
+  const up = (v: ArrayLike<number>) => be.upload(v, "f32");
+  const zero = up(new Float32Array(m * k));
+  const [, normed] = be.run(ADD_RMS_NORM, [up(x), zero, up(nw)], { rows: m, n: k, eps: 1e-6 });
+  const [want] = be.run(GEMV, [normed, up(w), normed], { m, n, k });
+  const W = up(w);
+  const [got] = be.run(GEMV_NORM, [up(x), up(nw), W, W, W, W, W, W], {
+    m,
+    parts: [n, 0, 0],
+    k,
+    eps: 1e-6,
+    bias: false,
+  });
+  assert.deepEqual([...await be.read(got)], [...await be.read(want)]);
+  const [glu] = be.run(GEMV_GLU, [up(x), up(nw), W, W], { m, n, k, norm: { eps: 1e-6 } });
+  const [gluWant] = be.run(GEMV_GLU, [normed, normed, W, W], { m, n, k });
+  assert.deepEqual([...await be.read(glu)], [...await be.read(gluWant)]);
 });
 
 // ---------------------------------------------------------------------------------------------- addRmsNorm
@@ -296,6 +405,8 @@ interface AttnCase {
   capacity: number;
   pos: number;
   starts: number[];
+  /** q, k and v as column ranges of one projection output instead of three tensors. */
+  packed: boolean;
   seed: number;
 }
 
@@ -305,6 +416,7 @@ const attnArb = fc.record({
   group: fc.constantFrom(1, 2, 3),
   headDim: fc.constantFrom(2, 6, 14, 32, 64, 80, 128),
   capacity: fc.integer({ min: 1, max: 300 }),
+  packed: fc.boolean(),
   seed: seedArb,
 }).chain((c) =>
   fc.integer({ min: 0, max: c.capacity - 1 }).chain((pos) =>
@@ -318,7 +430,8 @@ const attnArb = fc.record({
 
 /** Runs one step on `be`; returns out and both caches afterwards (the in-place writes). */
 async function attnOn(be: Backend, dt: FloatType, c: AttnCase): Promise<Float32Array[]> {
-  const heads = c.kvHeads * c.group, d = c.headDim;
+  const heads = c.kvHeads * c.group, d = c.headDim, kvw = c.kvHeads * d;
+  const width = heads * d + 2 * kvw;
   const a: DecodeAttentionArgs = {
     batch: c.batch,
     heads,
@@ -326,24 +439,38 @@ async function attnOn(be: Backend, dt: FloatType, c: AttnCase): Promise<Float32A
     headDim: d,
     capacity: c.capacity,
     pos: c.pos,
-    start: Int32Array.from(c.starts),
     scale: 1 / Math.sqrt(d),
+    layout: c.packed
+      ? {
+        qStride: width,
+        qOffset: 0,
+        kStride: width,
+        kOffset: heads * d,
+        vStride: width,
+        vOffset: heads * d + kvw,
+      }
+      : undefined,
   };
-  const angles = values(c.batch * d, c.seed + 5, "f32", { lo: -3, hi: 3 });
-  const made: Storage[] = [
+  // Tables of pos + 1 rows: row b reads row pos − start[b].
+  const angles = values((c.pos + 1) * d, c.seed + 5, "f32", { lo: -3, hi: 3 });
+  const tables = [be.upload(angles.map(Math.cos), "f32"), be.upload(angles.map(Math.sin), "f32")];
+  const qkv = c.packed ? Array(3).fill(be.upload(values(c.batch * width, c.seed, dt), dt)) : [
     be.upload(values(c.batch * heads * d, c.seed, dt), dt),
-    be.upload(values(c.batch * c.kvHeads * d, c.seed + 1, dt), dt),
-    be.upload(values(c.batch * c.kvHeads * d, c.seed + 2, dt), dt),
-    be.upload(angles.map(Math.cos), "f32"),
-    be.upload(angles.map(Math.sin), "f32"),
+    be.upload(values(c.batch * kvw, c.seed + 1, dt), dt),
+    be.upload(values(c.batch * kvw, c.seed + 2, dt), dt),
+  ];
+  const made: Storage[] = [
+    ...qkv,
+    ...tables,
     be.upload(values(c.batch * c.kvHeads * c.capacity * d, c.seed + 3, dt), dt),
     be.upload(values(c.batch * c.kvHeads * c.capacity * d, c.seed + 4, dt), dt),
+    be.upload(c.starts, "f32"),
   ];
   const [out, scores] = be.run(DECODE_ATTENTION, made, a);
   const res = [await be.read(out), await be.read(made[5]), await be.read(made[6])].map((x) =>
     Float32Array.from(x)
   );
-  for (const s of [...made, out, scores]) be.free(s);
+  for (const s of new Set([...made, out, scores])) be.free(s);
   return res;
 }
 
@@ -362,11 +489,18 @@ gpuTest("decodeAttention on WebGPU matches the CPU (output and the cache slot it
 });
 
 Deno.test("decodeAttention (CPU twin) equals softmax attention over the visible slots with rotated q, k", async () => {
-  // One row, one head, d = 2, angle 0 (cos 1, sin 0): no rotation; slots 1..2 visible.
+  // One row, one head, d = 2, angle 0 (cos 1, sin 0) in every table row: no rotation; slots 1..2 visible.
   const be = cpuDevice().backend;
-  const made = [[1, 0], [0, 1], [5, 6], [1, 1], [0, 0], [9, 9, 2, 0, 0, 0], [9, 9, 3, 4, 0, 0]].map((v) =>
-    be.upload(v, "f32")
-  );
+  const made = [
+    [1, 0],
+    [0, 1],
+    [5, 6],
+    [1, 1, 1, 1, 1, 1],
+    [0, 0, 0, 0, 0, 0],
+    [9, 9, 2, 0, 0, 0],
+    [9, 9, 3, 4, 0, 0],
+    [1],
+  ].map((v) => be.upload(v, "f32"));
   const [out] = be.run(DECODE_ATTENTION, made, {
     batch: 1,
     heads: 1,
@@ -374,7 +508,6 @@ Deno.test("decodeAttention (CPU twin) equals softmax attention over the visible 
     headDim: 2,
     capacity: 3,
     pos: 2,
-    start: Int32Array.of(1),
     scale: 1,
   });
   // scores: slot 1: q·[2,0] = 2; slot 2 (new key [0,1]): 0. probs e^2/(e^2+1), 1/(e^2+1).

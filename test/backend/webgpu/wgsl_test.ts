@@ -9,6 +9,7 @@ import { kernelSource } from "../../../src/backend/webgpu/pipelines.ts";
 import { gemmSpecialisation, SCHEDULE_TEMPLATE } from "../../../src/backend/webgpu/gemm.ts";
 import { DIRECT_PROFILE, TILED_PROFILE } from "../../../src/backend/webgpu/gemm_plan.ts";
 import {
+  type KernelRecord,
   type KernelTemplate,
   MAX_RANK,
   packParams,
@@ -237,25 +238,50 @@ function specialisations(
   }
   out.push([named("permute"), { ...base, MAX_RANK }]);
   // Decoding (src/models/decode.ts): token choice, GEMVs for 1-8 rows, the fused norm, decode attention.
-  for (const k of ["argmax", "sample_token", "gather_ids", "add_rms_norm", "decode_attention"] as const) {
+  for (const k of ["sample_token", "gather_ids", "add_rms_norm", "argmax_partial"] as const) {
     out.push([named(k), base]);
+  }
+  for (const PAIRS of [false, true]) out.push([named("argmax"), { ...base, PAIRS }]);
+  for (const [D, VEC] of [[6, false], [64, true], [80, true]] as const) {
+    out.push([named("decode_attention"), { ...base, D, VEC }]);
   }
   // The fused decoder pieces (src/tensor/fused_layers.ts): RMSNorm, SiLU × up, RoPE forward and backward.
   out.push([named("rms_norm"), base], [named("silu_mul"), base], [named("silu_mul_backward"), base]);
   for (const k of ["rms_norm_backward", "rms_norm_weight_grad"]) out.push([named(k), { ...base, L: "f32" }]);
   for (const BACKWARD of [false, true]) out.push([named("rope"), { ...base, BACKWARD }]);
-  for (const M of [1, 8]) out.push([named("gemv"), { ...base, M }], [named("gemv_glu"), { ...base, M }]);
+  for (
+    const [M, VEC, LANES, F] of [[1, false, 32, false], [8, true, 256, true], [3, true, 64, false]] as const
+  ) {
+    out.push(
+      [named("gemv"), { ...base, M, VEC, LANES, RES: F }],
+      [named("gemv_glu"), { ...base, M, VEC, LANES, NORM: F }],
+      [named("gemv_norm"), { ...base, M, VEC, LANES, BIAS: F }],
+    );
+  }
   for (const OP of ["sum", "max"]) {
     out.push([named("reduce_rows"), { ...base, OP }], [named("reduce_cols"), { ...base, OP }]);
   }
   for (const LOG of [false, true]) out.push([named("softmax"), { ...base, LOG }]);
-  // Attention: the head width sizes workgroup arrays, so an odd one and the common ones.
+  // Attention: the head width sizes workgroup arrays and the tiled kernels' register tiles, so odd ones and
+  // the common ones; the tiled kernels through their records' own specialisations (tiles, chunk counts).
   for (const D of [3, 64, 128]) {
-    for (const k of ["attention_forward", "attention_backward_q", "attention_backward_kv"]) {
+    for (const k of ["attention_forward_rows", "attention_backward_q_rows", "attention_backward_kv_rows"]) {
       out.push([named(k), { ...base, L: "f32", D }]);
     }
   }
-  for (const k of ["cross_entropy_rows", "cross_entropy_grad"]) out.push([named(k), { ...base, L: "f32" }]);
+  for (const dim of [1, 3, 7, 64, 65, 128]) {
+    const a = { batch: 1, heads: 1, kvHeads: 1, seq: 1, keys: 1, dim, scale: 1, window: 0, keyMask: null };
+    for (const k of ["attention_forward", "attention_backward_q", "attention_backward_kv"]) {
+      const r = named(k) as KernelRecord<typeof a>;
+      out.push([r, { ...base, ...r.specialise([{ dtype: t }], a) }]);
+    }
+  }
+  for (const FIRST of [false, true]) out.push([named("cross_entropy_online"), { ...base, L: "f32", FIRST }]);
+  out.push([named("cross_entropy_grad"), { ...base, L: "f32" }], [named("cross_entropy_finish"), {
+    WG: 256,
+    L: "f32",
+  }]);
+  for (const FORMAT of ["bf16", "f16"]) out.push([named("widen_half"), { WG: 256, FORMAT }]);
   // The mixed-batch LoRA: adapters of either type over this one, at one and at several 8-rank rounds.
   for (const TA of ["f32", t]) {
     for (const R of [8, 64, 1024]) {
