@@ -141,9 +141,18 @@ export function tidy<T>(fn: () => T): T {
   let result: T;
   try {
     result = fn();
-  } finally {
+  } catch (err) {
     scopes.pop();
+    // A scope that threw frees what it made too (as tf.tidy does): a step refused midway, by a memory
+    // limit say, must leave the device as it found it so the next step can run.
+    const outer = scopes[scopes.length - 1];
+    for (const t of scope) {
+      if (t._retained) outer?.add(t);
+      else t.dispose();
+    }
+    throw err;
   }
+  scopes.pop();
   if (result instanceof Promise) {
     throw new AutogradError("tidy: the function returned a Promise; tidy scopes must be synchronous");
   }
@@ -198,21 +207,42 @@ export interface BackwardOps<T extends GraphTensor> {
  * Back-propagates `grad` (d loss / d root) through the graph that produced `root`. Leaves accumulate
  * into `.grad` in place (the tensor object a caller holds keeps its identity, like PyTorch); every
  * temporary made on the way is freed before returning.
+ *
+ * Temporaries are freed as soon as nothing can read them any more, not at the end: what a node's
+ * backward made besides the gradients it returned right after it returns, and each gradient once the
+ * node it belongs to has run (or once it was summed into another). So the backward's peak memory is the
+ * forward's saved tensors plus about one node's working set, as in PyTorch, instead of every gradient of
+ * the whole graph at once.
  */
 export function runBackward<T extends GraphTensor>(root: T, grad: T, ops: BackwardOps<T>): void {
   const order = topoOrder(root);
   const grads = new Map<T, T>([[root, grad]]);
+  // How many entries of `grads` hold each gradient tensor (one tensor may be the gradient of several
+  // inputs, e.g. when a node passes its gradient through to two of them).
+  const refs = new Map<T, number>([[grad, 1]]);
   const claimed = new Set<T>();
   const scope = new Set<GraphTensor>();
   const prev = gradEnabled;
   gradEnabled = false;
   scopes.push(scope);
+  /** Frees `t` if it is this backward's temporary that no gradient entry and no leaf holds. */
+  const release = (t: T) => {
+    if ((refs.get(t) ?? 0) > 0 || claimed.has(t) || t._retained || !scope.has(t)) return;
+    scope.delete(t);
+    t.dispose();
+  };
+  const unref = (t: T) => {
+    const n = (refs.get(t) ?? 0) - 1;
+    if (n > 0) refs.set(t, n);
+    else refs.delete(t);
+  };
   try {
     for (let i = order.length - 1; i >= 0; i--) {
       const t = order[i];
       const g = grads.get(t);
       if (g === undefined) continue;
       grads.delete(t);
+      unref(g);
       if (t._node === null) {
         if (t.grad === null) {
           // A gradient the caller passed in, or one already given to another leaf, is copied so that
@@ -224,15 +254,41 @@ export function runBackward<T extends GraphTensor>(root: T, grad: T, ops: Backwa
         } else {
           t.grad._assign(ops.add(t.grad, g));
         }
+        release(g);
         continue;
       }
-      const inGrads = t._node.backward(g);
+      // The node's backward runs in a scope of its own: what it makes and does not return is freed now.
+      const nodeScope = new Set<GraphTensor>();
+      scopes.push(nodeScope);
+      let inGrads: (T | null)[];
+      try {
+        inGrads = t._node.backward(g);
+      } finally {
+        scopes.pop();
+      }
+      const returned = new Set<GraphTensor>(inGrads.filter((x): x is T => x !== null && x !== undefined));
+      for (const x of nodeScope) {
+        if (returned.has(x)) scope.add(x);
+        else if (!x._retained) x.dispose();
+      }
       t._node.inputs.forEach((inp, j) => {
         const ig = inGrads[j];
         if (ig === null || ig === undefined || !inp.requiresGrad) return;
         const have = grads.get(inp);
-        grads.set(inp, have === undefined ? ig : ops.add(have, ig));
+        if (have === undefined) {
+          grads.set(inp, ig);
+          refs.set(ig, (refs.get(ig) ?? 0) + 1);
+          return;
+        }
+        const sum = ops.add(have, ig);
+        grads.set(inp, sum);
+        refs.set(sum, (refs.get(sum) ?? 0) + 1);
+        unref(have);
+        release(have);
       });
+      // Gradients computed for inputs that take none, and the node's own gradient, once unused.
+      for (const x of returned) release(x as T);
+      release(g);
     }
   } finally {
     gradEnabled = prev;

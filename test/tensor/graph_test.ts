@@ -216,3 +216,30 @@ Deno.test("a 20 000-op chain back-propagates without overflowing the stack", () 
   assert.deepEqual(valuesOf(x.grad), [1]);
   assert.deepEqual([...y.dataSync()], [10_001]);
 });
+
+Deno.test("backward frees each temporary once nothing reads it: its peak does not grow with the graph's depth", () => {
+  // A chain of n elementwise ops keeps n saved inputs for backward either way; what backward adds on top
+  // must stay a few tensors' worth (the gradient in flight and one node's working set), not n gradients.
+  const device = cpuDevice();
+  const extraPeak = (n: number) => {
+    const x = tensor(Array.from({ length: 1000 }, (_, i) => i / 1000), [1000], {
+      device,
+      requiresGrad: true,
+    });
+    let y: Tensor = x;
+    for (let i = 0; i < n; i++) y = sin(mul(y, y));
+    const loss = sum(y);
+    const before = device.memory().bytes;
+    device.resetPeakMemory();
+    loss.backward();
+    const extra = device.memory().peakBytes - before;
+    assert.equal(x.grad!.shape.join(), "1000");
+    loss.dispose();
+    x.grad!.dispose();
+    return extra;
+  };
+  const shallow = extraPeak(4);
+  const deep = extraPeak(40);
+  assert.ok(deep <= shallow, `backward's extra peak grew with depth: ${shallow} B at 4 ops, ${deep} B at 40`);
+  assert.ok(deep <= 8 * 4000, `backward's extra peak ${deep} B is more than 8 tensors of 4000 B`);
+});
