@@ -1,12 +1,22 @@
 /**
  * `linearCrossEntropy`: transformers' causal-LM loss, the mean cross-entropy of `hidden · weightᵀ` over
- * the non-ignored targets, without ever holding the whole [tokens, vocab] logits. The tokens are taken in
- * chunks: each chunk's logits are computed, reduced to its rows' losses (src/backend/kernels/
- * cross_entropy.ts) and freed before the next; the backward recomputes them chunk by chunk and turns
- * each into its share of d hidden and d weight. The forward keeps nothing beyond its inputs.
+ * the non-ignored targets, without ever holding the whole [tokens, vocab] logits, nor even one token's
+ * whole row of them. The logits are computed in tiles of R tokens × C classes (under a budget of
+ * elements, with shapes the GEMMs like: up to 1024 rows, thousands of columns): the vocabulary chunks
+ * run outermost, each folded into every row's running log-sum-exp (an online softmax, src/backend/
+ * kernels/cross_entropy.ts), so the weight rows of one chunk are copied out once per pass. The forward
+ * keeps one log-sum-exp per row; the backward recomputes each tile, turns it into its gradient from that
+ * log-sum-exp and adds its share of d hidden and d weight.
  * @module
  */
-import { CROSS_ENTROPY_GRAD, CROSS_ENTROPY_ROWS, lossDType } from "../backend/kernels/cross_entropy.ts";
+import {
+  CROSS_ENTROPY_FINISH,
+  CROSS_ENTROPY_GRAD,
+  CROSS_ENTROPY_ONLINE,
+  lossDType,
+  TARGET_ELSEWHERE,
+  TARGET_IGNORED,
+} from "../backend/kernels/cross_entropy.ts";
 import type { Storage } from "../backend/backend.ts";
 import { matmulArgs } from "../backend/shape.ts";
 import { ConfigError, DTypeError, ShapeError } from "../core/errors.ts";
@@ -18,14 +28,37 @@ export interface LinearCrossEntropyOptions {
   /** Targets equal to this are skipped (default −100, as torch and transformers). */
   ignoreIndex?: number;
   /**
-   * Most logits held at once, in elements (default 2²²: 16 MiB of f32); a chunk has
-   * max(1, ⌊chunkElements / vocab⌋) tokens.
+   * Most logits held at once, in elements (default 2²³: 32 MiB of f32). A tile is R tokens × C classes
+   * with R · C at most this (1 × 1 at least): C = the whole vocabulary when it fits beside
+   * min(tokens, 1024) rows, else as many classes as fit beside them but at least min(vocab, 4096), and R
+   * as many rows as fit beside C.
    */
   chunkElements?: number;
+  /** Classes per tile, overriding the choice above (R then follows from chunkElements). */
+  vocabChunk?: number;
 }
 
-/** Default logits budget of one chunk (elements). */
-export const DEFAULT_CHUNK_ELEMENTS = 1 << 22;
+/** Default logits budget of one tile (elements). */
+export const DEFAULT_CHUNK_ELEMENTS = 1 << 23;
+
+/** Rows a tile aims at: enough for the GEMMs to run at full speed, few enough to leave room for columns. */
+const TARGET_ROWS = 1024;
+
+/** Fewest classes a tile takes when the vocabulary is split (GEMM shapes degrade below it). */
+const MIN_VOCAB_CHUNK = 4096;
+
+/** The tile shape (rows, classes) for N tokens over V classes under `budget` elements. */
+export function lossTile(N: number, V: number, budget: number, vocabChunk?: number): [number, number] {
+  let C: number;
+  if (vocabChunk !== undefined) C = Math.min(V, vocabChunk);
+  else {
+    const rows = Math.max(1, Math.min(N, TARGET_ROWS));
+    C = Math.min(V, Math.max(Math.floor(budget / rows), Math.min(V, MIN_VOCAB_CHUNK)));
+  }
+  C = Math.max(1, C);
+  const R = Math.max(1, Math.min(N, Math.floor(budget / C)));
+  return [R, C];
+}
 
 /**
  * Mean cross-entropy of the logits `hidden [N, H] · weight [V, H]ᵀ` against `targets` (N class ids,
@@ -66,6 +99,9 @@ export function linearCrossEntropy(
   if (!Number.isInteger(budget) || budget < 1) {
     throw new ConfigError(`${op}: chunkElements must be a positive whole number, got ${budget}`);
   }
+  if (opts.vocabChunk !== undefined && !(Number.isInteger(opts.vocabChunk) && opts.vocabChunk >= 1)) {
+    throw new ConfigError(`${op}: vocabChunk must be a positive whole number, got ${opts.vocabChunk}`);
+  }
   const idx = new Int32Array(N);
   let count = 0;
   for (let i = 0; i < N; i++) {
@@ -84,87 +120,140 @@ export function linearCrossEntropy(
   device.checkAlive(op);
   const be = device.backend;
   const dtype = hidden.dtype, ldt = lossDType(dtype);
-  const rowsPer = Math.max(1, Math.floor(budget / Math.max(V, 1)));
-  // Chunks holding no target need no logits at all: skipping them is what makes a prompt-masked batch cheap.
-  const chunks: { start: number; ids: Int32Array; targets: Int32Array }[] = [];
-  for (let start = 0; start < N; start += rowsPer) {
-    const end = Math.min(N, start + rowsPer);
-    const t = idx.subarray(start, end);
-    if (t.some((v) => v >= 0)) {
-      chunks.push({ start, ids: Int32Array.from({ length: end - start }, (_, i) => start + i), targets: t });
-    }
+  const [R, C] = lossTile(N, V, budget, opts.vocabChunk);
+  // Token chunks holding no target need no logits at all: skipping them is what makes a prompt-masked
+  // batch cheap.
+  const rowChunks: { start: number; n: number; targets: Int32Array }[] = [];
+  for (let start = 0; start < N; start += R) {
+    const t = idx.subarray(start, Math.min(N, start + R));
+    if (t.some((v) => v >= 0)) rowChunks.push({ start, n: t.length, targets: t });
   }
-  /** The logits of one chunk, [rows, V] (the caller frees them). */
-  const logitsOf = (ids: Int32Array, h: Storage): Storage =>
-    be.matmul(h, weight.storage(op), matmulArgs(ids.length, H, V, { transB: true }));
+  const vocabChunks: { c0: number; n: number }[] = [];
+  for (let c0 = 0; c0 < V; c0 += C) vocabChunks.push({ c0, n: Math.min(C, V - c0) });
+  /** Each row's target code inside vocabulary chunk `v`. */
+  const codes = (rows: Int32Array, v: { c0: number; n: number }): Int32Array =>
+    rows.map((t) => t < 0 ? TARGET_IGNORED : t >= v.c0 && t < v.c0 + v.n ? t - v.c0 : TARGET_ELSEWHERE);
+  const whole = (r: { start: number; n: number }) => r.start === 0 && r.n === N;
+  /** The hidden rows of a token chunk (the tensor's own storage when it is all of them). */
+  const rowsOf = (r: { start: number; n: number }): Storage =>
+    whole(r) ? hidden.storage(op) : be.unpack(hidden.storage(op), [r.start * H], [r.n * H])[0];
+  /** The weight rows of a vocabulary chunk (the tensor's own storage when it is all of them). */
+  const classesOf = (v: { c0: number; n: number }): Storage =>
+    v.n === V ? weight.storage(op) : be.unpack(weight.storage(op), [v.c0 * H], [v.n * H])[0];
+  const logitsOf = (h: Storage, rows: number, w: Storage, classes: number): Storage =>
+    be.matmul(h, w, matmulArgs(rows, H, classes, { transB: true }));
   const invCount = count === 0 ? NaN : 1 / count;
 
+  const state: (Storage | null)[] = rowChunks.map(() => null);
+  for (const v of vocabChunks) {
+    const w = classesOf(v);
+    rowChunks.forEach((r, i) => {
+      const h = rowsOf(r);
+      const logits = logitsOf(h, r.n, w, v.n);
+      if (!whole(r)) be.free(h);
+      const prev = state[i];
+      const [next] = be.run(CROSS_ENTROPY_ONLINE, [logits, prev ?? logits], {
+        targets: codes(r.targets, v),
+        n: v.n,
+        first: prev === null,
+      });
+      be.free(logits);
+      if (prev !== null) be.free(prev);
+      state[i] = next;
+    });
+    if (v.n !== V) be.free(w);
+  }
   let total: Storage = be.fill(1, 0, ldt);
-  for (const c of chunks) {
-    const h = be.gatherRows(hidden.storage(op), c.ids, H);
-    const logits = logitsOf(c.ids, h);
-    be.free(h);
-    const [rows] = be.run(CROSS_ENTROPY_ROWS, [logits], { targets: c.targets, n: V, invCount });
-    be.free(logits);
-    const s = be.sumAxis(rows, 1, c.ids.length, 1);
+  const lse: Tensor[] = rowChunks.map((r, i) => {
+    const [rows, l] = be.run(CROSS_ENTROPY_FINISH, [state[i]!], { ignored: r.targets });
+    be.free(state[i]!);
+    const s = be.sumAxis(rows, 1, r.n, 1);
     be.free(rows);
     const next = be.binary("add", total, [1], s, [1], [1]);
     be.free(total);
     be.free(s);
     total = next;
-  }
+    return fromStorage(l, [r.n], ldt, device);
+  });
   // Like torch, the mean over zero targets is NaN.
   const mean = count === 0 ? be.fill(1, NaN, ldt) : be.affine(total, invCount, 0);
   be.free(total);
 
-  return fromStorage(mean, [], ldt, device, {
+  // The log-sum-exps live as long as the loss's graph: constant inputs of its node (no gradient flows to
+  // them), so graph disposal and tidy scopes free them like any op's saved tensors.
+  const loss = fromStorage(mean, [], ldt, device, {
     op,
-    inputs: [hidden, weight],
+    inputs: [hidden, weight, ...lse],
     backward: (g) => {
       const gs = g.storage(op);
-      // d hidden in row order: each chunk's rows, zeros for the rows of chunks without a target.
-      const dhParts: Tensor[] = [];
-      let done = 0;
-      const gap = (upTo: number) => {
-        if (upTo > done) {
-          dhParts.push(fromStorage(be.fill((upTo - done) * H, 0, dtype), [upTo - done, H], dtype, device));
-        }
-        done = upTo;
+      const dh: (Storage | null)[] = rowChunks.map(() => null);
+      const dwParts: Storage[] = [];
+      const add = (acc: Storage | null, part: Storage, size: number): Storage => {
+        if (acc === null) return part;
+        const sum = be.binary("add", acc, [size], part, [size], [size]);
+        be.free(acc);
+        be.free(part);
+        return sum;
       };
-      let dw: Storage | null = weight.requiresGrad ? be.fill(V * H, 0, dtype) : null;
-      for (const c of chunks) {
-        const n = c.ids.length;
-        const h = be.gatherRows(hidden.storage(op), c.ids, H);
-        const logits = logitsOf(c.ids, h);
-        const [dl] = be.run(CROSS_ENTROPY_GRAD, [logits, gs], { targets: c.targets, n: V, invCount });
-        be.free(logits);
-        if (hidden.requiresGrad) {
-          gap(c.start);
-          dhParts.push(
-            fromStorage(be.matmul(dl, weight.storage(op), matmulArgs(n, V, H)), [n, H], dtype, device),
-          );
-          done = c.start + n;
-        }
-        if (dw !== null) {
-          const part = be.matmul(dl, h, matmulArgs(V, n, H, { transA: true }));
-          const next = be.binary("add", dw, [V * H], part, [V * H], [V * H]);
-          be.free(dw);
-          be.free(part);
-          dw = next;
-        }
-        be.free(dl);
-        be.free(h);
+      for (const v of vocabChunks) {
+        const w = classesOf(v);
+        let dw: Storage | null = null;
+        rowChunks.forEach((r, i) => {
+          const h = rowsOf(r);
+          const logits = logitsOf(h, r.n, w, v.n);
+          const [dl] = be.run(CROSS_ENTROPY_GRAD, [logits, lse[i].storage(op), gs], {
+            targets: codes(r.targets, v),
+            n: v.n,
+            invCount,
+          });
+          be.free(logits);
+          if (hidden.requiresGrad) dh[i] = add(dh[i], be.matmul(dl, w, matmulArgs(r.n, v.n, H)), r.n * H);
+          if (weight.requiresGrad) {
+            dw = add(dw, be.matmul(dl, h, matmulArgs(v.n, r.n, H, { transA: true })), v.n * H);
+          }
+          be.free(dl);
+          if (!whole(r)) be.free(h);
+        });
+        if (v.n !== V) be.free(w);
+        if (weight.requiresGrad) dwParts.push(dw ?? be.fill(v.n * H, 0, dtype));
       }
-      let dh: Tensor | null = null;
+      let dhTensor: Tensor | null = null;
       if (hidden.requiresGrad) {
-        gap(N);
-        dh = dhParts.length === 1 ? dhParts[0] : concat(dhParts, 0);
-        if (dhParts.length > 1) { for (const t of dhParts) t.dispose(); }
+        // d hidden in row order: each chunk's rows, zeros for the rows of chunks without a target.
+        const parts: Tensor[] = [];
+        let done = 0;
+        rowChunks.forEach((r, i) => {
+          if (r.start > done) {
+            parts.push(
+              fromStorage(be.fill((r.start - done) * H, 0, dtype), [r.start - done, H], dtype, device),
+            );
+          }
+          parts.push(fromStorage(dh[i]!, [r.n, H], dtype, device));
+          done = r.start + r.n;
+        });
+        if (N > done) {
+          parts.push(fromStorage(be.fill((N - done) * H, 0, dtype), [N - done, H], dtype, device));
+        }
+        dhTensor = parts.length === 1 ? parts[0] : concat(parts, 0);
+        if (parts.length > 1) { for (const t of parts) t.dispose(); }
       }
-      return [
-        dh,
-        dw === null ? null : fromStorage(dw, weight.shape, dtype, device),
-      ];
+      let dwTensor: Tensor | null = null;
+      if (weight.requiresGrad) {
+        const offsets = vocabChunks.map((v) => v.c0 * H);
+        if (dwParts.length === 1) dwTensor = fromStorage(dwParts[0], weight.shape, dtype, device);
+        else if (dtype === "f16" && offsets.some((o) => o % 2 === 1)) {
+          // Packing moves whole 4-byte words: odd f16 offsets take the concatenation instead.
+          const parts = dwParts.map((p, i) => fromStorage(p, [vocabChunks[i].n, H], dtype, device));
+          dwTensor = concat(parts, 0);
+          for (const t of parts) t.dispose();
+        } else {
+          dwTensor = fromStorage(be.pack(dwParts, offsets, V * H, dtype), weight.shape, dtype, device);
+          for (const p of dwParts) be.free(p);
+        }
+      }
+      return [dhTensor, dwTensor, ...lse.map(() => null)];
     },
   });
+  if (!loss.requiresGrad) { for (const l of lse) l.dispose(); }
+  return loss;
 }

@@ -12,3 +12,4 @@ Deno.test({
   ignore: noGpu,
   fn: (t) => runMixedTrainingCases(gpuDevice(), "f32", 1e-4, t),
 });
+

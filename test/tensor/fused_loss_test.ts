@@ -1,11 +1,12 @@
 /**
  * `linearCrossEntropy` on the CPU against the composed loss it replaces, crossEntropy(linear(h, W)):
  * value and the gradients of hidden and weight, over random sizes, ignored targets (whole chunks of them
- * included) and chunk sizes from one token to all of them.
+ * included), chunk sizes from one token to all of them and vocabulary chunks from one class to all.
  */
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { crossEntropy, linear, linearCrossEntropy, tensor } from "../../mod.ts";
+import { DEFAULT_CHUNK_ELEMENTS, lossTile } from "../../src/tensor/fused_loss.ts";
 import { ConfigError, ShapeError } from "../../src/core/errors.ts";
 import { Rng } from "../../src/core/random.ts";
 
@@ -15,6 +16,7 @@ interface Case {
   vocab: number;
   targets: number[];
   chunkElements: number;
+  vocabChunk?: number;
   weightGrad: boolean;
   seed: number;
 }
@@ -25,7 +27,7 @@ function run(c: Case, dtype: "f32" | "f64", fused: boolean): Float64Array[] {
     tensor(Array.from({ length: shape[0] * shape[1] }, () => rng.normal()), shape, { dtype, requiresGrad });
   const h = make([c.n, c.hidden], true), w = make([c.vocab, c.hidden], c.weightGrad);
   const loss = fused
-    ? linearCrossEntropy(h, w, c.targets, { chunkElements: c.chunkElements })
+    ? linearCrossEntropy(h, w, c.targets, { chunkElements: c.chunkElements, vocabChunk: c.vocabChunk })
     : crossEntropy(linear(h, w), c.targets);
   loss.backward();
   const out = [Float64Array.from(loss.dataSync()), Float64Array.from(h.grad!.dataSync())];
@@ -38,6 +40,7 @@ const caseArb: fc.Arbitrary<Case> = fc.record({
   hidden: fc.integer({ min: 1, max: 9 }),
   vocab: fc.integer({ min: 1, max: 40 }),
   chunkRows: fc.integer({ min: 1, max: 20 }),
+  vocabChunk: fc.option(fc.integer({ min: 1, max: 41 }), { nil: undefined }),
   ignored: fc.double({ min: 0, max: 1, noNaN: true }),
   weightGrad: fc.boolean(),
   seed: fc.integer({ min: 0, max: 1e9 }),
@@ -48,7 +51,8 @@ const caseArb: fc.Arbitrary<Case> = fc.record({
     (): number => rng.uniform() < ignored ? -100 : Math.floor(rng.uniform() * c.vocab),
   );
   if (!targets.some((t) => t !== -100)) targets[Math.floor(rng.uniform() * c.n)] = 0;
-  return { ...c, targets, chunkElements: chunkRows * c.vocab };
+  // With vocabChunk the budget counts tiles of chunkRows rows over that many classes.
+  return { ...c, targets, chunkElements: chunkRows * Math.min(c.vocab, c.vocabChunk ?? c.vocab) };
 });
 
 function assertNear(name: string, ours: Float64Array, ref: Float64Array, tol: number) {
@@ -104,6 +108,36 @@ Deno.test("linearCrossEntropy: chunks never hold more than chunkElements logits"
   assert.equal(largest, 21);
 });
 
+Deno.test("linearCrossEntropy: vocabulary chunks hold at most vocabChunk classes, tiles at most chunkElements", () => {
+  // 10 tokens over 7 classes in chunks of 3 classes with room for 12 logits: tiles of 4 rows x 3 classes.
+  const h = tensor(Array.from({ length: 50 }, (_, i) => Math.sin(i)), [10, 5], { requiresGrad: true });
+  const w = tensor(Array.from({ length: 35 }, (_, i) => Math.cos(i)), [7, 5], { requiresGrad: true });
+  const targets = [0, 1, 2, 3, 4, 5, 6, 0, 1, 2];
+  const be = h.device.backend;
+  const matmul = be.matmul.bind(be);
+  const shapes = new Set<string>();
+  be.matmul = (a, b, args) => {
+    if (args.transB) shapes.add(`${args.m}x${args.n}`);
+    return matmul(a, b, args);
+  };
+  try {
+    linearCrossEntropy(h, w, targets, { chunkElements: 12, vocabChunk: 3 }).backward();
+  } finally {
+    be.matmul = matmul;
+  }
+  assert.deepEqual([...shapes].sort(), ["2x1", "2x3", "4x1", "4x3"]);
+});
+
+Deno.test("linearCrossEntropy's tiles for the Llama-3.2-1B and SmolLM2 losses are GEMM-friendly", () => {
+  // 2048 tokens over 128,256 classes: 1024 rows x 8192 classes, 32 MiB of f32 logits per tile.
+  assert.deepEqual(lossTile(2048, 128256, DEFAULT_CHUNK_ELEMENTS), [1024, 8192]);
+  assert.deepEqual(lossTile(4096, 49152, DEFAULT_CHUNK_ELEMENTS), [1024, 8192]);
+  // A small batch takes whole rows of classes as long as they fit.
+  assert.deepEqual(lossTile(64, 49152, DEFAULT_CHUNK_ELEMENTS), [64, 49152]);
+  // A small budget still keeps 4096 classes together and gives up rows first.
+  assert.deepEqual(lossTile(2048, 128256, 1 << 20), [256, 4096]);
+});
+
 Deno.test("linearCrossEntropy: bad shapes, targets and options name the op", () => {
   const h = tensor(new Float32Array(6), [2, 3]), w = tensor(new Float32Array(12), [4, 3]);
   assert.throws(
@@ -119,4 +153,8 @@ Deno.test("linearCrossEntropy: bad shapes, targets and options name the op", () 
     (e) => e instanceof ShapeError && /target 4 at row 1 is out of range for 4 classes/.test(e.message),
   );
   assert.throws(() => linearCrossEntropy(h, w, [0, 1], { chunkElements: 0 }), ConfigError);
+  assert.throws(
+    () => linearCrossEntropy(h, w, [0, 1], { vocabChunk: 1.5 }),
+    (e) => e instanceof ConfigError && /vocabChunk must be a positive whole number, got 1.5/.test(e.message),
+  );
 });

@@ -1,7 +1,8 @@
 /**
  * The fused linear + cross-entropy loss's kernels (src/backend/kernels/cross_entropy.ts) on WebGPU against
  * the CPU reference, through `linearCrossEntropy`: loss and the gradients of hidden and weight over random
- * sizes (vocabularies wider than a workgroup), ignored targets and chunk sizes, f32 and f16.
+ * sizes (vocabularies wider than a workgroup), ignored targets, token chunks and vocabulary chunks (odd
+ * widths too, whose f16 weight gradient is joined by concatenation), f32 and f16.
  */
 import fc from "fast-check";
 import { cpuDevice, type Device, linearCrossEntropy, tensor } from "../../../mod.ts";
@@ -15,6 +16,7 @@ interface Case {
   vocab: number;
   targets: number[];
   chunkElements: number;
+  vocabChunk?: number;
   seed: number;
 }
 
@@ -22,7 +24,10 @@ async function run(device: Device, dtype: FloatType, c: Case): Promise<Float32Ar
   const opts = { device, dtype, requiresGrad: true };
   const h = tensor(values(c.n * c.hidden, c.seed, dtype), [c.n, c.hidden], opts);
   const w = tensor(values(c.vocab * c.hidden, c.seed + 1, dtype), [c.vocab, c.hidden], opts);
-  const loss = linearCrossEntropy(h, w, c.targets, { chunkElements: c.chunkElements });
+  const loss = linearCrossEntropy(h, w, c.targets, {
+    chunkElements: c.chunkElements,
+    vocabChunk: c.vocabChunk,
+  });
   loss.backward();
   const out = [];
   for (const t of [loss, h.grad!, w.grad!]) out.push(Float32Array.from(await t.data()));
@@ -45,6 +50,7 @@ const caseArb = (dev: Device): fc.Arbitrary<[FloatType, Case]> =>
       hidden: fc.constantFrom(1, 3, 8, 17, 64),
       vocab: fc.oneof(fc.integer({ min: 1, max: 60 }), fc.constantFrom(255, 257, 513)),
       chunkRows: fc.integer({ min: 1, max: 50 }),
+      vocabChunk: fc.option(fc.integer({ min: 1, max: 300 }), { nil: undefined }),
       seed: fc.integer({ min: 0, max: 1e9 }),
     }).map(({ chunkRows, ...c }) => {
       const rng = new Rng(c.seed + 3);
@@ -55,7 +61,7 @@ const caseArb = (dev: Device): fc.Arbitrary<[FloatType, Case]> =>
           t !== -100
         )
       ) targets[0] = c.vocab - 1;
-      return { ...c, targets, chunkElements: chunkRows * c.vocab };
+      return { ...c, targets, chunkElements: chunkRows * Math.min(c.vocab, c.vocabChunk ?? c.vocab) };
     }),
   );
 
@@ -71,6 +77,22 @@ gpuTest(
   async (dev) => {
     const targets = [3, 1, -100, -100, -100, -100, 0, 299];
     await compare(dev, "f32", { n: 8, hidden: 5, vocab: 300, targets, chunkElements: 600, seed: 4 });
+  },
+);
+
+gpuTest(
+  "linearCrossEntropy on WebGPU: targets in the first and last of several vocabulary chunks",
+  async (dev) => {
+    const targets = [0, 299, 150, -100, 64, 63, 1, 298];
+    await compare(dev, "f32", {
+      n: 8,
+      hidden: 7,
+      vocab: 300,
+      targets,
+      chunkElements: 192,
+      vocabChunk: 64,
+      seed: 9,
+    });
   },
 );
 
