@@ -2,8 +2,9 @@
  * The WebGPU device a benchmark runs on: Deno's own WebGPU (wgpu), or with `--dawn` Dawn, the WebGPU of
  * Chrome and of Node's `webgpu` package, whose native addon (`dawn.node`) Deno loads through npm
  * (../shared/docs/DEVICE.md, "Dawn on the H200"). `--dawn-toggles a,b` adds Dawn toggles (Dawn's
- * Toggles.cpp names them, e.g. `disable_robustness`, `disable_workgroup_init`) to `allow_unsafe_apis`, to
- * find which of Dawn's safety transforms a slow kernel pays for.
+ * Toggles.cpp names them, e.g. `disable_robustness`, `disable_workgroup_init`) to `allow_unsafe_apis`, and
+ * `--dawn-disable a,b` turns default ones off (e.g. `lazy_clear_resource_on_first_use`), to find which of
+ * Dawn's safety measures a slow kernel pays for.
  * @module
  */
 import { type Device, webgpuDevice } from "../mod.ts";
@@ -17,8 +18,10 @@ export function argValue(argv: readonly string[], name: string, fallback: string
 /** Which WebGPU implementation `argv` asks for, in words for the report. */
 export function implementationName(argv: readonly string[]): string {
   if (!argv.includes("--dawn")) return "Deno WebGPU (wgpu)";
-  const toggles = argValue(argv, "--dawn-toggles", "");
-  return `Dawn (webgpu npm package)${toggles === "" ? "" : `, toggles ${toggles}`}`;
+  const toggles = argValue(argv, "--dawn-toggles", ""), off = argValue(argv, "--dawn-disable", "");
+  return `Dawn (webgpu npm package)${toggles === "" ? "" : `, toggles ${toggles}`}${
+    off === "" ? "" : `, disabled ${off}`
+  }`;
 }
 
 /**
@@ -27,9 +30,11 @@ export function implementationName(argv: readonly string[]): string {
  */
 export async function benchDevice(argv: readonly string[]): Promise<Device> {
   if (!argv.includes("--dawn")) return await webgpuDevice();
-  const toggles = argValue(argv, "--dawn-toggles", "");
+  const toggles = argValue(argv, "--dawn-toggles", ""), off = argValue(argv, "--dawn-disable", "");
   const { create } = await import("webgpu");
-  const gpu = create([`enable-dawn-features=allow_unsafe_apis${toggles === "" ? "" : `,${toggles}`}`]);
+  const options = [`enable-dawn-features=allow_unsafe_apis${toggles === "" ? "" : `,${toggles}`}`];
+  if (off !== "") options.push(`disable-dawn-features=${off}`);
+  const gpu = create(options);
   keepAlive.push(gpu);
   return await webgpuDevice({ gpu: gpu as unknown as GPU });
 }
