@@ -36,7 +36,6 @@ import {
   type Tensor,
   tidy,
 } from "../mod.ts";
-import { jaxLoraStep } from "./jax_peer.ts";
 import type { WebGpuBackend } from "../src/backend/webgpu/backend.ts";
 import type { GemmChoice, GemmShape } from "../src/backend/webgpu/gemm_plan.ts";
 import { benchDevice, implementationName } from "./bench_device.ts";
@@ -227,6 +226,8 @@ for (const s of shapes) {
   }
   if (withJax) {
     try {
+      // Imported only when used: with --no-jax the bench runs where @jax-js is not installed.
+      const { jaxLoraStep } = await import("./jax_peer.ts");
       const jax = await jaxLoraStep(s.M, s.D, s.r);
       await jax.run(2);
       const t0 = performance.now();
