@@ -482,8 +482,8 @@ export const ATTENTION_FORWARD: KernelRecord<TiledAttentionArgs> = {
   includes: ["attention/shared"],
   params: [...QUERY_TILED_FIELDS, NEG_INF_FIELD],
   check: (inputs, a) => {
-    checkArgs("attention", inputs, ["q", "k", "v"], a);
     checkQueryTile("attention", forwardTile(a), a.dim);
+    checkArgs("attention", inputs, ["q", "k", "v"], a);
   },
   specialise: ([q], a) => querySpec(q.dtype, a, forwardTile(a), "forward"),
   uniforms: (a) => queryUniforms(a, forwardTile(a), true),
@@ -498,8 +498,8 @@ export const ATTENTION_BACKWARD_Q: KernelRecord<TiledAttentionArgs> = {
   includes: ["attention/shared"],
   params: QUERY_TILED_FIELDS,
   check: (inputs, a) => {
-    checkArgs("attention backward", inputs, ["q", "k", "v", "o", "dout", "lse"], a);
     checkQueryTile("attention backward", backwardQTile(a), a.dim);
+    checkArgs("attention backward", inputs, ["q", "k", "v", "o", "dout", "lse"], a);
   },
   specialise: ([q], a) => querySpec(q.dtype, a, backwardQTile(a), "backward_q"),
   uniforms: (a) => queryUniforms(a, backwardQTile(a), false),
@@ -524,8 +524,8 @@ export const ATTENTION_BACKWARD_KV: KernelRecord<TiledAttentionArgs> = {
   includes: ["attention/shared"],
   params: [...SHARED, { name: "bk", type: "u32" }, { name: "groups", type: "u32" }],
   check: (inputs, a) => {
-    checkArgs("attention backward", inputs, ["q", "k", "v", "dout", "lse", "delta"], a);
     checkKeyTile("attention backward", backwardKVTile(a), a.dim);
+    checkArgs("attention backward", inputs, ["q", "k", "v", "dout", "lse", "delta"], a);
   },
   specialise: ([q], a) => {
     const t = backwardKVTile(a);

@@ -253,9 +253,9 @@ function specialisations(
     const [M, VEC, LANES, F] of [[1, false, 32, false], [8, true, 256, true], [3, true, 64, false]] as const
   ) {
     out.push(
-      [named("gemv"), { ...base, M, VEC, LANES, RES: F }],
-      [named("gemv_glu"), { ...base, M, VEC, LANES, NORM: F }],
-      [named("gemv_norm"), { ...base, M, VEC, LANES, BIAS: F }],
+      [named("gemv"), { ...base, M, VEC, LANES, RES: F, LORA: !F }],
+      [named("gemv_glu"), { ...base, M, VEC, LANES, NORM: F, LORA: !F }],
+      [named("gemv_norm"), { ...base, M, VEC, LANES, BIAS: F, LORA: !F, NORM: !F }],
     );
   }
   for (const OP of ["sum", "max"]) {
