@@ -423,8 +423,117 @@ const basename = (path: string): string => {
   const trimmed = path.replace(/[\\/]+$/, "");
   return trimmed.slice(Math.max(trimmed.lastIndexOf("/"), trimmed.lastIndexOf("\\")) + 1);
 };
+/**
+ * The tag of a save's folders beside its target: `p<pid>-<host>-<time>-<random>` (base 36), so that a
+ * later save can tell a leftover of a killed save (its process gone) from the folder of one still running.
+ */
 const randomTag = (): string =>
-  `${Date.now().toString(36)}-${Math.floor(Math.random() * 2 ** 48).toString(36)}`;
+  `p${processId().toString(36)}-${hostTag()}-${Date.now().toString(36)}-${
+    Math.floor(Math.random() * 2 ** 48).toString(36)
+  }`;
+
+type ProcessGlobals = {
+  Deno?: { pid?: number; hostname?: () => string; kill?: (pid: number, signal: unknown) => void };
+  process?: { pid?: number; kill?: (pid: number, signal: number) => void; env?: Record<string, string> };
+};
+const globals = globalThis as unknown as ProcessGlobals;
+
+/** This process's id (0 where the runtime has none: browsers, which have no filesystem anyway). */
+function processId(): number {
+  return globals.Deno?.pid ?? globals.process?.pid ?? 0;
+}
+
+let hostTagCache: string | null = null;
+/**
+ * A short tag of this machine's name (a 32-bit FNV-1a hash, base 36; "0" where it cannot be read): a pid
+ * means something only on its own machine, and a shared folder may be written from several.
+ */
+function hostTag(): string {
+  if (hostTagCache !== null) return hostTagCache;
+  let name = "";
+  try {
+    name = globals.Deno?.hostname?.() ?? globals.process?.env?.HOSTNAME ?? "";
+  } catch { /* no permission to read it */ }
+  let h = 0x811c9dc5;
+  for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 0x01000193) >>> 0;
+  return (hostTagCache = name === "" ? "0" : h.toString(36));
+}
+
+/**
+ * Whether process `pid` of this machine runs: true, false, or null where this runtime cannot tell (no
+ * permission to signal, no process API). Signal 0 tests for the process without signalling it.
+ */
+function processAlive(pid: number): boolean | null {
+  try {
+    if (globals.Deno?.kill) globals.Deno.kill(pid, 0);
+    else if (globals.process?.kill) globals.process.kill(pid, 0);
+    else return null;
+    return true;
+  } catch (err) {
+    if (isNotFoundError(err) || (err as { code?: unknown } | null)?.code === "ESRCH") return false;
+    const name = (err as { name?: unknown } | null)?.name;
+    // The OS refused the signal (another user's process): it exists. A permission of the runtime's own
+    // (Deno's NotCapable without --allow-run) says nothing about it.
+    if (name === "PermissionDenied" || (err as { code?: unknown } | null)?.code === "EPERM") return true;
+    return null;
+  }
+}
+
+/** @internal a leftover tag as a save by process `pid` (of this machine, or of `host`) at `time` names it. */
+export function _saveTagForTesting(pid: number, time: number, host = hostTag()): string {
+  return `p${pid.toString(36)}-${host}-${time.toString(36)}-test`;
+}
+
+/** Leftovers of other saves whose owner cannot be asked are removed only after this long (24 hours). */
+export const STALE_SAVE_AGE_MS = 24 * 3600 * 1000;
+
+/** A save's leftover beside its target: `.<base>.save-<tag>`, `.<base>.link-<tag>` or `.<base>.old-<tag>`. */
+const LEFTOVER = /^\.(.+)\.(save|link|old)-([0-9a-z-]+)$/;
+
+/**
+ * Whether the save that made a leftover with `tag` has ended: its process is gone (tags made on this
+ * machine), or, where that cannot be told (another machine, an older tag without a pid, no permission to
+ * ask), the tag is older than {@link STALE_SAVE_AGE_MS}.
+ */
+function saveEnded(tag: string, now: number): boolean {
+  const m = /^p([0-9a-z]+)-([0-9a-z]+)-([0-9a-z]+)-[0-9a-z]+$/.exec(tag);
+  if (m !== null && m[2] === hostTag() && m[2] !== "0") {
+    const alive = processAlive(parseInt(m[1], 36));
+    if (alive !== null) return !alive;
+  }
+  const time = parseInt(m === null ? tag.split("-")[0] : m[3], 36);
+  return Number.isFinite(time) && now - time > STALE_SAVE_AGE_MS;
+}
+
+/**
+ * Removes what killed saves left in `parent`: their unfinished `.save-` folders and link temporaries, and
+ * the `.old-` folders moved aside by a save killed after its switch (only where the target exists again, so
+ * a folder that is the only copy of a save is kept). Never a folder a link in `parent` points at (the
+ * current save of some target), never one of a save still running. The owners are asked before the links
+ * are read: an owner found gone can no longer switch a link to its folder afterwards. Failures are ignored
+ * (the next save tries again).
+ */
+async function removeLeftovers(fs: Required<FsOps>, parent: string): Promise<void> {
+  const entries = await fs.readDir(parent);
+  const now = Date.now();
+  const ended = entries.filter((e) => {
+    const m = LEFTOVER.exec(e.name);
+    return m !== null && saveEnded(m[3], now);
+  });
+  if (ended.length === 0) return;
+  const linked = new Set<string>();
+  for (const e of await fs.readDir(parent)) {
+    if (e.kind === "symlink") {
+      linked.add(basename(await fs.readLink(joinPath(parent, e.name)).catch(() => "")));
+    }
+  }
+  for (const e of ended) {
+    if (linked.has(e.name)) continue;
+    const [, base, kind] = LEFTOVER.exec(e.name)!;
+    if (kind === "old" && (await fs.lkind(joinPath(parent, base)).catch(() => null)) === null) continue;
+    await fs.removeTree(joinPath(parent, e.name)).catch(() => {});
+  }
+}
 
 /** The folder names a save of `base` writes beside it: `.base.save-<tag>`. */
 const saveFolderPattern = (base: string): RegExp =>
@@ -465,7 +574,10 @@ async function walk(fs: Required<FsOps>, root: string, rel = ""): Promise<[strin
  * the new folder with one rename of a symbolic link; `dir` becomes that link. A real directory at `dir`
  * (the first save into it) is moved aside just before the switch and removed after it; the previous save
  * folder is removed after the switch too. A save killed midway leaves the target as it was, plus an
- * unfinished `.save-` folder beside it. `dir` being a regular file (or a link to one) is a ConfigError
+ * unfinished `.save-` folder beside it; the next save into the same parent folder removes such leftovers
+ * once their process is gone (the folders' names carry the writer's pid and machine; where that cannot be
+ * checked, after {@link STALE_SAVE_AGE_MS}), never the folder of a save still running or one a target
+ * points at. `dir` being a regular file (or a link to one) is a ConfigError
  * and the file stays untouched; so is a file of the previous save standing where the new save needs a
  * directory, or a directory where it needs a file. Runtime failures come back as ConfigErrors naming
  * `opts.op` and the path.
@@ -563,6 +675,7 @@ export async function writeDirAtomic(
   await switchTo(fs, op, target, fresh, kind === "dir");
   // The folder our link pointed at (a real directory was moved aside and removed by switchTo).
   if (kind === "symlink") await fs.removeTree(previous!).catch(() => {});
+  await removeLeftovers(fs, parent).catch(() => {});
 }
 
 /** Points `target` at the complete folder `fresh` with one rename (two where a real directory is there). */

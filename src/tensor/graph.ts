@@ -263,6 +263,10 @@ export function runBackward<T extends GraphTensor>(root: T, grad: T, ops: Backwa
       let inGrads: (T | null)[];
       try {
         inGrads = t._node.backward(g);
+      } catch (err) {
+        // A node's backward that failed midway (an op past the memory limit) frees what it made so far.
+        for (const x of nodeScope) if (!x._retained) x.dispose();
+        throw err;
       } finally {
         scopes.pop();
       }

@@ -111,12 +111,19 @@ export async function saveCheckpoint(
     const s = optimizer.state[i];
     if (s === null) continue;
     steps[names[i]] = s.step;
-    for (const [key, t] of [["exp_avg", s.expAvg], ["exp_avg_sq", s.expAvgSq]] as [string, Tensor][]) {
-      moments[`${names[i]}.${key}`] = {
-        dtype: t.dtype === "f64" ? "F64" : "F32",
-        shape: [...t.shape],
-        data: await t.data(),
-      };
+    for (const key of ["exp_avg", "exp_avg_sq"] as const) {
+      // Each read of a moment is a fresh copy out of AdamW's packed buffer: freed once its bytes are read,
+      // or every checkpoint would leave two trainable-sized tensors behind on the device.
+      const t: Tensor = key === "exp_avg" ? s.expAvg : s.expAvgSq;
+      try {
+        moments[`${names[i]}.${key}`] = {
+          dtype: t.dtype === "f64" ? "F64" : "F32",
+          shape: [...t.shape],
+          data: await t.data(),
+        };
+      } finally {
+        t.dispose();
+      }
     }
   }
   const contents: Record<string, Uint8Array | string> = {

@@ -11,7 +11,8 @@ import { AdamW } from "../optim/adamw.ts";
 import { clipGradNorm } from "../optim/clip.ts";
 import type { TokenInput } from "../models/llama.ts";
 import { type CheckpointableSchedule, loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
-import { ConfigError, ShapeError } from "../core/errors.ts";
+import { ConfigError, DeviceError, ShapeError } from "../core/errors.ts";
+import { estimateStepBytes } from "./step_memory.ts";
 import { checkOptionalBoolean, checkOptionKeys, showValue } from "../core/options.ts";
 import { ProgressLine, type ProgressLineOptions, standardErrorOutput } from "./progress.ts";
 
@@ -252,6 +253,33 @@ function prepare(
   return { labels: { data, shape: ids.shape }, tokens };
 }
 
+/** The device of the model's first parameter (where its steps run), or null for a model without any. */
+function deviceOf(model: Module) {
+  return model.parameters()[0]?.device ?? null;
+}
+
+/**
+ * Refuses a step whose estimated memory (see step_memory.ts) would pass the device's budget, before any of
+ * its work is queued: a DeviceError naming the step, its batch and the bytes. The device, the model and the
+ * optimizer are as before, so a smaller batch can follow on the same device.
+ */
+function checkStepFits(model: Module, optimizer: AdamW, batch: TrainBatch, step: number): void {
+  const device = deviceOf(model);
+  const limit = device?.memoryLimit ?? null;
+  if (device === null || limit === null) return;
+  const shape = toRows(batch.inputIds).shape;
+  const tokens = shape[0] * shape[1];
+  const need = estimateStepBytes(model, optimizer, tokens);
+  const live = device.memory().bytes;
+  if (need === null || live + need <= limit) return;
+  throw new DeviceError(
+    `train: step ${step + 1} (forward, backward and optimizer step of inputIds [${shape}], ${tokens} ` +
+      `tokens) needs about ${need} bytes with ${live} bytes live, past device ${device}'s memory limit of ` +
+      `${limit} bytes (setMemoryLimit); nothing of this step was queued. Use a smaller batch or shorter ` +
+      `sequences, or raise the limit`,
+  );
+}
+
 /**
  * Trains `model` for `steps` steps (from 0, or from the checkpoint's step with `resumeFrom`) and
  * returns every step's loss. Everything but the periodic read-back stays on the model's device.
@@ -293,6 +321,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     while (step < steps) {
       const batch = Array.isArray(batches) ? batches[step % batches.length] : batches(step);
       const { labels, tokens } = prepare(batch, step, maxPositions);
+      checkStepFits(model, optimizer, batch, step);
       const update = () => {
         if (opts.clipNorm !== undefined) clipGradNorm(params, opts.clipNorm);
         optimizer.step();
@@ -321,11 +350,18 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
         }
         loss = l;
       } else {
-        loss = tidy(() => {
-          const l = forwardBackward();
-          update();
-          return l;
-        });
+        try {
+          loss = tidy(() => {
+            const l = forwardBackward();
+            update();
+            return l;
+          });
+        } catch (err) {
+          // A step that failed midway (an op past the memory limit, say) leaves no partial gradients: its
+          // tensors went with the tidy scope, and the device is as before the step.
+          optimizer.zeroGrad();
+          throw err;
+        }
       }
       pending.push(loss);
       windowTokens += tokens;

@@ -16,7 +16,7 @@ import {
   PeftConfig,
   saveAdapter,
 } from "../../mod.ts";
-import { writeDirAtomic } from "../../src/io/fs.ts";
+import { _saveTagForTesting, STALE_SAVE_AGE_MS, writeDirAtomic } from "../../src/io/fs.ts";
 import { withTempDir } from "../models/tiny_model.ts";
 
 const names = (dir: string) => [...Deno.readDirSync(dir)].map((e) => e.name).sort();
@@ -154,5 +154,47 @@ Deno.test("writeDirAtomic: a writer killed mid-save leaves one whole save, never
       const b = Deno.readTextFileSync(`${dir}/sub/b.txt`).split("\n")[0];
       assert.equal(b, a, `kill ${kill}: a.txt and sub/b.txt come from the same save`);
     }
+    // The killed writer's unfinished folders go with the next save into the same parent.
+    await writeDirAtomic(dir, { "a.txt": "last", "sub/b.txt": "last" }, { op: "test" });
+    const left = names(root).filter((n) => n !== "out");
+    assert.deepEqual(left, [Deno.readLinkSync(dir)], `only the current save is left: ${left}`);
+  });
+});
+
+Deno.test("writeDirAtomic: a later save removes leftovers of ended saves, never a running one's or a linked one", async () => {
+  await withTempDir(async (root) => {
+    const dir = `${root}/out`;
+    await writeDirAtomic(dir, { "a.txt": "1" }, { op: "test" });
+    const now = Date.now();
+    const dead = 2 ** 22 + 5; // above Linux's largest pid (pid_max ≤ 2^22): no such process
+    const tag = (pid: number, time = now, host?: string) => _saveTagForTesting(pid, time, host);
+    const folder = (name: string) => {
+      Deno.mkdirSync(`${root}/${name}`);
+      Deno.writeTextFileSync(`${root}/${name}/a.txt`, "partial");
+    };
+    const gone = [
+      `.out.save-${tag(dead)}`, // killed mid-save on this machine
+      `.other.save-${(now - STALE_SAVE_AGE_MS - 60_000).toString(36)}-old1`, // older tag form, past the age
+      `.out.old-${tag(dead)}`, // moved aside by a killed save; out exists again
+    ];
+    const kept = [
+      `.out.save-${tag(Deno.pid)}`, // a save of this very process, still running
+      `.out.save-${tag(dead, now, "zz9")}`, // another machine's: its pid cannot be asked, and it is recent
+      `.other.save-${now.toString(36)}-new1`, // older tag form, recent
+      `.gone.old-${tag(dead)}`, // the only copy of a save whose switch was cut off: gone does not exist
+      `.kept.save-${tag(dead)}`, // a whole save of an ended process that kept points at
+    ];
+    for (const n of [...gone, ...kept]) folder(n);
+    Deno.symlinkSync(`.kept.save-${tag(dead)}`, `${root}/kept`);
+    await writeDirAtomic(dir, { "a.txt": "2" }, { op: "test" });
+    const left = names(root);
+    for (const n of gone) assert.ok(!left.includes(n), `${n} should be removed: ${left}`);
+    for (const n of kept) assert.ok(left.includes(n), `${n} should be kept: ${left}`);
+    assert.equal(Deno.readTextFileSync(`${root}/kept/a.txt`), "partial");
+    assert.equal(Deno.readTextFileSync(`${dir}/a.txt`), "2");
+    // The current save of out and the two running or unaskable saves kept above.
+    const saves = left.filter((n) => n.startsWith(".out.save-"));
+    assert.equal(saves.length, 3, `${saves}`);
+    assert.ok(saves.includes(Deno.readLinkSync(dir)));
   });
 });
