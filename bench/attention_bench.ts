@@ -93,7 +93,7 @@ const QUERY_VARIANTS = [
   qt(32, 4, 16),
   qt(64, 2, 8),
 ];
-const KEY_VARIANTS = [kt(32, 2, 8), kt(16, 4, 8), kt(32, 8, 8), kt(16, 8, 8), kt(32, 2, 4), kt(64, 1, 4)];
+const KEY_VARIANTS = [kt(32, 2, 8), kt(16, 4, 8), kt(32, 8, 8), kt(16, 8, 8), kt(32, 2, 4), kt(16, 2, 8)];
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
