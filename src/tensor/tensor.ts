@@ -362,22 +362,27 @@ export function tensor(data: ArrayLike<number>, shape?: readonly number[], opts?
   return new Tensor(storage, s, dtype, device, opts?.requiresGrad ?? false);
 }
 
-/** A tensor of `shape` filled with `value` (zeros and ones too: errors name `full`). */
+/** A tensor of `shape` filled with `value`. */
 export function full(shape: readonly number[], value: number, opts?: TensorOptions): Tensor {
-  checkShape(shape, "full");
-  const { device, dtype } = resolve(opts, "full");
-  const storage = allocating("full", shape, dtype, () => device.backend.fill(shapeSize(shape), value, dtype));
+  return filled(shape, value, opts, "full");
+}
+
+/** full() under the name of the public call the user made, for its errors (`zeros`, `ones`, `full`). */
+function filled(shape: readonly number[], value: number, opts: TensorOptions | undefined, op: string): Tensor {
+  checkShape(shape, op);
+  const { device, dtype } = resolve(opts, op);
+  const storage = allocating(op, shape, dtype, () => device.backend.fill(shapeSize(shape), value, dtype));
   return new Tensor(storage, shape, dtype, device, opts?.requiresGrad);
 }
 
 /** Zeros. */
 export function zeros(shape: readonly number[], opts?: TensorOptions): Tensor {
-  return full(shape, 0, opts);
+  return filled(shape, 0, opts, "zeros");
 }
 
 /** Ones. */
 export function ones(shape: readonly number[], opts?: TensorOptions): Tensor {
-  return full(shape, 1, opts);
+  return filled(shape, 1, opts, "ones");
 }
 
 /** Options of the random constructors: `seed` makes the draw reproducible. */

@@ -184,7 +184,7 @@ const cases: Case[] = [
     error: ShapeError,
     mentions: ["tensor", "3 values", "[2,2]"],
   },
-  { name: "zeros bad shape", run: () => zeros([2, -1]), error: ShapeError, mentions: ["full", "[2,-1]"] },
+  { name: "zeros bad shape", run: () => zeros([2, -1]), error: ShapeError, mentions: ["zeros", "[2,-1]"] },
   {
     name: "tensor unknown dtype",
     run: () => tensor([1], [1], { dtype: "int8" as "f32" }),

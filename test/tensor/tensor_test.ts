@@ -180,8 +180,9 @@ function throwsNaming(fn: () => unknown, cls: new (...a: never[]) => Error, ment
 
 Deno.test("constructor errors name the function and the bad shape or dtype", () => {
   throwsNaming(() => tensor([1, 2, 3], [2, 2]), ShapeError, ["tensor", "3", "[2,2]"]);
-  throwsNaming(() => zeros([2, -1]), ShapeError, ["full", "[2,-1]"]);
-  throwsNaming(() => ones([1.5]), ShapeError, ["full", "[1.5]"]);
+  throwsNaming(() => zeros([2, -1]), ShapeError, ["zeros", "[2,-1]"]);
+  throwsNaming(() => ones([1.5]), ShapeError, ["ones", "[1.5]"]);
+  throwsNaming(() => full([3, -2], 7), ShapeError, ["full", "[3,-2]"]);
   throwsNaming(() => randn([2, 0.5]), ShapeError, ["randn", "[2,0.5]"]);
   throwsNaming(() => tensor([1], [1], { dtype: "bf16" as "f32" }), DTypeError, ["tensor", "bf16"]);
 });
@@ -415,5 +416,5 @@ Deno.test("options.device that is not a Device is a ConfigError naming the const
     () => tensor([1, 2], [2], { device: notADevice }),
     (e: unknown) => e instanceof ConfigError && /^tensor: options\.device/.test(e.message),
   );
-  assert.throws(() => zeros([2], { device: notADevice }), /^ConfigError: full: options\.device/);
+  assert.throws(() => zeros([2], { device: notADevice }), /^ConfigError: zeros: options\.device/);
 });

@@ -181,7 +181,7 @@ gpuTest(
       const tooBig = (op: string, shape: string) => (e: unknown) =>
         e instanceof DeviceError && e.message.includes(op) && e.message.replaceAll(" ", "").includes(shape) &&
         e.message.includes(String(limit)) && e.message.includes("maxStorageBufferBindingSize");
-      assert.throws(() => zeros([rows, cols], { device }), tooBig("full", `[${rows},${cols}]`));
+      assert.throws(() => zeros([rows, cols], { device }), tooBig("zeros", `[${rows},${cols}]`));
       // Outputs too large from small inputs: a broadcast sum and an embedding lookup.
       const col = zeros([rows, 1], { device }), row = zeros([1, cols], { device });
       assert.throws(() => add(col, row), tooBig("add", `[${rows},${cols}]`));
