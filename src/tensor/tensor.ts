@@ -368,7 +368,12 @@ export function full(shape: readonly number[], value: number, opts?: TensorOptio
 }
 
 /** full() under the name of the public call the user made, for its errors (`zeros`, `ones`, `full`). */
-function filled(shape: readonly number[], value: number, opts: TensorOptions | undefined, op: string): Tensor {
+function filled(
+  shape: readonly number[],
+  value: number,
+  opts: TensorOptions | undefined,
+  op: string,
+): Tensor {
   checkShape(shape, op);
   const { device, dtype } = resolve(opts, op);
   const storage = allocating(op, shape, dtype, () => device.backend.fill(shapeSize(shape), value, dtype));
