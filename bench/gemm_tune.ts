@@ -38,7 +38,7 @@ export interface TuneShape {
   k: number;
   transA: boolean;
   transB: boolean;
-  /** Rank of the LoRA pre-phase (the fused linear's output kernels, never split), or 0. */
+  /** Rank of the LoRA pre-phase (the fused linear's output kernels), or 0. */
   lora: number;
 }
 
@@ -288,7 +288,7 @@ export async function tuneShapes(
       if (tile.BM > 2 * Math.max(16, s.m) || tile.BN > 2 * Math.max(16, s.n)) continue;
       const blocksOf = Math.ceil(s.m / tile.BM) * Math.ceil(s.n / tile.BN) * tile.WG;
       for (const want of [1, 2, 4, 8, 16, 32, 64]) {
-        if (want > 1 && (s.lora > 0 || s.k < 64 * want || blocksOf * want > (1 << 19))) break;
+        if (want > 1 && (s.k < 64 * want || blocksOf * want > (1 << 19))) break;
         const p = planOf(be, ops.req, forced({ tile, splits: want }));
         const key = `${tileName(p.tile)}/${p.splits}`;
         if (seen.has(key)) continue;

@@ -59,8 +59,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 //#if ph == 1 || LORA
   {
 //#if ph == 0
+    // Of a split-K dispatch's slices only the first takes the LoRA term (the reduce sums the slices).
     let k_begin = 0u;
-    let k_end = p.r;
+    let k_end = select(0u, p.r, z == 0u);
     let depth = p.r;
     let a_off = 0u;
     let b_off = 0u;

@@ -173,9 +173,10 @@ export function planRequest(
     n: req.n,
     k: req.k,
     batch: req.batch ?? 1,
-    // The LoRA output kernel's epilogue (scale, mask) must run once; a bias is added by the split-K
-    // reduce instead (SPLITK_REDUCE_BIAS).
-    splittable: req.lora === undefined,
+    // A split product's bias is added by its reduce (SPLITK_REDUCE_BIAS), its LoRA term by its first
+    // slice alone (the templates' LoRA phase); the planner leaves LoRA products whole unless told.
+    splittable: true,
+    lora: req.lora !== undefined,
     maxBindingBytes,
     vec4Unmasked: flags.vecA && flags.vecB && !flags.maskA && !flags.maskB &&
       (flags.lora === null || (flags.lora.vecP && flags.lora.vecQ && !flags.lora.mask)),

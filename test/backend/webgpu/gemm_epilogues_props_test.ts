@@ -1,15 +1,23 @@
 /**
- * The GEMM's bias epilogue (Backend.matmul with a bias, which `linear` uses) against the CPU reference:
- * the bias added in the GEMM's store, or in the split-K reduce (SPLITK_REDUCE_BIAS) when k is split, on
- * the device's own schedule and on a workgroup-tiled tile forced on the test adapter; odd sizes, batches,
- * both layouts, f32 and f16. Also the reduce record alone through Backend.run, and its input errors.
+ * The GEMM's epilogues when k is split, against the CPU reference. The bias (Backend.matmul with a bias,
+ * which `linear` uses): added in the GEMM's store, or in the split-K reduce (SPLITK_REDUCE_BIAS), on the
+ * device's own schedule and on a workgroup-tiled tile forced on the test adapter; odd sizes, batches, both
+ * layouts, f32 and f16; the reduce record alone through Backend.run, and a wrong bias's errors. The LoRA
+ * phase of the fused linear's output kernels with k split (only the first slice takes the LoRA term, the
+ * reduce adds the bias), forced through `GemmProfile.choose` on both schedules, with dropout masks.
  */
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { DTypeError, ShapeError } from "../../../src/core/errors.ts";
 import { cpuDevice } from "../../../mod.ts";
 import type { WebGpuBackend } from "../../../src/backend/webgpu/backend.ts";
-import { type GemmProfile, TILED_PROFILE } from "../../../src/backend/webgpu/gemm_plan.ts";
+import {
+  DIRECT_PROFILE,
+  type GemmProfile,
+  type GemmTile,
+  TILED_PROFILE,
+} from "../../../src/backend/webgpu/gemm_plan.ts";
+import type { FusedDropout } from "../../../src/backend/backend.ts";
 import { SPLITK_REDUCE_BIAS } from "../../../src/backend/kernels/splitk_reduce.ts";
 import {
   assertClose,
@@ -65,7 +73,7 @@ gpuTest("matmul with a bias epilogue matches the CPU on a forced workgroup tile 
   be.gemmProfile = { schedule: "tiled", tiles: [tile] } satisfies GemmProfile;
   try {
     await fc.assert(fc.asyncProperty(caseArb, seedArb, f, (c, seed, dt) => checkCase(dev, c, seed, dt)), {
-      numRuns: 8,
+      numRuns: 5,
     });
   } finally {
     be.gemmProfile = own;
@@ -123,4 +131,78 @@ gpuTest("a bias that does not fit: ShapeError / DTypeError naming matmul, nothin
   }
 });
 
-Deno.test({ name: "GEMM bias errors summary", ignore: gpu === null, fn: () => printWorst("gemm bias") });
+const dropoutArb: fc.Arbitrary<FusedDropout | null> = fc.oneof(
+  fc.constant(null),
+  fc.record({
+    p: fc.double({ min: 0.1, max: 0.7, noNaN: true }),
+    seed: fc.integer({ min: 0, max: 0xffffffff }),
+    position: fc.constantFrom<"pre" | "post">("pre", "post"),
+  }),
+);
+
+for (
+  const [schedule, tile] of [["tiled", TILED_PROFILE.tiles[1]], [
+    "direct",
+    DIRECT_PROFILE.tiles.at(-1)!,
+  ]] as const
+) {
+  gpuTest(
+    `fused LoRA with k split (${schedule} ${tile.BM}x${tile.BN}): forward and backward match the CPU`,
+    async (dev) => {
+      const be = dev.backend as WebGpuBackend;
+      const own = be.gemmProfile;
+      // Every product split into 3 slices (the LoRA output kernels too), whatever the planner would do.
+      const t: GemmTile = tile;
+      be.gemmProfile = { schedule, tiles: [t], choose: () => ({ tile: t, splits: 3 }) };
+      try {
+        await fc.assert(
+          fc.asyncProperty(
+            fc.record({
+              m: size(24),
+              // k of the output products is inF (forward) or outF (dx): deep enough for 3 slices.
+              inF: fc.integer({ min: 12, max: 60 }),
+              outF: fc.integer({ min: 12, max: 60 }),
+              rank: fc.constantFrom(1, 4, 7),
+              bias: fc.boolean(),
+              dropout: dropoutArb,
+            }),
+            seedArb,
+            f,
+            async (c, seed, dt) => {
+              const v = (n: number, k: number) => values(n, seed + k, dt);
+              const sizes = {
+                m: c.m,
+                inFeatures: c.inF,
+                outFeatures: c.outF,
+                rank: c.rank,
+                scale: 2,
+                dropout: c.dropout,
+              };
+              const r = await onBoth(dev, dt, (u) => {
+                const x = u.up(v(c.m * c.inF, 0)), w = u.up(v(c.outF * c.inF, 1));
+                const a = u.up(v(c.rank * c.inF, 2)), b = u.up(v(c.outF * c.rank, 3));
+                const bias = c.bias ? u.up(v(c.outF, 4)) : null;
+                const y = u.be.loraForward({ x, w, a, b, bias, ...sizes });
+                const dy = u.up(v(c.m * c.outF, 5));
+                const g = u.be.loraBackward({ x, w, a, b, dy, needDx: true, ...sizes });
+                return [y, g.dA, g.dB, g.dx!];
+              });
+              for (const [i, what] of ["y", "dA", "dB", "dx"].entries()) {
+                assertClose(`split-K lora ${what}`, r.gpu[i], r.cpu[i], dt);
+              }
+            },
+          ),
+          { numRuns: 5 },
+        );
+      } finally {
+        be.gemmProfile = own;
+      }
+    },
+  );
+}
+
+Deno.test({
+  name: "GEMM epilogue errors summary",
+  ignore: gpu === null,
+  fn: () => printWorst("gemm epilogues"),
+});
