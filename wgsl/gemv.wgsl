@@ -4,7 +4,9 @@
 // column's weight row (with VEC as vec4 loads: k is a multiple of 4) and keeps one accumulator per input
 // row, written out as separate variables (//#for). LANES grows with k so that each invocation issues only
 // a few loads, all in flight together (src/backend/kernels/gemv.ts, gemvLayout). The partial sums of all
-// M rows are reduced together (one tree), not one row after another.
+// M rows are reduced together (one tree), not one row after another. With LORA a LoRA adapter's term
+// scale · t · lbᵀ joins the sums (t = x Aᵀ [m, r] from an earlier GEMV, lb = B [n, r]), spread over the
+// column's invocations like the weight row, as the fused LoRA GEMM adds it into its accumulators.
 //#if VEC
 alias VS = vec4<${T}>;
 alias VF = vec4<f32>;
@@ -15,7 +17,9 @@ alias VF = f32;
 @group(0) @binding(1) var<storage, read> x: array<VS>;
 @group(0) @binding(2) var<storage, read> w: array<VS>;
 @group(0) @binding(3) var<storage, read> res: array<${T}>;
-@group(0) @binding(4) var<storage, read_write> y: array<${T}>;
+@group(0) @binding(4) var<storage, read> t: array<${T}>;
+@group(0) @binding(5) var<storage, read> lb: array<${T}>;
+@group(0) @binding(6) var<storage, read_write> y: array<${T}>;
 
 var<workgroup> red: array<f32, ${WG * M}>;
 
@@ -50,7 +54,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 //#end
   }
 //#for r in 0..M
-  red[${r * WG}u + lid] = hsum(acc${r});
+  var lo${r} = 0.0;
+//#end
+//#if LORA
+  for (var i = lane; i < p.r; i += ${LANES}u) {
+    let bv = p.scale * f32(lb[c * p.r + i]);
+//#for r in 0..M
+    lo${r} += f32(t[${r}u * p.r + i]) * bv;
+//#end
+  }
+//#end
+//#for r in 0..M
+  red[${r * WG}u + lid] = hsum(acc${r}) + lo${r};
 //#end
   workgroupBarrier();
   for (var s = ${LANES / 2}u; s > 0u; s = s >> 1u) {

@@ -5,7 +5,9 @@
 // with VEC).
 // With NORM the RMSNorm before the block is fused in as in wgsl/gemv_norm.wgsl: x is the residual stream
 // and each workgroup normalises it (scale nw) on the fly. The gate and up products are rounded to the
-// storage type before the activation, as separate layers would store them.
+// storage type before the activation, as separate layers would store them. With LORA, LoRA terms join
+// the gate and up sums as in wgsl/gemv.wgsl: t [m, rg + ru] holds x̂ A_gateᵀ then x̂ A_upᵀ, bg and bu
+// are the B weights [n, rg] and [n, ru], scaled by sg and su.
 //#if VEC
 alias VS = vec4<${T}>;
 alias VF = vec4<f32>;
@@ -17,7 +19,10 @@ alias VF = f32;
 @group(0) @binding(2) var<storage, read> nw: array<VS>;
 @group(0) @binding(3) var<storage, read> g: array<VS>;
 @group(0) @binding(4) var<storage, read> u: array<VS>;
-@group(0) @binding(5) var<storage, read_write> y: array<${T}>;
+@group(0) @binding(5) var<storage, read> t: array<${T}>;
+@group(0) @binding(6) var<storage, read> bg: array<${T}>;
+@group(0) @binding(7) var<storage, read> bu: array<${T}>;
+@group(0) @binding(8) var<storage, read_write> y: array<${T}>;
 
 var<workgroup> red_g: array<f32, ${WG * M}>;
 var<workgroup> red_u: array<f32, ${WG * M}>;
@@ -93,8 +98,27 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 //#end
   }
 //#for r in 0..M
-  red_g[${r * WG}u + lid] = hsum(ag${r});
-  red_u[${r * WG}u + lid] = hsum(au${r});
+  var lg${r} = 0.0;
+  var lu${r} = 0.0;
+//#end
+//#if LORA
+  let rt = p.rg + p.ru;
+  for (var i = lane; i < p.rg; i += ${LANES}u) {
+    let bv = p.sg * f32(bg[c * p.rg + i]);
+//#for r in 0..M
+    lg${r} += f32(t[${r}u * rt + i]) * bv;
+//#end
+  }
+  for (var i = lane; i < p.ru; i += ${LANES}u) {
+    let bv = p.su * f32(bu[c * p.ru + i]);
+//#for r in 0..M
+    lu${r} += f32(t[${r}u * rt + p.rg + i]) * bv;
+//#end
+  }
+//#end
+//#for r in 0..M
+  red_g[${r * WG}u + lid] = hsum(ag${r}) + lg${r};
+  red_u[${r * WG}u + lid] = hsum(au${r}) + lu${r};
 //#end
   workgroupBarrier();
   for (var s = ${LANES / 2}u; s > 0u; s = s >> 1u) {

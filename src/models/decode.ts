@@ -35,7 +35,7 @@ import {
 } from "../tensor/mod.ts";
 import type { Module } from "../nn/module.ts";
 import { Linear } from "../nn/layers.ts";
-import { adapterKind } from "../nn/adapter_hook.ts";
+import { adapterKind, decodeParts } from "../nn/adapter_hook.ts";
 import type { KernelRecord } from "../backend/kernels/record.ts";
 import { GEMV, GEMV_MAX_ROWS } from "../backend/kernels/gemv.ts";
 import { GEMV_NORM } from "../backend/kernels/gemv_norm.ts";
@@ -128,13 +128,6 @@ function runKernel<A>(record: KernelRecord<A>, inputs: Tensor[], args: A, shapes
   return outs.map((s, i) => fromStorage(s, shapes[i], s.dtype, device));
 }
 
-/** A Linear the GEMV can run: no adapter, not quantized, its forward not replaced. */
-function isPlainLinear(m: Linear): boolean {
-  return adapterKind(m) === null && m._quantLayout === null &&
-    Object.getPrototypeOf(m) === Linear.prototype &&
-    !Object.hasOwn(m, "forward");
-}
-
 /**
  * Whether the step runs its linear layers as GEMVs: on hardware GPUs and the CPU reference. A software
  * adapter (lavapipe, SwiftShader) runs workgroup barriers slowly, and its GEMM schedule (a block per
@@ -150,18 +143,71 @@ export interface DecodeKernels {
   gemv?: boolean;
 }
 
-/** Whether the GEMV runs `m` on x: GEMVs chosen, 1-8 rows, a plain Linear of x's dtype. */
-function gemvRuns(m: Linear, x: Tensor, gemv: boolean): boolean {
-  return gemv && x.shape[0] <= GEMV_MAX_ROWS && isPlainLinear(m) && m.weight.dtype === x.dtype &&
-    (m.bias === null || m.bias.dtype === x.dtype);
+/** What the GEMV kernels run of a Linear: its weight and bias, and its LoRA term when it carries one. */
+interface GemvLinear {
+  weight: Tensor;
+  bias: Tensor | null;
+  out: number;
+  lora: { a: Tensor; b: Tensor; scale: number } | null;
 }
 
-/** y = x Wᵀ + b for x [rows, in]: the GEMV for 1-8 rows of a plain Linear, the layer's forward otherwise. */
-export function decodeLinear(m: Linear, x: Tensor, gemv = prefersGemv(x.device)): Tensor {
+/**
+ * The GEMV form of `m` for rows of x, or null when the layer's own forward must run: GEMVs not chosen,
+ * more than 8 rows, a quantized weight, a replaced forward, an adapter whose forward is more than base
+ * plus LoRA now (src/nn/adapter_hook.ts `decodeParts`), or a tensor of another dtype than x.
+ */
+function gemvLinear(m: Linear, x: Tensor, gemv: boolean): GemvLinear | null {
+  if (!gemv || x.shape[0] > GEMV_MAX_ROWS || m._quantLayout !== null || Object.hasOwn(m, "forward")) {
+    return null;
+  }
+  let lora: GemvLinear["lora"] = null;
+  if (adapterKind(m) !== null) {
+    const parts = decodeParts(m);
+    if (parts === null) return null;
+    lora = parts.lora;
+  } else if (Object.getPrototypeOf(m) !== Linear.prototype) return null;
+  const dt = x.dtype;
+  if (m.weight.dtype !== dt || (m.bias !== null && m.bias.dtype !== dt)) return null;
+  if (lora !== null && (lora.a.dtype !== dt || lora.b.dtype !== dt || lora.a.shape[0] !== lora.b.shape[1])) {
+    return null;
+  }
+  return { weight: m.weight, bias: m.bias, out: m.outFeatures, lora };
+}
+
+/** The LoRA rank of a GEMV linear (0 without one). */
+const rankOf = (g: GemvLinear) => g.lora?.a.shape[0] ?? 0;
+
+/**
+ * x Wᵀ (+ res) (+ scale · (x Aᵀ) Bᵀ): one GEMV, and one more for x Aᵀ when the layer carries LoRA. The
+ * bias is left to the caller.
+ */
+function gemvProduct(g: GemvLinear, x: Tensor, res: Tensor | null): Tensor {
   const [rows, k] = x.shape;
-  if (!gemvRuns(m, x, gemv)) return m.forward(x);
-  const [y] = runKernel(GEMV, [x, m.weight, x], { m: rows, n: m.outFeatures, k }, [[rows, m.outFeatures]]);
-  return m.bias === null ? y : add(y, m.bias);
+  let t = x, b = g.weight, lora = null;
+  if (g.lora !== null) {
+    const r = rankOf(g);
+    t = runKernel(GEMV, [x, g.lora.a, x, x, x], { m: rows, n: r, k }, [[rows, r]])[0];
+    b = g.lora.b;
+    lora = { r, scale: g.lora.scale };
+  }
+  return runKernel(GEMV, [x, g.weight, res ?? x, t, b], {
+    m: rows,
+    n: g.out,
+    k,
+    residual: res !== null,
+    lora,
+  }, [[
+    rows,
+    g.out,
+  ]])[0];
+}
+
+/** y = x Wᵀ + b for x [rows, in]: GEMVs for 1-8 rows (with a LoRA term), the layer's forward otherwise. */
+export function decodeLinear(m: Linear, x: Tensor, gemv = prefersGemv(x.device)): Tensor {
+  const g = gemvLinear(m, x, gemv);
+  if (g === null) return m.forward(x);
+  const y = gemvProduct(g, x, null);
+  return g.bias === null ? y : add(y, g.bias);
 }
 
 /** Whether `norm` is an RMSNorm the fused kernels apply to rows of h (scale of h's dtype and width). */
@@ -190,15 +236,70 @@ export function decodeAddNorm(norm: NormModule, h: Tensor, delta: Tensor | null)
   return [s, y];
 }
 
-/** silu(gate(x)) · up(x): one GEMV pass over both weights for plain Linears and 1-8 rows. */
+/**
+ * The LoRA A-products of up to three GEMV linears over norm(h), side by side [rows, r0 + r1 + r2] (one
+ * `gemvNorm` over the A weights), with their ranks and scales; null when none carries LoRA.
+ */
+function loraInputs(norm: NormModule | null, h: Tensor, gs: GemvLinear[]) {
+  if (gs.every((g) => g.lora === null)) return null;
+  const [rows, k] = h.shape;
+  const ranks = [0, 1, 2].map((i) => (gs[i] === undefined ? 0 : rankOf(gs[i]))) as [number, number, number];
+  const scales = [0, 1, 2].map((i) => gs[i]?.lora?.scale ?? 0) as [number, number, number];
+  const some = gs.find((g) => g.lora !== null)!.lora!.a;
+  const a = [0, 1, 2].map((i) => gs[i]?.lora?.a ?? some);
+  const bs = [0, 1, 2].map((i) => gs[i]?.lora?.b ?? some);
+  const rt = ranks[0] + ranks[1] + ranks[2];
+  const nw = norm?.weight ?? h;
+  const [t] = runKernel(GEMV_NORM, [h, nw, ...a, ...a, h], {
+    m: rows,
+    parts: ranks,
+    k,
+    eps: norm?.eps ?? 0,
+    bias: false,
+    norm: norm !== null,
+  }, [[rows, rt]]);
+  return { t, ranks, scales, bs };
+}
+
+/** silu(gate(x)) · up(x): one GEMV pass over both weights (with their LoRA terms) for 1-8 rows. */
 export function decodeGlu(gate: Linear, up: Linear, x: Tensor, gemv = prefersGemv(x.device)): Tensor {
-  const [rows, k] = x.shape;
-  const fused = gemvRuns(gate, x, gemv) && gemvRuns(up, x, gemv) && gate.bias === null && up.bias === null;
-  if (!fused) return mul(silu(decodeLinear(gate, x, gemv)), decodeLinear(up, x, gemv));
-  return runKernel(GEMV_GLU, [x, x, gate.weight, up.weight], { m: rows, n: gate.outFeatures, k }, [[
-    rows,
-    gate.outFeatures,
-  ]])[0];
+  const g = gemvLinear(gate, x, gemv), u = gemvLinear(up, x, gemv);
+  if (g === null || u === null || g.bias !== null || u.bias !== null) {
+    return mul(silu(decodeLinear(gate, x, gemv)), decodeLinear(up, x, gemv));
+  }
+  return gluKernel(null, x, g, u, 0);
+}
+
+/**
+ * The gemvGlu dispatch over x (normalised by `norm` on the fly when given), with the gate's and up's
+ * LoRA terms when they carry them (their A-products first, one more dispatch).
+ */
+function gluKernel(
+  norm: NormModule | null,
+  x: Tensor,
+  g: GemvLinear,
+  u: GemvLinear,
+  upOffset: number,
+): Tensor {
+  const [rows, k] = x.shape, n = g.out;
+  const lin = loraInputs(norm, x, [g, u]);
+  const lora = lin === null
+    ? null
+    : { rg: lin.ranks[0], ru: lin.ranks[1], sg: lin.scales[0], su: lin.scales[1] };
+  return runKernel(
+    GEMV_GLU,
+    [
+      x,
+      norm?.weight ?? x,
+      g.weight,
+      u.weight,
+      lin?.t ?? x,
+      lin?.bs[0] ?? x,
+      lin?.bs[1] ?? x,
+    ],
+    { m: rows, n, k, norm: norm === null ? null : { eps: norm.eps }, upOffset, lora },
+    [[rows, n]],
+  )[0];
 }
 
 /**
@@ -227,32 +328,37 @@ interface Columns {
 }
 
 /**
- * norm(stream) through 1-3 linears: one `gemvNorm` dispatch (the outputs side by side) when the norm is an
- * RMSNorm and the linears plain of one bias kind, else the norm (with the pending add) and each linear
- * on its own. Returns where each linear's output is.
+ * norm(stream) through 1-3 linears: one `gemvNorm` dispatch (the outputs side by side; a second one first
+ * for the A-products when any carries LoRA) when the norm is an RMSNorm and the linears run as GEMVs with
+ * biases on all or none (none with LoRA), else the norm (with the pending add) and each linear on its
+ * own. Returns where each linear's output is.
  */
 function normLinears(norm: NormModule, s: Stream, ms: Linear[], gemv: boolean): Columns[] {
   const h = s.h, [rows, k] = h.shape;
-  const fused = s.delta === null && ms.length <= 3 && normFuses(norm, h) &&
-    ms.every((m) => gemvRuns(m, h, gemv)) &&
-    (ms.every((m) => m.bias === null) || ms.every((m) => m.bias !== null));
+  const gs = ms.map((m) => gemvLinear(m, h, gemv));
+  const ok = gs.every((g) => g !== null) ? gs as GemvLinear[] : null;
+  const biased = ok !== null && ok.every((g) => g.bias !== null);
+  const fused = ok !== null && s.delta === null && ms.length <= 3 && normFuses(norm, h) &&
+    (biased ? ok.every((g) => g.lora === null) : ok.every((g) => g.bias === null));
   if (!fused) {
     let x: Tensor;
     [s.h, x] = decodeAddNorm(norm, h, s.delta);
     s.delta = null;
     return ms.map((m) => ({ t: decodeLinear(m, x, gemv), stride: m.outFeatures, offsets: [0] }));
   }
-  const parts = [0, 1, 2].map((i) => ms[i]?.outFeatures ?? 0) as [number, number, number];
-  const w = [0, 1, 2].map((i) => (ms[i] ?? ms[0]).weight);
-  const bias = ms[0].bias !== null;
-  const b = bias ? [0, 1, 2].map((i) => (ms[i] ?? ms[0]).bias!) : w;
+  const parts = [0, 1, 2].map((i) => ok[i]?.out ?? 0) as [number, number, number];
+  const w = [0, 1, 2].map((i) => (ok[i] ?? ok[0]).weight);
+  const lin = loraInputs(norm, h, ok);
+  const e = biased ? [0, 1, 2].map((i) => (ok[i] ?? ok[0]).bias!) : lin?.bs ?? w;
   const total = parts[0] + parts[1] + parts[2];
-  const [y] = runKernel(GEMV_NORM, [h, norm.weight, ...w, ...b], { m: rows, parts, k, eps: norm.eps, bias }, [
-    [
-      rows,
-      total,
-    ],
-  ]);
+  const [y] = runKernel(GEMV_NORM, [h, norm.weight, ...w, ...e, lin?.t ?? h], {
+    m: rows,
+    parts,
+    k,
+    eps: norm.eps,
+    bias: biased,
+    lora: lin === null ? null : { ranks: lin.ranks, scales: lin.scales },
+  }, [[rows, total]]);
   return ms.map((_, i) => ({
     t: y,
     stride: total,
@@ -262,12 +368,9 @@ function normLinears(norm: NormModule, s: Stream, ms: Linear[], gemv: boolean): 
 
 /** stream += x Wᵀ (+ b): the GEMV with its residual add fused when it can, else a pending delta. */
 function addLinear(m: Linear, x: Tensor, s: Stream, gemv: boolean): void {
-  if (s.delta === null && m.bias === null && gemvRuns(m, x, gemv) && s.h.dtype === x.dtype) {
-    const [rows, k] = x.shape;
-    s.h = runKernel(GEMV, [x, m.weight, s.h], { m: rows, n: m.outFeatures, k, residual: true }, [[
-      rows,
-      m.outFeatures,
-    ]])[0];
+  const g = gemvLinear(m, x, gemv);
+  if (g !== null && s.delta === null && g.bias === null && s.h.dtype === x.dtype) {
+    s.h = gemvProduct(g, x, s.h);
     return;
   }
   settle(s);
@@ -276,28 +379,23 @@ function addLinear(m: Linear, x: Tensor, s: Stream, gemv: boolean): void {
 
 /** silu(gate(norm(stream))) · up(norm(stream)): one `gemvGlu` dispatch with the norm fused when it can. */
 function normGlu(norm: NormModule, s: Stream, mlp: MlpParts, gemv: boolean): Tensor {
-  const h = s.h, [rows, k] = h.shape;
+  const h = s.h, k = h.shape[1];
+  const fusedWeight = mlp.gate_up_proj !== undefined;
   const gate = mlp.gate_up_proj ?? mlp.gate_proj!, up = mlp.gate_up_proj ?? mlp.up_proj!;
-  const n = mlp.gate_up_proj === undefined ? gate.outFeatures : gate.outFeatures / 2;
-  const plain = [gate, up].every((m) => gemvRuns(m, h, gemv) && m.bias === null);
-  const upOffset = mlp.gate_up_proj === undefined ? 0 : n * k;
-  if (plain && s.delta === null && normFuses(norm, h)) {
-    return runKernel(GEMV_GLU, [h, norm.weight, gate.weight, up.weight], {
-      m: rows,
-      n,
-      k,
-      norm: { eps: norm.eps },
-      upOffset,
-    }, [[rows, n]])[0];
-  }
+  const g = gemvLinear(gate, h, gemv), u = gemvLinear(up, h, gemv);
+  // A fused gate_up weight runs as both halves only without LoRA (its one B spans both).
+  const plain = g !== null && u !== null && g.bias === null && u.bias === null &&
+    (!fusedWeight || g.lora === null);
+  const n = fusedWeight ? gate.outFeatures / 2 : gate.outFeatures;
+  const half = (x: GemvLinear): GemvLinear => (fusedWeight ? { ...x, out: n } : x);
+  const upOffset = fusedWeight ? n * k : 0;
+  if (plain && s.delta === null && normFuses(norm, h)) return gluKernel(norm, h, half(g), half(u), upOffset);
   let x: Tensor;
   [s.h, x] = decodeAddNorm(norm, h, s.delta);
   s.delta = null;
-  if (mlp.gate_up_proj === undefined) return decodeGlu(gate, up, x, gemv);
-  if (plain) {
-    return runKernel(GEMV_GLU, [x, x, gate.weight, up.weight], { m: rows, n, k, upOffset }, [[rows, n]])[0];
-  }
-  const both = decodeLinear(mlp.gate_up_proj, x, gemv);
+  if (!fusedWeight) return decodeGlu(gate, up, x, gemv);
+  if (plain) return gluKernel(null, x, half(g), half(u), upOffset);
+  const both = decodeLinear(mlp.gate_up_proj!, x, gemv);
   return mul(silu(slice(both, 1, 0, n)), slice(both, 1, n, 2 * n));
 }
 

@@ -5,6 +5,7 @@
  * @module
  */
 import type { Module } from "./module.ts";
+import type { Tensor } from "../tensor/tensor.ts";
 
 /** Key of the method a module defines to name the adapter it carries (e.g. "LoRA"). */
 export const ADAPTER_KIND: unique symbol = Symbol("adapterKind");
@@ -27,4 +28,24 @@ export function modulesWithAdapters(model: Module): [string, string][] {
     const kind = adapterKind(m);
     return kind === null ? [] : [[name, kind] as [string, string]];
   });
+}
+
+/** Key of the method an adapted Linear defines to say how a decoding step may run it ({@link decodeParts}). */
+export const DECODE_PARTS: unique symbol = Symbol("decodeParts");
+
+/**
+ * How a decoding step may run an adapted Linear: its base weight, plus `scale · B(A(x))` when `lora` is
+ * set (A [r, in], B [out, r]); `lora` null means the base alone (a merged adapter, or one switched off).
+ */
+export interface DecodeParts {
+  readonly lora: { readonly a: Tensor; readonly b: Tensor; readonly scale: number } | null;
+}
+
+/**
+ * The decode parts of `m`: what its {@link DECODE_PARTS} method answers, or null when it has none or
+ * its forward is more than base plus LoRA now (dropout while training, rows routed to several adapters).
+ */
+export function decodeParts(m: Module): DecodeParts | null {
+  const hook = (m as { [DECODE_PARTS]?: () => DecodeParts | null })[DECODE_PARTS];
+  return typeof hook === "function" ? hook.call(m) : null;
 }

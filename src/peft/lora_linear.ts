@@ -10,7 +10,7 @@
  */
 import { Linear } from "../nn/layers.ts";
 import { type Module, reprFloat } from "../nn/module.ts";
-import { ADAPTER_KIND } from "../nn/adapter_hook.ts";
+import { ADAPTER_KIND, DECODE_PARTS, type DecodeParts } from "../nn/adapter_hook.ts";
 import {
   add,
   cast,
@@ -164,6 +164,18 @@ export class LinearLoRA extends Linear {
   /** Tells base-model savers that this layer carries parameters no base checkpoint has. */
   [ADAPTER_KIND](): string {
     return "LoRA";
+  }
+
+  /**
+   * How a decoding step may run this layer (src/models/decode.ts): the base alone when merged or routed
+   * to the base, base + scale · B(A(x)) otherwise; null (its own forward) with rows routed to several
+   * adapters or dropout active.
+   */
+  [DECODE_PARTS](): DecodeParts | null {
+    const routing = layerRouting(this);
+    if (this.merged || routing?.kind === "base") return { lora: null };
+    if (routing !== null || (this.training && this.dropoutP > 0)) return null;
+    return { lora: { a: this.lora_A.weight, b: this.lora_B.weight, scale: this.scale } };
   }
 
   /** {@link mergeLinearLoRA} on this layer. */

@@ -6,9 +6,18 @@
  * (q/k norms); batched greedy rows equal each row generated alone.
  */
 import assert from "node:assert/strict";
-import { AutoModelForCausalLM, type GenerateOptions, type LlamaForCausalLM } from "../../mod.ts";
+import {
+  AutoModelForCausalLM,
+  type GenerateOptions,
+  getPeftModel,
+  type LlamaForCausalLM,
+  LoraConfig,
+  randn,
+  scale,
+} from "../../mod.ts";
 import { generateTokens, generateTokensReference } from "../../src/models/generate.ts";
 import { type DecodeKernels, isDecoderModel } from "../../src/models/decode.ts";
+import type { Tensor } from "../../src/tensor/mod.ts";
 import { tinyModel, tokenRows } from "./tiny_model.ts";
 import { caseDir } from "./family_cases.ts";
 import { gpuTest } from "../backend/webgpu/gpu.ts";
@@ -90,11 +99,61 @@ Deno.test("device decoding equals the reference loop on the CPU (Llama, greedy a
   await deviceEqualsReference(tinyModel(), "llama cpu");
 });
 
-Deno.test("device decoding equals the reference loop on the CPU for Qwen2 (biases, tied) and Qwen3 (q/k norms)", async () => {
-  for (const name of ["qwen2-tied", "qwen3-gqa"]) {
+Deno.test("device decoding equals the reference loop on the CPU for Qwen2 (biases, tied), Qwen3 (q/k norms), Phi-3 (fused projections)", async () => {
+  for (const name of ["qwen2-tied", "qwen3-gqa", "phi3-gqa"]) {
     await deviceEqualsReference(
       await AutoModelForCausalLM.fromPretrained(`${caseDir(name)}base`),
       `${name} cpu`,
+    );
+  }
+});
+
+/** `model` with LoRA (rank 4) on `targets`, B random so the adapters change the tokens, in eval mode. */
+function withLora(model: LlamaForCausalLM, targets = LORA_TARGETS): LlamaForCausalLM {
+  getPeftModel(model, new LoraConfig({ r: 4, loraAlpha: 8, targetModules: targets }));
+  const dev = model.lm_head.weight.device;
+  model.namedParameters().forEach(([path, p], i) => {
+    if (path.endsWith("lora_B.weight")) {
+      p._assign(scale(randn(p.shape, { device: dev, dtype: p.dtype, seed: i }), 0.3));
+    }
+  });
+  return model.eval();
+}
+
+const LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+/** Calls of the adapted layers' forward (their class's) while `fn` runs. */
+async function loraForwards(model: LlamaForCausalLM, fn: () => Promise<unknown>): Promise<number> {
+  type Fwd = { forward: (x: Tensor) => Tensor };
+  const proto = Object.getPrototypeOf(model.model.layers[0].mlp.up_proj) as Fwd;
+  const orig = proto.forward;
+  let calls = 0;
+  proto.forward = function (this: Fwd, x: Tensor) {
+    calls++;
+    return orig.call(this, x);
+  };
+  try {
+    await fn();
+  } finally {
+    proto.forward = orig;
+  }
+  return calls;
+}
+
+Deno.test("LoRA-patched layers decode on the GEMV path and equal the reference loop (CPU)", async () => {
+  for (const targets of [LORA_TARGETS, ["k_proj", "up_proj", "o_proj"]]) {
+    const model = withLora(tinyModel(), targets);
+    const prompts = ragged(model.config.vocabSize);
+    await deviceEqualsReference(model, `llama cpu lora ${targets}`);
+    const opts = { maxNewTokens: 6, eosTokenId: null };
+    let ours: number[][] = [];
+    const calls = await loraForwards(model, async () => (ours = await generateTokens(model, prompts, opts)));
+    const adapted = targets.length * model.config.numHiddenLayers;
+    assert.equal(calls, adapted, "only the prefill runs the adapted layers' forward");
+    assert.notDeepEqual(
+      ours,
+      await generateTokensReference(tinyModel(), prompts, opts),
+      "the adapters matter",
     );
   }
 });
@@ -123,9 +182,17 @@ gpuTest(
 );
 
 gpuTest(
-  "device decoding equals the reference loop on WebGPU (Qwen2, Qwen3 f32, GEMV kernels)",
+  "device decoding equals the reference loop on WebGPU (LoRA-patched Llama f32, GEMV kernels)",
   async (dev) => {
-    for (const name of ["qwen2-tied", "qwen3-gqa"]) {
+    const model = withLora(await tinyModel().to(dev));
+    await deviceEqualsReference(model, "llama webgpu lora gemv", { gemv: true });
+  },
+);
+
+gpuTest(
+  "device decoding equals the reference loop on WebGPU (Qwen2, Qwen3, Phi-3 f32, GEMV kernels)",
+  async (dev) => {
+    for (const name of ["qwen2-tied", "qwen3-gqa", "phi3-gqa"]) {
       const model = await AutoModelForCausalLM.fromPretrained(`${caseDir(name)}base`, { device: dev });
       await deviceEqualsReference(model, `${name} webgpu gemv`, { gemv: true });
     }

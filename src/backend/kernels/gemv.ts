@@ -21,6 +21,11 @@ export interface GemvArgs {
   k: number;
   /** Whether y = x wᵀ + res (res is the third input); otherwise the third input is bound but not read. */
   residual?: boolean;
+  /**
+   * A LoRA term scale · t Bᵀ added to the product: t [m, r] (the fourth input, x Aᵀ) and B [n, r] (the
+   * fifth); without it those inputs are bound but not read.
+   */
+  lora?: { r: number; scale: number } | null;
 }
 
 /** The most rows one GEMV takes; more rows are a GEMM's job. */
@@ -76,12 +81,21 @@ export const GEMV: KernelRecord<GemvArgs> = {
     { name: "x", access: "read" },
     { name: "w", access: "read" },
     { name: "res", access: "read" },
+    { name: "t", access: "read" },
+    { name: "lb", access: "read" },
     { name: "y", access: "write" },
   ],
-  params: [{ name: "n", type: "u32" }, { name: "k", type: "u32" }],
-  check(inputs, { m, n, k, residual }) {
-    if (inputs.length !== 3) throw new ShapeError(`gemv: takes x, w and res, got ${inputs.length} inputs`);
-    const [x, w, r] = inputs;
+  params: [
+    { name: "n", type: "u32" },
+    { name: "k", type: "u32" },
+    { name: "r", type: "u32" },
+    { name: "scale", type: "f32" },
+  ],
+  check(inputs, { m, n, k, residual, lora }) {
+    if (inputs.length !== 5) {
+      throw new ShapeError(`gemv: takes x, w, res, t and B, got ${inputs.length} inputs`);
+    }
+    const [x, w, r, t, lb] = inputs;
     checkGemvShape("gemv", m, n, k);
     if (x.dtype !== w.dtype) throw new DTypeError(`gemv: x is ${x.dtype}, w is ${w.dtype}`);
     expectSize(x.size, m * k, "gemv", `x [${m}, ${k}]`);
@@ -89,6 +103,14 @@ export const GEMV: KernelRecord<GemvArgs> = {
     if (residual === true) {
       if (r.dtype !== x.dtype) throw new DTypeError(`gemv: res is ${r.dtype}, x is ${x.dtype}`);
       expectSize(r.size, m * n, "gemv", `res [${m}, ${n}]`);
+    }
+    if (lora !== undefined && lora !== null) {
+      if (!(Number.isInteger(lora.r) && lora.r >= 1)) throw new ShapeError(`gemv: LoRA rank ${lora.r}`);
+      if (t.dtype !== x.dtype || lb.dtype !== x.dtype) {
+        throw new DTypeError(`gemv: LoRA t ${t.dtype} and B ${lb.dtype} must be ${x.dtype}`);
+      }
+      expectSize(t.size, m * lora.r, "gemv", `LoRA t [${m}, ${lora.r}]`);
+      expectSize(lb.size, n * lora.r, "gemv", `LoRA B [${n}, ${lora.r}]`);
     }
   },
   outputs: (
@@ -100,16 +122,20 @@ export const GEMV: KernelRecord<GemvArgs> = {
     M: a.m,
     VEC: a.k % 4 === 0,
     RES: a.residual === true,
+    LORA: a.lora !== undefined && a.lora !== null,
     ...gemvSpec(a.n, a.k),
   }),
-  uniforms: (a) => ({ n: a.n, k: a.k }),
+  uniforms: (a) => ({ n: a.n, k: a.k, r: a.lora?.r ?? 0, scale: a.lora?.scale ?? 0 }),
   geometry: (a) => ({ rows: gemvLayout(a.n, a.k).groups }),
-  reference([x, w, r], { m, n, k, residual }, [y]) {
+  reference([x, w, r, t, lb], { m, n, k, residual, lora }, [y]) {
     const out = hostArray(y.dtype, m * n);
     for (let i = 0; i < m; i++) {
       for (let j = 0; j < n; j++) {
         let s = 0;
-        for (let t = 0; t < k; t++) s += x[i * k + t] * w[j * k + t];
+        for (let c = 0; c < k; c++) s += x[i * k + c] * w[j * k + c];
+        if (lora !== undefined && lora !== null) {
+          for (let c = 0; c < lora.r; c++) s += lora.scale * t[i * lora.r + c] * lb[j * lora.r + c];
+        }
         out[i * n + j] = residual === true ? roundTo(s, y.dtype) + r[i * n + j] : s;
       }
     }

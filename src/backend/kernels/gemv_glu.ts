@@ -22,6 +22,11 @@ export interface GemvGluArgs {
   norm?: { eps: number } | null;
   /** Where u's first row starts in its storage, in elements (default 0); a multiple of k. */
   upOffset?: number;
+  /**
+   * LoRA terms of gate and up: t [m, rg + ru] (x̂ A_gateᵀ then x̂ A_upᵀ, the fifth input), B_gate [n, rg]
+   * and B_up [n, ru] (sixth and seventh), scaled by sg and su; without it those inputs are not read.
+   */
+  lora?: { rg: number; ru: number; sg: number; su: number } | null;
 }
 
 /** The kernel: inputs x [m, k], nw [k] (norm scale, or any storage), gate g [n, k], up u; output y [m, n]. */
@@ -33,6 +38,9 @@ export const GEMV_GLU: KernelRecord<GemvGluArgs> = {
     { name: "nw", access: "read" },
     { name: "g", access: "read" },
     { name: "u", access: "read" },
+    { name: "t", access: "read" },
+    { name: "bg", access: "read" },
+    { name: "bu", access: "read" },
     { name: "y", access: "write" },
   ],
   params: [
@@ -40,10 +48,29 @@ export const GEMV_GLU: KernelRecord<GemvGluArgs> = {
     { name: "k", type: "u32" },
     { name: "u_off", type: "u32" },
     { name: "eps", type: "f32" },
+    { name: "rg", type: "u32" },
+    { name: "ru", type: "u32" },
+    { name: "sg", type: "f32" },
+    { name: "su", type: "f32" },
   ],
-  check(inputs, { m, n, k, norm, upOffset }) {
-    if (inputs.length !== 4) throw new ShapeError(`gemvGlu: takes x, nw, gate and up, got ${inputs.length}`);
-    const [x, nw, g, u] = inputs;
+  check(inputs, { m, n, k, norm, upOffset, lora }) {
+    if (inputs.length !== 7) {
+      throw new ShapeError(`gemvGlu: takes x, nw, gate, up, t, B_gate, B_up; got ${inputs.length}`);
+    }
+    const [x, nw, g, u, t, bg, bu] = inputs;
+    if (lora !== undefined && lora !== null) {
+      if (!(Number.isInteger(lora.rg) && Number.isInteger(lora.ru) && lora.rg >= 0 && lora.ru >= 0)) {
+        throw new ShapeError(`gemvGlu: LoRA ranks ${lora.rg}, ${lora.ru} must be non-negative integers`);
+      }
+      for (const e of [t, bg, bu]) {
+        if (e.dtype !== x.dtype) {
+          throw new DTypeError(`gemvGlu: LoRA operands must be ${x.dtype}, got ${e.dtype}`);
+        }
+      }
+      expectSize(t.size, m * (lora.rg + lora.ru), "gemvGlu", `LoRA t [${m}, ${lora.rg + lora.ru}]`);
+      if (lora.rg > 0) expectSize(bg.size, n * lora.rg, "gemvGlu", `LoRA B_gate [${n}, ${lora.rg}]`);
+      if (lora.ru > 0) expectSize(bu.size, n * lora.ru, "gemvGlu", `LoRA B_up [${n}, ${lora.ru}]`);
+    }
     checkGemvShape("gemvGlu", m, n, k);
     if (g.dtype !== x.dtype || u.dtype !== x.dtype) {
       throw new DTypeError(`gemvGlu: x ${x.dtype}, gate ${g.dtype}, up ${u.dtype} must agree`);
@@ -70,28 +97,43 @@ export const GEMV_GLU: KernelRecord<GemvGluArgs> = {
     M: a.m,
     VEC: a.k % 4 === 0,
     NORM: a.norm !== undefined && a.norm !== null,
+    LORA: a.lora !== undefined && a.lora !== null,
     ...gemvSpec(a.n, a.k),
   }),
-  uniforms: (a) => ({ n: a.n, k: a.k, u_off: a.upOffset ?? 0, eps: a.norm?.eps ?? 0 }),
+  uniforms: (a) => ({
+    n: a.n,
+    k: a.k,
+    u_off: a.upOffset ?? 0,
+    eps: a.norm?.eps ?? 0,
+    rg: a.lora?.rg ?? 0,
+    ru: a.lora?.ru ?? 0,
+    sg: a.lora?.sg ?? 0,
+    su: a.lora?.su ?? 0,
+  }),
   geometry: (a) => ({ rows: gemvLayout(a.n, a.k).groups }),
-  reference([x, nw, g, u], { m, n, k, norm, upOffset }, [spec]) {
+  reference([x, nw, g, u, t, bg, bu], { m, n, k, norm, upOffset, lora }, [spec]) {
     const dt = spec.dtype, off = upOffset ?? 0;
     const y = hostArray(dt, m * n);
     const xr = new Float64Array(k);
     for (let i = 0; i < m; i++) {
       if (norm !== undefined && norm !== null) {
         let ss = 0;
-        for (let t = 0; t < k; t++) ss += x[i * k + t] * x[i * k + t];
+        for (let c = 0; c < k; c++) ss += x[i * k + c] * x[i * k + c];
         const inv = 1 / Math.sqrt(ss / k + norm.eps);
-        for (let t = 0; t < k; t++) xr[t] = roundTo(nw[t] * roundTo(x[i * k + t] * inv, dt), dt);
+        for (let c = 0; c < k; c++) xr[c] = roundTo(nw[c] * roundTo(x[i * k + c] * inv, dt), dt);
       } else {
-        for (let t = 0; t < k; t++) xr[t] = x[i * k + t];
+        for (let c = 0; c < k; c++) xr[c] = x[i * k + c];
       }
       for (let j = 0; j < n; j++) {
         let sg = 0, su = 0;
-        for (let t = 0; t < k; t++) {
-          sg += xr[t] * g[j * k + t];
-          su += xr[t] * u[off + j * k + t];
+        for (let c = 0; c < k; c++) {
+          sg += xr[c] * g[j * k + c];
+          su += xr[c] * u[off + j * k + c];
+        }
+        if (lora !== undefined && lora !== null) {
+          const rt = lora.rg + lora.ru;
+          for (let c = 0; c < lora.rg; c++) sg += lora.sg * t[i * rt + c] * bg[j * lora.rg + c];
+          for (let c = 0; c < lora.ru; c++) su += lora.su * t[i * rt + lora.rg + c] * bu[j * lora.ru + c];
         }
         const gs = roundTo(sg, dt);
         y[i * n + j] = roundTo(gs / (1 + Math.exp(-gs)), dt) * roundTo(su, dt);

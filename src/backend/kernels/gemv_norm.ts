@@ -15,20 +15,28 @@ import { checkGemvShape, gemvLayout, gemvSpec, roundTo } from "./gemv.ts";
 export interface GemvNormArgs {
   /** Rows of x, 1 to 8. */
   m: number;
-  /** Output features of each part: [n0, n1, n2], n0 ≥ 1; a part of 0 columns is absent. */
+  /** Output features of each part: [n0, n1, n2], not all 0; a part of 0 columns is absent. */
   parts: readonly [number, number, number];
   /** Input features (the norm's width). */
   k: number;
   /** The norm's epsilon. */
   eps: number;
-  /** Whether the inputs b0, b1, b2 are the parts' biases; otherwise they are bound but not read. */
+  /** Whether x is normalised (default true); false: y = [x w0ᵀ | ...], nw bound but not read. */
+  norm?: boolean;
+  /** Whether the inputs e0, e1, e2 are the parts' biases. */
   bias: boolean;
+  /**
+   * Or whether e0, e1, e2 are the parts' LoRA B weights [n_q, r_q] and the ninth input t [m, r0 + r1 + r2]
+   * holds x̂ times each part's A side by side: the parts' terms s_q · t_q B_qᵀ join the products. Not
+   * with `bias`. Without either, e0-e2 and t are bound but not read.
+   */
+  lora?: { ranks: readonly [number, number, number]; scales: readonly [number, number, number] } | null;
 }
 
 /**
- * The kernel: inputs x [m, k], nw [k] (the norm's scale), w0 [n0, k], w1 [n1, k], w2 [n2, k], b0 [n0],
- * b1 [n1], b2 [n2]; output y [m, n0 + n1 + n2]. An absent part's weight, and unread biases, may be any
- * storage of x's dtype (the callers bind w0 again).
+ * The kernel: inputs x [m, k], nw [k] (the norm's scale), w0 [n0, k], w1 [n1, k], w2 [n2, k], e0, e1,
+ * e2 (biases [n_q] or LoRA B [n_q, r_q]) and t (LoRA only); output y [m, n0 + n1 + n2]. An absent part's
+ * weight, and unread operands, may be any storage of x's dtype (the callers bind w0 again).
  */
 export const GEMV_NORM: KernelRecord<GemvNormArgs> = {
   name: "gemv_norm",
@@ -39,9 +47,10 @@ export const GEMV_NORM: KernelRecord<GemvNormArgs> = {
     { name: "w0", access: "read" },
     { name: "w1", access: "read" },
     { name: "w2", access: "read" },
-    { name: "b0", access: "read" },
-    { name: "b1", access: "read" },
-    { name: "b2", access: "read" },
+    { name: "e0", access: "read" },
+    { name: "e1", access: "read" },
+    { name: "e2", access: "read" },
+    { name: "t", access: "read" },
     { name: "y", access: "write" },
   ],
   params: [
@@ -50,12 +59,19 @@ export const GEMV_NORM: KernelRecord<GemvNormArgs> = {
     { name: "n2", type: "u32" },
     { name: "k", type: "u32" },
     { name: "eps", type: "f32" },
+    { name: "r0", type: "u32" },
+    { name: "r1", type: "u32" },
+    { name: "r2", type: "u32" },
+    { name: "s0", type: "f32" },
+    { name: "s1", type: "f32" },
+    { name: "s2", type: "f32" },
   ],
-  check(inputs, { m, parts, k, eps, bias }) {
+  check(inputs, { m, parts, k, eps, bias, lora, norm }) {
     const op = "gemvNorm";
-    if (inputs.length !== 8) throw new ShapeError(`${op}: takes 8 inputs, got ${inputs.length}`);
-    if (!(parts.length === 3 && parts.every((n) => Number.isInteger(n) && n >= 0) && parts[0] >= 1)) {
-      throw new ShapeError(`${op}: parts must be three column counts, the first positive, got [${parts}]`);
+    if (inputs.length !== 9) throw new ShapeError(`${op}: takes 9 inputs, got ${inputs.length}`);
+    if (bias && lora) throw new ShapeError(`${op}: biases and LoRA terms share their inputs; not both`);
+    if (!(parts.length === 3 && parts.every((n) => Number.isInteger(n) && n >= 0))) {
+      throw new ShapeError(`${op}: parts must be three column counts, got [${parts}]`);
     }
     checkGemvShape(op, m, parts[0] + parts[1] + parts[2], k);
     if (!(eps >= 0)) throw new ShapeError(`${op}: eps must be non-negative, got ${eps}`);
@@ -64,12 +80,22 @@ export const GEMV_NORM: KernelRecord<GemvNormArgs> = {
       if (t.dtype !== x.dtype) throw new DTypeError(`${op}: every input must be ${x.dtype}, got ${t.dtype}`);
     }
     expectSize(x.size, m * k, op, `x [${m}, ${k}]`);
-    expectSize(nw.size, k, op, `norm weight [${k}]`);
+    if (norm !== false) expectSize(nw.size, k, op, `norm weight [${k}]`);
     parts.forEach((n, i) => {
       if (n === 0) return;
       expectSize(inputs[2 + i].size, n * k, op, `w${i} [${n}, ${k}]`);
       if (bias) expectSize(inputs[5 + i].size, n, op, `b${i} [${n}]`);
+      if (lora && lora.ranks[i] > 0) {
+        expectSize(inputs[5 + i].size, n * lora.ranks[i], op, `LoRA B${i} [${n}, ${lora.ranks[i]}]`);
+      }
     });
+    if (lora) {
+      if (!lora.ranks.every((r, i) => Number.isInteger(r) && r >= 0 && (r === 0 || parts[i] > 0))) {
+        throw new ShapeError(`${op}: LoRA ranks [${lora.ranks}] must be non-negative, 0 for absent parts`);
+      }
+      const rt = lora.ranks[0] + lora.ranks[1] + lora.ranks[2];
+      expectSize(inputs[8].size, m * rt, op, `LoRA t [${m}, ${rt}]`);
+    }
   },
   outputs: ([x], a) => {
     const n = a.parts[0] + a.parts[1] + a.parts[2];
@@ -80,26 +106,48 @@ export const GEMV_NORM: KernelRecord<GemvNormArgs> = {
     M: a.m,
     VEC: a.k % 4 === 0,
     BIAS: a.bias,
+    NORM: a.norm !== false,
+    LORA: a.lora !== undefined && a.lora !== null,
     ...gemvSpec(a.parts[0] + a.parts[1] + a.parts[2], a.k),
   }),
-  uniforms: (a) => ({ n0: a.parts[0], n1: a.parts[1], n2: a.parts[2], k: a.k, eps: a.eps }),
+  uniforms: (a) => {
+    const r = a.lora?.ranks ?? [0, 0, 0], sc = a.lora?.scales ?? [0, 0, 0];
+    return {
+      n0: a.parts[0],
+      n1: a.parts[1],
+      n2: a.parts[2],
+      k: a.k,
+      eps: a.eps,
+      r0: r[0],
+      r1: r[1],
+      r2: r[2],
+      s0: sc[0],
+      s1: sc[1],
+      s2: sc[2],
+    };
+  },
   geometry: (a) => ({ rows: gemvLayout(a.parts[0] + a.parts[1] + a.parts[2], a.k).groups }),
-  reference(inputs, { m, parts, k, eps, bias }, [spec]) {
+  reference(inputs, { m, parts, k, eps, bias, lora, norm }, [spec]) {
     const [x, nw] = inputs, dt = spec.dtype;
     const n = parts[0] + parts[1] + parts[2];
     const y = hostArray(dt, m * n);
     const xn = new Float64Array(k);
     for (let i = 0; i < m; i++) {
       let ss = 0;
-      for (let t = 0; t < k; t++) ss += x[i * k + t] * x[i * k + t];
+      for (let c = 0; c < k; c++) ss += x[i * k + c] * x[i * k + c];
       const inv = 1 / Math.sqrt(ss / k + eps);
-      for (let t = 0; t < k; t++) xn[t] = roundTo(nw[t] * roundTo(x[i * k + t] * inv, dt), dt);
+      for (let c = 0; c < k; c++) {
+        xn[c] = norm === false ? x[i * k + c] : roundTo(nw[c] * roundTo(x[i * k + c] * inv, dt), dt);
+      }
       let col = 0;
+      const t = inputs[8], rt = lora ? lora.ranks[0] + lora.ranks[1] + lora.ranks[2] : 0;
       parts.forEach((np, q) => {
         const w = inputs[2 + q], b = inputs[5 + q];
+        const rq = lora?.ranks[q] ?? 0, ro = q === 0 ? 0 : q === 1 ? lora?.ranks[0] ?? 0 : rt - rq;
         for (let j = 0; j < np; j++, col++) {
           let s = 0;
-          for (let t = 0; t < k; t++) s += xn[t] * w[j * k + t];
+          for (let c = 0; c < k; c++) s += xn[c] * w[j * k + c];
+          for (let c = 0; c < rq; c++) s += lora!.scales[q] * t[i * rt + ro + c] * b[j * rq + c];
           y[i * n + col] = bias ? roundTo(s, dt) + b[j] : s;
         }
       });

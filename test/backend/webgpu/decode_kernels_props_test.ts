@@ -217,31 +217,37 @@ Deno.test("sampleRow follows the warped distribution (CPU twin, counter-based dr
 /** k as the GEMVs see it: odd sizes (scalar loads) and multiples of 4 (vec4 loads) alike. */
 const kArb = (max: number) => fc.oneof(odd(max), odd(max / 4).map((k) => 4 * k));
 
-gpuTest("gemv on WebGPU matches the CPU for 1-8 rows, with and without the residual add", async (dev) => {
-  await fc.assert(
-    fc.asyncProperty(
-      f(dev),
-      fc.integer({ min: 1, max: 8 }),
-      odd(700),
-      kArb(700),
-      fc.boolean(),
-      seedArb,
-      async (dt, m, n, k, residual, s) => {
-        const x = values(m * k, s, dt), w = values(n * k, s + 1, dt), r = values(m * n, s + 2, dt);
-        const { gpu: g, cpu: c } = await onBoth(
-          dev,
-          dt,
-          (u) => u.be.run(GEMV, [u.up(x), u.up(w), u.up(residual ? r : x)], { m, n, k, residual }),
-        );
-        assertClose(`gemv [${m}, ${k}] x [${n}, ${k}]${residual ? " + res" : ""}`, g[0], c[0], dt);
-      },
-    ),
-    { numRuns: RUNS },
-  );
-});
+gpuTest(
+  "gemv on WebGPU matches the CPU for 1-8 rows, with and without the residual add and a LoRA term",
+  async (dev) => {
+    await fc.assert(
+      fc.asyncProperty(
+        f(dev),
+        fc.integer({ min: 1, max: 8 }),
+        odd(700),
+        kArb(700),
+        fc.boolean(),
+        fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 40 })),
+        seedArb,
+        async (dt, m, n, k, residual, rank, s) => {
+          const x = values(m * k, s, dt), w = values(n * k, s + 1, dt), r = values(m * n, s + 2, dt);
+          const t = values(m * rank, s + 3, dt), b = values(n * rank, s + 4, dt);
+          const lora = rank === 0 ? null : { r: rank, scale: 1.5 };
+          const { gpu: g, cpu: c } = await onBoth(dev, dt, (u) => {
+            const xs = u.up(x);
+            const lo = rank === 0 ? [xs, xs] : [u.up(t), u.up(b)];
+            return u.be.run(GEMV, [xs, u.up(w), residual ? u.up(r) : xs, ...lo], { m, n, k, residual, lora });
+          });
+          assertClose(`gemv [${m}, ${k}] x [${n}, ${k}] res ${residual} rank ${rank}`, g[0], c[0], dt);
+        },
+      ),
+      { numRuns: RUNS },
+    );
+  },
+);
 
 gpuTest(
-  "gemvGlu on WebGPU matches the CPU for 1-8 rows (with the norm fused, and a shared gate_up weight)",
+  "gemvGlu on WebGPU matches the CPU (norm fused or not, shared gate_up weight, LoRA terms)",
   async (dev) => {
     await fc.assert(
       fc.asyncProperty(
@@ -251,21 +257,33 @@ gpuTest(
         kArb(500),
         fc.boolean(),
         fc.boolean(),
+        fc.oneof(fc.constant([0, 0] as [number, number]), fc.tuple(fc.nat(20), fc.nat(20))),
         seedArb,
-        async (dt, m, n, k, norm, shared, s) => {
+        async (dt, m, n, k, norm, shared, [rg, ru], s) => {
           const x = values(m * k, s, dt), g = values(n * k, s + 1, dt), u = values(n * k, s + 2, dt);
           const nw = values(k, s + 3, dt);
+          const t = values(Math.max(1, m * (rg + ru)), s + 4, dt);
+          const bg = values(Math.max(1, n * rg), s + 5, dt), bu = values(Math.max(1, n * ru), s + 6, dt);
           const both = new Float32Array(2 * n * k);
           both.set(g);
           both.set(u, n * k);
-          const args = { m, n, k, norm: norm ? { eps: 1e-5 } : null, upOffset: shared ? n * k : 0 };
+          const lora = rg + ru === 0 ? null : { rg, ru, sg: 0.5, su: 2 };
+          const args = { m, n, k, norm: norm ? { eps: 1e-5 } : null, upOffset: shared ? n * k : 0, lora };
           const { gpu: gy, cpu: cy } = await onBoth(dev, dt, (up) => {
             const xs = up.up(x), ns = norm ? up.up(nw) : xs;
-            if (!shared) return up.be.run(GEMV_GLU, [xs, ns, up.up(g), up.up(u)], args);
+            const lo = lora === null
+              ? [xs, xs, xs]
+              : [up.up(t), rg > 0 ? up.up(bg) : xs, ru > 0 ? up.up(bu) : xs];
+            if (!shared) return up.be.run(GEMV_GLU, [xs, ns, up.up(g), up.up(u), ...lo], args);
             const w = up.up(both);
-            return up.be.run(GEMV_GLU, [xs, ns, w, w], args);
+            return up.be.run(GEMV_GLU, [xs, ns, w, w, ...lo], args);
           });
-          assertClose(`gemvGlu [${m}, ${k}] x [${n}, ${k}] norm ${norm} shared ${shared}`, gy[0], cy[0], dt);
+          assertClose(
+            `gemvGlu [${m}, ${k}] x [${n}, ${k}] ${JSON.stringify({ norm, shared, rg, ru })}`,
+            gy[0],
+            cy[0],
+            dt,
+          );
         },
       ),
       { numRuns: SPECIALISED_RUNS },
@@ -274,7 +292,7 @@ gpuTest(
 );
 
 gpuTest(
-  "gemvNorm on WebGPU matches the CPU for 1-8 rows, 1-3 parts, with and without biases",
+  "gemvNorm on WebGPU matches the CPU (1-8 rows, 1-3 parts, biases or LoRA terms, norm or not)",
   async (dev) => {
     await fc.assert(
       fc.asyncProperty(
@@ -282,26 +300,44 @@ gpuTest(
         fc.integer({ min: 1, max: 8 }),
         fc.tuple(odd(300), fc.nat(200), fc.nat(200)),
         kArb(400),
-        fc.boolean(),
+        fc.constantFrom("none", "bias", "lora", "plain"),
+        fc.integer({ min: 1, max: 24 }),
         seedArb,
-        async (dt, m, [n0, n1, n2], k, bias, s) => {
+        async (dt, m, [n0, n1, n2], k, epi, rank, s) => {
           const parts: [number, number, number] = [n0, n1, n1 === 0 ? 0 : n2];
+          const bias = epi === "bias";
+          // Part 1 without an adapter half the time: ranks of 0 between adapted parts.
+          const ranks = parts.map((n, i) => (n === 0 || (i === 1 && s % 2 === 0) ? 0 : rank)) as [
+            number,
+            number,
+            number,
+          ];
           const x = values(m * k, s, dt), nw = values(k, s + 1, dt);
           const ws = parts.map((n, i) => values(Math.max(1, n) * k, s + 2 + i, dt));
           const bs = parts.map((n, i) => values(Math.max(1, n), s + 5 + i, dt));
+          const lb = parts.map((n, i) => values(Math.max(1, n * ranks[i]), s + 8 + i, dt));
+          const t = values(m * (ranks[0] + ranks[1] + ranks[2]), s + 11, dt);
+          const lora = epi === "lora" ? { ranks, scales: [0.5, 1, 2] as [number, number, number] } : null;
           const { gpu: g, cpu: c } = await onBoth(dev, dt, (u) => {
             const w = ws.map((v, i) => (parts[i] === 0 ? null : u.up(v)));
             const w0 = w[0]!;
-            const b = bias ? bs.map((v, i) => (parts[i] === 0 ? w0 : u.up(v))) : [w0, w0, w0];
-            return u.be.run(GEMV_NORM, [u.up(x), u.up(nw), ...w.map((t) => t ?? w0), ...b], {
+            const e = bias
+              ? bs.map((v, i) => (parts[i] === 0 ? w0 : u.up(v)))
+              : lora
+              ? lb.map((v, i) => (ranks[i] === 0 ? w0 : u.up(v)))
+              : [w0, w0, w0];
+            const tIn = lora ? u.up(t) : w0;
+            return u.be.run(GEMV_NORM, [u.up(x), u.up(nw), ...w.map((v) => v ?? w0), ...e, tIn], {
               m,
               parts,
               k,
               eps: 1e-5,
               bias,
+              lora,
+              norm: epi !== "plain",
             });
           });
-          assertClose(`gemvNorm [${m}, ${k}] parts [${parts}] bias ${bias}`, g[0], c[0], dt);
+          assertClose(`gemvNorm [${m}, ${k}] parts [${parts}] ${epi} ranks [${ranks}]`, g[0], c[0], dt);
         },
       ),
       { numRuns: SPECIALISED_RUNS },
@@ -316,9 +352,9 @@ Deno.test("gemvNorm and gemvGlu's norm (CPU twins) equal addRmsNorm's output thr
   const up = (v: ArrayLike<number>) => be.upload(v, "f32");
   const zero = up(new Float32Array(m * k));
   const [, normed] = be.run(ADD_RMS_NORM, [up(x), zero, up(nw)], { rows: m, n: k, eps: 1e-6 });
-  const [want] = be.run(GEMV, [normed, up(w), normed], { m, n, k });
+  const [want] = be.run(GEMV, [normed, up(w), normed, normed, normed], { m, n, k });
   const W = up(w);
-  const [got] = be.run(GEMV_NORM, [up(x), up(nw), W, W, W, W, W, W], {
+  const [got] = be.run(GEMV_NORM, [up(x), up(nw), W, W, W, W, W, W, W], {
     m,
     parts: [n, 0, 0],
     k,
@@ -326,8 +362,8 @@ Deno.test("gemvNorm and gemvGlu's norm (CPU twins) equal addRmsNorm's output thr
     bias: false,
   });
   assert.deepEqual([...await be.read(got)], [...await be.read(want)]);
-  const [glu] = be.run(GEMV_GLU, [up(x), up(nw), W, W], { m, n, k, norm: { eps: 1e-6 } });
-  const [gluWant] = be.run(GEMV_GLU, [normed, normed, W, W], { m, n, k });
+  const [glu] = be.run(GEMV_GLU, [up(x), up(nw), W, W, W, W, W], { m, n, k, norm: { eps: 1e-6 } });
+  const [gluWant] = be.run(GEMV_GLU, [normed, normed, W, W, W, W, W], { m, n, k });
   assert.deepEqual([...await be.read(glu)], [...await be.read(gluWant)]);
 });
 
