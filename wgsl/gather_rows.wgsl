@@ -1,4 +1,5 @@
-// out[i, j] = table[ids[i], j] for a [rows, dim] table.
+// out[i, j] = table[ids[i], j] for a [rows, dim] table whose rows [lo, hi) are bound (a block of a table
+// split across buffers is table rows lo.. from its start); ids outside them are left for another block.
 @group(0) @binding(1) var<storage, read> table: array<${T}>;
 @group(0) @binding(2) var<storage, read> ids: array<u32>;
 @group(0) @binding(3) var<storage, read_write> y: array<${T}>;
@@ -12,5 +13,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   }
   let i = e / p.dim;
   let j = e % p.dim;
-  y[e] = table[ids[i] * p.dim + j];
+  let id = ids[i];
+  if (id < p.lo || id >= p.hi) {
+    return;
+  }
+  y[e] = table[(id - p.lo) * p.dim + j];
 }

@@ -145,9 +145,10 @@ export interface Backend {
    * Optional: starts an upload of `size` elements of `dtype` whose little-endian bytes, encoded as
    * `format`, arrive in pieces ({@link ByteUpload}); checkpoint loaders stream files through it instead
    * of building whole arrays on the host. Null where this backend does not convert `format` to `dtype`
-   * itself (the caller converts on the host then). Throws as {@link upload} for sizes and dtypes.
+   * itself (the caller converts on the host then). Throws as {@link upload} for sizes and dtypes. A tensor
+   * larger than one device buffer is split into blocks of whole rows of `rowLength` (default: all of it).
    */
-  beginUpload?(size: number, dtype: DType, format: UploadFormat): ByteUpload | null;
+  beginUpload?(size: number, dtype: DType, format: UploadFormat, rowLength?: number): ByteUpload | null;
   /** Copies values out; f64 storage reads as Float64Array, everything else as Float32Array. */
   read(s: Storage): Promise<HostArray>;
   /** Synchronous read where the device allows it (the CPU); others throw DeviceError. */
@@ -216,9 +217,21 @@ export interface Backend {
   /**
    * One new storage of `total` elements of `dtype` holding `parts[i]` at element `offsets[i]` (the
    * multi-tensor optimizer's packing; elements no part covers, and those of null parts, are unspecified).
-   * Offsets of 2-byte dtypes must be even: devices copy whole 4-byte words.
+   * Offsets of 2-byte dtypes must be even: devices copy whole 4-byte words. A result larger than one
+   * device buffer is split into blocks of whole rows of `rowLength` (default 1).
    */
-  pack(parts: readonly (Storage | null)[], offsets: readonly number[], total: number, dtype: DType): Storage;
+  pack(
+    parts: readonly (Storage | null)[],
+    offsets: readonly number[],
+    total: number,
+    dtype: DType,
+    rowLength?: number,
+  ): Storage;
+  /**
+   * Optional: rows of `rowLength` elements of `dtype` one device buffer holds, where a device splits
+   * larger tensors into row blocks (WebGPU: larger than one storage binding). Absent: no limit.
+   */
+  maxRowsPerBuffer?(rowLength: number, dtype: DType): number;
   /** New storages of `sizes[i]` elements copied out of `packed` from element `offsets[i]` (inverse of pack). */
   unpack(packed: Storage, offsets: readonly number[], sizes: readonly number[]): Storage[];
   /** Dropout multiplier mask: 0 or 1 / (1 - p) per element, from `dropoutHash(seed, i)`. */

@@ -223,9 +223,11 @@ class TensorFill {
     let hostTo: UploadFormat | null = null;
     const wire = WIRE[fileDType];
     if (be.beginUpload !== undefined) {
-      if (wire !== undefined) upload = be.beginUpload(target.size, dtype, wire);
+      // Rows stay whole should the tensor be split across buffers (an embedding larger than one binding).
+      const rowLength = target.shape.length > 0 ? target.shape[target.shape.length - 1] : 1;
+      if (wire !== undefined) upload = be.beginUpload(target.size, dtype, wire, rowLength);
       if (upload === null && (dtype === "f32" || dtype === "f16")) {
-        upload = be.beginUpload(target.size, dtype, dtype);
+        upload = be.beginUpload(target.size, dtype, dtype, rowLength);
         hostTo = dtype;
       }
     }

@@ -120,7 +120,18 @@ export function linearCrossEntropy(
   device.checkAlive(op);
   const be = device.backend;
   const dtype = hidden.dtype, ldt = lossDType(dtype);
-  const [R, C] = lossTile(N, V, budget, opts.vocabChunk);
+  // Where the device splits tensors larger than one buffer (a tied head too large to bind), a tile,
+  // its hidden rows and its weight rows each stay within one buffer.
+  const perBuffer = (rowLength: number) => be.maxRowsPerBuffer?.(rowLength, dtype) ?? Infinity;
+  let [R, C] = lossTile(N, V, Math.min(budget, perBuffer(1)), opts.vocabChunk);
+  C = Math.max(1, Math.min(C, perBuffer(H)));
+  R = Math.max(1, Math.min(R, perBuffer(H), Math.floor(perBuffer(1) / C)));
+  // Chunks of f16 rows start on whole 4-byte words (copies move words): with an odd H, an even count of
+  // rows per chunk.
+  const even = (x: number, all: number) =>
+    dtype === "f16" && H % 2 === 1 && x < all ? Math.max(2, x - (x % 2)) : x;
+  C = even(C, V);
+  R = even(R, N);
   // Token chunks holding no target need no logits at all: skipping them is what makes a prompt-masked
   // batch cheap.
   const rowChunks: { start: number; n: number; targets: Int32Array }[] = [];
@@ -247,7 +258,8 @@ export function linearCrossEntropy(
           dwTensor = concat(parts, 0);
           for (const t of parts) t.dispose();
         } else {
-          dwTensor = fromStorage(be.pack(dwParts, offsets, V * H, dtype), weight.shape, dtype, device);
+          // Rows of H: a weight gradient too large for one buffer is split like the weight.
+          dwTensor = fromStorage(be.pack(dwParts, offsets, V * H, dtype, H), weight.shape, dtype, device);
           for (const p of dwParts) be.free(p);
         }
       }

@@ -69,7 +69,6 @@ gpuTest(
   "fromPretrained: a cut file or a failing read is an error; no weight stays on the device",
   async (dev) => {
     const be = dev.backend;
-    // What building the model holds besides its weights (tables made by the constructor): the baseline.
     let before = be.memory().bytes;
     await withTempDir(async (dir) => {
       await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(CONFIG));
@@ -81,8 +80,9 @@ gpuTest(
           /data_offsets .* run past the \d+-byte data section/.test(e.message),
       );
     });
-    const built = be.memory().buffers - before;
-    before = be.memory().buffers;
+    // Only the model's own small tables (made by its constructor) may stay: no weight was loaded.
+    assert.ok(be.memory().bytes - before < 16384, "a header error leaves no weight");
+    before = be.memory().bytes;
     // A disk that fails on the 1201st read: the embedding (1024 pieces of 64 bytes) and some norms are in.
     let reads = 0;
     _setFsForTesting({
@@ -123,6 +123,8 @@ gpuTest(
       _setFsForTesting(null);
     }
     assert.ok(reads > 1200, "the load read until the failure");
-    assert.ok(be.memory().bytes - before <= built, "the weights loaded before the failure were freed");
+    // The embedding alone (64 KiB) was complete before the failure; the tables take far less. (Garbage of
+    // earlier tests reclaimed meanwhile only lowers the count.)
+    assert.ok(be.memory().bytes - before < 16384, "the weights loaded before the failure were freed");
   },
 );

@@ -1,5 +1,7 @@
 /**
- * `gatherRows`: out[i] = table[ids[i]] for a [rows, dim] table (wgsl/gather_rows.wgsl).
+ * `gatherRows`: out[i] = table[ids[i]] for a [rows, dim] table (wgsl/gather_rows.wgsl). A table split into
+ * row blocks (larger than one binding: src/backend/webgpu/blocks.ts) is gathered one block at a time into
+ * the same output, each dispatch binding the block of rows [lo, hi) and writing only the rows it holds.
  * @module
  */
 import { hostArray } from "../../core/dtype.ts";
@@ -10,6 +12,9 @@ import type { KernelRecord } from "./record.ts";
 export interface GatherRowsArgs {
   ids: Int32Array;
   dim: number;
+  /** The rows the bound table holds: [lo, hi) (default: all of them); other rows are not written. */
+  lo?: number;
+  hi?: number;
 }
 
 /** The gather kernel: input table, scratch ids, output y. */
@@ -20,7 +25,12 @@ export const GATHER_ROWS: KernelRecord<GatherRowsArgs> = {
     name: "y",
     access: "write",
   }],
-  params: [{ name: "count", type: "u32" }, { name: "dim", type: "u32" }],
+  params: [
+    { name: "count", type: "u32" },
+    { name: "dim", type: "u32" },
+    { name: "lo", type: "u32" },
+    { name: "hi", type: "u32" },
+  ],
   check([table], { ids, dim }) {
     const rows = dim === 0 ? 0 : table.size / dim;
     for (let i = 0; i < ids.length; i++) {
@@ -37,12 +47,15 @@ export const GATHER_ROWS: KernelRecord<GatherRowsArgs> = {
     what: `gatherRows: output [${a.ids.length}, ${a.dim}] (${t.dtype})`,
   }],
   specialise: ([t]) => ({ T: t.dtype }),
-  uniforms: (a) => ({ count: a.ids.length, dim: a.dim }),
+  uniforms: (a) => ({ count: a.ids.length, dim: a.dim, lo: a.lo ?? 0, hi: a.hi ?? 0xffffffff }),
   scratch: (a) => [a.ids],
   geometry: (_, [y]) => ({ elements: y.size }),
-  reference([t], { ids, dim }, [y]) {
+  reference([t], { ids, dim, lo = 0, hi = Infinity }, [y]) {
     const r = hostArray(y.dtype, ids.length * dim);
-    for (let i = 0; i < ids.length; i++) r.set(t.subarray(ids[i] * dim, ids[i] * dim + dim), i * dim);
+    for (let i = 0; i < ids.length; i++) {
+      const row = ids[i] - lo;
+      if (ids[i] >= lo && ids[i] < hi) r.set(t.subarray(row * dim, row * dim + dim), i * dim);
+    }
     return [r];
   },
 };

@@ -40,13 +40,19 @@ import { UNARY } from "../kernels/unary.ts";
 import { WIDEN_HALF } from "../kernels/widen_half.ts";
 import { DIRECT_PROFILE, type GemmProfile, TILED_PROFILE } from "./gemm_plan.ts";
 import { recordLoraBackward, recordLoraForward } from "./lora.ts";
+import { blockLayout, bufferLimit, copyElements, type GpuBlock, type Piece, rowsPerBlock } from "./blocks.ts";
 import { checkPack, checkSegments } from "../packing.ts";
 import { checkLoraDTypes } from "../lora_dtypes.ts";
 
 /** WebGPU storage: a pooled device buffer plus element count and dtype. */
 export class GpuStorage implements Storage {
-  /** The device buffer; null once freed. */
+  /** The device buffer; null once freed, and for a tensor split into {@link blocks}. */
   buf: GpuBuffer | null;
+  /**
+   * The row blocks of a tensor larger than one binding (src/backend/webgpu/blocks.ts), null otherwise;
+   * emptied once freed.
+   */
+  blocks: GpuBlock[] | null = null;
   constructor(buf: GpuBuffer, readonly size: number, readonly dtype: DType, readonly owner: WebGpuBackend) {
     this.buf = buf;
   }
@@ -135,8 +141,70 @@ export class WebGpuBackend implements Backend {
     if (!(s instanceof GpuStorage) || s.owner !== this) {
       throw new DeviceError(`${op}: storage belongs to another device, not WebGPU (${this.description})`);
     }
+    if (s.blocks !== null) {
+      throw new DeviceError(
+        `${op}: a tensor of ${s.size} elements (${s.dtype}) is split across ${s.blocks.length} buffers, ` +
+          `being larger than one binding of this adapter (${bufferLimit(this.rt)} bytes); ${op} takes only ` +
+          `tensors in one buffer (split ones go to gatherRows, unpack, pack, scatterAddRows, add and read)`,
+      );
+    }
     if (s.buf === null) throw new DeviceError(`${op}: storage of ${s.size} elements was freed`);
     return s.buf; // bound whole: no kernel reads arrayLength
+  }
+
+  /** The buffers holding a storage's elements: its blocks, or its one buffer. */
+  #pieces(s: Storage, op: string): Piece[] {
+    if (s instanceof GpuStorage && s.owner === this && s.blocks !== null) {
+      if (s.blocks.length === 0) throw new DeviceError(`${op}: storage of ${s.size} elements was freed`);
+      return s.blocks;
+    }
+    return [{ buf: this.#in(s, op).buf, start: 0, size: s.size }];
+  }
+
+  /**
+   * A new live storage of `size` elements in rows of `rowLength`: one buffer where it fits one binding,
+   * else row blocks (each counted against the memory limit as one storage).
+   */
+  #newBlocked(size: number, dtype: DType, rowLength: number, what: string, forUpload = false): GpuStorage {
+    const layout = blockLayout(size, rowLength, dtypeSize(dtype), bufferLimit(this.rt), what);
+    if (layout === null) return this.#new(size, dtype, what, forUpload);
+    this.#reserve(size * dtypeSize(dtype), what);
+    const blocks: GpuBlock[] = [];
+    try {
+      for (const b of layout) {
+        blocks.push({ ...b, buf: this.rt.alloc(storageBytes(b.size, dtype), what, forUpload) });
+      }
+    } catch (e) {
+      for (const b of blocks) this.rt.release(b.buf);
+      throw e;
+    }
+    const s = new GpuStorage(blocks[0].buf, size, dtype, this);
+    s.buf = null;
+    s.blocks = blocks;
+    this.#count(size * dtypeSize(dtype));
+    return s;
+  }
+
+  /** One split storage made of `parts` (live storages of one buffer each, in element order), taking them over. */
+  #joinBlocks(parts: GpuStorage[], dtype: DType): GpuStorage {
+    if (parts.length === 1) return parts[0];
+    const blocks: GpuBlock[] = [];
+    let start = 0;
+    for (const p of parts) {
+      blocks.push({ buf: p.buf!, start, size: p.size });
+      start += p.size;
+      p.buf = null;
+    }
+    const s = new GpuStorage(blocks[0].buf, start, dtype, this);
+    s.buf = null;
+    s.blocks = blocks;
+    this.#liveBuffers -= parts.length - 1;
+    return s;
+  }
+
+  /** Rows of `rowLength` elements of `dtype` that one buffer of this adapter holds. */
+  maxRowsPerBuffer(rowLength: number, dtype: DType): number {
+    return rowsPerBlock(rowLength, dtypeSize(dtype), bufferLimit(this.rt));
   }
 
   /** A new live storage (checked against the memory limit first). */
@@ -214,12 +282,14 @@ export class WebGpuBackend implements Backend {
    * `queue.writeBuffer` per piece; BF16/F16 bytes for an f32 tensor go into a buffer of raw words that
    * {@link WIDEN_HALF} widens when the upload finishes. Null for other conversions (the host does them).
    */
-  beginUpload(size: number, dtype: DType, format: UploadFormat): ByteUpload | null {
+  beginUpload(size: number, dtype: DType, format: UploadFormat, rowLength = size): ByteUpload | null {
     this.rt.checkAlive("upload");
     this.#checkDType(dtype, "upload");
     const direct = format === dtype;
     if (!direct && !(dtype === "f32" && (format === "f16" || format === "bf16"))) return null;
     const what = `upload: tensor of ${size} elements (${dtype})`;
+    const layout = blockLayout(size, rowLength, dtypeSize(dtype), bufferLimit(this.rt), what);
+    if (layout !== null) return this.#beginBlockedUpload(layout, size, dtype, format);
     const target = direct
       ? this.#new(size, dtype, what, true)
       : this.#new(Math.ceil(size / 2), "f32", `${what}: its ${format} words`, true);
@@ -281,7 +351,63 @@ export class WebGpuBackend implements Backend {
     }
   }
 
+  /** {@link beginUpload} of a tensor split into row blocks: one upload per block, the pieces routed. */
+  #beginBlockedUpload(
+    layout: { start: number; size: number }[],
+    size: number,
+    dtype: DType,
+    format: UploadFormat,
+  ): ByteUpload {
+    const fes = format === "f32" ? 4 : 2;
+    const parts: ByteUpload[] = [];
+    try {
+      for (const b of layout) parts.push(this.beginUpload(b.size, dtype, format)!);
+    } catch (e) {
+      for (const p of parts) p.abort();
+      throw e;
+    }
+    const encodedBytes = size * fes;
+    return {
+      write: (bytes, byteOffset) => {
+        const end = byteOffset + bytes.length;
+        if (byteOffset % 4 !== 0 || byteOffset < 0 || end > encodedBytes) {
+          throw new ShapeError(
+            `upload: bytes [${byteOffset}, ${end}] do not fit the ${encodedBytes} bytes of ${size} ${format} ` +
+              `elements in whole words`,
+          );
+        }
+        layout.forEach((b, i) => {
+          const lo = Math.max(byteOffset, b.start * fes), hi = Math.min(end, (b.start + b.size) * fes);
+          if (lo < hi) parts[i].write(bytes.subarray(lo - byteOffset, hi - byteOffset), lo - b.start * fes);
+        });
+      },
+      finish: () => {
+        const done: GpuStorage[] = [];
+        try {
+          for (const p of parts) done.push(p.finish() as GpuStorage);
+        } catch (e) {
+          for (const d of done) this.free(d);
+          for (const p of parts.slice(done.length)) p.abort();
+          throw e;
+        }
+        return this.#joinBlocks(done, dtype);
+      },
+      abort: () => {
+        for (const p of parts) p.abort();
+      },
+    };
+  }
+
   async read(s: Storage): Promise<HostArray> {
+    if (s instanceof GpuStorage && s.blocks !== null && s.owner === this) {
+      // A split tensor reads block by block into one array.
+      const out = new Float32Array(s.size);
+      for (const b of this.#pieces(s, "read")) {
+        const part = await this.read(new GpuStorage(b.buf, b.size, s.dtype, this));
+        out.set(part as Float32Array, b.start);
+      }
+      return out;
+    }
     const b = this.#in(s, "read");
     if (s.size === 0) return new Float32Array(0);
     const bytes = s.size * dtypeSize(s.dtype);
@@ -300,6 +426,14 @@ export class WebGpuBackend implements Backend {
   }
 
   free(s: Storage): void {
+    if (s instanceof GpuStorage && s.owner === this && s.blocks !== null) {
+      if (s.blocks.length === 0) return;
+      for (const b of s.blocks) this.rt.release(b.buf);
+      s.blocks = [];
+      this.#liveBuffers--;
+      this.#liveBytes -= s.size * dtypeSize(s.dtype);
+      return;
+    }
     if (!(s instanceof GpuStorage) || s.owner !== this || s.buf === null) return;
     this.rt.release(s.buf);
     s.buf = null;
@@ -413,11 +547,50 @@ export class WebGpuBackend implements Backend {
     bShape: readonly number[],
     outShape: readonly number[],
   ): Storage {
+    if (a instanceof GpuStorage && b instanceof GpuStorage && (a.blocks !== null || b.blocks !== null)) {
+      return this.#blockedBinary(op, a, b);
+    }
     return this.run(BINARY, [a, b], { op, aShape, bShape, outShape })[0];
   }
 
-  pack(parts: readonly (Storage | null)[], offsets: readonly number[], total: number, dtype: DType): Storage {
+  /** An element-wise op of two split tensors of the same blocks (gradients of a split table), block by block. */
+  #blockedBinary(op: BinaryOp, a: GpuStorage, b: GpuStorage): Storage {
+    const pa = this.#pieces(a, op), pb = this.#pieces(b, op);
+    if (a.size !== b.size || pa.length !== pb.length || pa.some((p, i) => p.size !== pb[i].size)) {
+      this.#in(a.blocks !== null ? a : b, op); // the split-tensor DeviceError
+    }
+    const parts = pa.map((p, i) => {
+      const shape = [p.size];
+      const x = new GpuStorage(p.buf, p.size, a.dtype, this),
+        y = new GpuStorage(pb[i].buf, p.size, b.dtype, this);
+      return this.run(BINARY, [x, y], { op, aShape: shape, bShape: shape, outShape: shape })[0] as GpuStorage;
+    });
+    return this.#joinBlocks(parts, a.dtype);
+  }
+
+  pack(
+    parts: readonly (Storage | null)[],
+    offsets: readonly number[],
+    total: number,
+    dtype: DType,
+    rowLength?: number,
+  ): Storage {
     this.rt.checkAlive("pack");
+    const what = `pack: ${parts.length} tensors into ${total} elements (${dtype})`;
+    const split = parts.some((p) => p instanceof GpuStorage && p.blocks !== null);
+    if (split || blockLayout(total, rowLength ?? 1, dtypeSize(dtype), bufferLimit(this.rt), what) !== null) {
+      const pieces = parts.map((p) => p === null ? null : this.#pieces(p, "pack"));
+      const sizes = checkPack(parts, offsets, total, dtype);
+      this.#checkDType(dtype, "pack");
+      const out = this.#newBlocked(total, dtype, rowLength ?? 1, what);
+      const dst = this.#pieces(out, "pack");
+      pieces.forEach((src, i) => {
+        if (src !== null && sizes[i] > 0) {
+          copyElements(this.rt, src, 0, dst, offsets[i], sizes[i], dtypeSize(dtype), "pack");
+        }
+      });
+      return out;
+    }
     const binds = parts.map((s) => s === null ? null : this.#in(s, "pack"));
     const sizes = checkPack(parts, offsets, total, dtype);
     this.#checkDType(dtype, "pack");
@@ -433,6 +606,24 @@ export class WebGpuBackend implements Backend {
   }
 
   unpack(packed: Storage, offsets: readonly number[], sizes: readonly number[]): Storage[] {
+    if (packed instanceof GpuStorage && packed.blocks !== null) {
+      // Ranges of a split tensor (the fused loss's vocabulary chunks of a split head), across blocks.
+      this.rt.checkAlive("unpack");
+      const src = this.#pieces(packed, "unpack");
+      checkSegments("unpack", offsets, sizes, packed.size, packed.dtype);
+      return offsets.map((o, i) => {
+        const s = this.#new(
+          sizes[i],
+          packed.dtype,
+          `unpack: tensor of ${sizes[i]} elements (${packed.dtype})`,
+        );
+        if (sizes[i] > 0) {
+          const dst = [{ buf: s.buf!, start: 0, size: sizes[i] }];
+          copyElements(this.rt, src, o, dst, 0, sizes[i], dtypeSize(packed.dtype), "unpack");
+        }
+        return s;
+      });
+    }
     const [src] = this.#begin("unpack", packed);
     checkSegments("unpack", offsets, sizes, packed.size, packed.dtype);
     const es = dtypeSize(packed.dtype);
@@ -464,11 +655,54 @@ export class WebGpuBackend implements Backend {
   }
 
   gatherRows(table: Storage, ids: Int32Array, dim: number): Storage {
+    if (table instanceof GpuStorage && table.blocks !== null) return this.#blockedGather(table, ids, dim);
     return this.run(GATHER_ROWS, [table], { ids, dim })[0];
   }
 
+  /** {@link gatherRows} from a split table: one dispatch per block, each writing the rows it holds. */
+  #blockedGather(table: GpuStorage, ids: Int32Array, dim: number): Storage {
+    const op = "gatherRows";
+    this.rt.checkAlive(op);
+    const blocks = this.#pieces(table, op);
+    GATHER_ROWS.check!([table], { ids, dim });
+    this.#checkDType(table.dtype, op);
+    const out = this.#new(
+      ids.length * dim,
+      table.dtype,
+      `gatherRows: output [${ids.length}, ${dim}] (${table.dtype})`,
+    );
+    if (ids.length * dim === 0) return out;
+    const idWords = this.#words(ids, "gatherRows: scratch");
+    const kernel = this.#kernels.get(GATHER_ROWS, {
+      WG: WORKGROUP_SIZE,
+      ...GATHER_ROWS.specialise([table], { ids, dim }),
+    });
+    const grid = this.rt.grid1d(ids.length * dim, WORKGROUP_SIZE);
+    if (blocks.some((b) => b.start % dim !== 0 || b.size % dim !== 0)) {
+      throw new DeviceError(`${op}: the split table's blocks do not hold whole rows of ${dim}`);
+    }
+    for (const b of blocks) {
+      const args = { ids, dim, lo: b.start / dim, hi: (b.start + b.size) / dim };
+      const words = packParams(GATHER_ROWS.params, GATHER_ROWS.uniforms(args, []), op);
+      this.rt.dispatch(kernel, words, [b.buf, idWords, out.buf!], grid);
+    }
+    this.rt.release(idWords.buf);
+    return out;
+  }
+
   scatterAddRows(src: Storage, ids: Int32Array, rows: number, dim: number): Storage {
-    return this.run(SCATTER_ADD_ROWS, [src], { ids, rows, dim })[0];
+    const what = `scatterAddRows: output [${rows}, ${dim}] (${src.dtype})`;
+    const layout = blockLayout(rows * dim, dim, dtypeSize(src.dtype), bufferLimit(this.rt), what);
+    if (layout === null) return this.run(SCATTER_ADD_ROWS, [src], { ids, rows, dim })[0];
+    // A table larger than one binding (the gradient of a split embedding): each block of rows scatters
+    // the ids it holds.
+    SCATTER_ADD_ROWS.check!([src], { ids, rows, dim });
+    const parts = layout.map((b) => {
+      const lo = b.start / dim, n = b.size / dim;
+      const local = ids.map((id) => (id >= lo && id < lo + n ? id - lo : -1));
+      return this.run(SCATTER_ADD_ROWS, [src], { ids: local, rows: n, dim })[0] as GpuStorage;
+    });
+    return this.#joinBlocks(parts, src.dtype);
   }
 
   pick(x: Storage, idx: Int32Array, n: number): Storage {
