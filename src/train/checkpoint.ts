@@ -167,8 +167,8 @@ async function readRequired(dir: string, name: string): Promise<Uint8Array> {
  * Restores a checkpoint written by {@link saveCheckpoint} into a model that already carries the same
  * adapters (adapter weights are copied into them), the optimizer, and the scheduler. Returns the
  * trainer state (step and loss history).
- * @throws {FormatError} for missing files or keys; {@link ConfigError} when the optimizer's parameters
- *   are not the checkpoint's
+ * @throws {ConfigError} when `dir` does not exist or is a file, or the optimizer's parameters are not the
+ *   checkpoint's; {@link FormatError} for files missing from it or malformed, or missing keys
  */
 export async function loadCheckpoint(
   dir: string,
@@ -178,6 +178,16 @@ export async function loadCheckpoint(
   const names = optimizerNames(model, optimizer, "loadCheckpoint");
   // Every file from the one save `dir` points at now, even if another save switches it meanwhile.
   dir = await resolveDir(dir);
+  // A path that leads nowhere is a bad argument (ConfigError, API.md's Errors); a checkpoint folder
+  // lacking one of its files is a bad save (FormatError, below).
+  const kind = await pathKind(dir);
+  if (kind !== "dir") {
+    throw new ConfigError(
+      `loadCheckpoint: the checkpoint directory ${dir} ${
+        kind === null ? "does not exist" : "is a file, not a directory"
+      }`,
+    );
+  }
   const statePath = joinPath(dir, TRAINER_STATE_NAME);
   if ((await pathKind(statePath)) !== "file") {
     throw new FormatError(`loadCheckpoint: ${statePath} does not exist`);

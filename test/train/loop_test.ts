@@ -4,6 +4,7 @@ import {
   AdamW,
   applyLoraToLinearModules,
   clipGradNorm,
+  ConfigError,
   FormatError,
   type LlamaForCausalLM,
   loadAdapter,
@@ -162,6 +163,11 @@ Deno.test("train errors: bad steps, empty batches, missing checkpoint", async ()
     await assert.rejects(
       () => train({ model, optimizer: opt, batches: BATCHES, steps: 1, resumeFrom: dir }),
       FormatError,
+    );
+    // A checkpoint directory that is not there is a bad path (ConfigError), not a bad checkpoint.
+    await assert.rejects(
+      () => train({ model, optimizer: opt, batches: BATCHES, steps: 1, resumeFrom: `${dir}/nowhere` }),
+      (e) => e instanceof ConfigError && /^loadCheckpoint: .*nowhere does not exist$/.test(e.message),
     );
   });
 });
