@@ -20,6 +20,7 @@ const shapeArb: fc.Arbitrary<GemmShape> = fc.record({
   splittable: fc.boolean(),
   maxBindingBytes: fc.oneof(fc.constant(2 ** 31), fc.integer({ min: 2 ** 16, max: 2 ** 28 })),
   vec4Unmasked: fc.boolean(),
+  lora: fc.boolean(),
 });
 
 Deno.test("planGemm: tiles from the profile, k covered once by aligned non-empty slices, bounded partials", () => {
@@ -36,6 +37,7 @@ Deno.test("planGemm: tiles from the profile, k covered once by aligned non-empty
         return;
       }
       assert.ok(s.splittable && s.batch === 1, "split only what may be split");
+      assert.ok(!s.lora, "the heuristics leave LoRA output products whole");
       assert.equal(p.chunk % Math.max(4, p.tile.BK), 0, "slices start on a k step");
       assert.ok(p.splits * p.chunk >= s.k && (p.splits - 1) * p.chunk < s.k, "k covered, no empty slice");
       assert.ok(p.splits * s.m * s.n * 4 <= s.maxBindingBytes, "partial sums fit one binding");
@@ -73,6 +75,13 @@ Deno.test("planGemm: large products take the large tiles, rank-wide ones the lon
   const dh = planGemm(shape(32, 2048, 128256), TILED_PROFILE, 2);
   assert.equal(`${dh.tile.BM}x${dh.tile.BN}`, "32x128");
   assert.ok(dh.splits * dh.tiles * dh.tile.WG >= 1 << 16, `too few invocations: ${JSON.stringify(dh)}`);
+  // A profile's choice overrides the heuristics, LoRA products included; the split is clamped to k.
+  const t32 = TILED_PROFILE.tiles[2];
+  const chosen = { ...TILED_PROFILE, choose: () => ({ tile: t32, splits: 8 }) };
+  const c = planGemm({ ...shape(32, 4096, 4096), lora: true }, chosen, 2);
+  assert.equal(c.tile, t32);
+  assert.equal(c.splits, 8);
+  assert.equal(planGemm({ ...shape(32, 4096, 40), lora: true }, chosen, 2).splits, 2);
   // Rows that fit no tile take the one that pads them least, not the 128-row one.
   assert.equal(tile(20, 128256, 2048, TILED_PROFILE), "32x128");
   // Deep and narrow (LoRA's dA on a GPU): the large tile with k split.
