@@ -130,7 +130,7 @@ async function time(step: () => void): Promise<number> {
 }
 
 const fmt = (ms: number) => ms.toFixed(3).padStart(9);
-const tflops = (flop: number, ms: number) => (flop / (ms * 1e-3) / 1e12).toFixed(2).padStart(6);
+const tflops = (flop: number, ms: number) => (flop / (ms * 1e-3) / 1e12).toFixed(3).padStart(7);
 
 console.log(`attention_bench on ${be.description} (${implementationName(argv)}), reps ${REPS}`);
 for (const s of shapes) {

@@ -6,8 +6,8 @@
 // its value row from workgroup memory (rows padded to an odd number of chunks, so that neighbouring
 // invocations' rows fall in different banks). Per query: p = exp(s - lse), ds = p (dO · v - delta);
 // dv += p dO, dk += scale · ds q. The KS partial sums are merged at the end. No atomics: each key row is
-// written by one invocation. Without a padding mask only the query tiles that can see the block are
-// visited; with one, every query, since a row that sees no key spreads its weight over all keys.
+// written by one invocation. Only the query tiles that can see the block are visited, and with a padding
+// mask those holding a row that sees no key (its weight is spread over all keys).
 //#if VEC
 @group(0) @binding(1) var<storage, read> q: array<vec4<${T}>>;
 @group(0) @binding(2) var<storage, read> k: array<vec4<${T}>>;
@@ -37,6 +37,7 @@ var<workgroup> gt: array<vec4<f32>, ${BQ * DV}>;
 // Per staged query: 0 none (past the range), 1 normal, 2 sees no key; base-2 lse and delta.
 var<workgroup> qstate: array<u32, ${BQ}>;
 var<workgroup> qstat: array<vec2<f32>, ${BQ}>;
+var<workgroup> tile_needed: u32;
 
 fn store_dk(row: u32, c: u32, x: vec4<f32>) {
 //#if VEC
@@ -112,15 +113,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   }
   let group = p.heads / p.kv_heads;
   let past = p.keys - p.seq;
-  // Queries that can see a key of the block: from the block's first position to the window's end.
-  var ilo = 0u;
-  var ihi = p.seq;
-  if (p.has_mask == 0u) {
-    ilo = select(0u, j0 - past, j0 > past);
-    if (p.window > 0u) {
-      let jl = min(j0 + ${BC}u, p.keys) - 1u;
-      ihi = min(p.seq, select(0u, jl + p.window - past, jl + p.window > past));
-    }
+  // Queries that can see a key of the block: from the block's first position to the window's end. With a
+  // padding mask, rows that see no key at all see every key: there all query tiles are candidates, and
+  // those outside this range are skipped unless one of their rows has no key (lse = +inf).
+  let nlo = select(0u, j0 - past, j0 > past);
+  var nhi = p.seq;
+  if (p.window > 0u) {
+    let jl = min(j0 + ${BC}u, p.keys) - 1u;
+    nhi = min(p.seq, select(0u, jl + p.window - past, jl + p.window > past));
+  }
+  var ilo = nlo;
+  var ihi = nhi;
+  if (p.has_mask != 0u) {
+    ilo = 0u;
+    ihi = p.seq;
   }
   let vr = r * ${VP}u;
   let qo = sp * ${NQ * DV}u;
@@ -128,6 +134,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let qrow0 = (b * p.heads + kvh * group + g) * p.seq;
     for (var i0 = ilo; i0 < ihi; i0 += ${BQ}u) {
       workgroupBarrier();
+      if (p.has_mask != 0u) {
+        if (lid == 0u) {
+          var need = select(0u, 1u, i0 + ${BQ}u > nlo && i0 < nhi);
+          for (var t = i0; need == 0u && t < min(i0 + ${BQ}u, p.seq); t++) {
+            if (f32(lse[qrow0 + t]) > 3.0e38) {
+              need = 1u;
+            }
+          }
+          tile_needed = need;
+        }
+        if (workgroupUniformLoad(&tile_needed) == 0u) {
+          continue;
+        }
+      }
       for (var e = lid; e < ${BQ * DV}u; e += ${WG}u) {
         let i = i0 + e / ${DV}u;
         let c = e % ${DV}u;
