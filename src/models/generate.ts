@@ -47,7 +47,10 @@ export const DEFAULT_READ_EVERY = 16;
 
 /** Options of `generate`. */
 export interface GenerateOptions {
-  /** How many tokens to add to each row (fewer where a row meets `eosTokenId`). */
+  /**
+   * How many tokens to add to each row (fewer where a row meets `eosTokenId`). Prompt plus new tokens may
+   * run past `max_position_embeddings`: not refused, RoPE extrapolates (see {@link generateTokens}).
+   */
   maxNewTokens: number;
   /** Argmax decoding (default true); false samples. */
   greedy?: boolean;
@@ -263,6 +266,11 @@ function maskPrefix(p: Prepared, len: number): Int32Array {
  * A Llama-family model decodes on the device (tokens read back every `readEvery` steps); any other
  * {@link IncrementalLM} runs the reference loop. Both give the same tokens. `kernels` pins the step's
  * kernel choice (tests run the GEMV path on a software adapter with it).
+ *
+ * Past the model's `max_position_embeddings`: as transformers' generate, nothing is refused; positions go
+ * on counting and RoPE (default, linear or llama3) rotates them with the same frequencies, i.e. it
+ * extrapolates. The tokens are what the model computes there, but a model trained on shorter sequences
+ * usually degrades past its length. (Training refuses such sequences: `train` and the demo CLI.)
  */
 export async function generateTokens(
   model: IncrementalLM,
