@@ -99,16 +99,19 @@ async function check(dev: Device, dt: FloatType, c: Case): Promise<void> {
   }
 }
 
-const queryTileArb = fc.record({
-  BR: fc.constantFrom(1, 4, 16, 32, 64),
-  KS: fc.constantFrom(1, 2, 4),
-  BC: fc.constantFrom(4, 8, 16),
-});
-const keyTileArb = fc.record({
-  BC: fc.constantFrom(1, 8, 16, 32),
-  KS: fc.constantFrom(1, 2, 4),
-  BQ: fc.constantFrom(4, 8),
-});
+// A few tiles, each exercising another path (one row per workgroup, several invocations per row merging
+// through workgroup memory, key tiles narrower than the splits' rows), reused across runs: every new tile
+// and width is a pipeline to compile, seconds each on the software adapter.
+const queryTileArb = fc.constantFrom<QueryTile>(
+  { BR: 4, KS: 2, BC: 4 },
+  { BR: 1, KS: 4, BC: 4 },
+  { BR: 16, KS: 1, BC: 2 },
+);
+const keyTileArb = fc.constantFrom<KeyTile>(
+  { BC: 8, KS: 2, BQ: 4 },
+  { BC: 1, KS: 4, BQ: 4 },
+  { BC: 4, KS: 1, BQ: 2 },
+);
 
 const caseArb = (dev: Device): fc.Arbitrary<[FloatType, Case]> =>
   fc.tuple(
@@ -119,7 +122,8 @@ const caseArb = (dev: Device): fc.Arbitrary<[FloatType, Case]> =>
       group: fc.constantFrom(1, 2, 3),
       seq: fc.oneof(fc.integer({ min: 1, max: 24 }), fc.constantFrom(37, 70)),
       past: fc.constantFrom(0, 0, 5),
-      dim: fc.constantFrom(1, 3, 4, 7, 8, 13, 64, 65),
+      // Narrow heads (scalar loads, vec4 loads, a partial last chunk); the wide ones in the named cases.
+      dim: fc.constantFrom(1, 3, 4, 5, 8),
       window: fc.constantFrom(0, 0, 1, 6),
       masked: fc.boolean(),
       query: queryTileArb,
@@ -129,19 +133,14 @@ const caseArb = (dev: Device): fc.Arbitrary<[FloatType, Case]> =>
       const rng = new Rng(c.seed + 7);
       // Up to 4 leading pads: with no cache the first rows then see no key at all.
       const pad = masked ? Array.from({ length: c.batch }, () => Math.floor(rng.uniform() * 5)) : null;
-      const query = { ...c.query, BC: Math.max(c.query.BC, c.query.KS) };
-      const key = { ...c.key, BQ: Math.max(c.key.BQ, c.key.KS) };
-      return { ...c, pad, query, key };
-    }).filter((c) =>
-      queryTileBytes(c.query, c.dim) <= ATTENTION_WORKGROUP_BYTES &&
-      keyTileBytes(c.key, c.dim) <= ATTENTION_WORKGROUP_BYTES
-    ),
+      return { ...c, pad };
+    }),
   );
 
 gpuTest(
   "tiled attention kernels equal the CPU reference over random tiles and sizes (f32 and f16)",
   async (dev) => {
-    await fc.assert(fc.asyncProperty(caseArb(dev), ([dt, c]) => check(dev, dt, c)), { numRuns: 30 });
+    await fc.assert(fc.asyncProperty(caseArb(dev), ([dt, c]) => check(dev, dt, c)), { numRuns: 20 });
   },
 );
 
@@ -160,18 +159,11 @@ const base: Case = {
 };
 
 gpuTest(
-  "tiled attention: the default tiles at head width 64 and 128, caches, windows, padding-only rows",
+  "tiled attention: the default tiles at head widths 64 and 65, caches, windows, padding-only rows",
   async (dev) => {
-    const d64 = defaultTiles(64), d128 = defaultTiles(128);
+    const d64 = defaultTiles(64), d65 = defaultTiles(65);
     await check(dev, "f32", { ...base, dim: 64, seq: 70, query: d64.forward, key: d64.backwardKV });
-    await check(dev, "f32", {
-      ...base,
-      dim: 128,
-      seq: 20,
-      past: 5,
-      query: d128.forward,
-      key: d128.backwardKV,
-    });
+    await check(dev, "f32", { ...base, dim: 65, seq: 20, past: 5, query: d65.forward, key: d65.backwardKV });
     // Every row of batch 0 but the last sees no key; with a window and a cache.
     await check(dev, "f32", { ...base, pad: [8, 2], window: 3 });
     await check(dev, "f32", { ...base, past: 4, window: 2, group: 2, kvHeads: 2 });
