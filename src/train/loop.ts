@@ -11,7 +11,7 @@ import { AdamW } from "../optim/adamw.ts";
 import { clipGradNorm } from "../optim/clip.ts";
 import type { TokenInput } from "../models/llama.ts";
 import { type CheckpointableSchedule, loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
-import { ConfigError, DeviceError, ShapeError } from "../core/errors.ts";
+import { ConfigError, DeviceError, LoraError, ShapeError } from "../core/errors.ts";
 import { estimateStepBytes } from "./step_memory.ts";
 import { checkOptionalBoolean, checkOptionKeys, showValue } from "../core/options.ts";
 import { ProgressLine, type ProgressLineOptions, standardErrorOutput } from "./progress.ts";
@@ -301,7 +301,15 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   let step = 0;
   let losses: number[] = [];
   if (opts.resumeFrom !== undefined) {
-    const state = await loadCheckpoint(opts.resumeFrom, { model, optimizer, scheduler });
+    let state;
+    try {
+      state = await loadCheckpoint(opts.resumeFrom, { model, optimizer, scheduler });
+    } catch (err) {
+      // The user called train: say so, keeping the error's class (ConfigError for a bad path, ...).
+      if (!(err instanceof LoraError)) throw err;
+      const Kind = err.constructor as new (message: string) => LoraError;
+      throw new Kind(`train (resumeFrom): ${err.message}`);
+    }
     step = state.step;
     losses = state.losses.slice(0, step);
   }

@@ -167,7 +167,9 @@ Deno.test("train errors: bad steps, empty batches, missing checkpoint", async ()
     // A checkpoint directory that is not there is a bad path (ConfigError), not a bad checkpoint.
     await assert.rejects(
       () => train({ model, optimizer: opt, batches: BATCHES, steps: 1, resumeFrom: `${dir}/nowhere` }),
-      (e) => e instanceof ConfigError && /^loadCheckpoint: .*nowhere does not exist$/.test(e.message),
+      (e) =>
+        e instanceof ConfigError &&
+        /^train \(resumeFrom\): loadCheckpoint: .*nowhere does not exist$/.test(e.message),
     );
   });
 });
