@@ -251,6 +251,8 @@ export async function soak(a: SoakArgs): Promise<{ ok: boolean; summary: Record<
       peak_bytes_max: Math.max(...steady.map((x) => x.peak)),
       peak_drift_bytes: peakDrift,
       pooled_bytes_max: Math.max(...steady.map((x) => x.pooled)),
+      // Freed buffers the WebGPU pool keeps for reuse: reported, not checked (its size follows the peak).
+      pooled_drift_bytes: range(steady.map((x) => x.pooled)),
       series: samples.filter((_, i) => i % every === 0 || i === samples.length - 1),
     },
   };
