@@ -343,6 +343,16 @@ export async function readAdapterSource(
     // Both files from the one save `source` points at now, even if another save switches it meanwhile.
     source = await resolveDir(source);
     if (source === "") throw new ConfigError(`loadAdapter: the adapter directory path is empty`);
+    // A path that leads nowhere is a bad argument (ConfigError, as API.md's Errors say); a directory
+    // lacking one of the files is a bad save (FormatError, below).
+    const kind = await pathKind(source);
+    if (kind !== "dir") {
+      throw new ConfigError(
+        `loadAdapter: the adapter directory ${source} ${
+          kind === null ? "does not exist" : "is a file, not a directory"
+        }`,
+      );
+    }
     const weightsPath = joinPath(source, ADAPTER_WEIGHTS_NAME);
     const config = await readRequired(joinPath(source, ADAPTER_CONFIG_NAME), "the adapter config");
     if (
@@ -544,9 +554,9 @@ export function planLoad(
  * @param source a directory holding `adapter_config.json` and `adapter_model.safetensors` (Deno, Node,
  *   Bun), or the two files' contents
  * @returns the names of the patched modules, in model order
- * @throws {ConfigError} unsupported options (named), targets matching nothing or a non-Linear module, or a
- *   targeted module that already has an adapter
- * @throws {FormatError} missing or malformed files, missing or unexpected weight keys
+ * @throws {ConfigError} a directory that does not exist (or is a file), unsupported options (named),
+ *   targets matching nothing or a non-Linear module, or a targeted module that already has an adapter
+ * @throws {FormatError} files missing from the directory or malformed, missing or unexpected weight keys
  * @throws {ShapeError} weights whose shape does not fit the module and rank
  */
 export async function loadAdapter(

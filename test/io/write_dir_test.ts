@@ -72,7 +72,8 @@ Deno.test("writeDirAtomic: a regular file in the way is a ConfigError naming the
     );
     await assert.rejects(
       loadAdapter(adapted(1), path),
-      (e: unknown) => e instanceof ConfigError && /^loadAdapter: could not read/.test(e.message),
+      (e: unknown) =>
+        e instanceof ConfigError && /^loadAdapter: .*taken is a file, not a directory/.test(e.message),
     );
     assert.equal(Deno.readTextFileSync(path), "user data");
   });

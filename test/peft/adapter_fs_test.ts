@@ -175,7 +175,16 @@ Deno.test("fs: loading from a directory lacking a file is a FormatError naming t
       loadAdapter(tinyLlamaTree(), dir),
       (e: Error) => e instanceof FormatError && e.message.includes("adapter_model.bin"),
     );
-    await assert.rejects(loadAdapter(tinyLlamaTree(), `${dir}/nowhere`), FormatError);
+    // A directory that is not there, or a file given as one, is a bad path: a ConfigError naming the call.
+    await assert.rejects(
+      loadAdapter(tinyLlamaTree(), `${dir}/nowhere`),
+      (e: Error) => e instanceof ConfigError && /^loadAdapter: .*nowhere does not exist$/.test(e.message),
+    );
+    await assert.rejects(
+      loadAdapter(tinyLlamaTree(), `${dir}/adapter_model.bin`),
+      (e: Error) =>
+        e instanceof ConfigError && /adapter_model\.bin is a file, not a directory$/.test(e.message),
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
