@@ -10,6 +10,7 @@
  *   deno run -A bench/generate_bench.ts --ckpt DIR [--name NAME] [--batch 1,8] [--prompt 32] [--gen 128]
  *       [--read-every 16] [--dtype f32|f16] [--device webgpu|cpu] [--seed 1234] [--reference]
  *       [--layers N]   (keep the first N decoder layers of the checkpoint's config, random weights)
+ *       [--quant nf4|int8]   (the decoder's Linears quantized, blocks of 64; the LM head stays)
  *       [--lora R]     (LoRA of rank R on q,k,v,o,gate,up,down, B random, not merged: a PEFT model's decode)
  *       [--profile | --profile-detail]   (dispatches per step and the kernels' profile rows)
  *       [--gemv]       (the GEMV kernels even on a software adapter, e.g. to count their dispatches)
@@ -212,6 +213,17 @@ async function main(): Promise<void> {
       : { ...JSON.parse(await Deno.readTextFile(`${ckpt}/config.json`)), num_hidden_layers: Number(layers) };
     if (layers !== undefined) name += `-${layers}l-random`;
     model = AutoModelForCausalLM.fromConfig(config, { device, dtype, seed: 0 });
+  }
+  const quant = get("--quant");
+  if (quant !== undefined) {
+    // The base's Linears quantized (the LM head and embeddings stay f32), as bench/qlora_bench.ts does.
+    const { quantizeModel } = await import("../mod.ts");
+    quantizeModel(model as unknown as Module, {
+      scheme: quant as "nf4" | "int8",
+      blockSize: 64,
+      exclude: ["lm_head"],
+    });
+    name += `-${quant}`;
   }
   const lora = get("--lora");
   if (lora !== undefined) {

@@ -39,6 +39,8 @@ import { adapterKind, decodeParts } from "../nn/adapter_hook.ts";
 import type { KernelRecord } from "../backend/kernels/record.ts";
 import { GEMV, GEMV_MAX_ROWS } from "../backend/kernels/gemv.ts";
 import { GEMV_NORM } from "../backend/kernels/gemv_norm.ts";
+import { GEMV_QUANT, gemvQuantFits } from "../backend/kernels/gemv_quant.ts";
+import type { QuantLayout } from "../backend/kernels/quantize.ts";
 import { GATHER_IDS } from "../backend/kernels/gather_ids.ts";
 import { DECODE_ATTENTION, type QkvLayout } from "../backend/kernels/decode_attention.ts";
 import { ARGMAX, ARGMAX_CHUNK, ARGMAX_PARTIAL } from "../backend/kernels/argmax.ts";
@@ -149,6 +151,8 @@ interface GemvLinear {
   bias: Tensor | null;
   out: number;
   lora: { a: Tensor; b: Tensor; scale: number } | null;
+  /** A quantized weight's layout (its weight is then the packed words): `gemvQuant` runs it. */
+  quant: QuantLayout | null;
 }
 
 /**
@@ -157,21 +161,23 @@ interface GemvLinear {
  * plus LoRA now (src/nn/adapter_hook.ts `decodeParts`), or a tensor of another dtype than x.
  */
 function gemvLinear(m: Linear, x: Tensor, gemv: boolean): GemvLinear | null {
-  if (!gemv || x.shape[0] > GEMV_MAX_ROWS || m._quantLayout !== null || Object.hasOwn(m, "forward")) {
-    return null;
-  }
+  if (!gemv || x.shape[0] > GEMV_MAX_ROWS || Object.hasOwn(m, "forward")) return null;
+  const quant = m._quantLayout;
+  if (quant !== null && !gemvQuantFits(quant, m.inFeatures)) return null;
   let lora: GemvLinear["lora"] = null;
   if (adapterKind(m) !== null) {
     const parts = decodeParts(m);
     if (parts === null) return null;
     lora = parts.lora;
   } else if (Object.getPrototypeOf(m) !== Linear.prototype) return null;
+  // A quantized base with an adapter keeps its forward (QLoRA: the fused GEMM decodes the codes itself).
+  if (quant !== null && lora !== null) return null;
   const dt = x.dtype;
-  if (m.weight.dtype !== dt || (m.bias !== null && m.bias.dtype !== dt)) return null;
+  if ((quant === null && m.weight.dtype !== dt) || (m.bias !== null && m.bias.dtype !== dt)) return null;
   if (lora !== null && (lora.a.dtype !== dt || lora.b.dtype !== dt || lora.a.shape[0] !== lora.b.shape[1])) {
     return null;
   }
-  return { weight: m.weight, bias: m.bias, out: m.outFeatures, lora };
+  return { weight: m.weight, bias: m.bias, out: m.outFeatures, lora, quant };
 }
 
 /** The LoRA rank of a GEMV linear (0 without one). */
@@ -183,6 +189,15 @@ const rankOf = (g: GemvLinear) => g.lora?.a.shape[0] ?? 0;
  */
 function gemvProduct(g: GemvLinear, x: Tensor, res: Tensor | null): Tensor {
   const [rows, k] = x.shape;
+  if (g.quant !== null) {
+    return runKernel(GEMV_QUANT, [x, g.weight, res ?? x], {
+      m: rows,
+      n: g.out,
+      k,
+      layout: g.quant,
+      residual: res !== null,
+    }, [[rows, g.out]])[0];
+  }
   let t = x, b = g.weight, lora = null;
   if (g.lora !== null) {
     const r = rankOf(g);
@@ -264,7 +279,9 @@ function loraInputs(norm: NormModule | null, h: Tensor, gs: GemvLinear[]) {
 /** silu(gate(x)) · up(x): one GEMV pass over both weights (with their LoRA terms) for 1-8 rows. */
 export function decodeGlu(gate: Linear, up: Linear, x: Tensor, gemv = prefersGemv(x.device)): Tensor {
   const g = gemvLinear(gate, x, gemv), u = gemvLinear(up, x, gemv);
-  if (g === null || u === null || g.bias !== null || u.bias !== null) {
+  if (
+    g === null || u === null || g.bias !== null || u.bias !== null || g.quant !== null || u.quant !== null
+  ) {
     return mul(silu(decodeLinear(gate, x, gemv)), decodeLinear(up, x, gemv));
   }
   return gluKernel(null, x, g, u, 0);
@@ -336,7 +353,7 @@ interface Columns {
 function normLinears(norm: NormModule, s: Stream, ms: Linear[], gemv: boolean): Columns[] {
   const h = s.h, [rows, k] = h.shape;
   const gs = ms.map((m) => gemvLinear(m, h, gemv));
-  const ok = gs.every((g) => g !== null) ? gs as GemvLinear[] : null;
+  const ok = gs.every((g) => g !== null && g.quant === null) ? gs as GemvLinear[] : null;
   const biased = ok !== null && ok.every((g) => g.bias !== null);
   const fused = ok !== null && s.delta === null && ms.length <= 3 && normFuses(norm, h) &&
     (biased ? ok.every((g) => g.lora === null) : ok.every((g) => g.bias === null));
@@ -384,8 +401,8 @@ function normGlu(norm: NormModule, s: Stream, mlp: MlpParts, gemv: boolean): Ten
   const gate = mlp.gate_up_proj ?? mlp.gate_proj!, up = mlp.gate_up_proj ?? mlp.up_proj!;
   const g = gemvLinear(gate, h, gemv), u = gemvLinear(up, h, gemv);
   // A fused gate_up weight runs as both halves only without LoRA (its one B spans both).
-  const plain = g !== null && u !== null && g.bias === null && u.bias === null &&
-    (!fusedWeight || g.lora === null);
+  const plain = g !== null && u !== null && g.bias === null && u.bias === null && g.quant === null &&
+    u.quant === null && (!fusedWeight || g.lora === null);
   const n = fusedWeight ? gate.outFeatures / 2 : gate.outFeatures;
   const half = (x: GemvLinear): GemvLinear => (fusedWeight ? { ...x, out: n } : x);
   const upOffset = fusedWeight ? n * k : 0;

@@ -12,6 +12,7 @@ import {
   getPeftModel,
   type LlamaForCausalLM,
   LoraConfig,
+  quantizeModel,
   randn,
   scale,
 } from "../../mod.ts";
@@ -122,7 +123,7 @@ function withLora(model: LlamaForCausalLM, targets = LORA_TARGETS): LlamaForCaus
 
 const LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
-/** Calls of the adapted layers' forward (their class's) while `fn` runs. */
+/** Calls of the layers' forward (the class of layer 0's up_proj: LinearLoRA, or Linear) while `fn` runs. */
 async function loraForwards(model: LlamaForCausalLM, fn: () => Promise<unknown>): Promise<number> {
   type Fwd = { forward: (x: Tensor) => Tensor };
   const proto = Object.getPrototypeOf(model.model.layers[0].mlp.up_proj) as Fwd;
@@ -158,6 +159,18 @@ Deno.test("LoRA-patched layers decode on the GEMV path and equal the reference l
   }
 });
 
+Deno.test("quantized (NF4, int8) layers decode on the GEMV path and equal the reference loop (CPU)", async () => {
+  for (const scheme of ["nf4", "int8"] as const) {
+    const model = tinyModel();
+    quantizeModel(model, { scheme, blockSize: 16 });
+    await deviceEqualsReference(model, `llama cpu ${scheme}`);
+    const prompts = ragged(model.config.vocabSize);
+    const forwards = (n: number) =>
+      loraForwards(model, () => generateTokens(model, prompts, { maxNewTokens: n, eosTokenId: null }));
+    assert.equal(await forwards(6), await forwards(1), `${scheme}: the steps run no Linear forward`);
+  }
+});
+
 Deno.test("the device loop leaves no tensors behind", async () => {
   const model = tinyModel();
   const be = model.lm_head.weight.device.backend;
@@ -178,6 +191,15 @@ gpuTest(
     const model = await tinyModel().to(dev);
     await deviceEqualsReference(model, "llama webgpu f32");
     await deviceEqualsReference(model, "llama webgpu f32 gemv", { gemv: true });
+  },
+);
+
+gpuTest(
+  "device decoding equals the reference loop on WebGPU (NF4-quantized Llama f32, GEMV kernels)",
+  async (dev) => {
+    const model = await tinyModel().to(dev);
+    quantizeModel(model, { scheme: "nf4", blockSize: 16 });
+    await deviceEqualsReference(model, "llama webgpu nf4 gemv", { gemv: true });
   },
 );
 

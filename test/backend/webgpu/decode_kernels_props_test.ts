@@ -1,5 +1,5 @@
 /**
- * The decoding kernels (argmax, sampleToken, gemv, gemvGlu, gemvNorm, addRmsNorm, gatherIds, decodeAttention in
+ * The decoding kernels (argmax, sampleToken, gemv, gemvGlu, gemvNorm, gemvQuant, addRmsNorm, gatherIds, decodeAttention in
  * src/backend/kernels/)
  * on WebGPU against their CPU twins through `Backend.run`, as fast-check properties over odd sizes, f32
  * and f16. Token choices are compared exactly; sampling is compared wherever no decision of the draw
@@ -22,6 +22,8 @@ import {
 import { GEMV } from "../../../src/backend/kernels/gemv.ts";
 import { GEMV_GLU } from "../../../src/backend/kernels/gemv_glu.ts";
 import { GEMV_NORM } from "../../../src/backend/kernels/gemv_norm.ts";
+import { GEMV_QUANT } from "../../../src/backend/kernels/gemv_quant.ts";
+import { dequantizeValues, quantizeValues, quantLayout } from "../../../src/backend/kernels/quantize.ts";
 import { ADD_RMS_NORM } from "../../../src/backend/kernels/add_rms_norm.ts";
 import { GATHER_IDS } from "../../../src/backend/kernels/gather_ids.ts";
 import { DECODE_ATTENTION, type DecodeAttentionArgs } from "../../../src/backend/kernels/decode_attention.ts";
@@ -344,6 +346,56 @@ gpuTest(
     );
   },
 );
+
+gpuTest(
+  "gemvQuant on WebGPU matches the CPU (NF4 and int8 codes, 1-8 rows, with and without the residual)",
+  async (dev) => {
+    await fc.assert(
+      fc.asyncProperty(
+        f(dev),
+        fc.integer({ min: 1, max: 8 }),
+        odd(300),
+        fc.integer({ min: 1, max: 60 }).map((k) => 8 * k),
+        fc.constantFrom("nf4" as const, "int8" as const),
+        fc.boolean(),
+        seedArb,
+        async (dt, m, n, k, scheme, residual, s) => {
+          // int8 scales per row (block k), NF4 per block of 8-64.
+          const block = scheme === "int8" ? k : 8 * (1 + (s % 8));
+          const layout = quantLayout(scheme, n * k, block);
+          const packed = quantizeValues(values(n * k, s, "f32"), layout);
+          const x = values(m * k, s + 1, dt), r = values(m * n, s + 2, dt);
+          const { gpu: g, cpu: c } = await onBoth(dev, dt, (u) => {
+            const xs = u.up(x);
+            const p = u.be.upload(packed, "f32");
+            const [y] = u.be.run(GEMV_QUANT, [xs, p, residual ? u.up(r) : xs], { m, n, k, layout, residual });
+            u.be.free(p);
+            return y;
+          });
+          assertClose(
+            `gemvQuant ${scheme} [${m}, ${k}] x [${n}, ${k}] block ${block} res ${residual}`,
+            g[0],
+            c[0],
+            dt,
+          );
+        },
+      ),
+      { numRuns: SPECIALISED_RUNS },
+    );
+  },
+);
+
+Deno.test("gemvQuant (CPU twin) equals gemv over the dequantized weight", async () => {
+  const be = cpuDevice().backend;
+  const m = 2, n = 3, k = 16;
+  const layout = quantLayout("nf4", n * k, 8);
+  const packed = quantizeValues(values(n * k, 4, "f32"), layout);
+  const x = be.upload(values(m * k, 5, "f32"), "f32");
+  const [y] = be.run(GEMV_QUANT, [x, be.upload(packed, "f32"), x], { m, n, k, layout });
+  const w = be.upload(dequantizeValues(packed, layout), "f32");
+  const [want] = be.run(GEMV, [x, w, x, x, x], { m, n, k });
+  assert.deepEqual([...await be.read(y)], [...await be.read(want)]);
+});
 
 Deno.test("gemvNorm and gemvGlu's norm (CPU twins) equal addRmsNorm's output through gemv", async () => {
   const be = cpuDevice().backend;

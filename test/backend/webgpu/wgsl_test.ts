@@ -256,6 +256,7 @@ function specialisations(
       [named("gemv"), { ...base, M, VEC, LANES, RES: F, LORA: !F }],
       [named("gemv_glu"), { ...base, M, VEC, LANES, NORM: F, LORA: !F }],
       [named("gemv_norm"), { ...base, M, VEC, LANES, BIAS: F, LORA: !F, NORM: !F }],
+      [named("gemv_quant"), { ...base, M, LANES, RES: F, QUANT: F ? "nf4" : "int8" }],
     );
   }
   for (const OP of ["sum", "max"]) {
