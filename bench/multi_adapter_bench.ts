@@ -13,7 +13,8 @@
  * runs in eval mode (PEFT allows `adapterNames` there only; the adapters have no dropout, so eval and
  * training mode compute the same), every adapter trainable: "single" trains a0 on all 8 rows, "mixed"
  * trains a0-a3 on 2 rows each (AdamW then updates 4 adapters' weights instead of 1: the "step" figure
- * holds that, "fwd_bwd" is the loss and gradients alone).
+ * holds that, "fwd_bwd" is the loss and gradients alone); "separate" is what training the four without
+ * mixed batches costs: each adapter active in turn on its own 2 rows (loss and gradients).
  *
  * Usage:
  *   deno run -A bench/multi_adapter_bench.ts --ckpt DIR [--dtype f32|f16] [--rank 16] [--prompt 32]
@@ -195,6 +196,39 @@ async function main(): Promise<void> {
       loss: lastLoss,
     }));
   }
+  // Without mixed batches: each adapter trained on its own 2 rows in turn (4 passes of 2 rows, the active
+  // adapter's fused path), loss and gradients only.
+  {
+    const sepTimes: number[] = [];
+    const groups = Array.from({ length: ADAPTERS }, (_, a) => ids.filter((_, r) => r % ADAPTERS === a));
+    for (let i = 0; i < trainIters + 2; i++) {
+      const t0 = performance.now();
+      for (let a = 0; a < ADAPTERS; a++) {
+        pm.setAdapter(`a${a}`);
+        const rows = groups[a];
+        tidy(() => (pm.forward(rows, { labels: rows }) as { loss: Tensor }).loss.backward());
+      }
+      await device.sync();
+      if (i >= 2) sepTimes.push(performance.now() - t0);
+      for (let a = 0; a < ADAPTERS; a++) {
+        for (const w of weightsOf(`a${a}`)) {
+          w.grad?.dispose();
+          w.grad = null;
+        }
+      }
+    }
+    pm.setAdapter("a0", { inferenceMode: true });
+    results.train.separate = median(sepTimes);
+    console.log(JSON.stringify({
+      ...base,
+      what: "train",
+      case: "separate",
+      batch: BATCH,
+      prompt_len: promptLen,
+      adapters_trained: ADAPTERS,
+      fwd_bwd_ms: results.train.separate,
+    }));
+  }
   for (let i = 0; i < ADAPTERS; i++) for (const w of weightsOf(`a${i}`)) w.requiresGrad = false;
 
   // Hot swap: a3's weights (saved in PEFT's format, held in memory) into a0; the files are parsed inside
@@ -237,6 +271,7 @@ async function main(): Promise<void> {
     train_fwd_bwd_mixed_over_single: results.train.mixed / results.train.single,
     train_fwd_bwd_mixed_over_single_rows: results.train.mixed / results.train["single-rows"],
     train_step_mixed_over_single: results.step.mixed / results.step.single,
+    train_fwd_bwd_mixed_over_separate: results.train.mixed / results.train.separate,
     target: 1.3,
   }));
 }

@@ -12,4 +12,3 @@ Deno.test({
   ignore: noGpu,
   fn: (t) => runMixedTrainingCases(gpuDevice(), "f32", 1e-4, t),
 });
-
