@@ -11,7 +11,7 @@
  * two loops draw the same random numbers whatever the window.
  * @module
  */
-import { concat, keep, noGrad, type Tensor } from "../tensor/mod.ts";
+import { concat, fromStorage, keep, type Tensor } from "../tensor/mod.ts";
 import { nextSeed, type Rng } from "../core/random.ts";
 import { ConfigError, ShapeError } from "../core/errors.ts";
 import { checkOptionalBoolean, checkOptionKeys } from "../core/options.ts";
@@ -351,6 +351,27 @@ function hasRope(m: unknown): m is RopeModel {
 }
 
 /**
+ * The ids of a window of steps (each [batch] f32 on the device) in step order, with one read: the
+ * backend packs them by buffer copies (no kernel dispatch per step, as a concat would take).
+ */
+async function readIds(pending: Tensor[], batch: number): Promise<ArrayLike<number>> {
+  if (pending.length === 1) return await pending[0].data();
+  const device = pending[0].device;
+  const packed = device.backend.pack(
+    pending.map((t) => t.storage("generate")),
+    pending.map((_, w) => w * batch),
+    pending.length * batch,
+    "f32",
+  );
+  const all = fromStorage(packed, [pending.length * batch], "f32", device);
+  try {
+    return await all.data();
+  } finally {
+    all.dispose();
+  }
+}
+
+/**
  * The device loop: the prefill through the model's forward, then {@link decodeStep} per token over a
  * {@link StaticKVCache}, each token chosen on the device and fed to the next step there; the ids are
  * read back once per window of `readEvery` steps, where EOS is applied (tokens after a row's EOS in the
@@ -391,9 +412,7 @@ async function generateOnDevice(
       const last = step === p.maxNewTokens - 1;
       if (pending.length === s.readEvery || last) {
         const window = pending.length;
-        const all = window === 1 ? pending[0] : noGrad(() => concat(pending, 0));
-        const ids = await all.data();
-        if (all !== pending[0]) all.dispose();
+        const ids = await readIds(pending, batch);
         for (const t of pending) if (t !== feed) t.dispose();
         pending = [];
         for (let w = 0; w < window; w++) {
