@@ -1,9 +1,9 @@
 /**
  * A tied embedding larger than one storage binding (src/backend/webgpu/blocks.ts), on the software
  * adapter with the library's binding limit lowered to 48 KiB: the tiny Llama's 256 x 64 f32 table
- * (64 KiB) loads split into row blocks, and its LoRA training step (embedding gather, the tied head in
- * the fused loss, their gradients) equals the same model loaded whole: loss, LoRA gradients and the
- * embedding's gradient within 1e-6.
+ * (64 KiB) loads split into row blocks; its logits (the tied head's product) and its LoRA training step
+ * (embedding gather, the tied head in the fused loss, their gradients) equal the same model loaded whole:
+ * logits, loss, LoRA gradients and the embedding's gradient within 1e-6.
  */
 import assert from "node:assert/strict";
 import { getPeftModel, LlamaForCausalLM, LoraConfig, type Tensor } from "../../mod.ts";
@@ -52,12 +52,16 @@ gpuTest(
   async (dev) => {
     const whole = await LlamaForCausalLM.fromPretrained({ config: CONFIG, weights: TIED }, { device: dev });
     assert.equal((whole.model.embed_tokens.weight.storage() as GpuStorage).blocks, null);
+    const wantLogits = (await whole.forward(IDS).logits.data()) as Float32Array;
     const want = await step(whole.train());
     await withBindingLimit(dev, 48 * 1024, async () => {
       const split = await LlamaForCausalLM.fromPretrained({ config: CONFIG, weights: TIED }, { device: dev });
       const blocks = (split.model.embed_tokens.weight.storage() as GpuStorage).blocks;
       assert.ok(blocks !== null && blocks.length === 2, "64 KiB in blocks of 192 and 64 rows");
       assert.equal(split.lm_head.weight, split.model.embed_tokens.weight, "the head is the split table");
+      // The logits without labels: the tied head's product block by block.
+      const logits = (await split.forward(IDS).logits.data()) as Float32Array;
+      assert.ok(relErr(logits, wantLogits) <= 1e-6, `logits: relative error ${relErr(logits, wantLogits)}`);
       const got = await step(split.train());
       assert.deepEqual([...got.keys()].sort(), [...want.keys()].sort());
       assert.ok(

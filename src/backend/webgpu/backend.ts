@@ -42,6 +42,7 @@ import { DIRECT_PROFILE, type GemmProfile, TILED_PROFILE } from "./gemm_plan.ts"
 import { recordLoraBackward, recordLoraForward } from "./lora.ts";
 import { blockLayout, bufferLimit, copyElements, type GpuBlock, type Piece, rowsPerBlock } from "./blocks.ts";
 import { checkPack, checkSegments } from "../packing.ts";
+import { matmulArgs } from "../shape.ts";
 import { checkLoraDTypes } from "../lora_dtypes.ts";
 
 /** WebGPU storage: a pooled device buffer plus element count and dtype. */
@@ -724,6 +725,12 @@ export class WebGpuBackend implements Backend {
   }
 
   matmul(a: Storage, b: Storage, args: MatmulArgs, bias?: Storage | null): Storage {
+    if (
+      b instanceof GpuStorage && b.owner === this && b.blocks !== null && args.transB && !args.transA &&
+      args.batch === 1
+    ) {
+      return this.#blockedHeadMatmul(a, b, args, bias ?? null);
+    }
     const [ab, bb] = this.#begin("matmul", a, b);
     // The bias is added in the GEMM's store (or its split-K reduce), not by a separate add.
     const biasBind = bias == null ? null : this.#in(bias, "matmul");
@@ -763,6 +770,34 @@ export class WebGpuBackend implements Backend {
       what: `matmul: output [${batch}, ${m}, ${n}] (${T})`,
     });
     return this.#adopt(out, batch * m * n, a.dtype);
+  }
+
+  /**
+   * x · Wᵀ for a weight W [n, k] split into row blocks (a tied head larger than one binding: the logits):
+   * each block gives its rows of (x · Wᵀ)ᵀ = W · xᵀ, whose blocks pack into one [n, m] that is permuted to
+   * [m, n]. The output itself must fit one buffer.
+   */
+  #blockedHeadMatmul(a: Storage, b: GpuStorage, args: MatmulArgs, bias: Storage | null): Storage {
+    const { m, k, n } = args;
+    const blocks = this.#pieces(b, "matmul");
+    this.#sameSize(b, n * k, "matmul", `second operand [${n}, ${k}]`);
+    if (blocks.some((p) => p.size % k !== 0)) this.#in(b, "matmul"); // blocks not of whole rows
+    const parts: Storage[] = [];
+    try {
+      for (const p of blocks) {
+        const view = new GpuStorage(p.buf, p.size, b.dtype, this);
+        parts.push(this.matmul(view, a, matmulArgs(p.size / k, k, m, { transB: true })));
+      }
+      const zt = this.pack(parts, blocks.map((p) => (p.start / k) * m), n * m, b.dtype);
+      const y = this.permute(zt, [n, m], [1, 0]);
+      this.free(zt);
+      if (bias === null) return y;
+      const withBias = this.binary("add", y, [m, n], bias, [n], [m, n]);
+      this.free(y);
+      return withBias;
+    } finally {
+      for (const p of parts) this.free(p);
+    }
   }
 
   // -------------------------------------------------------------------------------------------------
