@@ -155,14 +155,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let dim = lid % DV;
   let chunk = lid / DV;
   var acc = VF(0.0);
+  // The cached keys four at a time (their loads independent, in flight together), then the new one.
   if (chunk < chunks) {
-    for (var j = kfirst + chunk; j <= p.pos; j += chunks) {
-      let w = scores[sbase + j];
-      if (j == p.pos) {
-        acc += w * v4(dim);
-      } else {
-        acc += w * VF(cache_v[(cbase + j) * DV + dim]);
-      }
+    var j = kfirst + chunk;
+    for (; j + 3u * chunks < p.pos; j += 4u * chunks) {
+      let v0 = VF(cache_v[(cbase + j) * DV + dim]);
+      let v1 = VF(cache_v[(cbase + j + chunks) * DV + dim]);
+      let v2 = VF(cache_v[(cbase + j + 2u * chunks) * DV + dim]);
+      let v3 = VF(cache_v[(cbase + j + 3u * chunks) * DV + dim]);
+      acc += scores[sbase + j] * v0 + scores[sbase + j + chunks] * v1;
+      acc += scores[sbase + j + 2u * chunks] * v2 + scores[sbase + j + 3u * chunks] * v3;
+    }
+    for (; j < p.pos; j += chunks) {
+      acc += scores[sbase + j] * VF(cache_v[(cbase + j) * DV + dim]);
+    }
+    if (j == p.pos) {
+      acc += scores[sbase + j] * v4(dim);
     }
   }
   part_v[lid] = acc;
