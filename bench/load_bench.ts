@@ -184,7 +184,8 @@ if (make !== "") {
   if (bindingMb > 0) {
     (device.backend as WebGpuBackend).rt.limits.maxStorageBufferBindingSize = bindingMb * (1 << 20);
   }
-  const disk = await diskRead(dir);
+  // --no-disk: skip the plain read of the file (it costs a read of the whole checkpoint per run).
+  const disk = Deno.args.includes("--no-disk") ? { seconds: NaN, bytes: 0 } : await diskRead(dir);
   for (let r = 0; r < repeat; r++) {
     resetLoadStats();
     const t0 = performance.now();
