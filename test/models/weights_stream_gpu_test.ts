@@ -5,7 +5,7 @@
  * a FormatError naming the file, and leaves no tensor behind on the device.
  */
 import assert from "node:assert/strict";
-import { FormatError, LlamaForCausalLM } from "../../mod.ts";
+import { cpuDevice, FormatError, LlamaForCausalLM } from "../../mod.ts";
 import { type RawTensorEntry, readSafetensors, writeSafetensors } from "../../src/io/safetensors.ts";
 import { _setPieceBytesForTesting } from "../../src/models/weights.ts";
 import { _setFsForTesting, bytesRangeReader } from "../../src/io/fs.ts";
@@ -64,6 +64,32 @@ for (const dtype of ["F32", "F16", "BF16"]) {
     },
   );
 }
+
+gpuTest(
+  "fromPretrained to an f16 model: F32, F16 and BF16 files convert like the CPU loader's",
+  async (dev) => {
+    if (!dev.supportsDType("f16")) return; // no shader-f16 here: nothing to compare
+    for (const dtype of ["F32", "F16", "BF16"]) {
+      const bytes = asDType(dtype);
+      _setPieceBytesForTesting(48);
+      try {
+        const gpuModel = await LlamaForCausalLM.fromPretrained({ config: CONFIG, weights: bytes }, {
+          device: dev,
+          dtype: "f16",
+        });
+        const cpuModel = await LlamaForCausalLM.fromPretrained({ config: CONFIG, weights: bytes }, {
+          device: cpuDevice(),
+          dtype: "f16",
+        });
+        const [got, want] = [await bitsOf(gpuModel), await bitsOf(cpuModel)];
+        for (const [k, w] of want) assert.deepEqual(got.get(k), w, `${k} (${dtype} to f16)`);
+        for (const p of gpuModel.parameters()) p.dispose();
+      } finally {
+        _setPieceBytesForTesting(null);
+      }
+    }
+  },
+);
 
 gpuTest(
   "fromPretrained: a cut file or a failing read is an error; no weight stays on the device",
