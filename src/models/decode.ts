@@ -23,10 +23,9 @@ import {
   concat,
   fromStorage,
   keep,
-  mul,
   noGrad,
   reshape,
-  silu,
+  siluMul,
   slice,
   type Tensor,
   tensor,
@@ -45,6 +44,7 @@ import { GATHER_IDS } from "../backend/kernels/gather_ids.ts";
 import { DECODE_ATTENTION, type QkvLayout } from "../backend/kernels/decode_attention.ts";
 import { ARGMAX, ARGMAX_CHUNK, ARGMAX_PARTIAL } from "../backend/kernels/argmax.ts";
 import { ADD_RMS_NORM } from "../backend/kernels/add_rms_norm.ts";
+import { RMS_NORM } from "../backend/kernels/rms_norm.ts";
 import { GEMV_GLU } from "../backend/kernels/gemv_glu.ts";
 import { SAMPLE_TOKEN, type SamplingWarpers } from "../backend/kernels/sample_token.ts";
 import type { DType } from "../core/dtype.ts";
@@ -243,8 +243,11 @@ export function decodeAddNorm(norm: NormModule, h: Tensor, delta: Tensor | null)
     const s = delta === null ? h : add(h, delta);
     return [s, norm.forward(s)];
   }
-  const res = delta ?? zeros([rows, n], { device: h.device, dtype: h.dtype });
-  const [s, y] = runKernel(ADD_RMS_NORM, [h, res, norm.weight], { rows, n, eps: norm.eps }, [[rows, n], [
+  // Nothing to add: the norm alone (one dispatch, no zeros to fill).
+  if (delta === null) {
+    return [h, runKernel(RMS_NORM, [h, norm.weight], { rows, n, eps: norm.eps }, [[rows, n]])[0]];
+  }
+  const [s, y] = runKernel(ADD_RMS_NORM, [h, delta, norm.weight], { rows, n, eps: norm.eps }, [[rows, n], [
     rows,
     n,
   ]]);
@@ -282,7 +285,7 @@ export function decodeGlu(gate: Linear, up: Linear, x: Tensor, gemv = prefersGem
   if (
     g === null || u === null || g.bias !== null || u.bias !== null || g.quant !== null || u.quant !== null
   ) {
-    return mul(silu(decodeLinear(gate, x, gemv)), decodeLinear(up, x, gemv));
+    return siluMul(decodeLinear(gate, x, gemv), decodeLinear(up, x, gemv));
   }
   return gluKernel(null, x, g, u, 0);
 }
@@ -413,7 +416,7 @@ function normGlu(norm: NormModule, s: Stream, mlp: MlpParts, gemv: boolean): Ten
   if (!fusedWeight) return decodeGlu(gate, up, x, gemv);
   if (plain) return gluKernel(null, x, half(g), half(u), upOffset);
   const both = decodeLinear(mlp.gate_up_proj!, x, gemv);
-  return mul(silu(slice(both, 1, 0, n)), slice(both, 1, n, 2 * n));
+  return siluMul(slice(both, 1, 0, n), slice(both, 1, n, 2 * n));
 }
 
 /**
