@@ -66,14 +66,16 @@ interface Schedule {
   backwardQ: KernelRecord<TiledAttentionArgs>;
   backwardKV: KernelRecord<TiledAttentionArgs>;
   tiles?: AttentionTiles;
+  workgroupBytes?: number;
 }
 
-const tiled = (label: string, tiles?: AttentionTiles): Schedule => ({
+const tiled = (label: string, tiles?: AttentionTiles, workgroupBytes?: number): Schedule => ({
   label,
   forward: ATTENTION_FORWARD,
   backwardQ: ATTENTION_BACKWARD_Q,
   backwardKV: ATTENTION_BACKWARD_KV,
   tiles,
+  workgroupBytes,
 });
 const ROWS: Schedule = {
   label: "rows (before)",
@@ -94,6 +96,9 @@ const QUERY_VARIANTS = [
   qt(64, 2, 8),
 ];
 const KEY_VARIANTS = [kt(32, 2, 8), kt(16, 4, 8), kt(32, 8, 8), kt(16, 8, 8), kt(32, 2, 4), kt(16, 2, 8)];
+/** Tiles past 16 KiB of workgroup memory (timed with the H200's 48 KiB allowed). */
+const BIG_QUERY_VARIANTS = [qt(64, 2, 32), qt(128, 2, 32), qt(64, 4, 32)];
+const BIG_KEY_VARIANTS = [kt(64, 4, 8), kt(64, 2, 16), kt(32, 4, 16)];
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -149,6 +154,15 @@ for (const s of shapes) {
           backwardKV: KEY_VARIANTS[i],
         }))
       );
+      BIG_QUERY_VARIANTS.forEach((t, i) =>
+        schedules.push(
+          tiled(`tiled 48K q ${JSON.stringify(t)} kv ${JSON.stringify(BIG_KEY_VARIANTS[i])}`, {
+            forward: t,
+            backwardQ: t,
+            backwardKV: BIG_KEY_VARIANTS[i],
+          }, 49152),
+        )
+      );
     }
     if (argv.includes("--rows")) schedules.push(ROWS);
     for (const sch of schedules) {
@@ -163,6 +177,7 @@ for (const s of shapes) {
         window: 0,
         keyMask: null,
         tiles: sch.tiles,
+        workgroupBytes: sch.workgroupBytes,
       };
       try {
         const [o0, l0] = be.run(sch.forward, [q, k, v], args);
