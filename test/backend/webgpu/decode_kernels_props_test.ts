@@ -27,7 +27,16 @@ import { dequantizeValues, quantizeValues, quantLayout } from "../../../src/back
 import { ADD_RMS_NORM } from "../../../src/backend/kernels/add_rms_norm.ts";
 import { GATHER_IDS } from "../../../src/backend/kernels/gather_ids.ts";
 import { DECODE_ATTENTION, type DecodeAttentionArgs } from "../../../src/backend/kernels/decode_attention.ts";
-import { assertClose, type FloatType, floatTypes, onBoth, printWorst, seedArb, values } from "./compare.ts";
+import {
+  assertClose,
+  type FloatType,
+  floatTypes,
+  onBoth,
+  printWorst,
+  seedArb,
+  type Uploads,
+  values,
+} from "./compare.ts";
 import { gpu, gpuTest } from "./gpu.ts";
 import { roundToF16 } from "../../../src/core/half.ts";
 
@@ -396,6 +405,55 @@ Deno.test("gemvQuant (CPU twin) equals gemv over the dequantized weight", async 
   const [want] = be.run(GEMV, [x, w, x, x, x], { m, n, k });
   assert.deepEqual([...await be.read(y)], [...await be.read(want)]);
 });
+
+gpuTest(
+  "GEMV kernels at 256 invocations per column (rows of 2048 and 4096 as Llama's), 8 rows, every epilogue",
+  async (dev) => {
+    const m = 8, n = 5, k = 2048, s = 3;
+    const x = values(m * k, s, "f32"), w = values(n * k, s + 1, "f32"), r = values(m * n, s + 2, "f32");
+    const nw = values(k, s + 3, "f32"), t = values(m * 3, s + 4, "f32"), b = values(n * 3, s + 5, "f32");
+    const lora = { r: 3, scale: 0.5 };
+    const cases: [string, (u: Uploads) => Storage][] = [
+      ["gemv + res + lora", (u) => {
+        const xs = u.up(x);
+        return u.be.run(GEMV, [xs, u.up(w), u.up(r), u.up(t), u.up(b)], { m, n, k, residual: true, lora })[0];
+      }],
+      ["gemvNorm + lora", (u) => {
+        const W = u.up(w), B = u.up(b);
+        return u.be.run(GEMV_NORM, [u.up(x), u.up(nw), W, W, W, B, B, B, u.up(values(m * 6, s + 6, "f32"))], {
+          m,
+          parts: [n, 0, n],
+          k,
+          eps: 1e-5,
+          bias: false,
+          lora: { ranks: [3, 0, 3], scales: [0.5, 0, 2] },
+        })[0];
+      }],
+      ["gemvGlu norm + lora", (u) => {
+        const W = u.up(w), B = u.up(b);
+        return u.be.run(GEMV_GLU, [u.up(x), u.up(nw), W, W, u.up(values(m * 6, s + 7, "f32")), B, B], {
+          m,
+          n,
+          k,
+          norm: { eps: 1e-5 },
+          lora: { rg: 3, ru: 3, sg: 1, su: 2 },
+        })[0];
+      }],
+      ["gemvQuant nf4, k 4096", (u) => {
+        const kq = 4096, layout = quantLayout("nf4", n * kq, 64);
+        const p = u.be.upload(quantizeValues(values(n * kq, s + 8, "f32"), layout), "f32");
+        const xs = u.up(values(m * kq, s + 9, "f32"));
+        const [y] = u.be.run(GEMV_QUANT, [xs, p, xs], { m, n, k: kq, layout });
+        u.be.free(p);
+        return y;
+      }],
+    ];
+    for (const [name, run] of cases) {
+      const { gpu: g, cpu: c } = await onBoth(dev, "f32", run);
+      assertClose(name, g[0], c[0], "f32");
+    }
+  },
+);
 
 Deno.test("gemvNorm and gemvGlu's norm (CPU twins) equal addRmsNorm's output through gemv", async () => {
   const be = cpuDevice().backend;
