@@ -138,85 +138,98 @@ const fmt = (ms: number) => ms.toFixed(3).padStart(9);
 const tflops = (flop: number, ms: number) => (flop / (ms * 1e-3) / 1e12).toFixed(3).padStart(7);
 
 console.log(`attention_bench on ${be.description} (${implementationName(argv)}), reps ${REPS}`);
+// Most wanted first (a time limit may cut the run): the defaults everywhere, the variants, the old kernels.
+const jobs: [Shape, "f32" | "f16", Schedule][] = [];
 for (const s of shapes) {
-  const keys = s.seq;
-  const fwdFlop = 2 * s.batch * s.heads * s.seq * s.seq * s.dim;
   for (const dtype of dtypes) {
-    const nq = s.batch * s.heads * s.seq * s.dim, nkv = s.batch * s.kvHeads * keys * s.dim;
-    const q = randomStorage(nq, dtype, 1), k = randomStorage(nkv, dtype, 2), v = randomStorage(nkv, dtype, 3);
-    const dout = randomStorage(nq, dtype, 4);
-    const schedules: Schedule[] = [tiled(`tiled default ${JSON.stringify(defaultTiles(s.dim))}`)];
-    if (argv.includes("--variants") && s === shapes[0]) {
-      QUERY_VARIANTS.forEach((t, i) =>
-        schedules.push(tiled(`tiled q ${JSON.stringify(t)} kv ${JSON.stringify(KEY_VARIANTS[i])}`, {
+    jobs.push([s, dtype, tiled(`tiled default ${JSON.stringify(defaultTiles(s.dim))}`)]);
+  }
+}
+if (argv.includes("--variants")) {
+  for (const dtype of dtypes) {
+    QUERY_VARIANTS.forEach((t, i) =>
+      jobs.push([
+        shapes[0],
+        dtype,
+        tiled(`tiled q ${JSON.stringify(t)} kv ${JSON.stringify(KEY_VARIANTS[i])}`, {
           forward: t,
           backwardQ: t,
           backwardKV: KEY_VARIANTS[i],
-        }))
-      );
-      BIG_QUERY_VARIANTS.forEach((t, i) =>
-        schedules.push(
-          tiled(`tiled 48K q ${JSON.stringify(t)} kv ${JSON.stringify(BIG_KEY_VARIANTS[i])}`, {
-            forward: t,
-            backwardQ: t,
-            backwardKV: BIG_KEY_VARIANTS[i],
-          }, 49152),
-        )
-      );
-    }
-    if (argv.includes("--rows")) schedules.push(ROWS);
-    for (const sch of schedules) {
-      const args: TiledAttentionArgs = {
-        batch: s.batch,
-        heads: s.heads,
-        kvHeads: s.kvHeads,
-        seq: s.seq,
-        keys,
-        dim: s.dim,
-        scale: 1 / Math.sqrt(s.dim),
-        window: 0,
-        keyMask: null,
-        tiles: sch.tiles,
-        workgroupBytes: sch.workgroupBytes,
-      };
-      try {
-        const [o0, l0] = be.run(sch.forward, [q, k, v], args);
-        const forward = () => {
-          const [o, l] = be.run(sch.forward, [q, k, v], args);
-          be.free(o);
-          be.free(l);
-        };
-        const backward = () => {
-          const [dq, delta] = be.run(sch.backwardQ, [q, k, v, o0, dout, l0], args);
-          const [dk, dv] = be.run(sch.backwardKV, [q, k, v, dout, l0, delta], args);
-          for (const x of [dq, delta, dk, dv]) be.free(x);
-        };
-        const fMs = await time(forward);
-        const fbMs = await time(() => {
-          forward();
-          backward();
-        });
-        const p = await profile(() => {
-          for (let i = 0; i < 3; i++) {
-            forward();
-            backward();
-          }
-        }, { device });
-        const per = p.rows.map((r) => `${r.name} ${(r.ms / r.calls).toFixed(3)}`).join(", ");
-        console.log(
-          `${s.name.padEnd(20)} ${dtype} ${sch.label}\n    forward ${fmt(fMs)} ms ${
-            tflops(fwdFlop, fMs)
-          } TFLOP/s` +
-            ` | fwd+bwd ${fmt(fbMs)} ms ${
-              tflops(3.5 * fwdFlop, fbMs)
-            } TFLOP/s | per call (${p.timing}): ${per}`,
-        );
-        be.free(o0);
-        be.free(l0);
-      } catch (e) {
-        console.log(`${s.name.padEnd(20)} ${dtype} ${sch.label}: FAILED ${(e as Error).message}`);
-      }
-    }
-    for (const x of [q, k, v, dout]) be.free(x);
+        }),
+      ])
+    );
+    BIG_QUERY_VARIANTS.forEach((t, i) =>
+      jobs.push([
+        shapes[0],
+        dtype,
+        tiled(`tiled 48K q ${JSON.stringify(t)} kv ${JSON.stringify(BIG_KEY_VARIANTS[i])}`, {
+          forward: t,
+          backwardQ: t,
+          backwardKV: BIG_KEY_VARIANTS[i],
+        }, 49152),
+      ])
+    );
   }
+}
+if (argv.includes("--rows")) {
+  for (const s of shapes) {
+    for (const dtype of dtypes) jobs.push([s, dtype, ROWS]);
+  }
+}
+
+for (const [s, dtype, sch] of jobs) {
+  const keys = s.seq;
+  const fwdFlop = 2 * s.batch * s.heads * s.seq * s.seq * s.dim;
+  const nq = s.batch * s.heads * s.seq * s.dim, nkv = s.batch * s.kvHeads * keys * s.dim;
+  const q = randomStorage(nq, dtype, 1), k = randomStorage(nkv, dtype, 2), v = randomStorage(nkv, dtype, 3);
+  const dout = randomStorage(nq, dtype, 4);
+  const args: TiledAttentionArgs = {
+    batch: s.batch,
+    heads: s.heads,
+    kvHeads: s.kvHeads,
+    seq: s.seq,
+    keys,
+    dim: s.dim,
+    scale: 1 / Math.sqrt(s.dim),
+    window: 0,
+    keyMask: null,
+    tiles: sch.tiles,
+    workgroupBytes: sch.workgroupBytes,
+  };
+  try {
+    const [o0, l0] = be.run(sch.forward, [q, k, v], args);
+    const forward = () => {
+      const [o, l] = be.run(sch.forward, [q, k, v], args);
+      be.free(o);
+      be.free(l);
+    };
+    const backward = () => {
+      const [dq, delta] = be.run(sch.backwardQ, [q, k, v, o0, dout, l0], args);
+      const [dk, dv] = be.run(sch.backwardKV, [q, k, v, dout, l0, delta], args);
+      for (const x of [dq, delta, dk, dv]) be.free(x);
+    };
+    const fMs = await time(forward);
+    const fbMs = await time(() => {
+      forward();
+      backward();
+    });
+    const p = await profile(() => {
+      for (let i = 0; i < 3; i++) {
+        forward();
+        backward();
+      }
+    }, { device });
+    const per = p.rows.map((r) => `${r.name} ${(r.ms / r.calls).toFixed(3)}`).join(", ");
+    console.log(
+      `${s.name.padEnd(20)} ${dtype} ${sch.label}\n    forward ${fmt(fMs)} ms ${
+        tflops(fwdFlop, fMs)
+      } TFLOP/s` +
+        ` | fwd+bwd ${fmt(fbMs)} ms ${tflops(3.5 * fwdFlop, fbMs)} TFLOP/s | per call (${p.timing}): ${per}`,
+    );
+    be.free(o0);
+    be.free(l0);
+  } catch (e) {
+    console.log(`${s.name.padEnd(20)} ${dtype} ${sch.label}: FAILED ${(e as Error).message}`);
+  }
+  for (const x of [q, k, v, dout]) be.free(x);
 }
