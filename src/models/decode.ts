@@ -340,11 +340,11 @@ function settle(s: Stream): Tensor {
   return s.h;
 }
 
-/** Column ranges of one [rows, stride] tensor: a projection's outputs side by side. */
+/** A projection's output: columns offset .. offset + width of a [rows, stride] tensor (outputs side by side). */
 interface Columns {
   t: Tensor;
   stride: number;
-  offsets: number[];
+  offset: number;
 }
 
 /**
@@ -364,7 +364,7 @@ function normLinears(norm: NormModule, s: Stream, ms: Linear[], gemv: boolean): 
     let x: Tensor;
     [s.h, x] = decodeAddNorm(norm, h, s.delta);
     s.delta = null;
-    return ms.map((m) => ({ t: decodeLinear(m, x, gemv), stride: m.outFeatures, offsets: [0] }));
+    return ms.map((m) => ({ t: decodeLinear(m, x, gemv), stride: m.outFeatures, offset: 0 }));
   }
   const parts = [0, 1, 2].map((i) => ok[i]?.out ?? 0) as [number, number, number];
   const w = [0, 1, 2].map((i) => (ok[i] ?? ok[0]).weight);
@@ -382,7 +382,7 @@ function normLinears(norm: NormModule, s: Stream, ms: Linear[], gemv: boolean): 
   return ms.map((_, i) => ({
     t: y,
     stride: total,
-    offsets: [i === 0 ? 0 : parts[0] + (i === 2 ? parts[1] : 0)],
+    offset: i === 0 ? 0 : parts[0] + (i === 2 ? parts[1] : 0),
   }));
 }
 
@@ -513,22 +513,22 @@ export function decodeStep(
         if (at.qkv_proj !== undefined) {
           const [all] = normLinears(layer.input_layernorm, s, [at.qkv_proj], gemv);
           q = all;
-          k = { ...all, offsets: [all.offsets[0] + heads * d] };
-          v = { ...all, offsets: [all.offsets[0] + (heads + kvh) * d] };
+          k = { ...all, offset: all.offset + heads * d };
+          v = { ...all, offset: all.offset + (heads + kvh) * d };
         } else if (at.q_norm === undefined && at.k_norm === undefined) {
           [q, k, v] = normLinears(layer.input_layernorm, s, [at.q_proj!, at.k_proj!, at.v_proj!], gemv);
         } else {
-          // Qwen3 normalises each head of q and k before the rotation: the projections stay apart.
+          // Qwen3 normalises each head of q and k before the rotation: their columns are cut out for it.
           [q, k, v] = normLinears(layer.input_layernorm, s, [at.q_proj!, at.k_proj!, at.v_proj!], gemv);
           const headNorm = (c: Columns, norm: TensorModule | undefined, n: number): Columns => {
             if (norm === undefined) return c;
-            const own = c.stride === n * d && c.offsets[0] === 0
+            const own = c.stride === n * d && c.offset === 0
               ? c.t
-              : slice(c.t, 1, c.offsets[0], c.offsets[0] + n * d);
+              : slice(c.t, 1, c.offset, c.offset + n * d);
             return {
               t: reshape(norm.forward(reshape(own, [batch, n, d])), [batch, n * d]),
               stride: n * d,
-              offsets: [0],
+              offset: 0,
             };
           };
           q = headNorm(q, at.q_norm, heads);
@@ -536,11 +536,11 @@ export function decodeStep(
         }
         const layout: QkvLayout = {
           qStride: q.stride,
-          qOffset: q.offsets[0],
+          qOffset: q.offset,
           kStride: k.stride,
-          kOffset: k.offsets[0],
+          kOffset: k.offset,
           vStride: v.stride,
-          vOffset: v.offsets[0],
+          vOffset: v.offset,
         };
         const [attn] = runKernel(DECODE_ATTENTION, [
           q.t,
