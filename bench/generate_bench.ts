@@ -14,6 +14,7 @@
  *       [--lora R]     (LoRA of rank R on q,k,v,o,gate,up,down, B random, not merged: a PEFT model's decode)
  *       [--profile | --profile-detail]   (dispatches per step and the kernels' profile rows)
  *       [--gemv]       (the GEMV kernels even on a software adapter, e.g. to count their dispatches)
+ *       [--no-fuse-norm]   (each RMSNorm its own dispatch instead of fused into the GEMVs after it)
  *   deno run -A bench/generate_bench.ts --quick   (CI size: 2-layer SmolLM2-shaped random model)
  *   bench/model_bench.ts --generate runs the same measurement after its training run.
  *
@@ -151,6 +152,7 @@ export async function generateRecords(o: GenerateBenchOptions): Promise<Record<s
         rec.steps_per_s = +(o.gen / s).toFixed(2);
         rec.ms_per_token = +((s * 1000) / o.gen).toFixed(2);
         rec.first_new_tokens = toks[0].slice(o.prompt, o.prompt + 8);
+        if (o.kernels?.fuseNorm === false) rec.fuse_norm = false;
         if (loop === "device" && o.profile) Object.assign(rec, await profileSteps(o, prompts));
       } catch (e) {
         rec.error = String((e as Error).stack ?? e);
@@ -257,7 +259,10 @@ async function main(): Promise<void> {
     profile: argv.includes("--profile") || argv.includes("--profile-detail")
       ? { detail: argv.includes("--profile-detail") }
       : null,
-    kernels: argv.includes("--gemv") ? { gemv: true } : {},
+    kernels: {
+      ...(argv.includes("--gemv") ? { gemv: true } : {}),
+      ...(argv.includes("--no-fuse-norm") ? { fuseNorm: false } : {}),
+    },
   });
   for (const r of records) console.log(JSON.stringify({ ...r, dtype }));
 }

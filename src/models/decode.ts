@@ -143,6 +143,11 @@ export function prefersGemv(device: Tensor["device"]): boolean {
 export interface DecodeKernels {
   /** GEMV and gate/up GEMV kernels for the linear layers (default {@link prefersGemv}). */
   gemv?: boolean;
+  /**
+   * Norms fused into the GEMVs after them (`gemvNorm`, `gemvGlu` with its norm; default true). False runs
+   * each norm as its own dispatch, for measuring what the fusion gains.
+   */
+  fuseNorm?: boolean;
 }
 
 /** What the GEMV kernels run of a Linear: its weight and bias, and its LoRA term when it carries one. */
@@ -353,12 +358,12 @@ interface Columns {
  * biases on all or none (none with LoRA), else the norm (with the pending add) and each linear on its
  * own. Returns where each linear's output is.
  */
-function normLinears(norm: NormModule, s: Stream, ms: Linear[], gemv: boolean): Columns[] {
+function normLinears(norm: NormModule, s: Stream, ms: Linear[], gemv: boolean, fuseNorm = true): Columns[] {
   const h = s.h, [rows, k] = h.shape;
   const gs = ms.map((m) => gemvLinear(m, h, gemv));
   const ok = gs.every((g) => g !== null && g.quant === null) ? gs as GemvLinear[] : null;
   const biased = ok !== null && ok.every((g) => g.bias !== null);
-  const fused = ok !== null && s.delta === null && ms.length <= 3 && normFuses(norm, h) &&
+  const fused = fuseNorm && ok !== null && s.delta === null && ms.length <= 3 && normFuses(norm, h) &&
     (biased ? ok.every((g) => g.lora === null) : ok.every((g) => g.bias === null));
   if (!fused) {
     let x: Tensor;
@@ -398,7 +403,7 @@ function addLinear(m: Linear, x: Tensor, s: Stream, gemv: boolean): void {
 }
 
 /** silu(gate(norm(stream))) · up(norm(stream)): one `gemvGlu` dispatch with the norm fused when it can. */
-function normGlu(norm: NormModule, s: Stream, mlp: MlpParts, gemv: boolean): Tensor {
+function normGlu(norm: NormModule, s: Stream, mlp: MlpParts, gemv: boolean, fuseNorm = true): Tensor {
   const h = s.h, k = h.shape[1];
   const fusedWeight = mlp.gate_up_proj !== undefined;
   const gate = mlp.gate_up_proj ?? mlp.gate_proj!, up = mlp.gate_up_proj ?? mlp.up_proj!;
@@ -409,7 +414,9 @@ function normGlu(norm: NormModule, s: Stream, mlp: MlpParts, gemv: boolean): Ten
   const n = fusedWeight ? gate.outFeatures / 2 : gate.outFeatures;
   const half = (x: GemvLinear): GemvLinear => (fusedWeight ? { ...x, out: n } : x);
   const upOffset = fusedWeight ? n * k : 0;
-  if (plain && s.delta === null && normFuses(norm, h)) return gluKernel(norm, h, half(g), half(u), upOffset);
+  if (fuseNorm && plain && s.delta === null && normFuses(norm, h)) {
+    return gluKernel(norm, h, half(g), half(u), upOffset);
+  }
   let x: Tensor;
   [s.h, x] = decodeAddNorm(norm, h, s.delta);
   s.delta = null;
@@ -493,7 +500,7 @@ export function decodeStep(
   slot: number,
   kernels: DecodeKernels = {},
 ): Tensor {
-  const gemv = kernels.gemv ?? prefersGemv(ids.device);
+  const gemv = kernels.gemv ?? prefersGemv(ids.device), fuse = kernels.fuseNorm ?? true;
   return tidy(() =>
     noGrad(() => {
       const batch = ids.size;
@@ -511,15 +518,15 @@ export function decodeStep(
         const heads = at.numHeads, kvh = at.numKeyValueHeads, d = at.headDim;
         let q: Columns, k: Columns, v: Columns;
         if (at.qkv_proj !== undefined) {
-          const [all] = normLinears(layer.input_layernorm, s, [at.qkv_proj], gemv);
+          const [all] = normLinears(layer.input_layernorm, s, [at.qkv_proj], gemv, fuse);
           q = all;
           k = { ...all, offset: all.offset + heads * d };
           v = { ...all, offset: all.offset + (heads + kvh) * d };
         } else if (at.q_norm === undefined && at.k_norm === undefined) {
-          [q, k, v] = normLinears(layer.input_layernorm, s, [at.q_proj!, at.k_proj!, at.v_proj!], gemv);
+          [q, k, v] = normLinears(layer.input_layernorm, s, [at.q_proj!, at.k_proj!, at.v_proj!], gemv, fuse);
         } else {
           // Qwen3 normalises each head of q and k before the rotation: their columns are cut out for it.
-          [q, k, v] = normLinears(layer.input_layernorm, s, [at.q_proj!, at.k_proj!, at.v_proj!], gemv);
+          [q, k, v] = normLinears(layer.input_layernorm, s, [at.q_proj!, at.k_proj!, at.v_proj!], gemv, fuse);
           const headNorm = (c: Columns, norm: TensorModule | undefined, n: number): Columns => {
             if (norm === undefined) return c;
             const own = c.stride === n * d && c.offset === 0
@@ -562,9 +569,14 @@ export function decodeStep(
           layout,
         }, [[batch, heads * d], [batch, heads, cache.capacity]]);
         addLinear(at.o_proj, attn, s, gemv);
-        addLinear(layer.mlp.down_proj, normGlu(layer.post_attention_layernorm, s, layer.mlp, gemv), s, gemv);
+        addLinear(
+          layer.mlp.down_proj,
+          normGlu(layer.post_attention_layernorm, s, layer.mlp, gemv, fuse),
+          s,
+          gemv,
+        );
       });
-      return normLinears(model.model.norm, s, [model.lm_head], gemv)[0].t;
+      return normLinears(model.model.norm, s, [model.lm_head], gemv, fuse)[0].t;
     })
   );
 }

@@ -98,6 +98,7 @@ async function deviceEqualsReference(
 
 Deno.test("device decoding equals the reference loop on the CPU (Llama, greedy and sampled, ragged, EOS)", async () => {
   await deviceEqualsReference(tinyModel(), "llama cpu");
+  await deviceEqualsReference(tinyModel(), "llama cpu, norms apart", { fuseNorm: false });
 });
 
 Deno.test("device decoding equals the reference loop on the CPU for Qwen2 (biases, tied), Qwen3 (q/k norms), Phi-3 (fused projections)", async () => {
@@ -191,6 +192,7 @@ gpuTest(
     const model = await tinyModel().to(dev);
     await deviceEqualsReference(model, "llama webgpu f32");
     await deviceEqualsReference(model, "llama webgpu f32 gemv", { gemv: true });
+    await deviceEqualsReference(model, "llama webgpu f32 gemv, norms apart", { gemv: true, fuseNorm: false });
   },
 );
 
