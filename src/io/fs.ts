@@ -193,8 +193,13 @@ function checkRange(path: string, size: number, length: number, position: number
 export function bytesRangeReader(bytes: Uint8Array, name = "bytes"): FileRangeReader {
   return {
     size: bytes.length,
+    // A bad range rejects, like a file's read, instead of throwing at the call.
     read: (into, position) => {
-      checkRange(name, bytes.length, into.length, position);
+      try {
+        checkRange(name, bytes.length, into.length, position);
+      } catch (e) {
+        return Promise.reject(e);
+      }
       into.set(bytes.subarray(position, position + into.length));
       return Promise.resolve();
     },
@@ -278,6 +283,11 @@ async function runtimeFs(op: string): Promise<Required<FsOps>> {
         `e.g. { "adapter_config.json": text, "adapter_model.safetensors": bytes }`,
     );
   }
+}
+
+/** @internal The operations over a `node:fs/promises` module (tests run Node's code paths in Deno). */
+export function _nodeOpsForTesting(fs: unknown): Required<FsOps> {
+  return nodeOps(fs as NodeFs);
 }
 
 /**
