@@ -6,7 +6,7 @@
  *
  * Usage:
  *   deno run -A bench/load_bench.ts --ckpt DIR [--device webgpu|cpu] [--dtype f32|f16] [--repeat 2]
- *       [--binding-mb N (pretend a binding holds N MiB)] [--piece-mb 64] [--readers 3] [--sync-mb 0]   (read size; reads in flight; wait for the device
+ *       [--binding-mb N (pretend a binding holds N MiB)] [--piece-mb 16] [--readers 6] [--sync-mb 0]   (read size; reads in flight; wait for the device
  *       every N MiB, 0: never)
  *   deno run -A bench/load_bench.ts --make DIR [--hidden 2048 --inter 8192 --layers 16 --heads 32
  *       --kv-heads 8 --vocab 128256] [--format F32|BF16|F16]
@@ -171,9 +171,9 @@ if (make !== "") {
   const deviceKind = arg("device", "webgpu");
   const dtype = arg("dtype", "f32") as DType;
   const repeat = Number(arg("repeat", "2"));
-  const pieceMb = Number(arg("piece-mb", "64"));
+  const pieceMb = Number(arg("piece-mb", "16"));
   const syncMb = Number(arg("sync-mb", "0"));
-  const readers = Number(arg("readers", "3"));
+  const readers = Number(arg("readers", "6"));
   _setPieceBytesForTesting(pieceMb * (1 << 20));
   _setReadersForTesting(readers);
   _setSyncEveryBytesForTesting(syncMb > 0 ? syncMb * (1 << 20) : null);
