@@ -7,7 +7,7 @@
  * @module
  */
 import type { Module } from "../nn/module.ts";
-import type { Tensor } from "../tensor/mod.ts";
+import { fromStorage, type Tensor } from "../tensor/mod.ts";
 import type { AdamW } from "../optim/adamw.ts";
 import { type RawTensorEntry, readSafetensors, writeSafetensors } from "../io/safetensors.ts";
 import { joinPath, pathKind, readFileBytes, readFileText, resolveDir, writeDirAtomic } from "../io/fs.ts";
@@ -107,24 +107,60 @@ export async function saveCheckpoint(
   }
   const moments: Record<string, RawTensorEntry> = {};
   const steps: Record<string, number> = {};
+  // Every moment as a copy out of AdamW's packed buffers (freed here), then all of them packed into one
+  // tensor read back at once: a read waits for the device (>= 11 ms on WebGPU in Deno), and one read per moment made a
+  // SmolLM2-135M checkpoint (420 moments) take about 10 s on the H200.
+  const entries: { t: Tensor; key: string; shape: number[]; dtype: "F32" | "F64" }[] = [];
   for (let i = 0; i < names.length; i++) {
     const s = optimizer.state[i];
     if (s === null) continue;
     steps[names[i]] = s.step;
     for (const key of ["exp_avg", "exp_avg_sq"] as const) {
-      // Each read of a moment is a fresh copy out of AdamW's packed buffer: freed once its bytes are read,
-      // or every checkpoint would leave two trainable-sized tensors behind on the device.
       const t: Tensor = key === "exp_avg" ? s.expAvg : s.expAvgSq;
-      try {
-        moments[`${names[i]}.${key}`] = {
-          dtype: t.dtype === "f64" ? "F64" : "F32",
-          shape: [...t.shape],
-          data: await t.data(),
-        };
-      } finally {
-        t.dispose();
-      }
+      entries.push({
+        t,
+        key: `${names[i]}.${key}`,
+        shape: [...t.shape],
+        dtype: t.dtype === "f64" ? "F64" : "F32",
+      });
     }
+  }
+  try {
+    // Grouped by device and dtype (one group in practice), each group packed into one tensor and read.
+    const groups = new Map<string, typeof entries>();
+    for (const e of entries) {
+      const k = `${e.t.device.kind}:${e.t.device.name}:${e.t.dtype}`;
+      const g = groups.get(k) ?? [];
+      g.push(e);
+      groups.set(k, g);
+    }
+    for (const g of groups.values()) {
+      const { device, dtype } = g[0].t;
+      const offsets: number[] = [];
+      let total = 0;
+      for (const e of g) offsets.push(total), total += e.t.size;
+      const joined = fromStorage(
+        device.backend.pack(g.map((e) => e.t.storage("saveCheckpoint")), offsets, total, dtype),
+        [total],
+        dtype,
+        device,
+      );
+      let flat: Float32Array | Float64Array;
+      try {
+        flat = (await joined.data()) as Float32Array | Float64Array;
+      } finally {
+        joined.dispose();
+      }
+      g.forEach((e, j) => {
+        moments[e.key] = {
+          dtype: e.dtype,
+          shape: e.shape,
+          data: flat.slice(offsets[j], offsets[j] + e.t.size),
+        };
+      });
+    }
+  } finally {
+    for (const e of entries) e.t.dispose();
   }
   const contents: Record<string, Uint8Array | string> = {
     [ADAPTER_WEIGHTS_NAME]: adapter[ADAPTER_WEIGHTS_NAME],
