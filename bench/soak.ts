@@ -203,6 +203,8 @@ export async function soak(a: SoakArgs): Promise<{ ok: boolean; summary: Record<
   const samples: Sample[] = [];
   const windows: { step: number; msPerStep: number; loss: number }[] = [];
   let lastReport = performance.now(), lastStep = 0;
+  let reportedAt: number | null = null;
+  const checkpointMs: number[] = [];
   t = performance.now();
   const refRun = await train({
     model: ref.model,
@@ -211,6 +213,9 @@ export async function soak(a: SoakArgs): Promise<{ ok: boolean; summary: Record<
     logEvery: a.checkpointEvery,
     checkpointDir: `${out}/reference`,
     batches: (s) => {
+      // train() saves its checkpoint right after reporting: the gap from the report to this call is it.
+      if (reportedAt !== null) checkpointMs.push(+(performance.now() - reportedAt).toFixed(1));
+      reportedAt = null;
       const m = dev0.memory();
       samples.push({ step: s, live: m.bytes, peak: m.peakBytes, pooled: m.pooledBytes });
       dev0.resetPeakMemory();
@@ -221,6 +226,7 @@ export async function soak(a: SoakArgs): Promise<{ ok: boolean; summary: Record<
       const ms = (now - lastReport) / (p.step - lastStep);
       windows.push({ step: p.step, msPerStep: +ms.toFixed(2), loss: +p.loss.toFixed(5) });
       lastReport = now, lastStep = p.step;
+      reportedAt = performance.now();
       const m = dev0.memory();
       log(
         `reference step ${p.step}/${a.steps} loss ${p.loss.toFixed(4)} ${ms.toFixed(1)} ms/step ` +
@@ -241,6 +247,11 @@ export async function soak(a: SoakArgs): Promise<{ ok: boolean; summary: Record<
     seconds: +refSeconds.toFixed(2),
     ms_per_step: +((refSeconds * 1000) / a.steps).toFixed(2),
     windows,
+    // Each checkpoint's save (the last one, after the final step, is not timed).
+    checkpoint_ms: checkpointMs,
+    ms_per_step_without_checkpoints: +(
+      (refSeconds * 1000 - checkpointMs.reduce((a, b) => a + b, 0)) / a.steps
+    ).toFixed(2),
     losses_first: refRun.losses.slice(0, 3),
     losses_last: refRun.losses.slice(-3),
     finite: refRun.losses.every(Number.isFinite),
@@ -256,6 +267,7 @@ export async function soak(a: SoakArgs): Promise<{ ok: boolean; summary: Record<
       series: samples.filter((_, i) => i % every === 0 || i === samples.length - 1),
     },
   };
+  log(`checkpoints took ${checkpointMs.join(", ")} ms`);
   check("losses finite", refRun.losses.every(Number.isFinite), `${refRun.losses.length} losses`);
   check(
     "memory flat",
