@@ -1,9 +1,9 @@
 /**
  * Causal attention kernels on a WebGPU device (src/backend/kernels/attention.ts): the forward and the
- * forward + backward (dq, then dk/dv) at model shapes, f32 and f16, timed as many iterations recorded
- * back to back with one wait at the end (the wait alone costs about 11 ms in Deno, so each repetition
- * runs at least ~100 ms of work), the median of the repetitions; plus each kernel's GPU time from one
- * profiled repetition (timestamps where the adapter has them). TFLOP/s count causal FLOPs: the forward
+ * forward + backward (dq, then dk/dv) at model shapes, f32 and f16, timed as n and 2n iterations recorded
+ * back to back with one wait at the end each, the difference over n (the wait alone costs about 11 ms in
+ * Deno and drops out), the median of the repetitions; plus each kernel's GPU time from one profiled run
+ * of 3 forward + backward iterations (timestamps where the adapter has them). TFLOP/s count causal FLOPs: the forward
  * 2 · B · H · T² · D (two T × T × D products, half of them masked), the backward 2.5 times that.
  *
  * Usage: deno run -A bench/attention_bench.ts [--quick] [--rows] [--variants] [--dtype f32|f16|both]
@@ -115,21 +115,26 @@ function randomStorage(n: number, dtype: "f32" | "f16", seed: number): Storage {
   return be.upload(a, dtype);
 }
 
-/** ms per iteration of `step` (median over REPS), each repetition long enough to hide the wait. */
-async function time(step: () => void): Promise<number> {
-  step();
-  await be.sync(); // pipelines compiled, pools filled
-  let t = performance.now();
-  step();
+/** ms of `n` iterations of `step` recorded back to back, with the one wait at the end. */
+async function run(step: () => void, n: number): Promise<number> {
+  const t = performance.now();
+  for (let i = 0; i < n; i++) step();
   await be.sync();
-  const once = performance.now() - t;
-  const iters = Math.max(3, Math.min(400, Math.ceil(100 / Math.max(once, 0.05))));
+  return performance.now() - t;
+}
+
+/**
+ * ms per iteration of `step`: the median over REPS of (time of 2n iterations − time of n) / n, so the
+ * wait's fixed cost (about 11 ms in Deno) drops out; n is chosen for at least ~50 ms of work.
+ */
+async function time(step: () => void): Promise<number> {
+  await run(step, 1); // pipelines compiled, pools filled
+  let n = 2;
+  while (n < 1024 && (await run(step, 2 * n)) - (await run(step, n)) < 50) n *= 2;
   const out: number[] = [];
   for (let r = 0; r < REPS; r++) {
-    t = performance.now();
-    for (let i = 0; i < iters; i++) step();
-    await be.sync();
-    out.push((performance.now() - t) / iters);
+    const one = await run(step, n), two = await run(step, 2 * n);
+    out.push((two - one) / n);
   }
   return median(out);
 }
