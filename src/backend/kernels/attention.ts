@@ -376,7 +376,10 @@ export interface TiledAttentionArgs extends AttentionArgs {
 /** 4-wide chunks of a head row. */
 const chunks = (dim: number) => Math.max(1, Math.ceil(dim / 4));
 
-/** Default tiles by head width (measured on the H200: bench/attention_bench.ts, bench/NOTES.md). */
+/**
+ * Default tiles by head width. At width 64 these beat each of 9 variants per kernel on the H200
+ * (bench/attention_bench.ts --variants, bench/NOTES.md "Tiled attention"); the wider ones are unmeasured.
+ */
 export function defaultTiles(dim: number): Required<AttentionTiles> {
   if (chunks(dim) <= 16) {
     return {
