@@ -9,7 +9,8 @@
  * Usage: deno run -A bench/attention_bench.ts [--quick] [--rows] [--variants] [--dtype f32|f16|both]
  *          [--shapes main|all] [--reps 5] [--dawn]
  *   --rows      also time the one-workgroup-per-row kernels (the schedule before the tiled one)
- *   --variants  also time the tile variants below at the first shape
+ *   --variants  also time the tile variants below at the first shape (--variants-at I: shape I of the
+ *               list; --variants-dtype f32|f16: that type only)
  *   --quick     tiny shapes (for the software adapter and CI)
  * Each kernel is run on the backend directly (no autograd), on random inputs of the call's shapes.
  * @module
@@ -151,10 +152,12 @@ for (const s of shapes) {
   }
 }
 if (argv.includes("--variants")) {
-  for (const dtype of dtypes) {
+  const at = SHAPES[Number(argValue(argv, "--variants-at", "0"))] ?? shapes[0];
+  const only = argValue(argv, "--variants-dtype", "");
+  for (const dtype of dtypes.filter((d) => only === "" || d === only)) {
     QUERY_VARIANTS.forEach((t, i) =>
       jobs.push([
-        shapes[0],
+        at,
         dtype,
         tiled(`tiled q ${JSON.stringify(t)} kv ${JSON.stringify(KEY_VARIANTS[i])}`, {
           forward: t,
@@ -165,7 +168,7 @@ if (argv.includes("--variants")) {
     );
     BIG_QUERY_VARIANTS.forEach((t, i) =>
       jobs.push([
-        shapes[0],
+        at,
         dtype,
         tiled(`tiled 48K q ${JSON.stringify(t)} kv ${JSON.stringify(BIG_KEY_VARIANTS[i])}`, {
           forward: t,
