@@ -44,6 +44,7 @@ import {
 } from "./lora_linear.ts";
 import { adapterWeights, LORA_WEIGHTS, type LoraAdapter } from "./lora_fields.ts";
 import { clearLayerAdapters, layerAdapters, setLayerRouting } from "./adapter_set.ts";
+import { markRowsStale } from "./lora_rows.ts";
 import { sampleNames } from "./apply.ts";
 import { type CombinationType, combineAdapters } from "./weighted.ts";
 
@@ -354,14 +355,15 @@ export class PeftModel<M extends PeftBaseModel = PeftBaseModel> {
    * folder (or its two files), keeping every adapter tensor object and the device's live bytes as they
    * were, so a serving loop can swap adapters without rebuilding anything that holds them. The new
    * adapter must target the same modules with the same shapes (ranks); its alpha may differ (the scales
-   * are updated, as PEFT's hot swap does). Everything is read, checked and uploaded before any tensor
-   * changes: on any error the adapter is left exactly as it was.
+   * are updated, as PEFT's hot swap does). Everything is read and checked before anything is written: on
+   * any error the adapter is left exactly as it was.
    *
-   * Each tensor takes over a freshly uploaded storage of its own size and frees the old one, as
-   * loadStateDict does; on WebGPU the freed buffer goes to the pool and the next swap's upload takes it
-   * back, so repeated swaps create no new GPU buffers.
+   * The new values are written into each tensor's own storage (Backend.write: `queue.writeBuffer` into the
+   * same GPU buffer), so the tensors, their storages and the device's memory stay as they were and
+   * nothing is allocated. Work queued before the swap still reads the old weights. The mixed-batch
+   * kernel's packed copies of the adapter are marked stale and copied again by the next mixed forward.
    * @throws {ConfigError} an unknown `name`, other target modules, or a module whose A or B shape differs
-   *   (the message names the module and both shapes)
+   *   (the message names the module's key and both shapes)
    */
   async hotswapAdapter(source: string | AdapterFilesInput, name: string): Promise<void> {
     const op = "hotswapAdapter";
@@ -389,8 +391,9 @@ export class PeftModel<M extends PeftBaseModel = PeftBaseModel> {
             ` (a hot swap keeps the targets; use deleteAdapter and loadAdapter instead)`,
         );
       }
-      // Every shape is checked before anything is uploaded, and every upload done before any tensor
-      // takes its new storage, so a failure at any point leaves the adapter untouched.
+      // Every shape (and every target's storage) is checked before anything is written, so a failure
+      // leaves the adapter untouched.
+      const writes: [Tensor, Storage, ArrayLike<number>][] = [];
       for (const p of plan) {
         const adapter = resident.get(p.name)!;
         LORA_WEIGHTS.forEach((field, i) => {
@@ -401,24 +404,13 @@ export class PeftModel<M extends PeftBaseModel = PeftBaseModel> {
                 `(r ${adapter.dim} → ${p.r}); a hot swap needs the same shapes`,
             );
           }
+          const target = adapter[field.name].weight;
+          writes.push([target, target.storage(op), p.weights[i].data as ArrayLike<number>]);
         });
       }
-      const writes: [Tensor, Storage][] = [];
-      try {
-        for (const p of plan) {
-          const adapter = resident.get(p.name)!;
-          LORA_WEIGHTS.forEach((field, i) => {
-            const target = adapter[field.name].weight;
-            const be = target.device.backend;
-            writes.push([target, be.upload(p.weights[i].data as ArrayLike<number>, target.dtype)]);
-          });
-        }
-      } catch (e) {
-        for (const [t, s] of writes) t.device.backend.free(s);
-        throw e;
-      }
-      for (const [t, s] of writes) t._replaceStorage(s);
+      for (const [t, storage, values] of writes) t.device.backend.write(storage, values);
       for (const p of plan) {
+        markRowsStale(p.linear);
         const set = layerAdapters(p.linear);
         set.set(name, { ...set.get(name)!, alpha: p.alpha, scale: p.scale });
       }

@@ -1,7 +1,8 @@
 /**
  * PeftModel.hotswapAdapter's cases, run on any device so the CPU and WebGPU suites share them: the new
- * weights land in the same tensor objects with the device's live bytes unchanged and give the outputs a
- * fresh load of them gives; other ranks or targets are ConfigErrors that change nothing.
+ * weights land in the same tensor objects and the same storages, with the device's live bytes, buffers,
+ * peak and pool unchanged (nothing allocated), and give the outputs a fresh load of them gives, in a mixed
+ * batch too; other ranks or targets are ConfigErrors that change nothing.
  */
 import assert from "node:assert/strict";
 import {
@@ -75,13 +76,21 @@ export async function runHotswapCases(device: Device, tol: number, t: Deno.TestC
         // The files are read first and passed in memory: with no I/O inside the measured call, no
         // finalizer of an earlier test's dropped tensors can run in it and move the live bytes.
         const files = await adapterFiles(swapIn);
-        const bytes = device.memory().bytes, buffers = device.memory().buffers;
+        const storages = before.map((x) => x.storage());
+        const mem = device.memory();
+        device.resetPeakMemory();
         await pm.hotswapAdapter(files, "default");
-        assert.equal(device.memory().bytes, bytes);
-        assert.equal(device.memory().buffers, buffers);
+        const now = device.memory();
+        assert.equal(now.bytes, mem.bytes);
+        assert.equal(now.buffers, mem.buffers);
+        // No storage was allocated even for a moment (the peak would show it), none taken from or given
+        // to the pool: the values went into the buffers the tensors had.
+        assert.equal(now.peakBytes, mem.bytes, "no transient allocation");
+        assert.equal(now.pooledBytes, mem.pooledBytes);
         const after = adapterTensors(pm, "default");
         assert.equal(after.length, before.length);
         after.forEach((x, i) => assert.equal(x, before[i], `tensor ${i} is the same object`));
+        after.forEach((x, i) => assert.equal(x.storage(), storages[i], `tensor ${i} keeps its storage`));
         const newValues = await Promise.all(after.map((x) => x.data()));
         assert.ok(newValues.some((v, i) => v.some((e, j) => e !== oldValues[i][j])), "the weights changed");
         assert.equal(pm.peftConfig.default.loraAlpha, 6);
