@@ -17,7 +17,7 @@
  */
 import type { Module } from "../nn/module.ts";
 import type { AdamW } from "../optim/adamw.ts";
-import { DEFAULT_CHUNK_ELEMENTS } from "../tensor/fused_loss.ts";
+import { DEFAULT_CHUNK_ELEMENTS } from "../tensor/mod.ts";
 
 /** The config fields the estimate reads (LlamaConfig's names). */
 interface ShapeConfig {
