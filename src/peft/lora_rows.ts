@@ -12,7 +12,8 @@
  *
  * With a gradient to record, {@link rowRoutedLora} is one autograd op over x, the base output and every
  * adapter's A and B: the forward packs its own copy (never the cache, which a later forward may replace
- * before this backward runs), and the backward is two dispatches whatever the number of adapters:
+ * before this backward runs) and keeps it for the backward, which is two dispatches whatever the number
+ * of adapters:
  * {@link LORA_ROWS_BACK} per row (t = A x, u = Bᵀ dy and the LoRA part of dx) and {@link LORA_ROWS_GRAD}
  * per element of the packed dA and dB (each summing over its own adapter's rows only), then one copy out
  * per adapter weight. Each row's gradient reaches only its adapter; rows without one reach none.
@@ -269,7 +270,7 @@ export function rowRoutedLora(
   const be = x.device.backend;
   const layout = layoutOf(adapters, dtype);
   const weights = adapters.flatMap((a) => [a.lora_A.weight, a.lora_B.weight]);
-  let [pa, pb] = packAdapters(adapters, layout, op);
+  const [pa, pb] = packAdapters(adapters, layout, op);
   let y: Storage;
   try {
     [y] = be.run(LORA_ROWS, [x.storage(op), base.storage(op), pa, pb], {
@@ -279,12 +280,19 @@ export function rowRoutedLora(
       rowSlots,
       slots: layout.slots,
     });
-  } finally {
-    // Queued work keeps its buffers until it is submitted; the backward packs again (a later forward or an
-    // optimizer step may not touch these, but holding them until backward would cost memory for nothing).
+  } catch (e) {
     be.free(pa);
     be.free(pb);
+    throw e;
   }
+  // The backward reads the same packed copy (the weights cannot change in between without a new forward:
+  // an optimizer step gives them new storages, a hot swap is a write after this op's reads). Held as
+  // tensors, so a graph that is never backpropagated, or a tidy scope that ends first, frees them; the
+  // backward then packs again.
+  const held = [
+    fromStorage(pa, [layout.aTotal], dtype, x.device),
+    fromStorage(pb, [layout.bTotal], dtype, x.device),
+  ];
   const keepBase = base.requiresGrad && isGradEnabled();
   const inputs = keepBase ? [x, base, ...weights] : [x, ...weights];
   const out = fromStorage(y, base.shape, base.dtype, base.device, {
@@ -295,8 +303,11 @@ export function rowRoutedLora(
       const wGrads: (Tensor | null)[] = weights.map(() => null);
       let dx: Tensor | null = null;
       if (x.requiresGrad || needW) {
-        [pa, pb] = packAdapters(adapters, layout, op);
-        const temps: Storage[] = [pa, pb];
+        const fresh = held.some((t) => t.isDisposed);
+        const [pa, pb] = fresh
+          ? packAdapters(adapters, layout, op)
+          : [held[0].storage(op), held[1].storage(op)];
+        const temps: Storage[] = fresh ? [pa, pb] : [];
         try {
           const [t, u, dxs] = be.run(LORA_ROWS_BACK, [x.storage(op), g.storage(op), pa, pb], {
             m,
@@ -341,6 +352,8 @@ export function rowRoutedLora(
           for (const s of temps) be.free(s);
         }
       }
+      // Queued work keeps its buffers until it is submitted, so freeing after queueing is safe.
+      for (const t of held) t.dispose();
       return keepBase ? [dx, g, ...wGrads] : [dx, ...wGrads];
     },
   });

@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { cpuDevice, type DType, Linear, mul, sum, type Tensor, tensor } from "../../mod.ts";
+import { cpuDevice, type DType, Linear, mul, sum, type Tensor, tensor, tidy } from "../../mod.ts";
 import { rowRoutedLora } from "../../src/peft/lora_rows.ts";
 import { newAdapter } from "../../src/peft/lora_linear.ts";
 import type { LoraAdapter } from "../../src/peft/lora_fields.ts";
@@ -143,4 +143,21 @@ Deno.test("rowRoutedLora: every row without an adapter, one adapter on every row
     seed: 2,
   });
   check({ k: 1, n: 1, chunk: 1, ranks: [1], rows: [0], dtype: "f16", grads: [false, false, true], seed: 3 });
+});
+
+Deno.test("rowRoutedLora: a backward after the forward's tidy scope freed its packed copy packs again", () => {
+  const device = cpuDevice();
+  const layer = new Linear(6, 5, { bias: false, device, seed: 1 });
+  const adapters = [2, 3].map((r, i) => newAdapter(layer, { dim: r, seed: 4 + i }, "test", false));
+  const rows = [adapters[1], null, adapters[0]];
+  const grads = (scoped: boolean) => {
+    for (const a of adapters) for (const w of [a.lora_A.weight, a.lora_B.weight]) w.grad = null;
+    const x = tensor(Float32Array.from({ length: 18 }, (_, i) => Math.sin(i)), [3, 6], { device });
+    const base = tensor(new Float32Array(15), [3, 5], { device });
+    const y = scoped ? tidy(() => rowRoutedLora(x, base, rows, 1)) : rowRoutedLora(x, base, rows, 1);
+    sum(mul(y, y)).backward();
+    return adapters.flatMap((a) => [a.lora_A.weight.grad!.dataSync(), a.lora_B.weight.grad!.dataSync()]);
+  };
+  const want = grads(false), got = grads(true);
+  got.forEach((g, i) => assert.deepEqual([...g], [...want[i]]));
 });
