@@ -174,7 +174,9 @@ await tryCase("a writer SIGKILLed mid-save (3 times), then one more save", async
     );
   }
   await saveAdapter(tiny(), dir);
-  const after = [...Deno.readDirSync(root)].filter((e) => e.name.startsWith(".killed.")).length - 1;
+  const left = [...Deno.readDirSync(root)].filter((e) => e.name.startsWith(".killed.")).map((e) => e.name);
+  const after = left.length - 1;
+  if (after > 0) console.log(`    (left: ${left.join(", ")}; current: ${Deno.readLinkSync(dir)})`);
   return `${mixed} mixed saves; up to ${leftovers} leftover folders after the kills, ${after} after the next save`;
 });
 // 6. confusing messages
