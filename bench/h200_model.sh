@@ -24,10 +24,10 @@ timeout 150 python3 ../shared/bench/make_ckpt.py "$CK" smollm2-135m llama-3.2-1b
 
 # name batch seq ours_steps ours_warmup
 WORKLOADS=(
-  "smollm2-135m 8 512 6 2"
-  "smollm2-135m 1 64 12 3"
-  "llama-3.2-1b 4 512 6 2"
-  "smollm2-135m 1 2048 5 2"
+  "smollm2-135m 8 512 20 3"
+  "smollm2-135m 1 64 20 3"
+  "llama-3.2-1b 4 512 20 3"
+  "smollm2-135m 1 2048 20 3"
 )
 for w in "${WORKLOADS[@]}"; do
   read -r name b t steps warm <<< "$w"

@@ -9,7 +9,7 @@
  * @module
  */
 import { cpuDevice, full, linearCrossEntropy, randn, webgpuDevice } from "../mod.ts";
-import { lossTile } from "../src/tensor/fused_loss.ts";
+import { lossTile } from "../src/tensor/mod.ts";
 
 function arg(name: string, fallback: string): string {
   const i = Deno.args.indexOf(`--${name}`);

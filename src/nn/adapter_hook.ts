@@ -5,7 +5,7 @@
  * @module
  */
 import type { Module } from "./module.ts";
-import type { Tensor } from "../tensor/tensor.ts";
+import type { Tensor } from "../tensor/mod.ts";
 
 /** Key of the method a module defines to name the adapter it carries (e.g. "LoRA"). */
 export const ADAPTER_KIND: unique symbol = Symbol("adapterKind");

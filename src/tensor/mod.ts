@@ -24,7 +24,12 @@ export {
 } from "./tensor.ts";
 export * from "./ops.ts";
 export { causalAttention, type CausalAttentionOptions } from "./attention.ts";
-export { DEFAULT_CHUNK_ELEMENTS, linearCrossEntropy, type LinearCrossEntropyOptions } from "./fused_loss.ts";
+export {
+  DEFAULT_CHUNK_ELEMENTS,
+  linearCrossEntropy,
+  type LinearCrossEntropyOptions,
+  lossTile,
+} from "./fused_loss.ts";
 /** @internal fused decoder pieces for the models (src/models/llama.ts) and their composed twins. */
 export {
   fusedRmsNorm,

@@ -240,13 +240,19 @@ Deno.test("with labels, forward runs the fused kernels and makes no logits until
   };
   try {
     model.forward(ids, { labels: ids }).loss!.dispose();
-    assert.ok(kernels.has("attention_forward") && kernels.has("cross_entropy_online"), "the fused kernels ran");
+    assert.ok(
+      kernels.has("attention_forward") && kernels.has("cross_entropy_online"),
+      "the fused kernels ran",
+    );
     for (const k of ["rms_norm", "silu_mul", "rope"]) assert.ok(kernels.has(k), `the fused ${k} kernel ran`);
     kernels.clear();
     model.attnImplementation = "eager";
     model.fusedLoss = false;
     model.forward(ids, { labels: ids }).loss!.dispose();
-    assert.ok(!kernels.has("attention_forward") && !kernels.has("cross_entropy_online"), "the eager path ran");
+    assert.ok(
+      !kernels.has("attention_forward") && !kernels.has("cross_entropy_online"),
+      "the eager path ran",
+    );
     for (const k of ["rms_norm", "silu_mul", "rope"]) {
       assert.ok(!kernels.has(k), `the eager path ran no ${k}`);
     }
