@@ -115,9 +115,18 @@ function hasProjections(a: AttentionParts | undefined, m: MlpParts | undefined):
   return attn && mlp;
 }
 
+/**
+ * Families whose computation {@link decodeStep} is: the Llama one with plain RMSNorms and unscaled
+ * embeddings (Gemma 3's (1 + w) norms, scaled embeddings and sliding windows are not; it keeps the
+ * reference loop). A model whose config names no family is read by its modules alone.
+ */
+const DECODE_FAMILIES: readonly string[] = ["llama", "qwen2", "qwen3", "phi3"];
+
 /** Whether `m` has the modules {@link decodeStep} reads (every Llama-family model does, Phi-3 too). */
 export function isDecoderModel(m: unknown): m is DecoderModel {
-  const x = m as DecoderModel;
+  const x = m as DecoderModel & { config?: { family?: string } };
+  const family = x?.config?.family;
+  if (family !== undefined && !DECODE_FAMILIES.includes(family)) return false;
   return typeof x === "object" && x !== null && x.lm_head instanceof Linear &&
     Array.isArray(x.model?.layers) && x.model.layers.every((l) => hasProjections(l?.self_attn, l?.mlp)) &&
     x.model.embed_tokens?.weight !== undefined;

@@ -172,6 +172,17 @@ Deno.test("quantized (NF4, int8) layers decode on the GEMV path and equal the re
   }
 });
 
+Deno.test("Gemma 3 is not a decoder model of the device step ((1 + w) norms): generateTokens runs the reference loop", async () => {
+  const model = await AutoModelForCausalLM.fromPretrained(`${caseDir("gemma3-sliding")}base`);
+  assert.equal(isDecoderModel(model), false);
+  const prompts = ragged(model.config.vocabSize);
+  const opts = { maxNewTokens: 5, eosTokenId: null };
+  assert.deepEqual(
+    await generateTokens(model, prompts, opts),
+    await generateTokensReference(model, prompts, opts),
+  );
+});
+
 Deno.test("the device loop leaves no tensors behind", async () => {
   const model = tinyModel();
   const be = model.lm_head.weight.device.backend;
