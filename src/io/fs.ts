@@ -532,8 +532,11 @@ async function removeLeftovers(fs: Required<FsOps>, parent: string): Promise<voi
   });
   if (ended.length === 0) return;
   const linked = new Set<string>();
+  const endedNames = new Set(ended.map((e) => e.name));
   for (const e of await fs.readDir(parent)) {
-    if (e.kind === "symlink") {
+    // A link temporary of an ended save protects nothing: it goes too, and so does the folder it names
+    // (a save killed between making its link and renaming it over the target left both).
+    if (e.kind === "symlink" && !endedNames.has(e.name)) {
       linked.add(basename(await fs.readLink(joinPath(parent, e.name)).catch(() => "")));
     }
   }

@@ -185,7 +185,13 @@ Deno.test("writeDirAtomic: a later save removes leftovers of ended saves, never 
       `.gone.old-${tag(dead)}`, // the only copy of a save whose switch was cut off: gone does not exist
       `.kept.save-${tag(dead)}`, // a whole save of an ended process that kept points at
     ];
-    for (const n of [...gone, ...kept]) folder(n);
+    // A save killed between making its link temporary and renaming it over its target leaves both the
+    // link and the folder it names: the stale link must not protect that folder (the CI flake of
+    // "a writer killed mid-save leaves one whole save").
+    const linkedByStaleTemp = `.out.save-${tag(dead + 1)}`;
+    gone.push(linkedByStaleTemp, `.out.link-${tag(dead + 1)}`);
+    for (const n of [...gone.filter((n) => !n.includes(".link-")), ...kept]) folder(n);
+    Deno.symlinkSync(linkedByStaleTemp, `${root}/.out.link-${tag(dead + 1)}`);
     Deno.symlinkSync(`.kept.save-${tag(dead)}`, `${root}/kept`);
     await writeDirAtomic(dir, { "a.txt": "2" }, { op: "test" });
     const left = names(root);
