@@ -80,9 +80,7 @@ export const LORA_ROWS: KernelRecord<LoraRowsArgs> = {
   params: [{ name: "k", type: "u32" }, { name: "n", type: "u32" }],
   check([x, y0, a, b], { m, k, n, rowSlots, slots }) {
     const op = "loraRows";
-    if (!(Number.isInteger(m) && m >= 0 && Number.isInteger(k) && k >= 1 && Number.isInteger(n) && n >= 1)) {
-      throw new ShapeError(`${op}: sizes must be m >= 0, k >= 1, n >= 1, got m ${m}, k ${k}, n ${n}`);
-    }
+    checkSizes(op, m, k, n);
     if (x.dtype !== y0.dtype) {
       throw new DTypeError(`${op}: x is ${x.dtype} but the base output y0 is ${y0.dtype}`);
     }
@@ -90,24 +88,7 @@ export const LORA_ROWS: KernelRecord<LoraRowsArgs> = {
     expectSize(x.size, m * k, op, `x [${m}, ${k}]`);
     expectSize(y0.size, m * n, op, `y0 [${m}, ${n}]`);
     expectSize(rowSlots.length, m, op, "the row slots");
-    slots.forEach((s, i) => {
-      if (!(Number.isInteger(s.rank) && s.rank >= 0 && s.rank <= LORA_ROWS_MAX_RANK)) {
-        throw new ShapeError(`${op}: slot ${i} has rank ${s.rank}; 0 to ${LORA_ROWS_MAX_RANK} fit`);
-      }
-      if (!(s.aOffset >= 0 && s.aOffset + s.rank * k <= a.size)) {
-        throw new ShapeError(
-          `${op}: slot ${i}'s A [${s.rank}, ${k}] at ${s.aOffset} runs past the packed A of ${a.size} elements`,
-        );
-      }
-      if (!(s.bOffset >= 0 && s.bOffset + n * s.rank <= b.size)) {
-        throw new ShapeError(
-          `${op}: slot ${i}'s B [${n}, ${s.rank}] at ${s.bOffset} runs past the packed B of ${b.size} elements`,
-        );
-      }
-      if (!Number.isFinite(s.scale)) {
-        throw new ShapeError(`${op}: slot ${i}'s scale ${s.scale} is not finite`);
-      }
-    });
+    checkSlots(op, a, b, k, n, slots);
     rowSlots.forEach((s, r) => {
       if (s !== NO_SLOT && s >= slots.length) {
         throw new ShapeError(`${op}: row ${r} names slot ${s} but there are ${slots.length} slots`);
