@@ -13,6 +13,7 @@
 import { f32Bits, hostArray } from "../../core/dtype.ts";
 import { DTypeError, ShapeError } from "../../core/errors.ts";
 import { expectSize, type KernelRecord } from "./record.ts";
+import { roundTo } from "./gemv.ts";
 
 /** The slot id of a row without an adapter. */
 export const NO_SLOT = 0xffffffff;
@@ -390,5 +391,219 @@ export const LORA_ROWS_GRAD: KernelRecord<LoraRowsGradArgs & { dtype: "f32" | "f
       }
     }
     return [da, db];
+  },
+};
+
+// -------------------------------------------------------------------------------------------------
+// Decoding: the routed LoRA terms of up to three projections of one input in one dispatch.
+// -------------------------------------------------------------------------------------------------
+
+/** Numbers per (part, row) entry of a {@link LORA_ROWS_PARTS} table: rank, A offset, B offset, scale. */
+export const LORA_ROWS_TABLE_WIDTH = 4;
+
+/** Offsets a {@link LORA_ROWS_PARTS} table holds exactly: its entries are f32, exact below 2^24. */
+export const LORA_ROWS_TABLE_MAX_OFFSET = 2 ** 24;
+
+/** Arguments of {@link LORA_ROWS_PARTS}. */
+export interface LoraRowsPartsArgs {
+  /** Rows of x (one workgroup each). */
+  m: number;
+  /** Input features. */
+  k: number;
+  /** Output columns of each part, side by side in y0 and y: [n0, n1, n2], a part of 0 columns absent. */
+  parts: readonly [number, number, number];
+  /** The largest rank in the table (the pipeline's rank bound is chosen from it). */
+  maxRank: number;
+  /** x is normalised on the fly as `gemvNorm` does (RMSNorm with the nw scale) when set. */
+  norm: { eps: number } | null;
+  /**
+   * Whether the output is SwiGLU's product of the two halves of the columns, y [m, N / 2] =
+   * silu(z[:, :N/2]) · z[:, N/2:] (z = y0 + the terms; gate then up), instead of z [m, N] itself.
+   */
+  glu: boolean;
+}
+
+/**
+ * The table {@link LORA_ROWS_PARTS} reads, f32 [3, m, 4]: for part q and row r that row's adapter in the
+ * part's packed A and B (rank, A offset, B offset, scale), or zeros (the base output) where `rows[q]`
+ * is null or names null. `sizes[q]` are the part's packed A and B element counts, which every entry
+ * must fit.
+ * @throws {ShapeError} a part's list is not m long, or an entry does not fit its packed buffers (or is
+ *   past what an f32 offset holds)
+ */
+export function loraRowsPartsTable(
+  m: number,
+  k: number,
+  parts: readonly [number, number, number],
+  rows: readonly (readonly (LoraRowsSlot | null)[] | null)[],
+  sizes: readonly ({ a: number; b: number } | null)[],
+): { table: Float32Array; maxRank: number } {
+  const op = "loraRowsParts";
+  const w = LORA_ROWS_TABLE_WIDTH;
+  const table = new Float32Array(3 * m * w);
+  let maxRank = 0;
+  for (let q = 0; q < 3; q++) {
+    const list = rows[q] ?? null;
+    if (list === null) continue;
+    if (list.length !== m) {
+      throw new ShapeError(`${op}: part ${q} routes ${list.length} rows, the batch has ${m}`);
+    }
+    const size = sizes[q];
+    const present = list.filter((s): s is LoraRowsSlot => s !== null);
+    if (size === null || size === undefined) {
+      if (present.length > 0) throw new ShapeError(`${op}: part ${q} has adapters but no packed buffers`);
+      continue;
+    }
+    checkSlots(`${op} (part ${q})`, { size: size.a }, { size: size.b }, k, parts[q], present);
+    list.forEach((s, r) => {
+      if (s === null) return;
+      if (
+        s.aOffset + s.rank * k > LORA_ROWS_TABLE_MAX_OFFSET ||
+        s.bOffset + parts[q] * s.rank > LORA_ROWS_TABLE_MAX_OFFSET
+      ) {
+        throw new ShapeError(
+          `${op}: part ${q} row ${r}'s adapter ends past element ${LORA_ROWS_TABLE_MAX_OFFSET} of its packed buffers`,
+        );
+      }
+      table.set([s.rank, s.aOffset, s.bOffset, s.scale], (q * m + r) * w);
+      maxRank = Math.max(maxRank, s.rank);
+    });
+  }
+  return { table, maxRank };
+}
+
+/**
+ * The routed LoRA terms of a decoding step (wgsl/lora_rows_parts.wgsl): up to three projections of one
+ * input x [m, k] (q, k and v; gate and up; or one), each row through its own adapter per part, added to
+ * the base outputs y0 [m, n0 + n1 + n2] (the projections' columns side by side, as `gemvNorm` writes
+ * them): z[r, part q's columns] = y0 + scale · B_q,s (A_q,s x̂[r]), with x̂ = x, or with `norm` x's
+ * RMSNorm computed in the kernel as `gemvNorm` does. The output is z, or with `glu` SwiGLU's product of
+ * its halves. Each part's adapters come packed (a_q, b_q as {@link LORA_ROWS}); the f32 table
+ * ({@link loraRowsPartsTable}) says where each row's adapter sits per part, and lives on the device, so a
+ * generation uploads it once. A table entry of rank 0 leaves the row's columns at y0.
+ *
+ * Inputs: x, nw (the norm's scale, any storage of x's dtype without `norm`), y0, a0, a1, a2, b0, b1, b2
+ * (an absent part's may be any storage of the adapters' dtype), table; output y.
+ */
+export const LORA_ROWS_PARTS: KernelRecord<LoraRowsPartsArgs> = {
+  name: "lora_rows_parts",
+  template: "lora_rows_parts",
+  bindings: [
+    { name: "x", access: "read" },
+    { name: "nw", access: "read" },
+    { name: "y0", access: "read" },
+    { name: "a0", access: "read" },
+    { name: "a1", access: "read" },
+    { name: "a2", access: "read" },
+    { name: "b0", access: "read" },
+    { name: "b1", access: "read" },
+    { name: "b2", access: "read" },
+    { name: "table", access: "read" },
+    { name: "y", access: "write" },
+  ],
+  params: [
+    { name: "m", type: "u32" },
+    { name: "k", type: "u32" },
+    { name: "n0", type: "u32" },
+    { name: "n1", type: "u32" },
+    { name: "n2", type: "u32" },
+    { name: "eps", type: "f32" },
+  ],
+  check(inputs, { m, k, parts, maxRank, norm, glu }) {
+    const op = "loraRowsParts";
+    if (inputs.length !== 10) throw new ShapeError(`${op}: takes 10 inputs, got ${inputs.length}`);
+    if (!(parts.length === 3 && parts.every((n) => Number.isInteger(n) && n >= 0))) {
+      throw new ShapeError(`${op}: parts must be three column counts, got [${parts}]`);
+    }
+    const total = parts[0] + parts[1] + parts[2];
+    checkSizes(op, m, k, total);
+    if (glu && total % 2 !== 0) {
+      throw new ShapeError(`${op}: a SwiGLU output needs an even column count, got ${total}`);
+    }
+    if (!(Number.isInteger(maxRank) && maxRank >= 0 && maxRank <= LORA_ROWS_MAX_RANK)) {
+      throw new ShapeError(`${op}: the largest rank ${maxRank} is not 0 to ${LORA_ROWS_MAX_RANK}`);
+    }
+    if (norm !== null && !(norm.eps >= 0)) {
+      throw new ShapeError(`${op}: eps must be non-negative, got ${norm.eps}`);
+    }
+    const [x, nw, y0, a0] = inputs;
+    for (const [i, what] of [[1, "the norm weight"], [2, "y0"]] as const) {
+      if (inputs[i].dtype !== x.dtype) {
+        throw new DTypeError(`${op}: x is ${x.dtype} but ${what} is ${inputs[i].dtype}`);
+      }
+    }
+    for (let i = 4; i < 9; i++) {
+      if (inputs[i].dtype !== a0.dtype) {
+        throw new DTypeError(`${op}: the packed adapters mix dtypes (${a0.dtype} and ${inputs[i].dtype})`);
+      }
+    }
+    if (inputs[9].dtype !== "f32") {
+      throw new DTypeError(`${op}: the table must be f32, got ${inputs[9].dtype}`);
+    }
+    expectSize(x.size, m * k, op, `x [${m}, ${k}]`);
+    if (norm !== null) expectSize(nw.size, k, op, `norm weight [${k}]`);
+    expectSize(y0.size, m * total, op, `y0 [${m}, ${total}]`);
+    expectSize(
+      inputs[9].size,
+      3 * m * LORA_ROWS_TABLE_WIDTH,
+      op,
+      `the table [3, ${m}, ${LORA_ROWS_TABLE_WIDTH}]`,
+    );
+  },
+  outputs: ([x], a) => {
+    const total = a.parts[0] + a.parts[1] + a.parts[2], n = a.glu ? total / 2 : total;
+    return [{ size: a.m * n, dtype: x.dtype, what: `loraRowsParts: output [${a.m}, ${n}] (${x.dtype})` }];
+  },
+  specialise: ([x, , , a0], args) => {
+    const R = loraRowsRankBound([{ rank: args.maxRank, aOffset: 0, bOffset: 0, scale: 0 }]);
+    const L = loraRowsLanes(R);
+    return { T: x.dtype, TA: a0.dtype, R, L, HALF_L: L >> 1, NORM: args.norm !== null, GLU: args.glu };
+  },
+  uniforms: (a) => ({
+    m: a.m,
+    k: a.k,
+    n0: a.parts[0],
+    n1: a.parts[1],
+    n2: a.parts[2],
+    eps: a.norm?.eps ?? 0,
+  }),
+  geometry: (a) => ({ rows: a.m }),
+  reference(inputs, { m, k, parts, norm, glu }, [spec]) {
+    const [x, nw, y0] = inputs, as = inputs.slice(3, 6), bs = inputs.slice(6, 9), table = inputs[9];
+    const dt = spec.dtype, w = LORA_ROWS_TABLE_WIDTH;
+    const total = parts[0] + parts[1] + parts[2], nOut = glu ? total / 2 : total;
+    const y = hostArray(dt, m * nOut);
+    const xn = new Float64Array(k), z = new Float64Array(total), t = new Float64Array(LORA_ROWS_MAX_RANK);
+    for (let row = 0; row < m; row++) {
+      let inv = 1;
+      if (norm !== null) {
+        let ss = 0;
+        for (let c = 0; c < k; c++) ss += x[row * k + c] * x[row * k + c];
+        inv = 1 / Math.sqrt(ss / k + norm.eps);
+      }
+      for (let c = 0; c < k; c++) {
+        xn[c] = norm === null ? x[row * k + c] : roundTo(nw[c] * roundTo(x[row * k + c] * inv, dt), dt);
+      }
+      let col = 0;
+      for (let q = 0; q < 3; q++) {
+        const e = (q * m + row) * w;
+        const rank = table[e], ao = table[e + 1], bo = table[e + 2], sc = table[e + 3];
+        for (let j = 0; j < rank; j++) {
+          let acc = 0;
+          for (let c = 0; c < k; c++) acc += xn[c] * as[q][ao + j * k + c];
+          t[j] = acc;
+        }
+        for (let o = 0; o < parts[q]; o++, col++) {
+          let acc = 0;
+          for (let j = 0; j < rank; j++) acc += t[j] * bs[q][bo + o * rank + j];
+          z[col] = roundTo(y0[row * total + col] + sc * acc, dt);
+        }
+      }
+      for (let o = 0; o < nOut; o++) {
+        const g = z[o];
+        y[row * nOut + o] = glu ? roundTo(g / (1 + Math.exp(-g)), dt) * z[nOut + o] : z[o];
+      }
+    }
+    return [y];
   },
 };
