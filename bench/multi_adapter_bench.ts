@@ -18,12 +18,19 @@
  *
  * Usage:
  *   deno run -A bench/multi_adapter_bench.ts --ckpt DIR [--dtype f32|f16] [--rank 16] [--prompt 32]
- *       [--gen 32] [--iters 10] [--device webgpu|cpu] [--profile]
+ *       [--gen 32] [--iters 10] [--device webgpu|cpu] [--profile] [--gemv]
  *   deno run -A bench/multi_adapter_bench.ts --quick   (2-layer SmolLM2-shaped random model, CI size)
  *
+ * `--gemv` makes the decoding step use its GEMV kernels on a software adapter too (lavapipe; hardware
+ * GPUs use them anyway), to count a step's dispatches locally.
+ *
  * Prints one JSON line per measurement: {"kind": "multi_adapter", "what": "forward" | "generate" |
- * "train" | "hotswap", "case", "ms", ...} and a summary line with the mixed / single ratios. `--profile`
- * also prints, per kernel, where one mixed-batch training step (loss and gradients) spends its time.
+ * "train" | "hotswap", "case", "ms", ...} and a summary line with the mixed / single ratios (generation's
+ * also right after its figures, "generate_summary"). A generation figure is the whole call (prefill and
+ * `--gen` tokens), `decode_ms_per_step` the decoding steps alone (the call minus the same call with 2
+ * new tokens, per extra token), `dispatches_per_step` the kernels one step dispatches (two profiled
+ * calls, 6 and 2 new tokens). `--profile` also prints, per kernel, one mixed-batch generation and where
+ * one mixed-batch training step (loss and gradients) spends its time.
  * @module
  */
 import {
@@ -32,6 +39,7 @@ import {
   cpuDevice,
   detach,
   type DType,
+  type GenerateOptions,
   getPeftModel,
   LoraConfig,
   noGrad,
@@ -42,6 +50,7 @@ import {
   webgpuDevice,
 } from "../mod.ts";
 import { QUICK_CONFIG } from "./quick_model.ts";
+import { generateTokens } from "../src/models/generate.ts";
 
 const PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 const BATCH = 8;
@@ -69,6 +78,12 @@ async function main(): Promise<void> {
     ? AutoModelForCausalLM.fromConfig(QUICK_CONFIG, { device, dtype, seed: 0 })
     : await AutoModelForCausalLM.fromPretrained(ckpt, { device, dtype });
   const vocab = (model as unknown as { config: { vocabSize: number } }).config.vocabSize;
+  if (argv.includes("--gemv")) {
+    // The decoding step's GEMV kernels even on a software adapter (which otherwise runs the layers' own
+    // forward): for counting a step's dispatches locally (lavapipe) as the H200 runs them.
+    const m = model as unknown as Parameters<typeof generateTokens>[0] & { generate: unknown };
+    m.generate = (p: number[][], o: GenerateOptions) => generateTokens(m, p, o, { gemv: true });
+  }
 
   // Four adapters with non-zero B (PEFT's init_lora_weights=False), so every row really runs its adapter.
   const config = () =>
@@ -88,7 +103,14 @@ async function main(): Promise<void> {
     ["mixed", Array.from({ length: BATCH }, (_, r) => `a${r % ADAPTERS}`)],
   ];
   const base = { kind: "multi_adapter", impl: "lora-webgpu", model: name, device: device.kind, dtype, rank };
-  const results: Record<string, Record<string, number>> = { forward: {}, generate: {}, train: {}, step: {} };
+  const results: Record<string, Record<string, number>> = {
+    forward: {},
+    generate: {},
+    decode: {},
+    dispatches: {},
+    train: {},
+    step: {},
+  };
 
   for (const [label, adapterNames] of cases) {
     const times: number[] = [];
@@ -113,16 +135,31 @@ async function main(): Promise<void> {
     }));
   }
 
+  // Generation: the whole call (prefill + gen tokens) and, from the same call with 2 new tokens, the
+  // decoding steps alone; dispatches per step from two profiled calls (gen and 2 new tokens).
+  const dispatchCalls = async (opts: Record<string, unknown>, n: number) => {
+    const p = await profile(() => pm.generate(ids, { ...opts, maxNewTokens: n }), { device });
+    return { calls: p.rows.reduce((a, r) => a + r.calls, 0), p };
+  };
+  const genShort = 2;
   for (const [label, adapterNames] of cases) {
     const opts = { maxNewTokens: gen, eosTokenId: null, ...(adapterNames ? { adapterNames } : {}) };
-    await pm.generate(ids, { ...opts, maxNewTokens: 2 }); // compiles the decoding pipelines
-    const times: number[] = [];
+    await pm.generate(ids, { ...opts, maxNewTokens: genShort }); // compiles the decoding pipelines
+    const times: number[] = [], shortTimes: number[] = [];
     for (let i = 0; i < Math.max(1, Math.ceil(iters / 3)); i++) {
-      const t0 = performance.now();
+      let t0 = performance.now();
       await pm.generate(ids, opts);
       times.push(performance.now() - t0);
+      t0 = performance.now();
+      await pm.generate(ids, { ...opts, maxNewTokens: genShort });
+      shortTimes.push(performance.now() - t0);
     }
     results.generate[label] = median(times);
+    const stepMs = gen > genShort ? (median(times) - median(shortTimes)) / (gen - genShort) : NaN;
+    results.decode[label] = stepMs;
+    const few = Math.min(gen, genShort + 4);
+    const long = await dispatchCalls(opts, few), short = await dispatchCalls(opts, genShort);
+    results.dispatches[label] = few > genShort ? (long.calls - short.calls) / (few - genShort) : NaN;
     console.log(JSON.stringify({
       ...base,
       what: "generate",
@@ -132,8 +169,22 @@ async function main(): Promise<void> {
       new_tokens: gen,
       ms: results.generate[label],
       ms_per_step: results.generate[label] / gen,
+      decode_ms_per_step: stepMs,
+      dispatches_per_step: results.dispatches[label],
     }));
+    if (argv.includes("--profile") && label === "mixed") {
+      console.log(`profile of a mixed-batch generation of ${few} new tokens (${device.kind}):\n${long.p}`);
+    }
   }
+  // Printed now, so the generation figures survive a run cut short later.
+  console.log(JSON.stringify({
+    ...base,
+    what: "generate_summary",
+    generate_mixed_over_single: results.generate.mixed / results.generate.single,
+    decode_step_mixed_over_single: results.decode.mixed / results.decode.single,
+    dispatches_per_step: results.dispatches,
+    target: 1.3,
+  }));
 
   // Training: the model's loss with labels = ids, backward into every trainable adapter the rows use.
   const weightsOf = (n: string) => pm.adapterLayers(n).flatMap(([, a]) => [a.lora_A.weight, a.lora_B.weight]);
@@ -268,6 +319,7 @@ async function main(): Promise<void> {
     forward_mixed_over_single_rows: results.forward.mixed / results.forward["single-rows"],
     generate_mixed_over_single: results.generate.mixed / results.generate.single,
     generate_mixed_over_single_rows: results.generate.mixed / results.generate["single-rows"],
+    decode_step_mixed_over_single: results.decode.mixed / results.decode.single,
     train_fwd_bwd_mixed_over_single: results.train.mixed / results.train.single,
     train_fwd_bwd_mixed_over_single_rows: results.train.mixed / results.train["single-rows"],
     train_step_mixed_over_single: results.step.mixed / results.step.single,

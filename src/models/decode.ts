@@ -12,10 +12,18 @@
  * nothing: the rotary tables and each row's first slot are on the device for the whole generation, so the
  * same buffers are bound every step and the runtime's bind-group cache hits.
  *
+ * Batch rows routed to several adapters (PeftModel's `adapterNames`) keep the same structure: the base
+ * GEMVs as above (their LoRA terms left out), then one `loraRowsParts` dispatch per projection group
+ * (q|k|v with the input norm fused, o_proj, gate|up with SiLU × up fused, down_proj) adds each row's own
+ * adapter terms from the layer's packed adapters, so a mixed batch takes as many dispatches per step as
+ * one adapter. Each group's row→adapter table is uploaded by the first step of a generation
+ * ({@link DecodeConstants}, {@link RoutedTables}) and bound by every later one.
+ *
  * The step reads the model's modules structurally ({@link DecoderModel}), so this file does not import the
- * model classes (which import generation). Layers it cannot run this way (a Linear that carries an adapter,
- * a quantized one, more than 8 rows) go through their own forward, and the norm before them through
- * `addRmsNorm`; Qwen3's q/k norms take the unfused projections.
+ * model classes (which import generation), nor src/peft: adapted layers answer src/nn/adapter_hook.ts's
+ * `decodeParts`. Layers it cannot run this way (an adapter with dropout on, a quantized layer with one
+ * LoRA, more than 8 rows) go through their own forward, and the norm before them through `addRmsNorm`;
+ * Qwen3's q/k norms take the unfused projections.
  * @module
  */
 import {
@@ -34,7 +42,7 @@ import {
 } from "../tensor/mod.ts";
 import type { Module } from "../nn/module.ts";
 import { Linear } from "../nn/layers.ts";
-import { adapterKind, decodeParts } from "../nn/adapter_hook.ts";
+import { adapterKind, decodeParts, type RoutedLora } from "../nn/adapter_hook.ts";
 import type { KernelRecord } from "../backend/kernels/record.ts";
 import { GEMV, GEMV_MAX_ROWS } from "../backend/kernels/gemv.ts";
 import { GEMV_NORM } from "../backend/kernels/gemv_norm.ts";
@@ -46,6 +54,7 @@ import { ARGMAX, ARGMAX_CHUNK, ARGMAX_PARTIAL } from "../backend/kernels/argmax.
 import { ADD_RMS_NORM } from "../backend/kernels/add_rms_norm.ts";
 import { RMS_NORM } from "../backend/kernels/rms_norm.ts";
 import { GEMV_GLU } from "../backend/kernels/gemv_glu.ts";
+import { LORA_ROWS_PARTS, loraRowsPartsTable, type LoraRowsSlot } from "../backend/kernels/lora_rows.ts";
 import { SAMPLE_TOKEN, type SamplingWarpers } from "../backend/kernels/sample_token.ts";
 import type { DType } from "../core/dtype.ts";
 import { ShapeError } from "../core/errors.ts";
@@ -159,12 +168,16 @@ export interface DecodeKernels {
   fuseNorm?: boolean;
 }
 
-/** What the GEMV kernels run of a Linear: its weight and bias, and its LoRA term when it carries one. */
+/**
+ * What the GEMV kernels run of a Linear: its weight and bias, and its LoRA term when it carries one, or
+ * each batch row's own adapter term when its rows are routed to several (`routed`; `lora` is then null).
+ */
 interface GemvLinear {
   weight: Tensor;
   bias: Tensor | null;
   out: number;
   lora: { a: Tensor; b: Tensor; scale: number } | null;
+  routed: RoutedLora | null;
   /** A quantized weight's layout (its weight is then the packed words): `gemvQuant` runs it. */
   quant: QuantLayout | null;
 }
@@ -172,17 +185,26 @@ interface GemvLinear {
 /**
  * The GEMV form of `m` for rows of x, or null when the layer's own forward must run: GEMVs not chosen,
  * more than 8 rows, a quantized weight, a replaced forward, an adapter whose forward is more than base
- * plus LoRA now (src/nn/adapter_hook.ts `decodeParts`), or a tensor of another dtype than x.
+ * plus LoRA terms now (src/nn/adapter_hook.ts `decodeParts`), rows routed for another batch size, or a
+ * tensor of another dtype than x.
  */
 function gemvLinear(m: Linear, x: Tensor, gemv: boolean): GemvLinear | null {
   if (!gemv || x.shape[0] > GEMV_MAX_ROWS || Object.hasOwn(m, "forward")) return null;
   const quant = m._quantLayout;
   if (quant !== null && !gemvQuantFits(quant, m.inFeatures)) return null;
-  let lora: GemvLinear["lora"] = null;
+  let lora: GemvLinear["lora"] = null, routed: RoutedLora | null = null;
   if (adapterKind(m) !== null) {
     const parts = decodeParts(m);
     if (parts === null) return null;
     lora = parts.lora;
+    routed = parts.routed ?? null;
+    if (
+      routed !== null &&
+      (lora !== null || routed.rows.length !== x.shape[0] || routed.a.dtype !== x.dtype ||
+        routed.b.dtype !== x.dtype)
+    ) {
+      return null;
+    }
   } else if (Object.getPrototypeOf(m) !== Linear.prototype) return null;
   // A quantized base with an adapter keeps its forward (QLoRA: the fused GEMM decodes the codes itself).
   if (quant !== null && lora !== null) return null;
@@ -191,7 +213,108 @@ function gemvLinear(m: Linear, x: Tensor, gemv: boolean): GemvLinear | null {
   if (lora !== null && (lora.a.dtype !== dt || lora.b.dtype !== dt || lora.a.shape[0] !== lora.b.shape[1])) {
     return null;
   }
-  return { weight: m.weight, bias: m.bias, out: m.outFeatures, lora, quant };
+  return { weight: m.weight, bias: m.bias, out: m.outFeatures, lora, routed, quant };
+}
+
+/** Whether any of `gs` has its rows routed to several adapters. */
+const anyRouted = (gs: readonly GemvLinear[]) => gs.some((g) => g.routed !== null);
+
+/**
+ * The {@link LORA_ROWS_PARTS} tables of one generation, uploaded on the first step that needs each and
+ * read by every step after it: keyed by the identity of what the linears' decode parts answered (a
+ * {@link RoutedLora} is the same object for a whole generation; a plain LoRA by its A tensor and scale).
+ */
+export class RoutedTables {
+  readonly #ids = new WeakMap<object, number>();
+  #next = 0;
+  readonly #tables = new Map<string, { table: Tensor; maxRank: number }>();
+
+  #id(o: object): number {
+    let id = this.#ids.get(o);
+    if (id === undefined) {
+      id = this.#next++;
+      this.#ids.set(o, id);
+    }
+    return id;
+  }
+
+  /** The key of a group of linears over `rows` batch rows. */
+  key(gs: readonly (GemvLinear | null)[], rows: number): string {
+    return gs.map((g) =>
+      g?.routed ? `r${this.#id(g.routed)}` : g?.lora ? `l${this.#id(g.lora.a)}:${g.lora.scale}` : "-"
+    ).join(",") + `/${rows}`;
+  }
+
+  /** The cached table under `key`, or undefined. */
+  get(key: string): { table: Tensor; maxRank: number } | undefined {
+    return this.#tables.get(key);
+  }
+
+  /** Keeps `table` (made inside a step's tidy scope) under `key` until {@link dispose}. */
+  set(key: string, entry: { table: Tensor; maxRank: number }): void {
+    this.#tables.set(key, { table: keep(entry.table), maxRank: entry.maxRank });
+  }
+
+  /** How many tables are held (tests check that steps after the first add none). */
+  get size(): number {
+    return this.#tables.size;
+  }
+
+  /** Frees every table. */
+  dispose(): void {
+    for (const { table } of this.#tables.values()) table.dispose();
+    this.#tables.clear();
+  }
+}
+
+/**
+ * y0 [rows, n0 + n1 + n2] (the base outputs of the linears `gs`, side by side) plus each row's LoRA
+ * terms: every part's routed adapters, or its one LoRA for all rows (a part of the group that is not
+ * routed), over x, normalised in the kernel by `norm` when given; with `glu` SwiGLU's product of the
+ * column halves instead (gate then up). One {@link LORA_ROWS_PARTS} dispatch; its table comes from
+ * `tables` (uploaded on a generation's first step) or, without them, is uploaded now.
+ */
+function routedTerms(
+  gs: readonly (GemvLinear | null)[],
+  parts: [number, number, number],
+  x: Tensor,
+  y0: Tensor,
+  norm: NormModule | null,
+  glu: boolean,
+  tables: RoutedTables | null,
+): Tensor {
+  const [rows, k] = x.shape;
+  const key = tables?.key(gs, rows) ?? "";
+  let entry = tables?.get(key);
+  if (entry === undefined) {
+    const lists = [0, 1, 2].map((q): readonly (LoraRowsSlot | null)[] | null => {
+      const g = gs[q] ?? null;
+      if (g?.routed) return g.routed.rows;
+      if (!g?.lora) return null;
+      const slot = { rank: g.lora.a.shape[0], aOffset: 0, bOffset: 0, scale: g.lora.scale };
+      return new Array(rows).fill(slot);
+    });
+    const sizes = [0, 1, 2].map((q) => {
+      const g = gs[q] ?? null, ab = g?.routed ?? g?.lora ?? null;
+      return ab === null ? null : { a: ab.a.size, b: ab.b.size };
+    });
+    const { table, maxRank } = loraRowsPartsTable(rows, k, parts, lists, sizes);
+    entry = { table: tensor(table, [table.length], { device: x.device, dtype: "f32" }), maxRank };
+    tables?.set(key, entry);
+  }
+  const some = gs.find((g) => g?.routed ?? g?.lora)!;
+  const fill = (some.routed ?? some.lora)!.a;
+  const a = [0, 1, 2].map((q) => (gs[q]?.routed ?? gs[q]?.lora)?.a ?? fill);
+  const b = [0, 1, 2].map((q) => (gs[q]?.routed ?? gs[q]?.lora)?.b ?? fill);
+  const total = parts[0] + parts[1] + parts[2];
+  return runKernel(LORA_ROWS_PARTS, [x, norm?.weight ?? x, y0, ...a, ...b, entry.table], {
+    m: rows,
+    k,
+    parts,
+    maxRank: entry.maxRank,
+    norm: norm === null ? null : { eps: norm.eps },
+    glu,
+  }, [[rows, glu ? total / 2 : total]])[0];
 }
 
 /** The LoRA rank of a GEMV linear (0 without one). */
@@ -231,12 +354,21 @@ function gemvProduct(g: GemvLinear, x: Tensor, res: Tensor | null): Tensor {
   ]])[0];
 }
 
-/** y = x Wᵀ + b for x [rows, in]: GEMVs for 1-8 rows (with a LoRA term), the layer's forward otherwise. */
-export function decodeLinear(m: Linear, x: Tensor, gemv = prefersGemv(x.device)): Tensor {
+/**
+ * y = x Wᵀ + b for x [rows, in]: GEMVs for 1-8 rows (with a LoRA term, or the rows' routed terms after
+ * them: `tables` hold a generation's routing tables), the layer's forward otherwise.
+ */
+export function decodeLinear(
+  m: Linear,
+  x: Tensor,
+  gemv = prefersGemv(x.device),
+  tables: RoutedTables | null = null,
+): Tensor {
   const g = gemvLinear(m, x, gemv);
   if (g === null) return m.forward(x);
-  const y = gemvProduct(g, x, null);
-  return g.bias === null ? y : add(y, g.bias);
+  let y = gemvProduct(g, x, null);
+  if (g.bias !== null) y = add(y, g.bias);
+  return g.routed === null ? y : routedTerms([g], [g.out, 0, 0], x, y, null, false, tables);
 }
 
 /** Whether `norm` is an RMSNorm the fused kernels apply to rows of h (scale of h's dtype and width). */
@@ -293,15 +425,51 @@ function loraInputs(norm: NormModule | null, h: Tensor, gs: GemvLinear[]) {
   return { t, ranks, scales, bs };
 }
 
-/** silu(gate(x)) · up(x): one GEMV pass over both weights (with their LoRA terms) for 1-8 rows. */
-export function decodeGlu(gate: Linear, up: Linear, x: Tensor, gemv = prefersGemv(x.device)): Tensor {
+/**
+ * silu(gate(x)) · up(x): one GEMV pass over both weights (with their LoRA terms) for 1-8 rows; with rows
+ * routed to several adapters, the two base products side by side and one routed pass with the product.
+ */
+export function decodeGlu(
+  gate: Linear,
+  up: Linear,
+  x: Tensor,
+  gemv = prefersGemv(x.device),
+  tables: RoutedTables | null = null,
+): Tensor {
   const g = gemvLinear(gate, x, gemv), u = gemvLinear(up, x, gemv);
   if (
     g === null || u === null || g.bias !== null || u.bias !== null || g.quant !== null || u.quant !== null
   ) {
-    return siluMul(decodeLinear(gate, x, gemv), decodeLinear(up, x, gemv));
+    return siluMul(decodeLinear(gate, x, gemv, tables), decodeLinear(up, x, gemv, tables));
   }
+  if (anyRouted([g, u])) return routedGlu(null, x, [g, u], [g.out, u.out, 0], tables);
   return gluKernel(null, x, g, u, 0);
+}
+
+/**
+ * SwiGLU of linears whose rows are routed to several adapters: one `gemvNorm` of the base weights (the
+ * gate's and up's columns side by side; `norm` fused when given), then one {@link LORA_ROWS_PARTS} pass
+ * that adds each row's terms and takes the product. `gs` are the gate and up, or a fused gate_up weight
+ * alone (parts [2n, 0, 0]).
+ */
+function routedGlu(
+  norm: NormModule | null,
+  x: Tensor,
+  gs: GemvLinear[],
+  parts: [number, number, number],
+  tables: RoutedTables | null,
+): Tensor {
+  const [rows, k] = x.shape;
+  const w = [0, 1, 2].map((i) => (gs[i] ?? gs[0]).weight);
+  const [y0] = runKernel(GEMV_NORM, [x, norm?.weight ?? x, ...w, ...w, x], {
+    m: rows,
+    parts,
+    k,
+    eps: norm?.eps ?? 0,
+    norm: norm !== null,
+    bias: false,
+  }, [[rows, parts[0] + parts[1] + parts[2]]]);
+  return routedTerms(gs, parts, x, y0, norm, true, tables);
 }
 
 /**
@@ -367,24 +535,47 @@ interface Columns {
  * biases on all or none (none with LoRA), else the norm (with the pending add) and each linear on its
  * own. Returns where each linear's output is.
  */
-function normLinears(norm: NormModule, s: Stream, ms: Linear[], gemv: boolean, fuseNorm = true): Columns[] {
+function normLinears(
+  norm: NormModule,
+  s: Stream,
+  ms: Linear[],
+  gemv: boolean,
+  fuseNorm = true,
+  tables: RoutedTables | null = null,
+): Columns[] {
   const h = s.h, [rows, k] = h.shape;
   const gs = ms.map((m) => gemvLinear(m, h, gemv));
   const ok = gs.every((g) => g !== null && g.quant === null) ? gs as GemvLinear[] : null;
   const biased = ok !== null && ok.every((g) => g.bias !== null);
+  // Routed rows take their LoRA terms after the base products, so biases fuse with them too.
+  const routed = ok !== null && anyRouted(ok);
   const fused = fuseNorm && ok !== null && s.delta === null && ms.length <= 3 && normFuses(norm, h) &&
-    (biased ? ok.every((g) => g.lora === null) : ok.every((g) => g.bias === null));
+    (biased ? routed || ok.every((g) => g.lora === null) : ok.every((g) => g.bias === null));
   if (!fused) {
     let x: Tensor;
     [s.h, x] = decodeAddNorm(norm, h, s.delta);
     s.delta = null;
-    return ms.map((m) => ({ t: decodeLinear(m, x, gemv), stride: m.outFeatures, offset: 0 }));
+    return ms.map((m) => ({ t: decodeLinear(m, x, gemv, tables), stride: m.outFeatures, offset: 0 }));
   }
   const parts = [0, 1, 2].map((i) => ok[i]?.out ?? 0) as [number, number, number];
   const w = [0, 1, 2].map((i) => (ok[i] ?? ok[0]).weight);
+  const offsets = ms.map((_, i) => (i === 0 ? 0 : parts[0] + (i === 2 ? parts[1] : 0)));
+  const total = parts[0] + parts[1] + parts[2];
+  if (routed) {
+    const e = biased ? [0, 1, 2].map((i) => (ok[i] ?? ok[0]).bias!) : w;
+    const [y0] = runKernel(GEMV_NORM, [h, norm.weight, ...w, ...e, h], {
+      m: rows,
+      parts,
+      k,
+      eps: norm.eps,
+      bias: biased,
+      lora: null,
+    }, [[rows, total]]);
+    const y = routedTerms(ok, parts, h, y0, norm, false, tables);
+    return offsets.map((offset) => ({ t: y, stride: total, offset }));
+  }
   const lin = loraInputs(norm, h, ok);
   const e = biased ? [0, 1, 2].map((i) => (ok[i] ?? ok[0]).bias!) : lin?.bs ?? w;
-  const total = parts[0] + parts[1] + parts[2];
   const [y] = runKernel(GEMV_NORM, [h, norm.weight, ...w, ...e, lin?.t ?? h], {
     m: rows,
     parts,
@@ -393,30 +584,50 @@ function normLinears(norm: NormModule, s: Stream, ms: Linear[], gemv: boolean, f
     bias: biased,
     lora: lin === null ? null : { ranks: lin.ranks, scales: lin.scales },
   }, [[rows, total]]);
-  return ms.map((_, i) => ({
-    t: y,
-    stride: total,
-    offset: i === 0 ? 0 : parts[0] + (i === 2 ? parts[1] : 0),
-  }));
+  return offsets.map((offset) => ({ t: y, stride: total, offset }));
 }
 
-/** stream += x Wᵀ (+ b): the GEMV with its residual add fused when it can, else a pending delta. */
-function addLinear(m: Linear, x: Tensor, s: Stream, gemv: boolean): void {
+/**
+ * stream += x Wᵀ (+ b): the GEMV with its residual add fused when it can (and routed rows' terms added
+ * to its output), else a pending delta.
+ */
+function addLinear(m: Linear, x: Tensor, s: Stream, gemv: boolean, tables: RoutedTables | null): void {
   const g = gemvLinear(m, x, gemv);
   if (g !== null && s.delta === null && g.bias === null && s.h.dtype === x.dtype) {
     s.h = gemvProduct(g, x, s.h);
+    if (g.routed !== null) s.h = routedTerms([g], [g.out, 0, 0], x, s.h, null, false, tables);
     return;
   }
   settle(s);
-  s.delta = decodeLinear(m, x, gemv);
+  s.delta = decodeLinear(m, x, gemv, tables);
 }
 
 /** silu(gate(norm(stream))) · up(norm(stream)): one `gemvGlu` dispatch with the norm fused when it can. */
-function normGlu(norm: NormModule, s: Stream, mlp: MlpParts, gemv: boolean, fuseNorm = true): Tensor {
+function normGlu(
+  norm: NormModule,
+  s: Stream,
+  mlp: MlpParts,
+  gemv: boolean,
+  fuseNorm = true,
+  tables: RoutedTables | null = null,
+): Tensor {
   const h = s.h, k = h.shape[1];
   const fusedWeight = mlp.gate_up_proj !== undefined;
   const gate = mlp.gate_up_proj ?? mlp.gate_proj!, up = mlp.gate_up_proj ?? mlp.up_proj!;
   const g = gemvLinear(gate, h, gemv), u = gemvLinear(up, h, gemv);
+  if (
+    g !== null && u !== null && anyRouted([g, u]) && g.bias === null && u.bias === null &&
+    g.quant === null && u.quant === null
+  ) {
+    // Routed rows: the base products side by side, then one pass adding each row's terms with SiLU × up.
+    const gs = fusedWeight ? [g] : [g, u];
+    const parts: [number, number, number] = fusedWeight ? [g.out, 0, 0] : [g.out, u.out, 0];
+    if (fuseNorm && s.delta === null && normFuses(norm, h)) return routedGlu(norm, h, gs, parts, tables);
+    let x: Tensor;
+    [s.h, x] = decodeAddNorm(norm, h, s.delta);
+    s.delta = null;
+    return routedGlu(null, x, gs, parts, tables);
+  }
   // A fused gate_up weight runs as both halves only without LoRA (its one B spans both).
   const plain = g !== null && u !== null && g.bias === null && u.bias === null && g.quant === null &&
     u.quant === null && (!fusedWeight || g.lora === null);
@@ -429,9 +640,9 @@ function normGlu(norm: NormModule, s: Stream, mlp: MlpParts, gemv: boolean, fuse
   let x: Tensor;
   [s.h, x] = decodeAddNorm(norm, h, s.delta);
   s.delta = null;
-  if (!fusedWeight) return decodeGlu(gate, up, x, gemv);
+  if (!fusedWeight) return decodeGlu(gate, up, x, gemv, tables);
   if (plain) return gluKernel(null, x, half(g), half(u), upOffset);
-  const both = decodeLinear(mlp.gate_up_proj!, x, gemv);
+  const both = decodeLinear(mlp.gate_up_proj!, x, gemv, tables);
   return siluMul(slice(both, 1, 0, n), slice(both, 1, n, 2 * n));
 }
 
@@ -480,6 +691,8 @@ export class DecodeConstants {
   readonly sin: Tensor;
   /** First visible slot per row, [batch] f32; row b's token in slot s sits at position s − start[b]. */
   readonly start: Tensor;
+  /** The routed LoRA tables of rows routed to several adapters, uploaded by the first step. */
+  readonly routed: RoutedTables = new RoutedTables();
 
   /** Tables of `capacity` positions from `rope`, and the rows' first slots `start`, on `device`. */
   constructor(rope: RopeTables, capacity: number, start: Int32Array, device: Tensor["device"]) {
@@ -493,6 +706,7 @@ export class DecodeConstants {
   /** Frees the tables and the starts. */
   dispose(): void {
     for (const t of [this.cos, this.sin, this.start]) t.dispose();
+    this.routed.dispose();
   }
 }
 
@@ -510,6 +724,7 @@ export function decodeStep(
   kernels: DecodeKernels = {},
 ): Tensor {
   const gemv = kernels.gemv ?? prefersGemv(ids.device), fuse = kernels.fuseNorm ?? true;
+  const tables = constants.routed;
   return tidy(() =>
     noGrad(() => {
       const batch = ids.size;
@@ -527,15 +742,29 @@ export function decodeStep(
         const heads = at.numHeads, kvh = at.numKeyValueHeads, d = at.headDim;
         let q: Columns, k: Columns, v: Columns;
         if (at.qkv_proj !== undefined) {
-          const [all] = normLinears(layer.input_layernorm, s, [at.qkv_proj], gemv, fuse);
+          const [all] = normLinears(layer.input_layernorm, s, [at.qkv_proj], gemv, fuse, tables);
           q = all;
           k = { ...all, offset: all.offset + heads * d };
           v = { ...all, offset: all.offset + (heads + kvh) * d };
         } else if (at.q_norm === undefined && at.k_norm === undefined) {
-          [q, k, v] = normLinears(layer.input_layernorm, s, [at.q_proj!, at.k_proj!, at.v_proj!], gemv, fuse);
+          [q, k, v] = normLinears(
+            layer.input_layernorm,
+            s,
+            [at.q_proj!, at.k_proj!, at.v_proj!],
+            gemv,
+            fuse,
+            tables,
+          );
         } else {
           // Qwen3 normalises each head of q and k before the rotation: their columns are cut out for it.
-          [q, k, v] = normLinears(layer.input_layernorm, s, [at.q_proj!, at.k_proj!, at.v_proj!], gemv, fuse);
+          [q, k, v] = normLinears(
+            layer.input_layernorm,
+            s,
+            [at.q_proj!, at.k_proj!, at.v_proj!],
+            gemv,
+            fuse,
+            tables,
+          );
           const headNorm = (c: Columns, norm: TensorModule | undefined, n: number): Columns => {
             if (norm === undefined) return c;
             const own = c.stride === n * d && c.offset === 0
@@ -577,18 +806,19 @@ export function decodeStep(
           scale: 1 / Math.sqrt(d),
           layout,
         }, [[batch, heads * d], [batch, heads, cache.capacity]]);
-        addLinear(at.o_proj, attn, s, gemv);
+        addLinear(at.o_proj, attn, s, gemv, tables);
         addLinear(
           layer.mlp.down_proj,
-          normGlu(layer.post_attention_layernorm, s, layer.mlp, gemv, fuse),
+          normGlu(layer.post_attention_layernorm, s, layer.mlp, gemv, fuse, tables),
           s,
           gemv,
+          tables,
         );
       });
       // The final norm stays its own dispatch: fused, each of the LM head's ~10^5 workgroups would
       // normalise the rows again (on the H200 the fused SmolLM2 head took 100 us against 60 + 8 apart, and
       // Llama-3.2-1B's 543 us for 1 GB of weight).
-      return normLinears(model.model.norm, s, [model.lm_head], gemv, false)[0].t;
+      return normLinears(model.model.norm, s, [model.lm_head], gemv, false, tables)[0].t;
     })
   );
 }

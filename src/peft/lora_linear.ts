@@ -46,7 +46,7 @@ import {
 } from "./lora_fields.ts";
 import { ConfigError, FormatError, ShapeError } from "../core/errors.ts";
 import { layerRouting } from "./adapter_set.ts";
-import { canFuseRows, fusedRowRoutedForward } from "./lora_rows.ts";
+import { canFuseRows, fusedRowRoutedForward, routedDecodeParts } from "./lora_rows.ts";
 import { checkOptionalBoolean, checkOptionalSeed, checkOptionKeys } from "../core/options.ts";
 
 /** Names of {@link LinearLoRAOptions}. */
@@ -167,14 +167,21 @@ export class LinearLoRA extends Linear {
   }
 
   /**
-   * How a decoding step may run this layer (src/models/decode.ts): the base alone when merged or routed
-   * to the base, base + scale · B(A(x)) otherwise; null (its own forward) with rows routed to several
-   * adapters or dropout active.
+   * How a decoding step may run this layer (src/models/decode.ts): the base alone when merged, routed to
+   * the base, or with every batch row routed to no adapter here; with rows routed to adapters, the base
+   * plus each row's own term from the packed adapters ({@link routedDecodeParts}, the mixed-batch
+   * forward's cache: dropout plays no part there either); base + scale · B(A(x)) otherwise. Null (its own
+   * forward) with dropout active, or routed adapters the mixed-batch kernel cannot take.
    */
   [DECODE_PARTS](): DecodeParts | null {
     const routing = layerRouting(this);
     if (this.merged || routing?.kind === "base") return { lora: null };
-    if (routing !== null || (this.training && this.dropoutP > 0)) return null;
+    if (routing?.kind === "rows") {
+      if (routing.rows.every((a) => a === null)) return { lora: null };
+      const routed = routedDecodeParts(this, routing.rows);
+      return routed === null ? null : { lora: null, routed };
+    }
+    if (this.training && this.dropoutP > 0) return null;
     return { lora: { a: this.lora_A.weight, b: this.lora_B.weight, scale: this.scale } };
   }
 

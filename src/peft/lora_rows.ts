@@ -35,6 +35,7 @@ import {
 import type { DType } from "../core/dtype.ts";
 import { DTypeError, ShapeError } from "../core/errors.ts";
 import type { Linear } from "../nn/layers.ts";
+import type { RoutedLora } from "../nn/adapter_hook.ts";
 import { fromStorage, isGradEnabled, type Tensor } from "../tensor/mod.ts";
 import type { LoraAdapter } from "./lora_fields.ts";
 
@@ -58,6 +59,8 @@ interface Packed {
   b: Tensor;
   slots: LoraRowsSlot[];
   stale: boolean;
+  /** The decoding step's view of this copy for one routing's rows ({@link routedDecodeParts}). */
+  routed?: { rows: readonly (LoraAdapter | null)[]; adapters: readonly LoraAdapter[]; parts: RoutedLora };
 }
 
 const PACKED = new WeakMap<Linear, Packed>();
@@ -187,6 +190,55 @@ function slotsOf(
   const rowSlots = new Uint32Array(rows.length * chunk);
   rows.forEach((a, i) => rowSlots.fill(a === null ? NO_SLOT : slotOf.get(a)!, i * chunk, (i + 1) * chunk));
   return { adapters, rowSlots };
+}
+
+/**
+ * What a decoding step needs to run `layer` with batch row i through `rows[i]` (null: the base output):
+ * the layer's packed adapters, from the same cache the mixed-batch forward uses (a generation's prefill
+ * packs, every step after it reads the copy), and each row's slot in them (src/nn/adapter_hook.ts
+ * {@link RoutedLora}). The same object while the rows (the routing's own array) and the adapters'
+ * storages stay the same, i.e. for a whole generation; a scale changed by a hot swap shows in its rows
+ * (they are the cache's slots). Null when the kernel cannot take these adapters: none at all, dtypes
+ * that differ among them or from the base weight, a rank past {@link LORA_ROWS_MAX_RANK}, or A and B
+ * that do not fit the layer.
+ */
+export function routedDecodeParts(layer: Linear, rows: readonly (LoraAdapter | null)[]): RoutedLora | null {
+  // Every step of a generation asks again: answer from the cache with no more than the storage checks
+  // packedFor makes (the adapters were validated when the answer was made).
+  const hit = PACKED.get(layer);
+  if (hit?.routed?.rows === rows && !hit.stale && !hit.a.isDisposed && !hit.b.isDisposed) {
+    const ads = hit.routed.adapters;
+    let same = hit.storages.length === 2 * ads.length;
+    for (let i = 0; same && i < ads.length; i++) {
+      same = hit.storages[2 * i] === ads[i].lora_A.weight.storage("loraRows") &&
+        hit.storages[2 * i + 1] === ads[i].lora_B.weight.storage("loraRows");
+    }
+    if (same) {
+      ads.forEach((a, i) => hit.slots[i].scale = a.scale);
+      return hit.routed.parts;
+    }
+  }
+  const { adapters, rowSlots } = slotsOf(rows, 1);
+  if (adapters.length === 0) return null;
+  const dtype = layer.weight.dtype;
+  for (const a of adapters) {
+    const A = a.lora_A.weight, B = a.lora_B.weight;
+    if (A.dtype !== dtype || B.dtype !== dtype || a.dim > LORA_ROWS_MAX_RANK) return null;
+    if (
+      A.shape.join() !== `${a.dim},${layer.inFeatures}` || B.shape.join() !== `${layer.outFeatures},${a.dim}`
+    ) {
+      return null;
+    }
+  }
+  const packed = packedFor(layer, adapters);
+  if (packed.routed?.rows === rows) return packed.routed.parts;
+  const parts: RoutedLora = {
+    a: packed.a,
+    b: packed.b,
+    rows: Array.from(rowSlots, (s) => (s === NO_SLOT ? null : packed.slots[s])),
+  };
+  packed.routed = { rows, adapters, parts };
+  return parts;
 }
 
 /** Whether a forward over these tensors has a gradient to record. */
