@@ -70,6 +70,8 @@ const withJax = !args.has("--no-jax") && mode !== "tiny";
 const gemmSize = mode === "full" ? 4096 : mode === "quick" ? 1024 : 64;
 
 const device: Device = await benchDevice(Deno.args);
+const pollMode = opt("--poll", "");
+if (pollMode !== "") (device.backend as unknown as WebGpuBackend).rt.pollMode = pollMode as "plain";
 const implementation = implementationName(Deno.args);
 const dtypeOpt = opt("--dtype", "both");
 const dtypes: DType[] = (dtypeOpt === "both" ? ["f32", "f16"] as DType[] : [dtypeOpt as DType])
@@ -95,13 +97,27 @@ function stepsFor(msPerStep: number): number {
 /** Steps per await used by the last {@link time} call (for the table). */
 let lastSteps = stepsPerAwait;
 
+/**
+ * Milliseconds of back-to-back steps the full mode's warm-up runs before measuring: an idle H200 sits at
+ * 345 MHz and reaches its 1980 MHz clock only after about a quarter of a second of load (nvidia-smi, see
+ * bench/NOTES.md), so a short warm-up measures the first reps at a fraction of the clock.
+ */
+const WARM_MS = mode === "full" ? Number(opt("--warm-ms", "600")) : 0;
+
 /** Median milliseconds per step of `step`, many steps per await. */
 async function time(step: () => void): Promise<number> {
   step();
   await device.backend.sync(); // warm-up: pipelines compiled, pools filled
-  const t0 = performance.now();
+  let t0 = performance.now();
   for (let i = 0; i < stepsPerAwait; i++) step();
   await device.backend.sync();
+  // Warm-up at load until the clocks are up, then time one more batch for the steps-per-await estimate.
+  const warmStart = t0;
+  while (performance.now() - warmStart < WARM_MS) {
+    t0 = performance.now();
+    for (let i = 0; i < stepsPerAwait; i++) step();
+    await device.backend.sync();
+  }
   const n = stepsFor((performance.now() - t0) / stepsPerAwait);
   lastSteps = n;
   const samples: number[] = [];

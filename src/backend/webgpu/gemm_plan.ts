@@ -145,8 +145,11 @@ export interface GemmShape {
   /** Every operand is read as vec4 (its contiguous dimension a multiple of 4) and none is masked. */
   vec4Unmasked: boolean;
   /**
-   * The LoRA output kernel: k may be split (only the first slice takes the LoRA term), but the heuristics
-   * do not split it (measured per shape first: bench/gemm_tune.ts); a {@link GemmProfile.choose} may.
+   * The LoRA output kernel. It plans as a plain product: k may be split (only the first slice takes the
+   * LoRA term, the reduce adds the bias). Kept for {@link GemmProfile.choose} and the tuner's tables;
+   * the H200 measured 512 x 4096 x 4096 + LoRA r16 1.44x faster on the base product's 128 x 128 tile with
+   * 2 slices than on the unsplit 64 x 64 tile the heuristics took while they left LoRA kernels whole
+   * (bench/NOTES.md, issue 15).
    */
   lora?: boolean;
   /** Which operands are stored transposed (for {@link GemmProfile.choose}; the heuristics ignore it). */
@@ -165,7 +168,7 @@ function blocks(shape: GemmShape, t: GemmTile): { tilesN: number; tiles: number 
  */
 function slicesFor(shape: GemmShape, have: number, want: number, strict: boolean): number {
   if (have >= want) return 1;
-  if (!shape.splittable || shape.lora === true || shape.batch !== 1) return strict ? 0 : 1;
+  if (!shape.splittable || shape.batch !== 1) return strict ? 0 : 1;
   const splits = Math.min(Math.ceil(want / have), 64);
   if (shape.k >= 64 * splits) return splits;
   return strict ? 0 : Math.max(1, Math.floor(shape.k / 64));

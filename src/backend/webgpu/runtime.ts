@@ -146,6 +146,23 @@ export class GpuRuntime {
   #pendingDestroy: GpuBuffer[] = [];
   readonly #staging = new Map<number, GPUBuffer[]>();
 
+  /**
+   * Record every dispatch in a compute pass of its own (as a timed profile does) instead of one pass per
+   * batch: a knob for measuring what WebGPU implementations do with long passes (bench/dawn_queue_probe.ts).
+   */
+  passPerDispatch = false;
+
+  /**
+   * How an await of GPU work lets the WebGPU implementation poll ({@link settle}). `throttle` (the
+   * default) hands callbacks that native code (a WebGPU addon such as Dawn's `dawn.node`) schedules with
+   * the global `setImmediate` to a zero-delay timer while the await lasts ({@link throttleNativeImmediates});
+   * `plain` leaves the host alone; `wake` keeps a 1 ms timer running. On the H200, Deno + Dawn stalled
+   * 1-4 s in 8 of 24 awaits with `plain` and 7 of 24 with `wake`, none of 48 with `throttle`
+   * (bench/dawn_queue_probe.ts, bench/NOTES.md "The Dawn stalls"). Where nothing native calls
+   * setImmediate (Deno's own WebGPU, browsers) the modes behave alike.
+   */
+  pollMode: "plain" | "throttle" | "wake" = "throttle";
+
   /** Id of the batch being recorded; bumped at every submit. */
   #batch = 0;
   #encoder: GPUCommandEncoder | null = null;
@@ -400,6 +417,10 @@ export class GpuRuntime {
       this.#pass = pass;
       this.#lastPipeline = null;
     } else {
+      if (this.passPerDispatch && this.#pass !== null) {
+        this.#pass.end();
+        this.#pass = null;
+      }
       pass = this.#openPass();
     }
     if (this.#lastPipeline !== kernel.pipeline) {
@@ -511,7 +532,7 @@ export class GpuRuntime {
    */
   async endProfile(): Promise<{ name: string; calls: number; ms: number }[]> {
     this.flush();
-    await Promise.all(this.#timedReads);
+    await this.settle(Promise.all(this.#timedReads));
     this.#timedReads = [];
     const rows = [...(this.#profile ?? new Map()).entries()].map(([name, r]) => ({
       name,
@@ -634,11 +655,22 @@ export class GpuRuntime {
     for (const b of doomed) b.gpu.destroy();
   }
 
+  /** `promise`, awaited under {@link pollMode}. */
+  settle<T>(promise: Promise<T>): Promise<T> {
+    if (this.pollMode === "plain") return promise;
+    if (this.pollMode === "wake") {
+      const timer = setInterval(() => {}, 1);
+      return promise.finally(() => clearInterval(timer));
+    }
+    const release = throttleNativeImmediates();
+    return promise.finally(release);
+  }
+
   /** Waits for the error reports of submitted batches; throws the first error seen. */
   async #throwErrors(op: string): Promise<void> {
     const checks = this.#pendingChecks;
     this.#pendingChecks = [];
-    await Promise.all(checks);
+    await this.settle(Promise.all(checks));
     const e = this.#error;
     if (e !== null) {
       this.#error = null;
@@ -662,7 +694,7 @@ export class GpuRuntime {
     encoder.copyBufferToBuffer(buf.gpu, 0, staging, 0, size);
     this.flush();
     try {
-      await staging.mapAsync(GPU_FLAGS.MAP_MODE_READ, 0, size);
+      await this.settle(staging.mapAsync(GPU_FLAGS.MAP_MODE_READ, 0, size));
     } catch (e) {
       this.checkAlive(op);
       throw new DeviceError(
@@ -682,7 +714,7 @@ export class GpuRuntime {
   async sync(): Promise<void> {
     this.checkAlive("sync");
     this.flush();
-    await this.device.queue.onSubmittedWorkDone();
+    await this.settle(this.device.queue.onSubmittedWorkDone());
     this.checkAlive("sync");
     await this.#throwErrors("sync");
   }
@@ -697,4 +729,41 @@ export class GpuRuntime {
     this.#pass = null;
     this.device.destroy();
   }
+}
+
+/** The host's setImmediate as it was before {@link throttleNativeImmediates} replaced it, and the awaits using it. */
+let immediateOriginal: ((cb: (...args: unknown[]) => void, ...args: unknown[]) => unknown) | null = null;
+let immediateUsers = 0;
+
+/** Whether `f` is native code (a function an addon made), not JavaScript. */
+const isNative = (f: unknown) =>
+  typeof f === "function" && Function.prototype.toString.call(f).includes("[native code]");
+
+/**
+ * Until the returned function is called, callbacks that native code schedules with the global
+ * `setImmediate` run from a zero-delay timer instead; JavaScript callers keep the real setImmediate
+ * (a bound function also reads as native, and takes the timer too: the same callback, a turn later).
+ * Why: Dawn's Node addon polls for finished GPU work by rescheduling itself with setImmediate as fast
+ * as the event loop turns; under Deno that spin held queued work back for 1-4 s at a time on the H200,
+ * the GPU idle meanwhile (bench/NOTES.md, "The Dawn stalls"). Nested calls share one replacement; the
+ * original comes back when the last one is released. A host without setImmediate (a browser) is left
+ * alone.
+ */
+export function throttleNativeImmediates(): () => void {
+  const g = globalThis as unknown as { setImmediate?: typeof immediateOriginal };
+  if (typeof g.setImmediate !== "function") return () => {};
+  if (immediateUsers++ === 0) {
+    const original = g.setImmediate!;
+    immediateOriginal = original;
+    g.setImmediate = (cb, ...args) => isNative(cb) ? setTimeout(cb, 0, ...args) : original(cb, ...args);
+  }
+  let released = false;
+  return () => {
+    if (released) return;
+    released = true;
+    if (--immediateUsers === 0 && immediateOriginal !== null) {
+      g.setImmediate = immediateOriginal;
+      immediateOriginal = null;
+    }
+  };
 }

@@ -4,9 +4,23 @@
  */
 import { type Device, webgpuDevice } from "../../../mod.ts";
 
+/** Dawn's GPU object while the suite runs on it (its addon's instance lives as long as this reference). */
+let dawnGpu: unknown = null;
+
+/**
+ * Deno's own WebGPU, or with env LORA_TEST_WEBGPU=dawn Dawn through the `webgpu` npm package's addon (what
+ * Chrome and Node users run; ../shared/docs/DEVICE.md "Dawn on the H200"), so the same suite checks both.
+ */
+async function openDevice(): Promise<Device> {
+  if (Deno.env.get("LORA_TEST_WEBGPU") !== "dawn") return await webgpuDevice();
+  const { create } = await import("webgpu");
+  dawnGpu = create(["enable-dawn-features=allow_unsafe_apis"]);
+  return await webgpuDevice({ gpu: dawnGpu as GPU });
+}
+
 async function open(): Promise<{ device: Device | null; reason: string }> {
   try {
-    return { device: await webgpuDevice(), reason: "" };
+    return { device: await openDevice(), reason: "" };
   } catch (e) {
     if (Deno.env.get("CI") === "true") {
       throw new Error(`CI=true but no WebGPU device could be opened, so the GPU suite cannot run: ${e}`);
