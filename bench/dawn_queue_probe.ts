@@ -10,9 +10,12 @@
  * `pass-per-dispatch` (every dispatch in a compute pass of its own, as a timed profile records them).
  *
  * Usage: deno run -A bench/dawn_queue_probe.ts [--dawn] [--shape M,D,r] [--depths 1,4,16] [--reps 3]
+ *        [--dtype f32|f16] [--steps base,fused,composed,gemm] [--patterns ...] [--waits ...]
+ * (`gemm` is the plain product of a D x D matrix with the layer's weight; `composed` the LoRA linear
+ * without its fused kernels.)
  * @module
  */
-import { Linear, linear, patchLinearModule, profile, randn, type Tensor, tidy } from "../mod.ts";
+import { type DType, Linear, linear, patchLinearModule, profile, randn, type Tensor, tidy } from "../mod.ts";
 import type { WebGpuBackend } from "../src/backend/webgpu/backend.ts";
 import { argValue, benchDevice, implementationName } from "./bench_device.ts";
 
@@ -43,11 +46,13 @@ console.log(
   }`,
 );
 
-const x = randn([M, D], { device, seed: 1, requiresGrad: true });
-const dy = randn([M, D], { device, seed: 2 });
-const base = new Linear(D, D, { device, seed: 3, bias: false });
+const dtype = argValue(Deno.args, "--dtype", "f32") as DType;
+const which = argValue(Deno.args, "--steps", "base,fused").split(",");
+const x = randn([M, D], { device, dtype, seed: 1, requiresGrad: true });
+const dy = randn([M, D], { device, dtype, seed: 2 });
+const base = new Linear(D, D, { device, dtype, seed: 3, bias: false });
 const fused = patchLinearModule(base, { dim: r, alpha: 2 * r, seed: 4 });
-fused.lora_B.weight._assign(randn([D, r], { device, seed: 5 }).scale(0.1));
+fused.lora_B.weight._assign(randn([D, r], { device, dtype, seed: 5 }).scale(0.1));
 fused.lora_B.weight.requiresGrad = true;
 const A = fused.lora_A.weight, B = fused.lora_B.weight;
 const clearGrads = () => {
@@ -56,7 +61,16 @@ const clearGrads = () => {
     t.grad = null;
   }
 };
-const steps: [string, () => void][] = [
+const square = randn([D, D], { device, dtype, seed: 6 });
+const allSteps: [string, () => void][] = [
+  ["gemm", () => tidy(() => void linear(square, fused.weight as Tensor))],
+  ["composed", () =>
+    tidy(() => {
+      fused.useFused = false;
+      fused.forward(x).backward(dy);
+      fused.useFused = true;
+      clearGrads();
+    })],
   ["base", () =>
     tidy(() => {
       const W = fused.weight as Tensor;
@@ -70,6 +84,7 @@ const steps: [string, () => void][] = [
       clearGrads();
     })],
 ];
+const steps = allSteps.filter(([name]) => which.includes(name));
 
 const g = globalThis as unknown as { setImmediate: (cb: () => void) => unknown };
 const immediate = g.setImmediate;
@@ -96,7 +111,7 @@ for (const [name, step] of steps) {
           rt.pollMode = "plain";
           const t2 = performance.now();
           console.log(
-            `${stamp()} ${name.padEnd(5)} ${pattern.padEnd(17)} ${wait.padEnd(8)} depth ${
+            `${stamp()} ${name.padEnd(8)} ${pattern.padEnd(17)} ${wait.padEnd(8)} depth ${
               String(depth).padStart(2)
             }: ${((t2 - t0) / depth).toFixed(2).padStart(8)} ms/step (record ${
               (t1 - t0).toFixed(1)

@@ -73,6 +73,8 @@ let nextBufferId = 1;
 export class GpuBuffer {
   /** Id of the last batch that bound or copied this buffer. */
   lastBatch = -1;
+  /** When it was last given back to the pool (a counter): the pool evicts the longest-pooled first. */
+  pooledAt = 0;
   /** Unique per GPUBuffer: the bind-group cache's key (0 is the dummy binding). */
   readonly id = nextBufferId++;
   constructor(readonly gpu: GPUBuffer, readonly capacity: number) {}
@@ -127,6 +129,10 @@ export class GpuRuntime {
 
   readonly #pool = new Map<number, GpuBuffer[]>();
   #pooledBytes = 0;
+  /** Counter stamped on buffers as they are pooled ({@link GpuBuffer.pooledAt}). */
+  #poolClock = 0;
+  /** Bytes of freed buffers the pool keeps at least ({@link POOL_FLOOR_BYTES}; tests lower it). */
+  poolFloorBytes = POOL_FLOOR_BYTES;
   /** Capacity of buffers handed out and not yet pooled or destroyed, and its high-water mark. */
   #inUseBytes = 0;
   #peakInUseBytes = 0;
@@ -312,6 +318,42 @@ export class GpuRuntime {
     this.#dropBindGroups();
   }
 
+  /** Destroys `buf` now, or after the open batch's submit when that batch binds it. */
+  #destroy(buf: GpuBuffer): void {
+    if (buf.lastBatch === this.#batch) this.#pendingDestroy.push(buf);
+    else buf.gpu.destroy();
+  }
+
+  /**
+   * Destroys pooled buffers, the longest-pooled first whatever their size, until `bytes` are freed (or the
+   * pool is empty). Why: the buffer being given back belongs to the current working set, the oldest pooled
+   * ones to an earlier one. Keeping the old ones instead (as the pool once did) made every step of a new
+   * working set of other sizes create and destroy its buffers: lora_bench's f16 steps after its f32 ones
+   * ran 1.4-2.3x slower than the same steps in a fresh process on the H200 (bench/NOTES.md, issue 15).
+   */
+  #evictOldest(bytes: number): void {
+    const all: GpuBuffer[] = [];
+    for (const list of this.#pool.values()) all.push(...list);
+    if (all.length === 0) return;
+    all.sort((a, b) => a.pooledAt - b.pooledAt);
+    const doomed = new Set<GpuBuffer>();
+    let freed = 0;
+    for (const b of all) {
+      if (freed >= bytes) break;
+      doomed.add(b);
+      freed += b.capacity;
+    }
+    for (const [size, list] of this.#pool) {
+      const kept = list.filter((b) => !doomed.has(b));
+      if (kept.length === list.length) continue;
+      if (kept.length === 0) this.#pool.delete(size);
+      else this.#pool.set(size, kept);
+    }
+    for (const b of doomed) this.#destroy(b);
+    this.#pooledBytes -= freed;
+    this.#dropBindGroups();
+  }
+
   /** Forgets every cached bind group (some name a destroyed buffer, or the cache is full). */
   #dropBindGroups(): void {
     this.#bindCache.clear();
@@ -326,13 +368,14 @@ export class GpuRuntime {
   }
 
   #toPool(buf: GpuBuffer): void {
-    if (this.#pooledBytes + buf.capacity > Math.max(POOL_FLOOR_BYTES, this.#peakInUseBytes)) {
-      // Still bound by the open batch: destroyed after its submit.
-      if (buf.lastBatch === this.#batch) this.#pendingDestroy.push(buf);
-      else buf.gpu.destroy();
+    const limit = Math.max(this.poolFloorBytes, this.#peakInUseBytes);
+    if (this.#pooledBytes + buf.capacity > limit) this.#evictOldest(this.#pooledBytes + buf.capacity - limit);
+    if (this.#pooledBytes + buf.capacity > limit) {
+      this.#destroy(buf);
       this.#dropBindGroups();
       return;
     }
+    buf.pooledAt = ++this.#poolClock;
     const list = this.#pool.get(buf.capacity);
     if (list === undefined) this.#pool.set(buf.capacity, [buf]);
     else {

@@ -26,7 +26,9 @@ import {
   tidy,
   train,
   webgpuDevice,
+  zeros,
 } from "../../../mod.ts";
+import type { WebGpuBackend } from "../../../src/backend/webgpu/backend.ts";
 import { relErr } from "../../helpers.ts";
 import { gpuTest } from "./gpu.ts";
 
@@ -238,6 +240,45 @@ gpuTest(
       optimizer.dispose();
       assert.deepEqual(device.backend.memory(), { buffers: 0, bytes: 0 });
       assert.deepEqual(cpu.backend.memory(), cpuBefore);
+    });
+  },
+);
+
+gpuTest(
+  "a new working set of other sizes reuses pooled buffers after one round (the oldest are evicted)",
+  async () => {
+    await withDevice(async (device) => {
+      const rt = (device.backend as unknown as WebGpuBackend).rt;
+      rt.poolFloorBytes = 1 << 20;
+      let created = 0;
+      const createBuffer = rt.device.createBuffer.bind(rt.device);
+      rt.device.createBuffer = (d: GPUBufferDescriptor) => {
+        created++;
+        return createBuffer(d);
+      };
+      // An earlier working set: 24 tensors of 64 KiB, all freed, so the pool is full of that size.
+      const round = (elements: number, count: number) => {
+        const ts = Array.from({ length: count }, () => zeros([elements], { device }));
+        for (const t of ts) t.dispose();
+      };
+      round(16384, 24);
+      await device.backend.sync();
+      // The new working set (other size class, fewer bytes): its first round creates its buffers, later
+      // rounds find them pooled instead of creating and destroying them every time.
+      round(10000, 20);
+      await device.backend.sync();
+      const before = created;
+      for (let i = 0; i < 3; i++) round(10000, 20);
+      await device.backend.sync();
+      assert.equal(
+        created - before,
+        0,
+        `buffers created by rounds 2-4 of the new working set: ${created - before}`,
+      );
+      assert.ok(
+        rt.pooledBytes <= Math.max(rt.poolFloorBytes, rt.peakInUseBytes),
+        "the pool stays within its limit",
+      );
     });
   },
 );
