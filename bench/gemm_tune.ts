@@ -194,6 +194,12 @@ function operands(rt: GpuRuntime, s: TuneShape, dtype: WgslType): Operands {
   };
 }
 
+/**
+ * Milliseconds of back-to-back runs before a shape's timings, so the GPU's clock is up (an idle H200 needs
+ * about a quarter of a second of load to go from 345 to 1980 MHz).
+ */
+const WARM_MS = 300;
+
 /** Milliseconds per run of `record` (GPU time from timestamps when there are any), `reps` runs. */
 async function timeRuns(rt: GpuRuntime, record: () => void, reps: number): Promise<number> {
   if (rt.timestamps) {
@@ -265,23 +271,21 @@ export async function tuneShapes(
     }
     const ops = operands(rt, s, dtype);
     const flops = 2 * s.m * s.n * s.k;
+    const ctx = (profile: GemmProfile) => ({ rt, kernels, profile });
+    const runOf = (profile: GemmProfile) => () => rt.release(recordGemm(ctx(profile), ops.req).buf);
     const measure = async (profile: GemmProfile): Promise<number> => {
-      const ctx = { rt, kernels, profile };
-      const run = () => rt.release(recordGemm(ctx, ops.req).buf);
-      run();
-      await rt.sync(); // compiled, pools filled
+      const run = runOf(profile);
       const once = await timeRuns(rt, run, 1);
       const reps = Math.max(2, Math.min(10, Math.ceil(20 / Math.max(once, 0.01))));
       return await timeRuns(rt, run, reps);
     };
     const forced = (c: GemmChoice): GemmProfile => ({ ...own, choose: () => c });
     const plannerPlan = planOf(be, ops.req, own);
-    const planner: TunedVariant = {
-      tile: plannerPlan.tile,
-      splits: plannerPlan.splits,
-      ms: await measure(own),
-    };
-    const variants: TunedVariant[] = [];
+    // Every candidate first, each run once (pipelines compiled, pools filled) before anything is timed:
+    // compiling a fully unrolled tile takes up to a second, and an H200 left that idle between timings
+    // drops its clock (345 MHz idle, 1980 under load), which had the first tuner measure each variant at
+    // a fraction of its speed (the planner's 8192 x 4096 x 4096 at 44.7 ms against 8.0 ms warm).
+    const candidates: GemmChoice[] = [];
     const seen = new Set<string>();
     for (const tile of tiles) {
       // Tiles much larger than the output would compute mostly padding.
@@ -293,9 +297,27 @@ export async function tuneShapes(
         const key = `${tileName(p.tile)}/${p.splits}`;
         if (seen.has(key)) continue;
         seen.add(key);
-        const ms = await measure(forced({ tile, splits: want }));
-        variants.push({ tile: p.tile, splits: p.splits, ms });
+        candidates.push({ tile: p.tile, splits: p.splits });
       }
+    }
+    runOf(own)();
+    for (const c of candidates) runOf(forced(c))();
+    await rt.sync();
+    // Then the GPU held busy until its clock is up ({@link WARM_MS}), and every timing back to back.
+    const run = runOf(own);
+    const warmMs = device.isSoftware ? 0 : WARM_MS;
+    for (const warm0 = performance.now(); performance.now() - warm0 < warmMs;) {
+      for (let i = 0; i < 4; i++) run();
+      await rt.sync();
+    }
+    const planner: TunedVariant = {
+      tile: plannerPlan.tile,
+      splits: plannerPlan.splits,
+      ms: await measure(own),
+    };
+    const variants: TunedVariant[] = [];
+    for (const c of candidates) {
+      variants.push({ tile: c.tile, splits: c.splits, ms: await measure(forced(c)) });
     }
     variants.sort((a, b) => a.ms - b.ms);
     const best = variants[0] ?? planner;
