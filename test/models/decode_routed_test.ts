@@ -19,6 +19,8 @@ import {
   LoraConfig,
   manualSeed,
   type PeftModel,
+  randn,
+  scale,
   tensor,
 } from "../../mod.ts";
 import { generateTokens, generateTokensReference, KVCache } from "../../src/models/generate.ts";
@@ -274,6 +276,28 @@ Deno.test("mixed-adapter decoding (CPU) for Qwen2 (biases on q, k, v) and Phi-3 
     await tokensAgree(pm, `${name} cpu`, {});
     await fastPathRan(pm, `${name} cpu`, {});
     await logitsAgree(pm, 1e-5, {}, `${name} cpu`);
+  }
+});
+
+Deno.test("mixed-adapter decoding follows new adapter weights (new storages) and a hot swap (written in place)", async () => {
+  const pm = threeAdapters(tinyModel());
+  const model = pm.baseModel, prompts = ragged(model.config.vocabSize);
+  const gen = () => routed(pm, NAMES, () => generateTokens(model, prompts, GREEDY));
+  const first = await gen();
+  const dir = await Deno.makeTempDir({ prefix: "decode-routed-" });
+  try {
+    await pm.saveAdapter(dir, { selectedAdapters: ["a1"] });
+    for (const [, a] of pm.adapterLayers("a1")) {
+      const w = a.lora_B.weight;
+      w._assign(scale(randn(w.shape, { device: w.device, dtype: w.dtype, seed: 17 }), 2));
+    }
+    const changed = await gen();
+    assert.deepEqual(changed, await routed(pm, NAMES, () => generateTokensReference(model, prompts, GREEDY)));
+    assert.notDeepEqual(changed, first, "a1's new weights change its rows");
+    await pm.hotswapAdapter(`${dir}/a1`, "a1");
+    assert.deepEqual(await gen(), first, "the swapped-in weights are a1's first ones again");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });
 
