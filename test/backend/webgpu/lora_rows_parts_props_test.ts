@@ -29,7 +29,7 @@ import {
 import { gpu, gpuTest } from "./gpu.ts";
 import { Rng } from "../../../src/core/random.ts";
 
-const RUNS = 25;
+const RUNS = 15;
 
 /** One case: rows, input width, each part's columns, per part the adapters' ranks and each row's pick (-1: none). */
 interface Case {
