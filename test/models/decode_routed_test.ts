@@ -4,8 +4,8 @@
  * projection group adds each row's own terms. Against the reference loop (the routed forward, logits read
  * back every step) and against each row generated alone on the single-adapter path: equal greedy and
  * sampled tokens, per-step logits within 1e-5 (CPU) and 1e-4 (WebGPU), adapters of different ranks and
- * different target sets, `"__base__"` rows, ragged prompts; Llama, Qwen2 (biases) and Phi-3 (fused q|k|v
- * and gate|up weights). And that the fast path ran: no adapted layer's forward after the prefill, one
+ * different target sets, `"__base__"` rows, ragged prompts; Llama, Qwen2 (biases), Qwen3 (q/k norms) and
+ * Phi-3 (fused q|k|v and gate|up weights); new adapter weights and a hot swap between generations. And that the fast path ran: no adapted layer's forward after the prefill, one
  * routed pass per group and layer per step, and no more dispatches per step than the single-adapter step
  * (as many for Llama).
  */
@@ -269,8 +269,8 @@ Deno.test("mixed-adapter decoding (CPU): device loop = reference loop = each row
   await logitsAgree(pm, 1e-5, { fuseNorm: false }, "llama cpu, norms apart");
 });
 
-Deno.test("mixed-adapter decoding (CPU) for Qwen2 (biases on q, k, v) and Phi-3 (fused q|k|v and gate|up weights)", async () => {
-  for (const name of ["qwen2-tied", "phi3-gqa"]) {
+Deno.test("mixed-adapter decoding (CPU) for Qwen2 (biases on q, k, v), Qwen3 (q/k norms) and Phi-3 (fused q|k|v and gate|up weights)", async () => {
+  for (const name of ["qwen2-tied", "qwen3-gqa", "phi3-gqa"]) {
     const model = await AutoModelForCausalLM.fromPretrained(`${caseDir(name)}base`) as LlamaForCausalLM;
     const pm = threeAdapters(model);
     await tokensAgree(pm, `${name} cpu`, {});
