@@ -5,9 +5,9 @@
  * back every step) and against each row generated alone on the single-adapter path: equal greedy and
  * sampled tokens, per-step logits within 1e-5 (CPU) and 1e-4 (WebGPU), adapters of different ranks and
  * different target sets, `"__base__"` rows, ragged prompts; Llama, Qwen2 (biases), Qwen3 (q/k norms) and
- * Phi-3 (fused q|k|v and gate|up weights); new adapter weights and a hot swap between generations. And that the fast path ran: no adapted layer's forward after the prefill, one
- * routed pass per group and layer per step, and no more dispatches per step than the single-adapter step
- * (as many for Llama).
+ * Phi-3 (fused q|k|v and gate|up weights); new adapter weights and a hot swap between generations. And
+ * that the fast path ran: no adapted layer's forward after the prefill, one routed pass per group and
+ * layer per step, and no more dispatches per step than the single-adapter step (as many for Llama).
  */
 import assert from "node:assert/strict";
 import {
