@@ -219,51 +219,63 @@ function gemvLinear(m: Linear, x: Tensor, gemv: boolean): GemvLinear | null {
 /** Whether any of `gs` has its rows routed to several adapters. */
 const anyRouted = (gs: readonly GemvLinear[]) => gs.some((g) => g.routed !== null);
 
+/** A {@link LORA_ROWS_PARTS} table on the device, the batch size it is for, and its largest rank. */
+interface RoutedTable {
+  table: Tensor;
+  rows: number;
+  maxRank: number;
+}
+
+/** What stands for a group's absent part, or one without an adapter, in {@link RoutedTables}' keys. */
+const NO_PART = {};
+
 /**
  * The {@link LORA_ROWS_PARTS} tables of one generation, uploaded on the first step that needs each and
- * read by every step after it: keyed by the identity of what the linears' decode parts answered (a
- * {@link RoutedLora} is the same object for a whole generation; a plain LoRA by its A tensor and scale).
+ * read by every step after it: keyed by the identity of what the group's linears answered (a
+ * {@link RoutedLora} is the same object for a whole generation; a plain LoRA part by its A tensor, its
+ * scale being fixed for the generation), through nested weak maps, so a step's lookups cost a few hash
+ * probes and build no strings.
  */
 export class RoutedTables {
-  readonly #ids = new WeakMap<object, number>();
-  #next = 0;
-  readonly #tables = new Map<string, { table: Tensor; maxRank: number }>();
+  readonly #root = new WeakMap<object, WeakMap<object, WeakMap<object, RoutedTable>>>();
+  readonly #all: RoutedTable[] = [];
 
-  #id(o: object): number {
-    let id = this.#ids.get(o);
-    if (id === undefined) {
-      id = this.#next++;
-      this.#ids.set(o, id);
-    }
-    return id;
+  /** The object that identifies part q of a group. */
+  static #part(gs: readonly (GemvLinear | null)[], q: number): object {
+    const g = gs[q] ?? null;
+    return g?.routed ?? g?.lora?.a ?? NO_PART;
   }
 
-  /** The key of a group of linears over `rows` batch rows. */
-  key(gs: readonly (GemvLinear | null)[], rows: number): string {
-    return gs.map((g) =>
-      g?.routed ? `r${this.#id(g.routed)}` : g?.lora ? `l${this.#id(g.lora.a)}:${g.lora.scale}` : "-"
-    ).join(",") + `/${rows}`;
+  /** The table of the group `gs` over `rows` batch rows, or undefined before it is {@link set}. */
+  get(gs: readonly (GemvLinear | null)[], rows: number): RoutedTable | undefined {
+    const e = this.#root.get(RoutedTables.#part(gs, 0))?.get(RoutedTables.#part(gs, 1))
+      ?.get(RoutedTables.#part(gs, 2));
+    return e?.rows === rows ? e : undefined;
   }
 
-  /** The cached table under `key`, or undefined. */
-  get(key: string): { table: Tensor; maxRank: number } | undefined {
-    return this.#tables.get(key);
+  /** Keeps `entry` (its table made inside a step's tidy scope) for the group `gs` until {@link dispose}. */
+  set(gs: readonly (GemvLinear | null)[], entry: RoutedTable): void {
+    const [k0, k1, k2] = [0, 1, 2].map((q) => RoutedTables.#part(gs, q));
+    let l1 = this.#root.get(k0);
+    if (l1 === undefined) this.#root.set(k0, l1 = new WeakMap());
+    let l2 = l1.get(k1);
+    if (l2 === undefined) l1.set(k1, l2 = new WeakMap());
+    const old = l2.get(k2);
+    if (old !== undefined) old.table.dispose();
+    const kept = { ...entry, table: keep(entry.table) };
+    l2.set(k2, kept);
+    this.#all.push(kept);
   }
 
-  /** Keeps `table` (made inside a step's tidy scope) under `key` until {@link dispose}. */
-  set(key: string, entry: { table: Tensor; maxRank: number }): void {
-    this.#tables.set(key, { table: keep(entry.table), maxRank: entry.maxRank });
-  }
-
-  /** How many tables are held (tests check that steps after the first add none). */
+  /** How many tables were uploaded (tests check that steps after the first add none). */
   get size(): number {
-    return this.#tables.size;
+    return this.#all.length;
   }
 
   /** Frees every table. */
   dispose(): void {
-    for (const { table } of this.#tables.values()) table.dispose();
-    this.#tables.clear();
+    for (const { table } of this.#all) if (!table.isDisposed) table.dispose();
+    this.#all.length = 0;
   }
 }
 
@@ -284,8 +296,7 @@ function routedTerms(
   tables: RoutedTables | null,
 ): Tensor {
   const [rows, k] = x.shape;
-  const key = tables?.key(gs, rows) ?? "";
-  let entry = tables?.get(key);
+  let entry = tables?.get(gs, rows);
   if (entry === undefined) {
     const lists = [0, 1, 2].map((q): readonly (LoraRowsSlot | null)[] | null => {
       const g = gs[q] ?? null;
@@ -299,8 +310,8 @@ function routedTerms(
       return ab === null ? null : { a: ab.a.size, b: ab.b.size };
     });
     const { table, maxRank } = loraRowsPartsTable(rows, k, parts, lists, sizes);
-    entry = { table: tensor(table, [table.length], { device: x.device, dtype: "f32" }), maxRank };
-    tables?.set(key, entry);
+    entry = { table: tensor(table, [table.length], { device: x.device, dtype: "f32" }), rows, maxRank };
+    tables?.set(gs, entry);
   }
   const some = gs.find((g) => g?.routed ?? g?.lora)!;
   const fill = (some.routed ?? some.lora)!.a;
