@@ -259,7 +259,8 @@ export async function tuneShapes(
   const dtype = opts.dtype ?? "f32";
   const log = opts.log ?? ((l: string) => console.error(l));
   const kernels = new PipelineCache(be.gpuDevice, (msg) => rt.reportError(msg));
-  const own = be.gemmProfile;
+  // The heuristics alone (a tuned table the device may have is what this measures against them).
+  const own: GemmProfile = { ...be.gemmProfile, choose: undefined };
   // A software adapter's direct schedule has its own tiles (gemm_plan.ts): tune among those there.
   const tiles = own.schedule === "tiled" ? candidateTiles(be.gpuDevice) : [...own.tiles];
   const t0 = performance.now();

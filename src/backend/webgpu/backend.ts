@@ -39,6 +39,7 @@ import { SOFTMAX } from "../kernels/softmax.ts";
 import { UNARY } from "../kernels/unary.ts";
 import { WIDEN_HALF } from "../kernels/widen_half.ts";
 import { DIRECT_PROFILE, type GemmProfile, TILED_PROFILE } from "./gemm_plan.ts";
+import { tunedChoice } from "./gemm_tuned.ts";
 import { recordLoraBackward, recordLoraForward } from "./lora.ts";
 import { blockLayout, bufferLimit, copyElements, type GpuBlock, type Piece, rowsPerBlock } from "./blocks.ts";
 import { checkPack, checkSegments } from "../packing.ts";
@@ -84,13 +85,20 @@ export class WebGpuBackend implements Backend {
    * @param device a GPUDevice (requested with the adapter's limits and, when offered, `shader-f16`)
    * @param description the adapter's name
    * @param software whether the adapter is a software rasteriser: it then gets the GEMM profile made for
-   *   CPUs (gemm_plan.ts)
+   *   CPUs (gemm_plan.ts); a hardware adapter named in gemm_tuned.ts gets its tuned plans
    */
   constructor(device: GPUDevice, description: string, software = false) {
     this.description = description;
     this.rt = new GpuRuntime(device);
     this.#kernels = new PipelineCache(device, (msg) => this.rt.reportError(msg));
-    this.#ctx = { rt: this.rt, kernels: this.#kernels, profile: software ? DIRECT_PROFILE : TILED_PROFILE };
+    // A hardware adapter with a tuned table (gemm_tuned.ts) takes its plans for the shapes it lists.
+    const choose = software ? undefined : tunedChoice(description);
+    const profile = software
+      ? DIRECT_PROFILE
+      : choose === undefined
+      ? TILED_PROFILE
+      : { ...TILED_PROFILE, choose };
+    this.#ctx = { rt: this.rt, kernels: this.#kernels, profile };
     this.#hasF16 = device.features.has("shader-f16");
   }
 

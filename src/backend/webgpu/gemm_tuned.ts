@@ -1,0 +1,297 @@
+/**
+ * GEMM plans tuned per adapter: exact shapes (m, n, k and which operands are stored transposed) whose best
+ * plan, timed by bench/gemm_tune.ts (`deno run -A bench/lora_bench.ts --full --tune [--dawn]`) on that
+ * adapter, beat the planner's by at least 5%. Each table belongs to one adapter as this library names it
+ * (Deno's WebGPU and Dawn describe the same H200 differently, and their compilers differ, so each has its
+ * own); every other shape, and every other adapter, plans as usual (gemm_plan.ts). A tuned plan computes
+ * the same product as the planner's (the tuner checks each winner against it; the property tests check
+ * the planner against the CPU), only faster.
+ *
+ * To add an adapter: run the tuner there and paste its "Tuned entries" lines (those of x1.05 or more).
+ * @module
+ */
+import type { GemmChoice, GemmShape, GemmTile } from "./gemm_plan.ts";
+import { TILED_PROFILE, tiledTile } from "./gemm_plan.ts";
+
+/** One tuned shape: its plan ({@link GemmTile} as [BM, BN, BK, TM, TN] and k slices) and measured gain. */
+export interface TunedEntry {
+  m: number;
+  n: number;
+  k: number;
+  transA: boolean;
+  transB: boolean;
+  tile: readonly [number, number, number, number, number];
+  splits: number;
+  /** The planner's time over this plan's, as measured (for the record; not used). */
+  speedup: number;
+}
+
+/** The tuned shapes of one adapter. */
+export interface TunedTable {
+  /** The adapter's name exactly as the device reports it (`String(device)` is `webgpu(<name>)`). */
+  adapter: string;
+  /** Which WebGPU implementation, on which machine and when, for the record. */
+  measured: string;
+  entries: readonly TunedEntry[];
+}
+
+/** The tables measured so far (bench/NOTES.md, issue 15, third session, has the tuner runs behind them). */
+export const TUNED_TABLES: readonly TunedTable[] = [
+  {
+    adapter: "NVIDIA H200",
+    measured: "Deno 2.9.6's WebGPU (wgpu) on one H200, 2026-12-01, f32, lora_bench --full --tune",
+    entries: [
+      {
+        m: 8192,
+        n: 16,
+        k: 4096,
+        transA: false,
+        transB: true,
+        tile: [128, 16, 16, 8, 4],
+        splits: 4,
+        speedup: 1.09,
+      }, // (8192, 4096, 16) t = x·Aᵀ
+      {
+        m: 8192,
+        n: 16,
+        k: 4096,
+        transA: false,
+        transB: false,
+        tile: [128, 16, 16, 8, 4],
+        splits: 4,
+        speedup: 1.06,
+      }, // (8192, 4096, 16) g = dy·B
+      {
+        m: 16,
+        n: 4096,
+        k: 8192,
+        transA: true,
+        transB: false,
+        tile: [16, 128, 16, 4, 8],
+        splits: 8,
+        speedup: 1.14,
+      }, // (8192, 4096, 16) dA = gᵀ·x
+      {
+        m: 4096,
+        n: 16,
+        k: 8192,
+        transA: true,
+        transB: false,
+        tile: [128, 16, 16, 8, 4],
+        splits: 8,
+        speedup: 1.15,
+      }, // (8192, 4096, 16) dB = dyᵀ·t
+      {
+        m: 2048,
+        n: 8,
+        k: 2048,
+        transA: false,
+        transB: true,
+        tile: [128, 16, 16, 8, 4],
+        splits: 16,
+        speedup: 1.18,
+      }, // (2048, 2048, 8) t = x·Aᵀ
+      {
+        m: 2048,
+        n: 8,
+        k: 2048,
+        transA: false,
+        transB: false,
+        tile: [128, 16, 16, 8, 4],
+        splits: 16,
+        speedup: 1.17,
+      }, // (2048, 2048, 8) g = dy·B
+      {
+        m: 2048,
+        n: 2048,
+        k: 2048,
+        transA: false,
+        transB: false,
+        tile: [128, 256, 8, 8, 16],
+        splits: 1,
+        speedup: 1.37,
+      }, // (2048, 2048, 8) dx = dy·W + LoRA
+      {
+        m: 8,
+        n: 2048,
+        k: 2048,
+        transA: true,
+        transB: false,
+        tile: [16, 128, 16, 4, 8],
+        splits: 16,
+        speedup: 1.20,
+      }, // (2048, 2048, 8) dA = gᵀ·x
+      {
+        m: 2048,
+        n: 8,
+        k: 2048,
+        transA: true,
+        transB: false,
+        tile: [128, 16, 16, 8, 4],
+        splits: 16,
+        speedup: 1.22,
+      }, // (2048, 2048, 8) dB = dyᵀ·t
+      {
+        m: 512,
+        n: 16,
+        k: 4096,
+        transA: false,
+        transB: true,
+        tile: [128, 32, 16, 8, 4],
+        splits: 32,
+        speedup: 1.17,
+      }, // (512, 4096, 16) t = x·Aᵀ
+      {
+        m: 512,
+        n: 4096,
+        k: 4096,
+        transA: false,
+        transB: false,
+        tile: [128, 64, 8, 8, 8],
+        splits: 4,
+        speedup: 1.20,
+      }, // (512, 4096, 16) dx = dy·W + LoRA
+    ],
+  },
+  {
+    adapter: "NVIDIA: 580.159.04 580.159.4.0",
+    measured:
+      "Dawn (webgpu 0.6.2's dawn.node under Deno 2.9.6) on one H200, 2026-12-01, f32, lora_bench --full --tune",
+    entries: [
+      {
+        m: 8192,
+        n: 16,
+        k: 4096,
+        transA: false,
+        transB: true,
+        tile: [128, 16, 16, 8, 4],
+        splits: 8,
+        speedup: 1.18,
+      }, // (8192, 4096, 16) t = x·Aᵀ
+      {
+        m: 8192,
+        n: 16,
+        k: 4096,
+        transA: false,
+        transB: false,
+        tile: [128, 16, 16, 8, 4],
+        splits: 4,
+        speedup: 1.54,
+      }, // (8192, 4096, 16) g = dy·B
+      {
+        m: 16,
+        n: 4096,
+        k: 8192,
+        transA: true,
+        transB: false,
+        tile: [16, 128, 16, 4, 8],
+        splits: 8,
+        speedup: 1.15,
+      }, // (8192, 4096, 16) dA = gᵀ·x
+      {
+        m: 4096,
+        n: 16,
+        k: 8192,
+        transA: true,
+        transB: false,
+        tile: [128, 16, 16, 8, 4],
+        splits: 8,
+        speedup: 1.18,
+      }, // (8192, 4096, 16) dB = dyᵀ·t
+      {
+        m: 2048,
+        n: 8,
+        k: 2048,
+        transA: false,
+        transB: true,
+        tile: [128, 32, 16, 8, 4],
+        splits: 16,
+        speedup: 1.36,
+      }, // (2048, 2048, 8) t = x·Aᵀ
+      {
+        m: 2048,
+        n: 8,
+        k: 2048,
+        transA: false,
+        transB: false,
+        tile: [128, 32, 16, 8, 4],
+        splits: 8,
+        speedup: 1.50,
+      }, // (2048, 2048, 8) g = dy·B
+      {
+        m: 8,
+        n: 2048,
+        k: 2048,
+        transA: true,
+        transB: false,
+        tile: [32, 128, 16, 4, 8],
+        splits: 8,
+        speedup: 1.67,
+      }, // (2048, 2048, 8) dA = gᵀ·x
+      {
+        m: 512,
+        n: 16,
+        k: 4096,
+        transA: false,
+        transB: true,
+        tile: [128, 16, 16, 8, 4],
+        splits: 32,
+        speedup: 1.08,
+      }, // (512, 4096, 16) t = x·Aᵀ
+      {
+        m: 512,
+        n: 16,
+        k: 4096,
+        transA: false,
+        transB: false,
+        tile: [128, 32, 16, 8, 4],
+        splits: 32,
+        speedup: 1.50,
+      }, // (512, 4096, 16) g = dy·B
+      {
+        m: 4096,
+        n: 16,
+        k: 512,
+        transA: true,
+        transB: false,
+        tile: [128, 32, 16, 8, 4],
+        splits: 2,
+        speedup: 1.33,
+      }, // (512, 4096, 16) dB = dyᵀ·t
+    ],
+  },
+];
+
+/**
+ * The tile with these dimensions: the profile's own object when it has one, else a new tile (the tuner
+ * also tries tiles outside the profile, gemm_tune.ts `candidateTiles`); undefined when they are no tile.
+ */
+function tileOf(t: TunedEntry["tile"]): GemmTile | undefined {
+  const own = TILED_PROFILE.tiles.find((x) =>
+    x.BM === t[0] && x.BN === t[1] && x.BK === t[2] && x.TM === t[3] && x.TN === t[4]
+  );
+  if (own !== undefined) return own;
+  try {
+    return tiledTile(t[0], t[1], t[2], t[3], t[4]);
+  } catch {
+    return undefined;
+  }
+}
+
+const key = (m: number, n: number, k: number, transA: boolean, transB: boolean) =>
+  `${m},${n},${k},${transA ? "T" : "N"}${transB ? "T" : "N"}`;
+
+/**
+ * The tuned choice function of the adapter named `adapter` (a {@link GemmProfile.choose}), or undefined
+ * when no table names it. Entries whose dimensions make no tile are left out.
+ */
+export function tunedChoice(adapter: string): ((shape: GemmShape) => GemmChoice | undefined) | undefined {
+  const table = TUNED_TABLES.find((t) => t.adapter === adapter);
+  if (table === undefined) return undefined;
+  const choices = new Map<string, GemmChoice>();
+  for (const e of table.entries) {
+    const tile = tileOf(e.tile);
+    if (tile !== undefined) choices.set(key(e.m, e.n, e.k, e.transA, e.transB), { tile, splits: e.splits });
+  }
+  return (s) => choices.get(key(s.m, s.n, s.k, s.transA ?? false, s.transB ?? false));
+}

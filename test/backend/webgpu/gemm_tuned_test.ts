@@ -1,0 +1,57 @@
+/** The per-adapter tuned GEMM tables (src/backend/webgpu/gemm_tuned.ts) and how the planner takes them. */
+import assert from "node:assert/strict";
+import { type GemmShape, planGemm, TILED_PROFILE, tiledTile } from "../../../src/backend/webgpu/gemm_plan.ts";
+import { TUNED_TABLES, tunedChoice } from "../../../src/backend/webgpu/gemm_tuned.ts";
+
+const shapeOf = (e: (typeof TUNED_TABLES)[number]["entries"][number]): GemmShape => ({
+  m: e.m,
+  n: e.n,
+  k: e.k,
+  batch: 1,
+  splittable: true,
+  maxBindingBytes: 2 ** 31,
+  vec4Unmasked: true,
+  transA: e.transA,
+  transB: e.transB,
+});
+
+Deno.test("tuned tables: every entry names a valid tile, a gain of 5% or more, one entry per shape", () => {
+  assert.ok(TUNED_TABLES.length >= 2);
+  for (const t of TUNED_TABLES) {
+    const seen = new Set<string>();
+    for (const e of t.entries) {
+      const [BM, BN, BK, TM, TN] = e.tile;
+      const tile = tiledTile(BM, BN, BK, TM, TN); // throws for dimensions that stage unevenly
+      assert.ok(tile.WG <= 256, `${t.adapter}: tile ${e.tile} needs ${tile.WG} invocations`);
+      assert.ok(e.speedup >= 1.05, `${t.adapter}: ${e.m}x${e.n}x${e.k} gains only ${e.speedup}`);
+      assert.ok(Number.isInteger(e.splits) && e.splits >= 1 && e.splits <= 64);
+      const k = `${e.m},${e.n},${e.k},${e.transA},${e.transB}`;
+      assert.ok(!seen.has(k), `${t.adapter}: ${k} listed twice`);
+      seen.add(k);
+    }
+  }
+});
+
+Deno.test("tunedChoice: the listed shapes plan on their tuned tile and split, others and other adapters as before", () => {
+  for (const t of TUNED_TABLES) {
+    const choose = tunedChoice(t.adapter);
+    assert.ok(choose !== undefined, t.adapter);
+    const tuned = { ...TILED_PROFILE, choose };
+    const listed = new Set(t.entries.map((e) => `${e.m},${e.n},${e.k},${e.transA},${e.transB}`));
+    for (const e of t.entries) {
+      const s = shapeOf(e);
+      const p = planGemm(s, tuned, 2);
+      assert.deepEqual([p.tile.BM, p.tile.BN, p.tile.BK, p.tile.TM, p.tile.TN], [...e.tile]);
+      assert.equal(p.splits, Math.min(e.splits, Math.floor(e.k / Math.max(4, p.tile.BK))));
+      // The same sizes with the other layout of A are not the tuned shape (unless listed themselves).
+      const other = { ...s, transA: !e.transA };
+      if (!listed.has(`${e.m},${e.n},${e.k},${!e.transA},${e.transB}`)) {
+        assert.deepEqual(planGemm(other, tuned, 2), planGemm(other, TILED_PROFILE, 2));
+      }
+    }
+    const unlisted: GemmShape = { ...shapeOf(t.entries[0]), m: 777 };
+    assert.deepEqual(planGemm(unlisted, tuned, 2), planGemm(unlisted, TILED_PROFILE, 2));
+  }
+  assert.equal(tunedChoice("llvmpipe (LLVM 15.0.6, 256 bits)"), undefined);
+  assert.equal(tunedChoice("NVIDIA H100"), undefined);
+});
