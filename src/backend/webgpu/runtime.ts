@@ -163,7 +163,7 @@ export class GpuRuntime {
    * default) hands callbacks that native code (a WebGPU addon such as Dawn's `dawn.node`) schedules with
    * the global `setImmediate` to a zero-delay timer while the await lasts ({@link throttleNativeImmediates});
    * `plain` leaves the host alone; `wake` keeps a 1 ms timer running. On the H200, Deno + Dawn stalled
-   * 1-4 s in 8 of 24 awaits with `plain` and 7 of 24 with `wake`, none of 48 with `throttle`
+   * 1-4.5 s in 7 of 24 awaits with `plain` and 7 of 24 with `wake`, none of 24 with `throttle`
    * (bench/dawn_queue_probe.ts, bench/NOTES.md "The Dawn stalls"). Where nothing native calls
    * setImmediate (Deno's own WebGPU, browsers) the modes behave alike.
    */
