@@ -18,7 +18,10 @@
  *                    by the test suite, the tuned ones against the planner's)
  *          --profile (GPU time per kernel, GEMM shape and plan of one fused forward + backward per size)
  *          --shapes M,D,r;M,D,r (sizes instead of the mode's), --reps N (repetitions, default 5),
- *          --cover-ms T (the full mode's milliseconds of steps per await, default 250)
+ *          --cover-ms T (the full mode's milliseconds of steps per await, default 250),
+ *          --warm-ms T (the full mode's warm-up at load before each measure, default 600: an idle H200
+ *                    needs about 0.25 s of load to raise its clock), --poll plain|throttle|wake (how awaits
+ *                    let the WebGPU implementation poll: GpuRuntime.pollMode; default throttle)
  *
  * Steps per await: 10 in the quick and tiny modes (the software-adapter goal is stated for 10); in the full
  * mode enough steps to cover about a quarter of a second per await, so that the await's fixed cost stays
