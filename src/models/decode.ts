@@ -224,6 +224,8 @@ interface RoutedTable {
   table: Tensor;
   rows: number;
   maxRank: number;
+  /** Every A offset a multiple of 4 (the kernel's vec4 loads). */
+  aligned: boolean;
 }
 
 /** What stands for a group's absent part, or one without an adapter, in {@link RoutedTables}' keys. */
@@ -309,8 +311,13 @@ function routedTerms(
       const g = gs[q] ?? null, ab = g?.routed ?? g?.lora ?? null;
       return ab === null ? null : { a: ab.a.size, b: ab.b.size };
     });
-    const { table, maxRank } = loraRowsPartsTable(rows, k, parts, lists, sizes);
-    entry = { table: tensor(table, [table.length], { device: x.device, dtype: "f32" }), rows, maxRank };
+    const { table, maxRank, aligned } = loraRowsPartsTable(rows, k, parts, lists, sizes);
+    entry = {
+      table: tensor(table, [table.length], { device: x.device, dtype: "f32" }),
+      rows,
+      maxRank,
+      aligned,
+    };
     tables?.set(gs, entry);
   }
   const some = gs.find((g) => g?.routed ?? g?.lora)!;
@@ -325,6 +332,7 @@ function routedTerms(
     maxRank: entry.maxRank,
     norm: norm === null ? null : { eps: norm.eps },
     glu,
+    aligned: entry.aligned,
   }, [[rows, glu ? total / 2 : total]])[0];
 }
 

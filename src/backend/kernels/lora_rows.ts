@@ -421,6 +421,11 @@ export interface LoraRowsPartsArgs {
    * silu(z[:, :N/2]) · z[:, N/2:] (z = y0 + the terms; gate then up), instead of z [m, N] itself.
    */
   glu: boolean;
+  /**
+   * Whether every A offset in the table is a multiple of 4 ({@link loraRowsPartsTable} says): with k a
+   * multiple of 4 too, the kernel reads x and A as vec4.
+   */
+  aligned: boolean;
 }
 
 /**
@@ -437,11 +442,11 @@ export function loraRowsPartsTable(
   parts: readonly [number, number, number],
   rows: readonly (readonly (LoraRowsSlot | null)[] | null)[],
   sizes: readonly ({ a: number; b: number } | null)[],
-): { table: Float32Array; maxRank: number } {
+): { table: Float32Array; maxRank: number; aligned: boolean } {
   const op = "loraRowsParts";
   const w = LORA_ROWS_TABLE_WIDTH;
   const table = new Float32Array(3 * m * w);
-  let maxRank = 0;
+  let maxRank = 0, aligned = true;
   for (let q = 0; q < 3; q++) {
     const list = rows[q] ?? null;
     if (list === null) continue;
@@ -467,10 +472,17 @@ export function loraRowsPartsTable(
       }
       table.set([s.rank, s.aOffset, s.bOffset, s.scale], (q * m + r) * w);
       maxRank = Math.max(maxRank, s.rank);
+      aligned &&= s.aOffset % 4 === 0;
     });
   }
-  return { table, maxRank };
+  return { table, maxRank, aligned };
 }
+
+/** Workgroups per row of {@link LORA_ROWS_PARTS}: its outputs in chunks of the 256-wide workgroup. */
+const partsChunks = (a: LoraRowsPartsArgs) => {
+  const total = a.parts[0] + a.parts[1] + a.parts[2];
+  return Math.max(1, Math.ceil((a.glu ? total / 2 : total) / 256));
+};
 
 /**
  * The routed LoRA terms of a decoding step (wgsl/lora_rows_parts.wgsl): up to three projections of one
@@ -508,6 +520,7 @@ export const LORA_ROWS_PARTS: KernelRecord<LoraRowsPartsArgs> = {
     { name: "n1", type: "u32" },
     { name: "n2", type: "u32" },
     { name: "eps", type: "f32" },
+    { name: "chunks", type: "u32" },
   ],
   check(inputs, { m, k, parts, maxRank, norm, glu }) {
     const op = "loraRowsParts";
@@ -557,7 +570,16 @@ export const LORA_ROWS_PARTS: KernelRecord<LoraRowsPartsArgs> = {
   specialise: ([x, , , a0], args) => {
     const R = loraRowsRankBound([{ rank: args.maxRank, aOffset: 0, bOffset: 0, scale: 0 }]);
     const L = loraRowsLanes(R);
-    return { T: x.dtype, TA: a0.dtype, R, L, HALF_L: L >> 1, NORM: args.norm !== null, GLU: args.glu };
+    return {
+      T: x.dtype,
+      TA: a0.dtype,
+      R,
+      L,
+      HALF_L: L >> 1,
+      NORM: args.norm !== null,
+      GLU: args.glu,
+      VEC: args.aligned && args.k % 4 === 0,
+    };
   },
   uniforms: (a) => ({
     m: a.m,
@@ -566,8 +588,9 @@ export const LORA_ROWS_PARTS: KernelRecord<LoraRowsPartsArgs> = {
     n1: a.parts[1],
     n2: a.parts[2],
     eps: a.norm?.eps ?? 0,
+    chunks: partsChunks(a),
   }),
-  geometry: (a) => ({ rows: a.m }),
+  geometry: (a) => ({ rows: a.m * partsChunks(a) }),
   reference(inputs, { m, k, parts, norm, glu }, [spec]) {
     const [x, nw, y0] = inputs, as = inputs.slice(3, 6), bs = inputs.slice(6, 9), table = inputs[9];
     const dt = spec.dtype, w = LORA_ROWS_TABLE_WIDTH;

@@ -43,6 +43,8 @@ interface Case {
   t: FloatType;
   ta: FloatType;
   seed: number;
+  /** Gaps between the packed adapters (default true); without them and with k % 4 = 0, vec4 loads. */
+  gaps?: boolean;
 }
 
 /** Each part's slots, packed in reverse order with even gaps, and the packed sizes. */
@@ -51,8 +53,10 @@ function layout(c: Case, rng: Rng) {
     const slots: LoraRowsSlot[] = [];
     let aEnd = 0, bEnd = 0;
     for (let s = ranks.length - 1; s >= 0; s--) {
-      aEnd += 2 * Math.floor(rng.uniform() * 3);
-      bEnd += 2 * Math.floor(rng.uniform() * 3);
+      if (c.gaps !== false) {
+        aEnd += 2 * Math.floor(rng.uniform() * 3);
+        bEnd += 2 * Math.floor(rng.uniform() * 3);
+      }
       slots[s] = { rank: ranks[s], aOffset: aEnd, bOffset: bEnd, scale: 0.25 + 2 * rng.uniform() };
       aEnd += ranks[s] * c.k + ((ranks[s] * c.k) % 2);
       bEnd += ranks[s] * c.parts[q] + ((ranks[s] * c.parts[q]) % 2);
@@ -65,7 +69,8 @@ async function check(dev: Device, c: Case): Promise<void> {
   const rng = new Rng(c.seed);
   const packs = layout(c, rng);
   const routed = c.rows.map((picks, q) => picks.map((s) => (s < 0 ? null : packs[q].slots[s])));
-  const { table, maxRank } = loraRowsPartsTable(c.m, c.k, c.parts, routed, packs);
+  const { table, maxRank, aligned } = loraRowsPartsTable(c.m, c.k, c.parts, routed, packs);
+  if (c.gaps === false && c.k % 4 === 0) assert.ok(aligned, "a packing without gaps is vec4-aligned");
   const total = c.parts[0] + c.parts[1] + c.parts[2];
   const x = values(c.m * c.k, c.seed + 1, c.t);
   const nw = values(c.k, c.seed + 2, c.t);
@@ -79,6 +84,7 @@ async function check(dev: Device, c: Case): Promise<void> {
     maxRank,
     norm: c.norm ? { eps: 1e-5 } : null,
     glu: c.glu,
+    aligned,
   };
   const { gpu, cpu } = await onBoth(dev, c.t, (u) => {
     const w = new Uploads(u.be, c.ta), f = new Uploads(u.be, "f32");
@@ -186,6 +192,53 @@ gpuTest("loraRowsParts: q|k|v with a base row, one part over SwiGLU, a rank past
 });
 
 gpuTest(
+  "loraRowsParts: outputs over several workgroups (parts across their edges), vec4 and scalar loads",
+  async (dev) => {
+    const base = { t: "f32" as const, ta: "f32" as const };
+    for (const gaps of [false, true]) {
+      // q|k|v-like: 3 chunks of 256 outputs, k's and v's columns inside the last two
+      await check(dev, {
+        m: 4,
+        k: 64,
+        parts: [300, 120, 120],
+        ranks: [[16, 8], [16], [4, 16]],
+        rows: [[0, 1, -1, 0], [0, 0, -1, 0], [1, 0, -1, 0]],
+        norm: true,
+        glu: false,
+        seed: 4,
+        gaps,
+        ...base,
+      });
+      // gate|up over 3 chunks of outputs (600 columns each)
+      await check(dev, {
+        m: 3,
+        k: 36,
+        parts: [600, 600, 0],
+        ranks: [[16, 3], [16, 5], []],
+        rows: [[0, 1, -1], [0, 1, 1], [-1, -1, -1]],
+        norm: true,
+        glu: true,
+        seed: 5,
+        gaps,
+        ...base,
+      });
+    }
+    // one part of 520 outputs (down_proj-like), k odd: scalar loads, no norm
+    await check(dev, {
+      m: 2,
+      k: 45,
+      parts: [520, 0, 0],
+      ranks: [[16, 2], [], []],
+      rows: [[1, 0], [-1, -1], [-1, -1]],
+      norm: false,
+      glu: false,
+      seed: 6,
+      ...base,
+    });
+  },
+);
+
+gpuTest(
   "loraRowsParts: a table entry past its packed A, or a table of another size, is a ShapeError",
   (dev) => {
     const slot = { rank: 2, aOffset: 0, bOffset: 0, scale: 1 };
@@ -212,6 +265,7 @@ gpuTest(
             maxRank: 2,
             norm: null,
             glu: false,
+            aligned: true,
           }),
         (e) => e instanceof ShapeError && /table \[3, 1, 4\]/.test(e.message),
       );
