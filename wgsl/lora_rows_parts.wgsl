@@ -72,9 +72,17 @@ fn shrink${q}(xo: u32, ao: u32, lane: u32, kv: u32, inv: f32) -> f32 {
   return acc;
 }
 
-// t_q · (column's row of B_q at bo), rank terms, four loads in flight.
+// t_q · (column's row of B_q at bo), rank terms: for a rank bound up to 16 written out term by term
+// (every load issued before the first product waits), else four loads in flight.
 fn expand${q}(bo: u32, rank: u32) -> f32 {
   var acc = 0.0;
+//#if R <= 16
+//#for j in 0..R
+  if (${j}u < rank) {
+    acc += tv[${q * R + j}u] * f32(b${q}[bo + ${j}u]);
+  }
+//#end
+//#else
   var j = 0u;
   for (; j + 4u <= rank; j += 4u) {
     let t = ${q * R}u + j;
@@ -84,6 +92,7 @@ fn expand${q}(bo: u32, rank: u32) -> f32 {
   for (; j < rank; j++) {
     acc += tv[${q * R}u + j] * f32(b${q}[bo + j]);
   }
+//#end
   return acc;
 }
 //#end
