@@ -10,11 +10,14 @@ let dawnGpu: unknown = null;
 /**
  * Deno's own WebGPU, or with env LORA_TEST_WEBGPU=dawn Dawn through the `webgpu` npm package's addon (what
  * Chrome and Node users run; ../shared/docs/DEVICE.md "Dawn on the H200"), so the same suite checks both.
+ * On Dawn, `navigator.gpu` is replaced by Dawn's GPU object too, so the tests that open devices of their
+ * own with `webgpuDevice()` in a module importing this one run on Dawn as well.
  */
 async function openDevice(): Promise<Device> {
   if (Deno.env.get("LORA_TEST_WEBGPU") !== "dawn") return await webgpuDevice();
   const { create } = await import("webgpu");
   dawnGpu = create(["enable-dawn-features=allow_unsafe_apis"]);
+  Object.defineProperty(globalThis.navigator, "gpu", { value: dawnGpu, configurable: true });
   return await webgpuDevice({ gpu: dawnGpu as GPU });
 }
 
