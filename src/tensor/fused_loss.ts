@@ -17,7 +17,7 @@ import {
   TARGET_ELSEWHERE,
   TARGET_IGNORED,
 } from "../backend/kernels/cross_entropy.ts";
-import type { Storage } from "../backend/backend.ts";
+import type { Backend, Storage } from "../backend/backend.ts";
 import { matmulArgs } from "../backend/shape.ts";
 import { ConfigError, DTypeError, ShapeError } from "../core/errors.ts";
 import { fromStorage, Tensor } from "./tensor.ts";
@@ -58,6 +58,35 @@ export function lossTile(N: number, V: number, budget: number, vocabChunk?: numb
   C = Math.max(1, C);
   const R = Math.max(1, Math.min(N, Math.floor(budget / C)));
   return [R, C];
+}
+
+/**
+ * The storages one pass of the loss (its forward, or its backward) makes: freed as the pass goes, and
+ * whatever is left freed when the pass throws (an op refusing a tile under the device's memory limit
+ * halfway through a large vocabulary), so a failed pass leaks nothing.
+ */
+class Scratch {
+  readonly #live = new Set<Storage>();
+  constructor(private readonly be: Backend) {}
+  /** `s`, now owned by the pass. */
+  take(s: Storage): Storage {
+    this.#live.add(s);
+    return s;
+  }
+  /** Frees `s` if the pass owns it (not the operands' own storages). */
+  free(s: Storage): void {
+    if (this.#live.delete(s)) this.be.free(s);
+  }
+  /** `s`, no longer the pass's: handed to a tensor that outlives it. */
+  keep(s: Storage): Storage {
+    this.#live.delete(s);
+    return s;
+  }
+  /** Frees every storage still owned (after a failure). */
+  freeAll(): void {
+    for (const s of this.#live) this.be.free(s);
+    this.#live.clear();
+  }
 }
 
 /**
@@ -146,49 +175,60 @@ export function linearCrossEntropy(
     rows.map((t) => t < 0 ? TARGET_IGNORED : t >= v.c0 && t < v.c0 + v.n ? t - v.c0 : TARGET_ELSEWHERE);
   const whole = (r: { start: number; n: number }) => r.start === 0 && r.n === N;
   /** The hidden rows of a token chunk (the tensor's own storage when it is all of them). */
-  const rowsOf = (r: { start: number; n: number }): Storage =>
-    whole(r) ? hidden.storage(op) : be.unpack(hidden.storage(op), [r.start * H], [r.n * H])[0];
+  const rowsOf = (x: Scratch, r: { start: number; n: number }): Storage =>
+    whole(r) ? hidden.storage(op) : x.take(be.unpack(hidden.storage(op), [r.start * H], [r.n * H])[0]);
   /** The weight rows of a vocabulary chunk (the tensor's own storage when it is all of them). */
-  const classesOf = (v: { c0: number; n: number }): Storage =>
-    v.n === V ? weight.storage(op) : be.unpack(weight.storage(op), [v.c0 * H], [v.n * H])[0];
-  const logitsOf = (h: Storage, rows: number, w: Storage, classes: number): Storage =>
-    be.matmul(h, w, matmulArgs(rows, H, classes, { transB: true }));
+  const classesOf = (x: Scratch, v: { c0: number; n: number }): Storage =>
+    v.n === V ? weight.storage(op) : x.take(be.unpack(weight.storage(op), [v.c0 * H], [v.n * H])[0]);
+  const logitsOf = (x: Scratch, h: Storage, rows: number, w: Storage, classes: number): Storage =>
+    x.take(be.matmul(h, w, matmulArgs(rows, H, classes, { transB: true })));
   const invCount = count === 0 ? NaN : 1 / count;
 
-  const state: (Storage | null)[] = rowChunks.map(() => null);
-  for (const v of vocabChunks) {
-    const w = classesOf(v);
-    rowChunks.forEach((r, i) => {
-      const h = rowsOf(r);
-      const logits = logitsOf(h, r.n, w, v.n);
-      if (!whole(r)) be.free(h);
-      const prev = state[i];
-      const [next] = be.run(CROSS_ENTROPY_ONLINE, [logits, prev ?? logits], {
-        targets: codes(r.targets, v),
-        n: v.n,
-        first: prev === null,
+  const fwd = new Scratch(be);
+  const lse: Tensor[] = [];
+  let mean: Storage;
+  try {
+    const state: (Storage | null)[] = rowChunks.map(() => null);
+    for (const v of vocabChunks) {
+      const w = classesOf(fwd, v);
+      rowChunks.forEach((r, i) => {
+        const h = rowsOf(fwd, r);
+        const logits = logitsOf(fwd, h, r.n, w, v.n);
+        fwd.free(h);
+        const prev = state[i];
+        const [next] = be.run(CROSS_ENTROPY_ONLINE, [logits, prev ?? logits], {
+          targets: codes(r.targets, v),
+          n: v.n,
+          first: prev === null,
+        });
+        fwd.take(next);
+        fwd.free(logits);
+        if (prev !== null) fwd.free(prev);
+        state[i] = next;
       });
-      be.free(logits);
-      if (prev !== null) be.free(prev);
-      state[i] = next;
+      fwd.free(w);
+    }
+    let total: Storage = fwd.take(be.fill(1, 0, ldt));
+    rowChunks.forEach((r, i) => {
+      const [rows, l] = be.run(CROSS_ENTROPY_FINISH, [state[i]!], { ignored: r.targets });
+      fwd.take(rows);
+      lse.push(fromStorage(l, [r.n], ldt, device));
+      fwd.free(state[i]!);
+      const sum = fwd.take(be.sumAxis(rows, 1, r.n, 1));
+      fwd.free(rows);
+      const next = fwd.take(be.binary("add", total, [1], sum, [1], [1]));
+      fwd.free(total);
+      fwd.free(sum);
+      total = next;
     });
-    if (v.n !== V) be.free(w);
+    // Like torch, the mean over zero targets is NaN.
+    mean = count === 0 ? be.fill(1, NaN, ldt) : be.affine(total, invCount, 0);
+    fwd.free(total);
+  } catch (e) {
+    fwd.freeAll();
+    for (const l of lse) l.dispose();
+    throw e;
   }
-  let total: Storage = be.fill(1, 0, ldt);
-  const lse: Tensor[] = rowChunks.map((r, i) => {
-    const [rows, l] = be.run(CROSS_ENTROPY_FINISH, [state[i]!], { ignored: r.targets });
-    be.free(state[i]!);
-    const s = be.sumAxis(rows, 1, r.n, 1);
-    be.free(rows);
-    const next = be.binary("add", total, [1], s, [1], [1]);
-    be.free(total);
-    be.free(s);
-    total = next;
-    return fromStorage(l, [r.n], ldt, device);
-  });
-  // Like torch, the mean over zero targets is NaN.
-  const mean = count === 0 ? be.fill(1, NaN, ldt) : be.affine(total, invCount, 0);
-  be.free(total);
 
   // The log-sum-exps live as long as the loss's graph: constant inputs of its node (no gradient flows to
   // them), so graph disposal and tidy scopes free them like any op's saved tensors.
@@ -197,73 +237,92 @@ export function linearCrossEntropy(
     inputs: [hidden, weight, ...lse],
     backward: (g) => {
       const gs = g.storage(op);
-      const dh: (Storage | null)[] = rowChunks.map(() => null);
-      const dwParts: Storage[] = [];
-      const add = (acc: Storage | null, part: Storage, size: number): Storage => {
-        if (acc === null) return part;
-        const sum = be.binary("add", acc, [size], part, [size], [size]);
-        be.free(acc);
-        be.free(part);
-        return sum;
-      };
-      for (const v of vocabChunks) {
-        const w = classesOf(v);
-        let dw: Storage | null = null;
-        rowChunks.forEach((r, i) => {
-          const h = rowsOf(r);
-          const logits = logitsOf(h, r.n, w, v.n);
-          const [dl] = be.run(CROSS_ENTROPY_GRAD, [logits, lse[i].storage(op), gs], {
-            targets: codes(r.targets, v),
-            n: v.n,
-            invCount,
+      const bwd = new Scratch(be);
+      const made: Tensor[] = [];
+      try {
+        const dh: (Storage | null)[] = rowChunks.map(() => null);
+        const dwParts: Storage[] = [];
+        const add = (acc: Storage | null, part: Storage, size: number): Storage => {
+          if (acc === null) return part;
+          const sum = bwd.take(be.binary("add", acc, [size], part, [size], [size]));
+          bwd.free(acc);
+          bwd.free(part);
+          return sum;
+        };
+        for (const v of vocabChunks) {
+          const w = classesOf(bwd, v);
+          let dw: Storage | null = null;
+          rowChunks.forEach((r, i) => {
+            const h = rowsOf(bwd, r);
+            const logits = logitsOf(bwd, h, r.n, w, v.n);
+            const [dl] = be.run(CROSS_ENTROPY_GRAD, [logits, lse[i].storage(op), gs], {
+              targets: codes(r.targets, v),
+              n: v.n,
+              invCount,
+            });
+            bwd.take(dl);
+            bwd.free(logits);
+            if (hidden.requiresGrad) {
+              dh[i] = add(dh[i], bwd.take(be.matmul(dl, w, matmulArgs(r.n, v.n, H))), r.n * H);
+            }
+            if (weight.requiresGrad) {
+              const part = bwd.take(be.matmul(dl, h, matmulArgs(v.n, r.n, H, { transA: true })));
+              dw = add(dw, part, v.n * H);
+            }
+            bwd.free(dl);
+            bwd.free(h);
           });
-          be.free(logits);
-          if (hidden.requiresGrad) dh[i] = add(dh[i], be.matmul(dl, w, matmulArgs(r.n, v.n, H)), r.n * H);
-          if (weight.requiresGrad) {
-            dw = add(dw, be.matmul(dl, h, matmulArgs(v.n, r.n, H, { transA: true })), v.n * H);
-          }
-          be.free(dl);
-          if (!whole(r)) be.free(h);
-        });
-        if (v.n !== V) be.free(w);
-        if (weight.requiresGrad) dwParts.push(dw ?? be.fill(v.n * H, 0, dtype));
-      }
-      let dhTensor: Tensor | null = null;
-      if (hidden.requiresGrad) {
-        // d hidden in row order: each chunk's rows, zeros for the rows of chunks without a target.
-        const parts: Tensor[] = [];
-        let done = 0;
-        rowChunks.forEach((r, i) => {
-          if (r.start > done) {
-            parts.push(
-              fromStorage(be.fill((r.start - done) * H, 0, dtype), [r.start - done, H], dtype, device),
-            );
-          }
-          parts.push(fromStorage(dh[i]!, [r.n, H], dtype, device));
-          done = r.start + r.n;
-        });
-        if (N > done) {
-          parts.push(fromStorage(be.fill((N - done) * H, 0, dtype), [N - done, H], dtype, device));
+          bwd.free(w);
+          if (weight.requiresGrad) dwParts.push(dw ?? bwd.take(be.fill(v.n * H, 0, dtype)));
         }
-        dhTensor = parts.length === 1 ? parts[0] : concat(parts, 0);
-        if (parts.length > 1) { for (const t of parts) t.dispose(); }
-      }
-      let dwTensor: Tensor | null = null;
-      if (weight.requiresGrad) {
-        const offsets = vocabChunks.map((v) => v.c0 * H);
-        if (dwParts.length === 1) dwTensor = fromStorage(dwParts[0], weight.shape, dtype, device);
-        else if (dtype === "f16" && offsets.some((o) => o % 2 === 1)) {
-          // Packing moves whole 4-byte words: odd f16 offsets take the concatenation instead.
-          const parts = dwParts.map((p, i) => fromStorage(p, [vocabChunks[i].n, H], dtype, device));
-          dwTensor = concat(parts, 0);
-          for (const t of parts) t.dispose();
-        } else {
-          // Rows of H: a weight gradient too large for one buffer is split like the weight.
-          dwTensor = fromStorage(be.pack(dwParts, offsets, V * H, dtype, H), weight.shape, dtype, device);
-          for (const p of dwParts) be.free(p);
+        /** A tensor over a storage of the pass (disposed with the others if the pass fails later). */
+        const tensorOf = (st: Storage, shape: readonly number[]): Tensor => {
+          const t = fromStorage(bwd.keep(st), shape, dtype, device);
+          made.push(t);
+          return t;
+        };
+        let dhTensor: Tensor | null = null;
+        if (hidden.requiresGrad) {
+          // d hidden in row order: each chunk's rows, zeros for the rows of chunks without a target.
+          const parts: Tensor[] = [];
+          let done = 0;
+          rowChunks.forEach((r, i) => {
+            if (r.start > done) {
+              parts.push(tensorOf(bwd.take(be.fill((r.start - done) * H, 0, dtype)), [r.start - done, H]));
+            }
+            parts.push(tensorOf(dh[i]!, [r.n, H]));
+            done = r.start + r.n;
+          });
+          if (N > done) parts.push(tensorOf(bwd.take(be.fill((N - done) * H, 0, dtype)), [N - done, H]));
+          if (parts.length === 1) dhTensor = parts[0];
+          else {
+            dhTensor = concat(parts, 0);
+            made.push(dhTensor);
+            for (const t of parts) t.dispose();
+          }
         }
+        let dwTensor: Tensor | null = null;
+        if (weight.requiresGrad) {
+          const offsets = vocabChunks.map((v) => v.c0 * H);
+          if (dwParts.length === 1) dwTensor = tensorOf(dwParts[0], weight.shape);
+          else if (dtype === "f16" && offsets.some((o) => o % 2 === 1)) {
+            // Packing moves whole 4-byte words: odd f16 offsets take the concatenation instead.
+            const parts = dwParts.map((p, i) => tensorOf(p, [vocabChunks[i].n, H]));
+            dwTensor = concat(parts, 0);
+            made.push(dwTensor);
+            for (const t of parts) t.dispose();
+          } else {
+            // Rows of H: a weight gradient too large for one buffer is split like the weight.
+            dwTensor = tensorOf(bwd.take(be.pack(dwParts, offsets, V * H, dtype, H)), weight.shape);
+            for (const p of dwParts) bwd.free(p);
+          }
+        }
+        return [dhTensor, dwTensor, ...lse.map(() => null)];
+      } catch (e) {
+        bwd.freeAll();
+        for (const t of made) t.dispose();
+        throw e;
       }
-      return [dhTensor, dwTensor, ...lse.map(() => null)];
     },
   });
   if (!loss.requiresGrad) { for (const l of lse) l.dispose(); }

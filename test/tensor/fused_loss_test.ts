@@ -5,7 +5,17 @@
  */
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { crossEntropy, linear, linearCrossEntropy, tensor } from "../../mod.ts";
+import {
+  crossEntropy,
+  Device,
+  DeviceError,
+  linear,
+  linearCrossEntropy,
+  randn,
+  tensor,
+  tidy,
+} from "../../mod.ts";
+import { createCpuBackend } from "../../src/backend/cpu/cpu_backend.ts";
 import { DEFAULT_CHUNK_ELEMENTS, lossTile } from "../../src/tensor/fused_loss.ts";
 import { ConfigError, ShapeError } from "../../src/core/errors.ts";
 import { Rng } from "../../src/core/random.ts";
@@ -157,4 +167,50 @@ Deno.test("linearCrossEntropy: bad shapes, targets and options name the op", () 
     () => linearCrossEntropy(h, w, [0, 1], { vocabChunk: 1.5 }),
     (e) => e instanceof ConfigError && /vocabChunk must be a positive whole number, got 1.5/.test(e.message),
   );
+});
+
+Deno.test("linearCrossEntropy: a forward or backward refused midway by the memory limit frees all it made", async () => {
+  const device = new Device(createCpuBackend(), "cpu", "CPU reference (fused loss failure test)");
+  const [N, H, V] = [12, 8, 40];
+  const hidden = randn([N, H], { device, seed: 1, requiresGrad: true });
+  const weight = randn([V, H], { device, seed: 2, requiresGrad: true });
+  const targets = Array.from({ length: N }, (_, i) => (i * 7) % V);
+  // Tiles of 4 rows x 16 classes: 3 token chunks x 3 vocabulary chunks in each pass.
+  const step = () =>
+    tidy(() => {
+      const loss = linearCrossEntropy(hidden, weight, targets, { chunkElements: 64, vocabChunk: 16 });
+      loss.backward();
+      return loss;
+    });
+  const clear = () => {
+    for (const t of [hidden, weight]) {
+      (t.grad as { dispose(): void } | null)?.dispose();
+      t.grad = null;
+    }
+  };
+  const expected = step();
+  const grads = [Array.from(await hidden.grad!.data()), Array.from(await weight.grad!.data())];
+  expected.dispose();
+  clear();
+  const live = device.memory().bytes;
+  device.resetPeakMemory();
+  step().dispose();
+  const peak = device.memory().peakBytes;
+  clear();
+  let failures = 0;
+  for (let limit = live; limit < peak; limit += 16) {
+    device.setMemoryLimit(limit);
+    try {
+      step().dispose();
+    } catch (e) {
+      assert.ok(e instanceof DeviceError, `${e}`);
+      failures++;
+    }
+    device.setMemoryLimit(null);
+    clear();
+    assert.equal(device.memory().bytes, live, `limit ${limit - live} bytes above live: all freed`);
+  }
+  assert.ok(failures > 5, `only ${failures} failing limits`);
+  step().dispose();
+  assert.deepEqual([Array.from(await hidden.grad!.data()), Array.from(await weight.grad!.data())], grads);
 });
