@@ -5,14 +5,15 @@
 // the two column halves. The table holds 4 f32 per (part, row): rank, A offset, B offset, scale (rank
 // 0: the row's columns stay at y0).
 //
-// One workgroup per (row, chunk of WG outputs), so a 1,536-wide gate|up spreads over 6 workgroups a row
-// instead of one lane doing 6 columns: the kernel is latency-bound (8 rows, a few µs of work), and each
-// invocation's chain of dependent loads is what its time is. A workgroup first sums x² for the norm,
-// then shrinks t_q = A_q x̂ only for the parts its outputs read (WG / L ranks a round, L lanes per rank,
-// vec4 loads with VEC, four loads in flight per lane, a tree sum per rank), then every lane writes one
-// output: a dot of t_q with its column's row of B, four loads in flight. Part loops are unrolled
-// (//#for) so every load names its binding. Loops run to uniform bounds (R ranks, the parts' columns)
-// so every barrier stays in uniform control flow.
+// One workgroup per (row, span of outputs): on a hardware GPU the span is WG, so a 1,536-wide gate|up
+// spreads over 6 workgroups a row instead of one lane doing 6 columns (the kernel is latency-bound: 8
+// rows, a few µs of work, each invocation's chain of dependent loads is its time); on a software adapter
+// the span is the whole row (every workgroup's shrink is CPU time there). A workgroup first sums x² for
+// the norm, then shrinks t_q = A_q x̂ only for the parts its outputs read (WG / L ranks a round, L lanes
+// per rank, vec4 loads with VEC, four loads in flight per lane, a tree sum per rank), then every lane
+// writes its outputs: a dot of t_q with the column's row of B. Part loops are unrolled (//#for) so every
+// load names its binding. Loops run to uniform bounds (R ranks, the parts' columns) so every barrier
+// stays in uniform control flow.
 //#if VEC
 alias VS = vec4<${T}>;
 alias VA = vec4<${TA}>;
@@ -131,14 +132,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         @builtin(local_invocation_index) lid: u32) {
   let g = flat_group(wid, nwg);
   let row = g / p.chunks;
-  let o0 = (g % p.chunks) * ${WG}u;
+  let o0 = (g % p.chunks) * p.span;
   let total = p.n0 + p.n1 + p.n2;
 //#if GLU
   let n_out = total / 2u;
 //#else
   let n_out = total;
 //#end
-  let o1 = min(o0 + ${WG}u, n_out);
+  let o1 = min(o0 + p.span, n_out);
 //#if VEC
   let kv = p.k / 4u;
 //#else
@@ -203,8 +204,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
   }
 //#end
-  let o = o0 + lid;
-  if (o < o1) {
+  for (var o = o0 + lid; o < o1; o += ${WG}u) {
 //#if GLU
     let gv = z_at(row, o, total);
     let s = f32(${T}(gv * (1.0 / (1.0 + exp(-gv)))));

@@ -333,6 +333,7 @@ function routedTerms(
     norm: norm === null ? null : { eps: norm.eps },
     glu,
     aligned: entry.aligned,
+    spread: !x.device.isSoftware,
   }, [[rows, glu ? total / 2 : total]])[0];
 }
 

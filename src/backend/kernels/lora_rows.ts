@@ -426,6 +426,11 @@ export interface LoraRowsPartsArgs {
    * multiple of 4 too, the kernel reads x and A as vec4.
    */
   aligned: boolean;
+  /**
+   * One workgroup per (row, 256 outputs) (default true: hardware GPUs, where the kernel is latency-bound)
+   * or one per row (false: software adapters, where each workgroup's shrink is CPU time).
+   */
+  spread?: boolean;
 }
 
 /**
@@ -478,10 +483,16 @@ export function loraRowsPartsTable(
   return { table, maxRank, aligned };
 }
 
-/** Workgroups per row of {@link LORA_ROWS_PARTS}: its outputs in chunks of the 256-wide workgroup. */
+/** Outputs per workgroup of {@link LORA_ROWS_PARTS}: the 256-wide workgroup's, or the whole row's. */
+const partsSpan = (a: LoraRowsPartsArgs) => {
+  const total = a.parts[0] + a.parts[1] + a.parts[2], n = a.glu ? total / 2 : total;
+  return a.spread === false ? Math.max(1, n) : 256;
+};
+
+/** Workgroups per row of {@link LORA_ROWS_PARTS}. */
 const partsChunks = (a: LoraRowsPartsArgs) => {
   const total = a.parts[0] + a.parts[1] + a.parts[2];
-  return Math.max(1, Math.ceil((a.glu ? total / 2 : total) / 256));
+  return Math.max(1, Math.ceil((a.glu ? total / 2 : total) / partsSpan(a)));
 };
 
 /**
@@ -521,6 +532,7 @@ export const LORA_ROWS_PARTS: KernelRecord<LoraRowsPartsArgs> = {
     { name: "n2", type: "u32" },
     { name: "eps", type: "f32" },
     { name: "chunks", type: "u32" },
+    { name: "span", type: "u32" },
   ],
   check(inputs, { m, k, parts, maxRank, norm, glu }) {
     const op = "loraRowsParts";
@@ -589,6 +601,7 @@ export const LORA_ROWS_PARTS: KernelRecord<LoraRowsPartsArgs> = {
     n2: a.parts[2],
     eps: a.norm?.eps ?? 0,
     chunks: partsChunks(a),
+    span: partsSpan(a),
   }),
   geometry: (a) => ({ rows: a.m * partsChunks(a) }),
   reference(inputs, { m, k, parts, norm, glu }, [spec]) {

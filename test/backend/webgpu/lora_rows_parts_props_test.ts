@@ -45,6 +45,8 @@ interface Case {
   seed: number;
   /** Gaps between the packed adapters (default true); without them and with k % 4 = 0, vec4 loads. */
   gaps?: boolean;
+  /** One workgroup per (row, 256 outputs) (default) or per row. */
+  spread?: boolean;
 }
 
 /** Each part's slots, packed in reverse order with even gaps, and the packed sizes. */
@@ -85,6 +87,7 @@ async function check(dev: Device, c: Case): Promise<void> {
     norm: c.norm ? { eps: 1e-5 } : null,
     glu: c.glu,
     aligned,
+    spread: c.spread,
   };
   const { gpu, cpu } = await onBoth(dev, c.t, (u) => {
     const w = new Uploads(u.be, c.ta), f = new Uploads(u.be, "f32");
@@ -129,6 +132,7 @@ const caseArb = (dev: Device): fc.Arbitrary<Case> =>
     ),
     norm: fc.boolean(),
     glu: fc.boolean(),
+    spread: fc.boolean(),
     t: floatTypes(dev),
     ta: floatTypes(dev),
     seed: seedArb,
@@ -192,49 +196,51 @@ gpuTest("loraRowsParts: q|k|v with a base row, one part over SwiGLU, a rank past
 });
 
 gpuTest(
-  "loraRowsParts: outputs over several workgroups (parts across their edges), vec4 and scalar loads",
+  "loraRowsParts: outputs over several workgroups (parts across their edges) or one a row, vec4 and scalar loads",
   async (dev) => {
-    const base = { t: "f32" as const, ta: "f32" as const };
-    for (const gaps of [false, true]) {
-      // q|k|v-like: 3 chunks of 256 outputs, k's and v's columns inside the last two
+    for (const spread of [true, false]) {
+      const base = { t: "f32" as const, ta: "f32" as const, spread };
+      for (const gaps of [false, true]) {
+        // q|k|v-like: 3 chunks of 256 outputs, k's and v's columns inside the last two
+        await check(dev, {
+          m: 4,
+          k: 64,
+          parts: [300, 120, 120],
+          ranks: [[16, 8], [16], [4, 16]],
+          rows: [[0, 1, -1, 0], [0, 0, -1, 0], [1, 0, -1, 0]],
+          norm: true,
+          glu: false,
+          seed: 4,
+          gaps,
+          ...base,
+        });
+        // gate|up over 3 chunks of outputs (600 columns each)
+        await check(dev, {
+          m: 3,
+          k: 36,
+          parts: [600, 600, 0],
+          ranks: [[16, 3], [16, 5], []],
+          rows: [[0, 1, -1], [0, 1, 1], [-1, -1, -1]],
+          norm: true,
+          glu: true,
+          seed: 5,
+          gaps,
+          ...base,
+        });
+      }
+      // one part of 520 outputs (down_proj-like), k odd: scalar loads, no norm
       await check(dev, {
-        m: 4,
-        k: 64,
-        parts: [300, 120, 120],
-        ranks: [[16, 8], [16], [4, 16]],
-        rows: [[0, 1, -1, 0], [0, 0, -1, 0], [1, 0, -1, 0]],
-        norm: true,
+        m: 2,
+        k: 45,
+        parts: [520, 0, 0],
+        ranks: [[16, 2], [], []],
+        rows: [[1, 0], [-1, -1], [-1, -1]],
+        norm: false,
         glu: false,
-        seed: 4,
-        gaps,
-        ...base,
-      });
-      // gate|up over 3 chunks of outputs (600 columns each)
-      await check(dev, {
-        m: 3,
-        k: 36,
-        parts: [600, 600, 0],
-        ranks: [[16, 3], [16, 5], []],
-        rows: [[0, 1, -1], [0, 1, 1], [-1, -1, -1]],
-        norm: true,
-        glu: true,
-        seed: 5,
-        gaps,
+        seed: 6,
         ...base,
       });
     }
-    // one part of 520 outputs (down_proj-like), k odd: scalar loads, no norm
-    await check(dev, {
-      m: 2,
-      k: 45,
-      parts: [520, 0, 0],
-      ranks: [[16, 2], [], []],
-      rows: [[1, 0], [-1, -1], [-1, -1]],
-      norm: false,
-      glu: false,
-      seed: 6,
-      ...base,
-    });
   },
 );
 
