@@ -28,8 +28,17 @@ export function kernelSource(record: KernelTemplate, params: TemplateParams): st
     expandTemplate(source(name, record.name), params, `wgsl/${name}.wgsl`)
   );
   const body = [parts[0], paramsWgsl(record.params), ...parts.slice(1)].join("\n");
-  const needsF16 = Object.values(params).includes("f16");
-  return needsF16 ? `enable f16;\n\n${body}` : body;
+  return usesF16(body) ? `enable f16;\n\n${body}` : body;
+}
+
+/**
+ * Whether WGSL code names the f16 type (comments aside), and so needs `enable f16;`, which only adapters
+ * with shader-f16 accept. Deciding by the code rather than by a parameter valued "f16": widen_half's
+ * FORMAT "f16" decodes half words with integer arithmetic alone, and failed to compile on Dawn without
+ * shader-f16 (every F16 checkpoint loaded into f32 there) while it had the directive.
+ */
+export function usesF16(code: string): boolean {
+  return /\bf16\b/.test(code.replace(/\/\/.*$/gm, ""));
 }
 
 /**
