@@ -406,7 +406,7 @@ export const LORA_ROWS_TABLE_MAX_OFFSET = 2 ** 24;
 
 /** Arguments of {@link LORA_ROWS_PARTS}. */
 export interface LoraRowsPartsArgs {
-  /** Rows of x (one workgroup each). */
+  /** Rows of x. */
   m: number;
   /** Input features. */
   k: number;
@@ -505,8 +505,11 @@ const partsChunks = (a: LoraRowsPartsArgs) => {
  * ({@link loraRowsPartsTable}) says where each row's adapter sits per part, and lives on the device, so a
  * generation uploads it once. A table entry of rank 0 leaves the row's columns at y0.
  *
- * Inputs: x, nw (the norm's scale, any storage of x's dtype without `norm`), y0, a0, a1, a2, b0, b1, b2
- * (an absent part's may be any storage of the adapters' dtype), table; output y.
+ * One workgroup per row and span of outputs (`spread`: 256 outputs on hardware GPUs, the whole row on
+ * software adapters). Inputs: x, nw (the norm's scale, any storage of x's dtype without `norm`), y0, a0,
+ * a1, a2, b0, b1, b2 (an absent part's may be any storage of the adapters' dtype), table; output y: 11
+ * storage bindings, past WebGPU's default limit of 8 (the device asks for the adapter's own limit, as
+ * `gemvNorm`'s 10 need too).
  */
 export const LORA_ROWS_PARTS: KernelRecord<LoraRowsPartsArgs> = {
   name: "lora_rows_parts",
