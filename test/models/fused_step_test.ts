@@ -232,8 +232,9 @@ Deno.test({
  * fast-check's counterexample on WebGPU (found by the multi-adapter helper, 2026-12-01): one head of width
  * 8 over 3 positions, where q's and k's gradients cancel. The f32 CPU twin of the fused attention is within
  * 4e-7 of f64 and the eager path within 1.7e-4, but the WebGPU kernels' q/k LoRA gradients are 1.2-1.5e-3
- * off: the backward's delta = dO · O inherits the forward's rounding of O (online rescaling, the
- * log-sum-exp's round trip through base 2), which this cancellation magnifies. Asserted here as it is (so
+ * off. The suspect (not yet shown): the backward's delta = dO · O inherits the forward's f32 rounding of
+ * O (online rescaling, the log-sum-exp's round trip through base 2), which this cancellation magnifies,
+ * where the CPU twin works in f64 between its f32 inputs and outputs. Asserted here as it is (so
  * it cannot get worse unnoticed), with every other gradient and the loss held to the property's bound.
  */
 Deno.test({
