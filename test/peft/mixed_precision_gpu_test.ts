@@ -5,7 +5,7 @@
  * mixed_precision_test.ts run everywhere).
  */
 import assert from "node:assert/strict";
-import { gpu, gpuTest, hasF16 } from "../backend/webgpu/gpu.ts";
+import { gpu, gpuTest } from "../backend/webgpu/gpu.ts";
 import { note, printWorst } from "../backend/webgpu/compare.ts";
 import { MIXED_CASES, runF16AdamW, runMixedCase } from "./mixed_precision_cases.ts";
 
@@ -15,7 +15,7 @@ for (const c of MIXED_CASES) {
       JSON.stringify(c)
     }`,
     async (dev) => {
-      if (!hasF16(dev)) return;
+      if (!dev.supportsDType("f16")) return;
       const errs = await runMixedCase(dev, c);
       for (const [k, e] of Object.entries(errs)) {
         note(`mixed precision ${k}`, e);
@@ -28,7 +28,7 @@ for (const c of MIXED_CASES) {
 gpuTest(
   "f16 parameters under AdamW (eps 1e-8): f32 moments, update in f32 rounded once, no NaN (WebGPU)",
   (dev) => {
-    if (!hasF16(dev)) return;
+    if (!dev.supportsDType("f16")) return;
     return runF16AdamW(dev);
   },
 );

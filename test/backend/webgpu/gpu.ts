@@ -47,15 +47,6 @@ if (opened.device === null) {
   console.warn(`the f16 cases of the WebGPU tests are skipped: ${opened.device} lacks shader-f16`);
 }
 
-/**
- * Whether `device` runs f16 (shader-f16): the f16 cases of a test run only then. An adapter without it
- * is refused in CI on Deno's WebGPU (above); on Dawn, which has none on SwiftShader or the H200, the f16
- * cases are skipped with the line printed above.
- */
-export function hasF16(device: Device): boolean {
-  return device.supportsDType("f16");
-}
-
 /** The shared WebGPU test device, or null when there is none (outside CI). */
 export const gpu: Device | null = opened.device;
 

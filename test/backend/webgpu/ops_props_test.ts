@@ -32,6 +32,11 @@ interface Input {
   grad?: boolean;
 }
 
+/** The values of input `i` of a case drawn with `seed` (what every run of the case uploads). */
+function inputValues(inp: Input, i: number, seed: number, dt: FloatType): Float32Array {
+  return values(inp.shape.reduce((p, d) => p * d, 1), seed + i, dt, inp.dist);
+}
+
 /** Runs `fn` on `device`; returns the output and the gradients of the inputs that require them. */
 async function runOn(
   device: Device,
@@ -41,10 +46,9 @@ async function runOn(
   fn: (xs: Tensor[]) => Tensor,
 ): Promise<Float32Array[]> {
   const opts = { device, dtype: dt };
-  const xs = inputs.map((inp, i) => {
-    const n = inp.shape.reduce((p, d) => p * d, 1);
-    return tensor(values(n, seed + i, dt, inp.dist), inp.shape, { ...opts, requiresGrad: inp.grad ?? true });
-  });
+  const xs = inputs.map((inp, i) =>
+    tensor(inputValues(inp, i, seed, dt), inp.shape, { ...opts, requiresGrad: inp.grad ?? true })
+  );
   const y = fn(xs);
   const out = [Float32Array.from(await y.data())];
   if (y.requiresGrad) {
@@ -82,14 +86,10 @@ async function compareOp(
     }
   });
   if (ofMagnitudes) {
-    // The same op on the CPU over the inputs' absolute values (as runOn draws them).
-    const absXs = inputs.map((inp, i) => {
-      const n = inp.shape.reduce((p, d) => p * d, 1);
-      return tensor(values(n, seed + i, dt, inp.dist).map(Math.abs), inp.shape, {
-        device: cpuDevice(),
-        dtype: dt,
-      });
-    });
+    // The same op on the CPU over the inputs' absolute values.
+    const absXs = inputs.map((inp, i) =>
+      tensor(inputValues(inp, i, seed, dt).map(Math.abs), inp.shape, { device: cpuDevice(), dtype: dt })
+    );
     const magT = fn(absXs);
     const mag = Float32Array.from(await magT.data());
     for (const t of [...absXs, magT]) t.dispose();
