@@ -9,9 +9,13 @@
 // The invocation's rows are TM / 4 groups of 4 spread BM / (TM / 4) apart (columns likewise), so that
 // neighbouring invocations read neighbouring vec4s of the slabs.
 
-// Two slabs each, k-major: element (kk, r) of buffer s at vec4 s · BK · BM / 4 + kk · BM / 4 + r / 4.
-var<workgroup> a_tile: array<vec4<f32>, ${2 * BK * BM / 4}>;
-var<workgroup> b_tile: array<vec4<f32>, ${2 * BK * BN / 4}>;
+// Two slabs each, indexed [buffer][kk][group][invocation]: element (kk, r) of buffer s is
+// a_tile[s][kk][(r / 4) / (BM / TM)][(r / 4) % (BM / TM)][r % 4] (b_tile likewise with BN / TN). The
+// multiply indexes the first three with constants and the last with the invocation's own ty (tx): WGSL
+// implementations clamp every dynamic index, and a clamp of ty is loop-invariant, computed once, where a
+// clamp of "buffer base + ty + offset" cost an add and a min before each of the loop's loads.
+var<workgroup> a_tile: array<array<array<array<vec4<f32>, ${BM / TM}>, ${TM / 4}>, ${BK}>, 2>;
+var<workgroup> b_tile: array<array<array<array<vec4<f32>, ${BN / TN}>, ${TN / 4}>, ${BK}>, 2>;
 
 fn store4(row_base: u32, col: u32, v: vec4<f32>) {
 //#if BIAS
@@ -48,8 +52,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let z = wid.z + p.z_base;
   let row0 = (tile / p.tiles_n) * ${BM}u;
   let col0 = (tile % p.tiles_n) * ${BN}u;
-  let tx = lid % ${BN / TN}u;
-  let ty = lid / ${BN / TN}u;
+  // Invocation (tx, ty) of the BN / TN × BM / TM grid: each 32 consecutive invocations (a subgroup on
+  // NVIDIA GPUs) cover an LX × 32 / LX block of it (LX = BN / TN or 32 is row by row).
+  let lane = lid % 32u;
+  let sub = lid / 32u;
+  let tx = (sub % ${BN / TN / LX}u) * ${LX}u + lane % ${LX}u;
+  let ty = (sub / ${BN / TN / LX}u) * ${32 / LX}u + lane / ${LX}u;
 //#for i in 0..TM
 //#for h in 0..TN / 4
   var acc_${i}_${h} = vec4<f32>(0.0);
@@ -81,176 +89,190 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 //#end
     // Step s fetches slab s from storage into the staging registers (zeros outside the matrices),
     // multiplies slab s - 1 (staged in buffer (s - 1) % 2) meanwhile, then stages slab s into buffer s % 2:
-    // the other buffer, last read in step s - 1, before the barrier that ended it.
+    // the other buffer, last read in step s - 1, before the barrier that ended it. Two steps per iteration,
+    // so that both buffer numbers are constants in each.
     let slabs = (k_end - min(k_begin, k_end) + ${BK - 1}u) / ${BK}u;
-    for (var s = 0u; s <= slabs; s++) {
-      let k0 = k_begin + s * ${BK}u;
-      if (s < slabs) {
-//#for l in 0..LA
-        {
-          let e = ${l * WG}u + lid;
-//#if (ph == 0 && VEC_P) || (ph == 1 && !TRANS_A && VEC_A)
-          // 4 consecutive k of one row.
-          let r = e / ${BK / 4}u;
-          let kk = (e % ${BK / 4}u) * 4u;
-          let gr = row0 + r;
-          let gk = k0 + kk;
-          if (gr < p.m && gk < k_end) {
-//#if ph == 0
-            sa${l} = load_p(gr * depth + gk);
-//#else
-            sa${l} = load_a(a_off + gr * depth + gk);
+    for (var s0 = 0u; s0 <= slabs; s0 += 2u) {
+//#for u in 0..2
+      {
+        let s = s0 + ${u}u;
+//#if u == 1
+        if (s <= slabs) {
 //#end
-          } else {
-            sa${l} = vec4<f32>(0.0);
-          }
-//#elif ph == 1 && TRANS_A && VEC_A
-          // 4 consecutive rows at one k.
-          let kk = e / ${BM / 4}u;
-          let r = (e % ${BM / 4}u) * 4u;
-          let gr = row0 + r;
-          let gk = k0 + kk;
-          if (gr < p.m && gk < k_end) {
-            sa${l} = load_a(a_off + gk * p.m + gr);
-          } else {
-            sa${l} = vec4<f32>(0.0);
-          }
-//#else
-          // Scalar loads, 4 consecutive k of one row.
-          let r = e / ${BK / 4}u;
-          let kk = (e % ${BK / 4}u) * 4u;
-          let gr = row0 + r;
-          for (var q = 0u; q < 4u; q++) {
-            let gk = k0 + kk + q;
-            var v = 0.0;
+        let k0 = k_begin + s * ${BK}u;
+        if (s < slabs) {
+//#for l in 0..LA
+          {
+            let e = ${l * WG}u + lid;
+//#if (ph == 0 && VEC_P) || (ph == 1 && !TRANS_A && VEC_A)
+            // 4 consecutive k of one row.
+            let r = e / ${BK / 4}u;
+            let kk = (e % ${BK / 4}u) * 4u;
+            let gr = row0 + r;
+            let gk = k0 + kk;
             if (gr < p.m && gk < k_end) {
 //#if ph == 0
-              v = load_p(gr * depth + gk);
-//#elif TRANS_A
-              v = load_a(a_off + gk * p.m + gr);
+              sa${l} = load_p(gr * depth + gk);
 //#else
-              v = load_a(a_off + gr * depth + gk);
+              sa${l} = load_a(a_off + gr * depth + gk);
 //#end
+            } else {
+              sa${l} = vec4<f32>(0.0);
             }
-            sa${l}[q] = v;
-          }
+//#elif ph == 1 && TRANS_A && VEC_A
+            // 4 consecutive rows at one k.
+            let kk = e / ${BM / 4}u;
+            let r = (e % ${BM / 4}u) * 4u;
+            let gr = row0 + r;
+            let gk = k0 + kk;
+            if (gr < p.m && gk < k_end) {
+              sa${l} = load_a(a_off + gk * p.m + gr);
+            } else {
+              sa${l} = vec4<f32>(0.0);
+            }
+//#else
+            // Scalar loads, 4 consecutive k of one row.
+            let r = e / ${BK / 4}u;
+            let kk = (e % ${BK / 4}u) * 4u;
+            let gr = row0 + r;
+            for (var q = 0u; q < 4u; q++) {
+              let gk = k0 + kk + q;
+              var v = 0.0;
+              if (gr < p.m && gk < k_end) {
+//#if ph == 0
+                v = load_p(gr * depth + gk);
+//#elif TRANS_A
+                v = load_a(a_off + gk * p.m + gr);
+//#else
+                v = load_a(a_off + gr * depth + gk);
 //#end
-        }
+              }
+              sa${l}[q] = v;
+            }
+//#end
+          }
 //#end
 //#for l in 0..LB
-        {
-          let e = ${l * WG}u + lid;
+          {
+            let e = ${l * WG}u + lid;
 //#if (ph == 0 && TRANS_B && VEC_Q) || (ph == 1 && TRANS_B && VEC_B)
-          // 4 consecutive k of one column.
-          let cc = e / ${BK / 4}u;
-          let kk = (e % ${BK / 4}u) * 4u;
-          let gc = col0 + cc;
-          let gk = k0 + kk;
-          if (gc < p.n && gk < k_end) {
-//#if ph == 0
-            sb${l} = load_q(gc * depth + gk);
-//#else
-            sb${l} = load_b(b_off + gc * depth + gk);
-//#end
-          } else {
-            sb${l} = vec4<f32>(0.0);
-          }
-//#elif (ph == 0 && VEC_Q) || (ph == 1 && VEC_B)
-          // 4 consecutive columns at one k.
-          let kk = e / ${BN / 4}u;
-          let cc = (e % ${BN / 4}u) * 4u;
-          let gc = col0 + cc;
-          let gk = k0 + kk;
-          if (gc < p.n && gk < k_end) {
-//#if ph == 0
-            sb${l} = load_q(gk * p.n + gc);
-//#else
-            sb${l} = load_b(b_off + gk * p.n + gc);
-//#end
-          } else {
-            sb${l} = vec4<f32>(0.0);
-          }
-//#else
-          // Scalar loads, 4 consecutive columns at one k.
-          let kk = e / ${BN / 4}u;
-          let cc = (e % ${BN / 4}u) * 4u;
-          let gk = k0 + kk;
-          for (var q = 0u; q < 4u; q++) {
-            let gc = col0 + cc + q;
-            var v = 0.0;
+            // 4 consecutive k of one column.
+            let cc = e / ${BK / 4}u;
+            let kk = (e % ${BK / 4}u) * 4u;
+            let gc = col0 + cc;
+            let gk = k0 + kk;
             if (gc < p.n && gk < k_end) {
-//#if ph == 0 && TRANS_B
-              v = load_q(gc * depth + gk);
-//#elif ph == 0
-              v = load_q(gk * p.n + gc);
-//#elif TRANS_B
-              v = load_b(b_off + gc * depth + gk);
+//#if ph == 0
+              sb${l} = load_q(gc * depth + gk);
 //#else
-              v = load_b(b_off + gk * p.n + gc);
+              sb${l} = load_b(b_off + gc * depth + gk);
 //#end
+            } else {
+              sb${l} = vec4<f32>(0.0);
             }
-            sb${l}[q] = v;
+//#elif (ph == 0 && VEC_Q) || (ph == 1 && VEC_B)
+            // 4 consecutive columns at one k.
+            let kk = e / ${BN / 4}u;
+            let cc = (e % ${BN / 4}u) * 4u;
+            let gc = col0 + cc;
+            let gk = k0 + kk;
+            if (gc < p.n && gk < k_end) {
+//#if ph == 0
+              sb${l} = load_q(gk * p.n + gc);
+//#else
+              sb${l} = load_b(b_off + gk * p.n + gc);
+//#end
+            } else {
+              sb${l} = vec4<f32>(0.0);
+            }
+//#else
+            // Scalar loads, 4 consecutive columns at one k.
+            let kk = e / ${BN / 4}u;
+            let cc = (e % ${BN / 4}u) * 4u;
+            let gk = k0 + kk;
+            for (var q = 0u; q < 4u; q++) {
+              let gc = col0 + cc + q;
+              var v = 0.0;
+              if (gc < p.n && gk < k_end) {
+//#if ph == 0 && TRANS_B
+                v = load_q(gc * depth + gk);
+//#elif ph == 0
+                v = load_q(gk * p.n + gc);
+//#elif TRANS_B
+                v = load_b(b_off + gc * depth + gk);
+//#else
+                v = load_b(b_off + gk * p.n + gc);
+//#end
+              }
+              sb${l}[q] = v;
+            }
+//#end
           }
 //#end
         }
-//#end
-      }
-      if (s > 0u) {
-        let a_base = ((s + 1u) % 2u) * ${BK * BM / 4}u + ty;
-        let b_base = ((s + 1u) % 2u) * ${BK * BN / 4}u + tx;
+        if (s > 0u) {
 //#for kk in 0..BK
-        {
+          {
 //#for g in 0..TM / 4
-          let av${g} = a_tile[a_base + ${kk * BM / 4 + g * BM / TM}u];
+            let av${g} = a_tile[${1 - u}][${kk}][${g}][ty];
 //#end
 //#for h in 0..TN / 4
-          let bv${h} = b_tile[b_base + ${kk * BN / 4 + h * BN / TN}u];
+            let bv${h} = b_tile[${1 - u}][${kk}][${h}][tx];
 //#end
 //#for i in 0..TM
 //#for h in 0..TN / 4
-          acc_${i}_${h} = fma(vec4<f32>(av${i / 4}[${i % 4}]), bv${h}, acc_${i}_${h});
+            acc_${i}_${h} = fma(vec4<f32>(av${i / 4}[${i % 4}]), bv${h}, acc_${i}_${h});
 //#end
+//#end
+          }
 //#end
         }
-//#end
-      }
-      if (s < slabs) {
-        let a_base = (s % 2u) * ${BK * BM / 4}u;
-        let b_base = (s % 2u) * ${BK * BN / 4}u;
+        if (s < slabs) {
 //#for l in 0..LA
-        {
-          let e = ${l * WG}u + lid;
+          {
+            let e = ${l * WG}u + lid;
 //#if ph == 1 && TRANS_A && VEC_A
-          a_tile[a_base + e] = sa${l};
+            let kk = e / ${BM / 4}u;
+            let r4 = e % ${BM / 4}u;
+            a_tile[${u}][kk][r4 / ${BM / TM}u][r4 % ${BM / TM}u] = sa${l};
 //#else
-          let r = e / ${BK / 4}u;
-          let kk = (e % ${BK / 4}u) * 4u;
-          let at = a_base + kk * ${BM / 4}u + r / 4u;
-          a_tile[at][r % 4u] = sa${l}.x;
-          a_tile[at + ${BM / 4}u][r % 4u] = sa${l}.y;
-          a_tile[at + ${BM / 2}u][r % 4u] = sa${l}.z;
-          a_tile[at + ${3 * BM / 4}u][r % 4u] = sa${l}.w;
+            let r = e / ${BK / 4}u;
+            let kk = (e % ${BK / 4}u) * 4u;
+            let g = (r / 4u) / ${BM / TM}u;
+            let i = (r / 4u) % ${BM / TM}u;
+            a_tile[${u}][kk][g][i][r % 4u] = sa${l}.x;
+            a_tile[${u}][kk + 1u][g][i][r % 4u] = sa${l}.y;
+            a_tile[${u}][kk + 2u][g][i][r % 4u] = sa${l}.z;
+            a_tile[${u}][kk + 3u][g][i][r % 4u] = sa${l}.w;
 //#end
-        }
+          }
 //#end
 //#for l in 0..LB
-        {
-          let e = ${l * WG}u + lid;
+          {
+            let e = ${l * WG}u + lid;
 //#if (ph == 0 && TRANS_B && VEC_Q) || (ph == 1 && TRANS_B && VEC_B)
-          let cc = e / ${BK / 4}u;
-          let kk = (e % ${BK / 4}u) * 4u;
-          let at = b_base + kk * ${BN / 4}u + cc / 4u;
-          b_tile[at][cc % 4u] = sb${l}.x;
-          b_tile[at + ${BN / 4}u][cc % 4u] = sb${l}.y;
-          b_tile[at + ${BN / 2}u][cc % 4u] = sb${l}.z;
-          b_tile[at + ${3 * BN / 4}u][cc % 4u] = sb${l}.w;
+            let cc = e / ${BK / 4}u;
+            let kk = (e % ${BK / 4}u) * 4u;
+            let h = (cc / 4u) / ${BN / TN}u;
+            let j = (cc / 4u) % ${BN / TN}u;
+            b_tile[${u}][kk][h][j][cc % 4u] = sb${l}.x;
+            b_tile[${u}][kk + 1u][h][j][cc % 4u] = sb${l}.y;
+            b_tile[${u}][kk + 2u][h][j][cc % 4u] = sb${l}.z;
+            b_tile[${u}][kk + 3u][h][j][cc % 4u] = sb${l}.w;
 //#else
-          b_tile[b_base + e] = sb${l};
+            let kk = e / ${BN / 4}u;
+            let c4 = e % ${BN / 4}u;
+            b_tile[${u}][kk][c4 / ${BN / TN}u][c4 % ${BN / TN}u] = sb${l};
 //#end
+          }
+//#end
+        }
+        workgroupBarrier();
+//#if u == 1
         }
 //#end
       }
-      workgroupBarrier();
+//#end
     }
   }
 //#if ph == 0
