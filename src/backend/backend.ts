@@ -54,31 +54,59 @@ export interface FusedDropout {
 export type WeightQuant = QuantLayout;
 
 /**
+ * Operands of t = drop_pre(x) · Aᵀ ([m, in] → [m, rank]), the token×rank product inside the fused LoRA
+ * linear ({@link Backend.loraInner}).
+ */
+export interface LoraInnerArgs {
+  /** The input [m, inFeatures]. */
+  x: Storage;
+  /** lora_A [rank, inFeatures] (its dtype may differ from x's: mixed precision). */
+  a: Storage;
+  /** Rows of x (tokens). */
+  m: number;
+  inFeatures: number;
+  rank: number;
+  /** The op's dropout; only a "pre" dropout (on x) enters t, a "post" one is ignored here. */
+  dropout: FusedDropout | null;
+}
+
+/**
  * Operands of the fused LoRA forward y = x W^T + b + scale · drop(x A^T B^T) ([m, in] → [m, out]).
  * With `wQuant`, `w` is a packed quantized weight (f32 words) dequantized inside the GEMMs; rank 0 (empty
  * `a` and `b`) is the quantized Linear without an adapter.
  */
-export interface LoraForwardArgs {
-  x: Storage;
+export interface LoraForwardArgs extends LoraInnerArgs {
+  /** The frozen base weight [outFeatures, inFeatures], or its packed words with `wQuant`. */
   w: Storage;
+  /** The base bias [outFeatures], or null. */
   bias: Storage | null;
-  a: Storage;
+  /** lora_B [outFeatures, rank], in lora_A's dtype. */
   b: Storage;
-  m: number;
-  inFeatures: number;
   outFeatures: number;
-  rank: number;
+  /** The LoRA scale (alpha / rank, or what the adapter's config says). */
   scale: number;
-  dropout: FusedDropout | null;
   /** The layout of a quantized `w`; absent or null for a plain weight. */
   wQuant?: WeightQuant | null;
+  /**
+   * t = drop_pre(x) · Aᵀ of these operands as {@link Backend.loraInner} returned it, or absent / null to
+   * compute it inside the call (into scratch freed before it returns). The caller keeps ownership: an op
+   * that records a backward computes t once, passes it here and again to {@link LoraBackwardArgs.inner}.
+   */
+  inner?: Storage | null;
 }
 
-/** Operands of the fused LoRA backward: only x, A and B were saved by the forward. */
+/** Operands of the fused LoRA backward: only x, A and B (and t, when kept) were saved by the forward. */
 export interface LoraBackwardArgs extends Omit<LoraForwardArgs, "bias"> {
+  /** The output's gradient [m, outFeatures], in x's dtype. */
   dy: Storage;
   /** Skip dx when the input needs no gradient. */
   needDx: boolean;
+  /**
+   * The forward's t = drop_pre(x) · Aᵀ ({@link Backend.loraInner}, the same operands and dropout), which
+   * dB = scale · drop_post(dy)ᵀ · t reads; absent or null: t is recomputed from x and A (one more GEMM over
+   * x). The caller keeps ownership.
+   */
+  inner?: Storage | null;
 }
 
 /** Gradients of the fused LoRA backward (`dx` null when not asked for). */
@@ -236,9 +264,16 @@ export interface Backend {
   unpack(packed: Storage, offsets: readonly number[], sizes: readonly number[]): Storage[];
   /** Dropout multiplier mask: 0 or 1 / (1 - p) per element, from `dropoutHash(seed, i)`. */
   dropoutMask(size: number, p: number, seed: number, dtype: DType): Storage;
-  /** Fused LoRA linear forward. */
+  /**
+   * t = drop_pre(x) · Aᵀ, [m, rank], in the backend's accumulation type (f32 on WebGPU, f64 on the CPU
+   * reference), as the fused forward computes it: the one intermediate of the LoRA linear worth keeping
+   * for the backward (4·m·rank bytes on WebGPU), passed as `inner` to {@link loraForward} and
+   * {@link loraBackward}, which then skip their own product over x. The caller frees it.
+   */
+  loraInner(args: LoraInnerArgs): Storage;
+  /** Fused LoRA linear forward (with `inner`: t given, not computed). */
   loraForward(args: LoraForwardArgs): Storage;
-  /** Fused LoRA linear backward. */
+  /** Fused LoRA linear backward (with `inner`: t given, not recomputed). */
   loraBackward(args: LoraBackwardArgs): LoraGrads;
   /**
    * Runs one kernel record (src/backend/kernels/): the CPU calls its reference, WebGPU dispatches its

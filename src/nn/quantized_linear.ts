@@ -14,7 +14,8 @@ import {
   type QuantLayout,
   quantLayout,
 } from "../backend/kernels/quantize.ts";
-import { deviceMismatch, fromStorage, type Tensor } from "../tensor/mod.ts";
+import { deviceMismatch, fromStorage, isGradEnabled, type Tensor } from "../tensor/mod.ts";
+import type { Device } from "../backend/device.ts";
 import type { DType } from "../core/dtype.ts";
 import { DTypeError, ShapeError } from "../core/errors.ts";
 
@@ -139,9 +140,29 @@ export function quantizedLinear(
     wQuant: layout,
   };
   const w = packed.storage(op);
-  const y = withAdapter((a, b) =>
-    be.loraForward({ x: x.storage(op), w, bias: bias ? bias.storage(op) : null, a, b, ...common })
-  );
+  // With an adapter, t = drop_pre(x) Aᵀ is kept for the backward when this call records one (as
+  // loraLinear does: fromStorage's rule), as a tensor so that tidy scopes and the collector free it like
+  // any tensor when the graph is dropped without a backward; the backward disposes of it once it ran.
+  const saved = lora && isGradEnabled() && same.some((t) => t.requiresGrad)
+    ? keptInner(x.device, be.loraInner({ x: x.storage(op), a: lora.a.storage(op), ...common }), m, rank)
+    : null;
+  let y: Storage;
+  try {
+    y = withAdapter((a, b) =>
+      be.loraForward({
+        x: x.storage(op),
+        w,
+        bias: bias ? bias.storage(op) : null,
+        a,
+        b,
+        inner: saved?.storage(op) ?? null,
+        ...common,
+      })
+    );
+  } catch (e) {
+    saved?.dispose();
+    throw e;
+  }
   return fromStorage(y, [...x.shape.slice(0, -1), outFeatures], x.dtype, x.device, {
     op,
     inputs: same,
@@ -154,9 +175,12 @@ export function quantizedLinear(
           a,
           b,
           needDx: x.requiresGrad,
+          // Null after a first backward (or a tidy scope) freed it: recomputed then.
+          inner: saved === null || saved.isDisposed ? null : saved.storage(op),
           ...common,
         })
       );
+      saved?.dispose();
       const wrap = (s: Storage | null, shape: readonly number[]) =>
         s === null ? null : fromStorage(s, shape, x.dtype, x.device);
       const dx = wrap(grads.dx, x.shape);
@@ -168,4 +192,9 @@ export function quantizedLinear(
       return [dx, ...(bias ? [db] : []), ...(lora ? [dA, dB] : [])];
     },
   });
+}
+
+/** The forward's t [m, rank] as a tensor of the storage's dtype (the backend's accumulation type). */
+function keptInner(device: Device, inner: Storage, m: number, rank: number): Tensor {
+  return fromStorage(inner, [m, rank], inner.dtype, device);
 }

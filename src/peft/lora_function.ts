@@ -1,14 +1,15 @@
 /**
  * The fused LoRA linear as one autograd op (NeMo AutoModel's `LoRATritonFunction`, widened to include the base
- * GEMM and dropout): y = x Wᵀ + b + scale · drop(B(A(x))). Only x, A and B are kept for backward (W and
- * b are frozen parameters, alive anyway); the token×rank intermediate is recomputed, never stored.
+ * GEMM and dropout): y = x Wᵀ + b + scale · drop(B(A(x))). Kept for backward: x, A and B (W and b are
+ * frozen parameters, alive anyway) and the token×rank intermediate t = drop_pre(x) Aᵀ (m·rank f32 values,
+ * tiny next to x), so that dB = scale · drop_post(dy)ᵀ t needs no second product over x.
  *
  * Mixed precision: lora_A and lora_B may have a dtype of their own (f32 adapters over an f16 base). The
  * output and dx are in the base dtype, dA and dB in the adapters', every product accumulated in f32.
  * @module
  */
-import type { FusedDropout } from "../backend/backend.ts";
-import { deviceMismatch, fromStorage, type Tensor } from "../tensor/mod.ts";
+import type { FusedDropout, LoraInnerArgs, Storage } from "../backend/backend.ts";
+import { deviceMismatch, fromStorage, isGradEnabled, type Tensor } from "../tensor/mod.ts";
 import { DTypeError, ShapeError } from "../core/errors.ts";
 
 /**
@@ -58,14 +59,27 @@ export function loraLinear(
   const m = x.size / inF;
   const drop = dropout && dropout.p > 0 ? dropout : null;
   const common = { m, inFeatures: inF, outFeatures: outF, rank, scale, dropout: drop };
-  const y = be.loraForward({
-    x: x.storage(op),
-    w: weight.storage(op),
-    bias: bias ? bias.storage(op) : null,
-    a: loraA.storage(op),
-    b: loraB.storage(op),
-    ...common,
-  });
+  // t is kept only when this call records a backward (fromStorage's rule: grad mode on and an operand
+  // requiring grad); otherwise the forward computes it into scratch it frees at once. Kept, it is a
+  // tensor, so that the lifetime rules of every tensor free it when the graph is dropped without a
+  // backward (a tidy scope ending; the collector, once the output's node and this closure are gone).
+  const saved = isGradEnabled() && operands.some((o) => o.requiresGrad) ? keepInner(x, loraA, common) : null;
+  let y: Storage;
+  try {
+    y = be.loraForward({
+      x: x.storage(op),
+      w: weight.storage(op),
+      bias: bias ? bias.storage(op) : null,
+      a: loraA.storage(op),
+      b: loraB.storage(op),
+      inner: saved?.storage(op) ?? null,
+      ...common,
+    });
+  } catch (e) {
+    // A forward refused (a memory limit, say) leaves nothing behind, t included.
+    saved?.dispose();
+    throw e;
+  }
   return fromStorage(y, [...x.shape.slice(0, -1), outF], x.dtype, x.device, {
     op,
     inputs: operands,
@@ -77,8 +91,12 @@ export function loraLinear(
         a: loraA.storage(op),
         b: loraB.storage(op),
         needDx: x.requiresGrad,
+        inner: saved === null || saved.isDisposed ? null : saved.storage(op),
         ...common,
       });
+      // The graph's one backward has read t. A second backward (the graph kept and run again), or one
+      // after a tidy scope freed t with the rest of the forward, recomputes it instead.
+      saved?.dispose();
       const wrap = (s: typeof grads.dA | null, like: Tensor) =>
         s === null ? null : fromStorage(s, like.shape, like.dtype, x.device);
       const dx = wrap(grads.dx, x);
@@ -96,4 +114,11 @@ export function loraLinear(
       return bias ? [dx, dW, db, dA, dB] : [dx, dW, dA, dB];
     },
   });
+}
+
+/** t = drop_pre(x) Aᵀ [m, rank] of the forward, as a tensor of the backend's accumulation dtype. */
+function keepInner(x: Tensor, loraA: Tensor, sizes: Omit<LoraInnerArgs, "x" | "a">): Tensor {
+  const op = "loraLinear";
+  const inner = x.device.backend.loraInner({ x: x.storage(op), a: loraA.storage(op), ...sizes });
+  return fromStorage(inner, [sizes.m, sizes.rank], inner.dtype, x.device);
 }

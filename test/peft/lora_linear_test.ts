@@ -453,7 +453,7 @@ Deno.test("loraDtype puts the adapters in another dtype; output keeps the base d
   }
 });
 
-Deno.test("useFused runs the fused function on the CPU; its forward stores no token×rank intermediate", () => {
+Deno.test("useFused runs the fused function on the CPU; its forward keeps only the token×rank intermediate", () => {
   fc.assert(
     fc.property(caseArb, (c) => {
       const fused = makeLayer(c, { useFused: true }), composed = makeLayer(c, { useFused: false });
@@ -461,10 +461,13 @@ Deno.test("useFused runs the fused function on the CPU; its forward stores no to
         ...F64,
         requiresGrad: true,
       });
-      const before = cpuDevice().memory().buffers;
+      const before = cpuDevice().memory();
       const y = fused.forward(x);
-      // One new buffer, the output: x, A and B are what backward reads, nothing else is kept.
-      assert.equal(cpuDevice().memory().buffers, before + 1);
+      // Two new buffers, the output and t = x·Aᵀ (tokens × rank, f64 on the CPU) for dB: x, A and B are
+      // the other things backward reads, nothing else is kept.
+      const after = cpuDevice().memory();
+      assert.equal(after.buffers, before.buffers + 2);
+      assert.equal(after.bytes, before.bytes + 8 * size(c.lead) * (c.outF + c.rank));
       assert.equal(y._node?.op, "loraLinear");
       const saved = new Set(y._node!.inputs);
       for (const t of [x, fused.lora_A.weight, fused.lora_B.weight]) assert.ok(saved.has(t));

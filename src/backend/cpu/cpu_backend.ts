@@ -9,6 +9,7 @@ import type {
   LoraBackwardArgs,
   LoraForwardArgs,
   LoraGrads,
+  LoraInnerArgs,
   ProfileRow,
   Storage,
 } from "../backend.ts";
@@ -244,7 +245,13 @@ export function createCpuBackend(): Backend {
       return offsets.map((o, i) => out(packed.dtype, v.slice(o, o + sizes[i])));
     },
     dropoutMask: (size, p, seed, dtype) => run(DROPOUT_MASK, [], { size, p, seed, dtype })[0],
+    loraInner(args) {
+      checkLoraInner("loraInner", args);
+      reserve(args.m * args.rank * dtypeSize("f64"), `loraInner: x·Aᵀ [${args.m}, ${args.rank}] (f64)`);
+      return out("f64", loraInner(args, droppedInput(args)));
+    },
     loraForward(args) {
+      checkSavedInner("loraForward", args);
       reserve(
         args.m * args.outFeatures * dtypeSize(args.x.dtype),
         `loraForward: output [${args.m}, ${args.outFeatures}]`,
@@ -252,6 +259,7 @@ export function createCpuBackend(): Backend {
       return out(args.x.dtype, loraForwardRef(args));
     },
     loraBackward(args) {
+      checkSavedInner("loraBackward", args);
       const { m, inFeatures: K, outFeatures: N, rank: R } = args;
       reserve(
         ((args.needDx ? m * K : 0) + R * (K + N)) * dtypeSize(args.x.dtype),
@@ -319,7 +327,7 @@ function baseWeight(args: LoraForwardArgs | LoraBackwardArgs): HostArray {
 }
 
 /** x after pre-dropout (or x itself), as f64. */
-function droppedInput(args: LoraForwardArgs | LoraBackwardArgs): Float64Array {
+function droppedInput(args: LoraInnerArgs): Float64Array {
   const x = arr(args.x);
   const xd = Float64Array.from(x);
   const d = args.dropout;
@@ -330,8 +338,34 @@ function droppedInput(args: LoraForwardArgs | LoraBackwardArgs): Float64Array {
   return xd;
 }
 
-/** t = drop_pre(x) A^T, [m, rank] in f64: the intermediate the fused path never stores. */
-function loraInner(args: LoraForwardArgs | LoraBackwardArgs, xd: Float64Array): Float64Array {
+/** Throws ShapeError unless x is [m, in] and lora_A [rank, in] (loraInner's own operands). */
+function checkLoraInner(op: string, args: LoraInnerArgs): void {
+  const { m, inFeatures: K, rank: R } = args;
+  if (args.x.size !== m * K || args.a.size !== R * K) {
+    throw new ShapeError(
+      `${op}: x of ${args.x.size} elements and lora_A of ${args.a.size} do not fit [${m}, ${K}] and [${R}, ${K}]`,
+    );
+  }
+}
+
+/** Throws unless a given `inner` is what {@link loraInner} makes for these operands: [m, rank] f64. */
+function checkSavedInner(op: string, args: LoraForwardArgs | LoraBackwardArgs): void {
+  const t = args.inner;
+  if (t === undefined || t === null) return;
+  if (t.size !== args.m * args.rank) {
+    throw new ShapeError(`${op}: inner of ${t.size} elements is not x·Aᵀ [${args.m}, ${args.rank}]`);
+  }
+  if (t.dtype !== "f64") throw new DTypeError(`${op}: inner is ${t.dtype}; the CPU's loraInner makes f64`);
+}
+
+/** The call's given t (see {@link checkSavedInner}), else t computed from the dropped input and A. */
+function innerOf(args: LoraForwardArgs | LoraBackwardArgs, dropped: () => Float64Array): Float64Array {
+  const t = args.inner;
+  return t === undefined || t === null ? loraInner(args, dropped()) : arr(t) as Float64Array;
+}
+
+/** t = drop_pre(x) A^T, [m, rank] in f64: the intermediate the fused op keeps only for a backward. */
+function loraInner(args: LoraInnerArgs, xd: Float64Array): Float64Array {
   const { m, inFeatures: K, rank: R } = args;
   const A = arr(args.a);
   const t = new Float64Array(m * R);
@@ -350,7 +384,7 @@ function loraForwardRef(args: LoraForwardArgs): HostArray {
   const { m, inFeatures: K, outFeatures: N, rank: R, scale } = args;
   const x = arr(args.x), W = baseWeight(args), B = arr(args.b);
   const bias = args.bias ? arr(args.bias) : null;
-  const t = loraInner(args, droppedInput(args));
+  const t = innerOf(args, () => droppedInput(args));
   const d = args.dropout;
   const post = d && d.position === "post" && d.p > 0;
   const th = post ? dropoutThreshold(d.p) : 0, keep = post ? dropoutKeepScale(d.p) : 1;
@@ -381,7 +415,7 @@ function loraBackwardRef(args: LoraBackwardArgs): { dx: HostArray | null; dA: Ho
   const dyl = Float64Array.from(dy);
   if (post) { for (let i = 0; i < dyl.length; i++) dyl[i] *= dropoutFactor(d!.seed, i, th, keep); }
   const xd = droppedInput(args);
-  const t = loraInner(args, xd);
+  const t = innerOf(args, () => xd);
   const g = new Float64Array(m * R); // dyl B
   for (let i = 0; i < m; i++) {
     for (let r = 0; r < R; r++) {

@@ -11,6 +11,7 @@ import type {
   LoraBackwardArgs,
   LoraForwardArgs,
   LoraGrads,
+  LoraInnerArgs,
   MatmulArgs,
   MemoryStats,
   ProfileRow,
@@ -40,7 +41,7 @@ import { UNARY } from "../kernels/unary.ts";
 import { WIDEN_HALF } from "../kernels/widen_half.ts";
 import { DIRECT_PROFILE, type GemmProfile, TILED_PROFILE } from "./gemm_plan.ts";
 import { tunedChoice } from "./gemm_tuned.ts";
-import { recordLoraBackward, recordLoraForward } from "./lora.ts";
+import { recordLoraBackward, recordLoraForward, recordLoraInner } from "./lora.ts";
 import { blockLayout, bufferLimit, copyElements, type GpuBlock, type Piece, rowsPerBlock } from "./blocks.ts";
 import { checkPack, checkSegments } from "../packing.ts";
 import { matmulArgs } from "../shape.ts";
@@ -833,16 +834,39 @@ export class WebGpuBackend implements Backend {
     checkLoraDTypes(op, args);
   }
 
+  /** The binding of a given t (`inner`: loraInner's [m, R] f32), checked; null where none is given. */
+  #savedInner(op: string, args: LoraForwardArgs | LoraBackwardArgs): Binding | null {
+    const t = args.inner;
+    if (t === undefined || t === null) return null;
+    const bind = this.#in(t, op);
+    this.#sameSize(t, args.m * args.rank, op, `inner x·Aᵀ [${args.m}, ${args.rank}]`);
+    if (t.dtype !== "f32") throw new DTypeError(`${op}: inner is ${t.dtype}; loraInner makes f32 on WebGPU`);
+    return bind;
+  }
+
+  loraInner(args: LoraInnerArgs): Storage {
+    const op = "loraInner";
+    const { m, inFeatures: K, rank: R } = args;
+    const [x, a] = this.#begin(op, args.x, args.a);
+    this.#sameSize(args.x, m * K, op, `x [${m}, ${K}]`);
+    this.#sameSize(args.a, R * K, op, `lora_A [${R}, ${K}]`);
+    this.#checkDType(args.x.dtype, op);
+    this.#checkDType(args.a.dtype, op);
+    this.#reserve(m * R * dtypeSize("f32"), `${op}: x·Aᵀ [${m}, ${R}] (f32)`);
+    return this.#adopt(recordLoraInner(this.#ctx, args, { x, a }), m * R, "f32");
+  }
+
   loraForward(args: LoraForwardArgs): Storage {
     const op = "loraForward";
     const [x, w, a, b] = this.#begin(op, args.x, args.w, args.a, args.b);
     const bias = args.bias === null ? null : this.#in(args.bias, op);
     this.#checkLora(op, args, args.bias);
+    const inner = this.#savedInner(op, args);
     this.#reserve(
       args.m * args.outFeatures * dtypeSize(args.x.dtype),
       `${op}: output [${args.m}, ${args.outFeatures}]`,
     );
-    const y = recordLoraForward(this.#ctx, args, { x, w, a, b, bias });
+    const y = recordLoraForward(this.#ctx, args, { x, w, a, b, bias, inner });
     return this.#adopt(y, args.m * args.outFeatures, args.x.dtype);
   }
 
@@ -850,6 +874,7 @@ export class WebGpuBackend implements Backend {
     const op = "loraBackward";
     const [dy, x, w, a, b] = this.#begin(op, args.dy, args.x, args.w, args.a, args.b);
     this.#checkLora(op, args, null);
+    const inner = this.#savedInner(op, args);
     const es = dtypeSize(args.x.dtype);
     const gradBytes =
       ((args.needDx ? args.m * args.inFeatures : 0) + args.rank * (args.inFeatures + args.outFeatures)) * es;
@@ -857,7 +882,7 @@ export class WebGpuBackend implements Backend {
       gradBytes,
       `${op}: gradients of [${args.outFeatures}, ${args.inFeatures}] rank ${args.rank}`,
     );
-    const g = recordLoraBackward(this.#ctx, args, { dy, x, w, a, b });
+    const g = recordLoraBackward(this.#ctx, args, { dy, x, w, a, b, inner });
     const { m, inFeatures: K, outFeatures: N, rank: R } = args;
     const T = args.x.dtype;
     return {

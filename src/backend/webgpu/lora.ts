@@ -4,10 +4,12 @@
  * as the CPU reference does).
  *
  * Forward, y = x Wᵀ + b + scale · drop_post((drop_pre(x) Aᵀ) Bᵀ):
- *   1. t = drop_pre(x) Aᵀ, [m, R] in f32 scratch (one row block per workgroup);
+ *   1. t = drop_pre(x) Aᵀ, [m, R] in f32 (one row block per workgroup): scratch freed after step 2, or,
+ *      when the op records a backward, its own storage made first by loraInner and passed in (`inner`);
  *   2. one GEMM pass over y: the LoRA term (P = t, Q = B) accumulated first, scaled and masked, then the
  *      base product and the bias on top (gemm.ts, LoraPhase).
- * Backward, from x, A and B only (t is recomputed, never saved):
+ * Backward, from x, A, B and the forward's t (keeping its 4·m·R bytes saves a whole skinny GEMM over x;
+ * given no t, the backward records step 1 again):
  *   1. g = dyl B, dyl = drop_post(dy), [m, R] f32 scratch;
  *   2. dx = dy W + scale · drop_pre ⊙ (g A), one GEMM pass with a LoRA phase;
  *   3. dA = scale · gᵀ drop_pre(x) and 4. dB = scale · dylᵀ t, GEMMs over the tokens, split-K when
@@ -21,7 +23,7 @@
  * dA / dB written in their own type, with no cast and no fallback to the composed path.
  * @module
  */
-import type { FusedDropout, LoraBackwardArgs, LoraForwardArgs } from "../backend.ts";
+import type { FusedDropout, LoraBackwardArgs, LoraForwardArgs, LoraInnerArgs } from "../backend.ts";
 import { type GemmContext, recordGemm, type WgslType } from "./gemm.ts";
 import type { Binding } from "./runtime.ts";
 
@@ -38,12 +40,12 @@ export interface LoraBindings {
   b: Binding;
 }
 
-/** t = drop_pre(x) · Aᵀ as f32 scratch [m, R]. */
-function recordInner(
+/** Records t = drop_pre(x) · Aᵀ; returns it as a fresh f32 buffer [m, R] (the caller releases or adopts it). */
+export function recordLoraInner(
   ctx: GemmContext,
-  args: LoraForwardArgs | LoraBackwardArgs,
-  bind: LoraBindings,
-  op: string,
+  args: LoraInnerArgs,
+  bind: { x: Binding; a: Binding },
+  op = "loraInner",
 ): Binding {
   const T = args.x.dtype as WgslType;
   const pre = dropoutAt(args.dropout, "pre");
@@ -59,15 +61,27 @@ function recordInner(
   });
 }
 
-/** Records the fused forward; returns y [m, N] in x's dtype. */
+/** The given t (`inner`), else t recorded into scratch; `release` frees only what was recorded here. */
+function innerOrRecorded(
+  ctx: GemmContext,
+  args: LoraInnerArgs,
+  bind: LoraBindings & { inner: Binding | null },
+  op: string,
+): { t: Binding; release: () => void } {
+  if (bind.inner !== null) return { t: bind.inner, release: () => {} };
+  const t = recordLoraInner(ctx, args, bind, op);
+  return { t, release: () => ctx.rt.release(t.buf) };
+}
+
+/** Records the fused forward (reading `bind.inner` as t where given); returns y [m, N] in x's dtype. */
 export function recordLoraForward(
   ctx: GemmContext,
   args: LoraForwardArgs,
-  bind: LoraBindings & { bias: Binding | null },
+  bind: LoraBindings & { bias: Binding | null; inner: Binding | null },
 ): Binding {
   const op = "loraForward";
   const T = args.x.dtype as WgslType;
-  const t = recordInner(ctx, args, bind, op);
+  const { t, release } = innerOrRecorded(ctx, args, bind, op);
   const y = recordGemm(ctx, {
     a: { bind: bind.x, type: T, trans: false },
     b: { bind: bind.w, type: T, trans: true, quant: args.wQuant },
@@ -86,15 +100,18 @@ export function recordLoraForward(
     outType: T,
     what: `${op}: output [${args.m}, ${args.outFeatures}] (${T})`,
   });
-  ctx.rt.release(t.buf);
+  release();
   return y;
 }
 
-/** Records the fused backward; returns dx (when asked for), dA and dB in x's dtype. */
+/**
+ * Records the fused backward; returns dx (when asked for) in x's dtype, dA and dB in the adapters'. With
+ * `bind.inner` (the forward's t) dB reads it; without, t is recorded again first.
+ */
 export function recordLoraBackward(
   ctx: GemmContext,
   args: LoraBackwardArgs,
-  bind: LoraBindings & { dy: Binding },
+  bind: LoraBindings & { dy: Binding; inner: Binding | null },
 ): { dx: Binding | null; dA: Binding; dB: Binding } {
   const op = "loraBackward";
   const { m, inFeatures: K, outFeatures: N, rank: R, scale } = args;
@@ -134,7 +151,7 @@ export function recordLoraBackward(
     outType: TA,
     what: `${op}: dA [${R}, ${K}] (${TA})`,
   });
-  const t = recordInner(ctx, args, bind, op);
+  const { t, release } = innerOrRecorded(ctx, args, bind, op);
   const dB = recordGemm(ctx, {
     a: { bind: bind.dy, type: T, trans: true, masked: post !== null },
     b: { bind: t, type: "f32", trans: false },
@@ -147,6 +164,6 @@ export function recordLoraBackward(
     what: `${op}: dB [${N}, ${R}] (${TB})`,
   });
   ctx.rt.release(g.buf);
-  ctx.rt.release(t.buf);
+  release();
   return { dx, dA, dB };
 }
