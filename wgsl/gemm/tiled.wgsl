@@ -11,9 +11,10 @@
 
 // Two slabs each, indexed [buffer][kk][group][invocation]: element (kk, r) of buffer s is
 // a_tile[s][kk][(r / 4) / (BM / TM)][(r / 4) % (BM / TM)][r % 4] (b_tile likewise with BN / TN). The
-// multiply indexes the first three with constants and the last with the invocation's own ty (tx): WGSL
-// implementations clamp every dynamic index, and a clamp of ty is loop-invariant, computed once, where a
-// clamp of "buffer base + ty + offset" cost an add and a min before each of the loop's loads.
+// multiply indexes kk and the group with constants and the last with the invocation's own ty (tx): WGSL
+// implementations clamp every dynamic index, and a clamp of ty is loop-invariant, computed once (the
+// buffer's once per slab), where a clamp of "buffer base + ty + offset" cost an add and a min before each
+// of the loop's loads (4096³ on the H200: 4.10-4.22 ms against 4.30-4.37 on Deno's WebGPU, bench/NOTES.md).
 var<workgroup> a_tile: array<array<array<array<vec4<f32>, ${BM / TM}>, ${TM / 4}>, ${BK}>, 2>;
 var<workgroup> b_tile: array<array<array<array<vec4<f32>, ${BN / TN}>, ${TN / 4}>, ${BK}>, 2>;
 
@@ -52,12 +53,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let z = wid.z + p.z_base;
   let row0 = (tile / p.tiles_n) * ${BM}u;
   let col0 = (tile % p.tiles_n) * ${BN}u;
-  // Invocation (tx, ty) of the BN / TN × BM / TM grid: each 32 consecutive invocations (a subgroup on
-  // NVIDIA GPUs) cover an LX × 32 / LX block of it (LX = BN / TN or 32 is row by row).
-  let lane = lid % 32u;
-  let sub = lid / 32u;
-  let tx = (sub % ${BN / TN / LX}u) * ${LX}u + lane % ${LX}u;
-  let ty = (sub / ${BN / TN / LX}u) * ${32 / LX}u + lane / ${LX}u;
+  let tx = lid % ${BN / TN}u;
+  let ty = lid / ${BN / TN}u;
 //#for i in 0..TM
 //#for h in 0..TN / 4
   var acc_${i}_${h} = vec4<f32>(0.0);
@@ -89,16 +86,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 //#end
     // Step s fetches slab s from storage into the staging registers (zeros outside the matrices),
     // multiplies slab s - 1 (staged in buffer (s - 1) % 2) meanwhile, then stages slab s into buffer s % 2:
-    // the other buffer, last read in step s - 1, before the barrier that ended it. Two steps per iteration,
-    // so that both buffer numbers are constants in each.
+    // the other buffer, last read in step s - 1, before the barrier that ended it. (Unrolling two steps per
+    // iteration, to make the buffer numbers constants too, ran 1.5x slower on the H200: bench/NOTES.md.)
     let slabs = (k_end - min(k_begin, k_end) + ${BK - 1}u) / ${BK}u;
-    for (var s0 = 0u; s0 <= slabs; s0 += 2u) {
-//#for u in 0..2
+    for (var s = 0u; s <= slabs; s++) {
       {
-        let s = s0 + ${u}u;
-//#if u == 1
-        if (s <= slabs) {
-//#end
+        let mul_buf = (s + 1u) % 2u;
+        let stage_buf = s % 2u;
         let k0 = k_begin + s * ${BK}u;
         if (s < slabs) {
 //#for l in 0..LA
@@ -214,10 +208,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 //#for kk in 0..BK
           {
 //#for g in 0..TM / 4
-            let av${g} = a_tile[${1 - u}][${kk}][${g}][ty];
+            let av${g} = a_tile[mul_buf][${kk}][${g}][ty];
 //#end
 //#for h in 0..TN / 4
-            let bv${h} = b_tile[${1 - u}][${kk}][${h}][tx];
+            let bv${h} = b_tile[mul_buf][${kk}][${h}][tx];
 //#end
 //#for i in 0..TM
 //#for h in 0..TN / 4
@@ -234,16 +228,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 //#if ph == 1 && TRANS_A && VEC_A
             let kk = e / ${BM / 4}u;
             let r4 = e % ${BM / 4}u;
-            a_tile[${u}][kk][r4 / ${BM / TM}u][r4 % ${BM / TM}u] = sa${l};
+            a_tile[stage_buf][kk][r4 / ${BM / TM}u][r4 % ${BM / TM}u] = sa${l};
 //#else
             let r = e / ${BK / 4}u;
             let kk = (e % ${BK / 4}u) * 4u;
             let g = (r / 4u) / ${BM / TM}u;
             let i = (r / 4u) % ${BM / TM}u;
-            a_tile[${u}][kk][g][i][r % 4u] = sa${l}.x;
-            a_tile[${u}][kk + 1u][g][i][r % 4u] = sa${l}.y;
-            a_tile[${u}][kk + 2u][g][i][r % 4u] = sa${l}.z;
-            a_tile[${u}][kk + 3u][g][i][r % 4u] = sa${l}.w;
+            a_tile[stage_buf][kk][g][i][r % 4u] = sa${l}.x;
+            a_tile[stage_buf][kk + 1u][g][i][r % 4u] = sa${l}.y;
+            a_tile[stage_buf][kk + 2u][g][i][r % 4u] = sa${l}.z;
+            a_tile[stage_buf][kk + 3u][g][i][r % 4u] = sa${l}.w;
 //#end
           }
 //#end
@@ -255,24 +249,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             let kk = (e % ${BK / 4}u) * 4u;
             let h = (cc / 4u) / ${BN / TN}u;
             let j = (cc / 4u) % ${BN / TN}u;
-            b_tile[${u}][kk][h][j][cc % 4u] = sb${l}.x;
-            b_tile[${u}][kk + 1u][h][j][cc % 4u] = sb${l}.y;
-            b_tile[${u}][kk + 2u][h][j][cc % 4u] = sb${l}.z;
-            b_tile[${u}][kk + 3u][h][j][cc % 4u] = sb${l}.w;
+            b_tile[stage_buf][kk][h][j][cc % 4u] = sb${l}.x;
+            b_tile[stage_buf][kk + 1u][h][j][cc % 4u] = sb${l}.y;
+            b_tile[stage_buf][kk + 2u][h][j][cc % 4u] = sb${l}.z;
+            b_tile[stage_buf][kk + 3u][h][j][cc % 4u] = sb${l}.w;
 //#else
             let kk = e / ${BN / 4}u;
             let c4 = e % ${BN / 4}u;
-            b_tile[${u}][kk][c4 / ${BN / TN}u][c4 % ${BN / TN}u] = sb${l};
+            b_tile[stage_buf][kk][c4 / ${BN / TN}u][c4 % ${BN / TN}u] = sb${l};
 //#end
           }
 //#end
         }
         workgroupBarrier();
-//#if u == 1
-        }
-//#end
       }
-//#end
     }
   }
 //#if ph == 0

@@ -125,8 +125,6 @@ export function gemmSpecialisation(f: GemmFlags, t: GemmTile): TemplateParams {
     // Staging vec4s per invocation of the tiled kernel (unused by the direct one).
     LA: Math.max(1, (t.BM * t.BK) / 4 / t.WG),
     LB: Math.max(1, (t.BN * t.BK) / 4 / t.WG),
-    // Invocations of a 32-wide subgroup along a row of the tiled kernel's invocation grid.
-    LX: Math.min(t.BN / t.TN, 32),
   };
 }
 
