@@ -139,7 +139,9 @@ function noAdapterMessage(where: string, found: string, injected: boolean): stri
       `'bun-webgpu' (Bun) packages, needs a Vulkan, Metal or D3D12 driver, and on Linux it rejects Mesa's ` +
       `lavapipe software driver (it requires Vulkan's shaderUniform*ArrayDynamicIndexing features). ` +
       `Check the GPU driver; without a GPU, use SwiftShader's Vulkan driver: install it (Debian/Ubuntu: ` +
-      `apt-get install chromium) and run with VK_ICD_FILENAMES=${SWIFTSHADER_ICD}`;
+      `apt-get install chromium) and run with VK_ICD_FILENAMES=${SWIFTSHADER_ICD}. If NVIDIA's driver ` +
+      `printed "cannot allocate memory in static TLS block" (many Dawn instances in one process, as in a ` +
+      `test runner), start the process with LD_PRELOAD naming its libnvidia-tls.so.<version>`;
   }
   return `${where}: no WebGPU adapter found (${found}). Check the GPU driver; on Linux without a GPU, ` +
     `Mesa's lavapipe provides a software adapter to Deno (apt-get install mesa-vulkan-drivers); in a ` +
