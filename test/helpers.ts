@@ -34,3 +34,13 @@ export function loadFixture(
 export async function values(t: Tensor): Promise<number[]> {
   return Array.from(await t.data());
 }
+
+/** Each tensor's values as a Float32Array, disposing of the tensor once read. */
+export async function takeValues(ts: readonly Tensor[]): Promise<Float32Array[]> {
+  const out: Float32Array[] = [];
+  for (const t of ts) {
+    out.push(Float32Array.from(await t.data()));
+    t.dispose();
+  }
+  return out;
+}

@@ -21,7 +21,7 @@ import type { FusedDropout } from "../../src/backend/backend.ts";
 import { packWeight, quantizedLinear } from "../../src/nn/quantized_linear.ts";
 import { Rng } from "../../src/core/random.ts";
 import { gpuTest } from "../backend/webgpu/gpu.ts";
-import { relErr } from "../helpers.ts";
+import { relErr, takeValues } from "../helpers.ts";
 
 const M = 6, IN = 16, OUT = 5, RANK = 2;
 
@@ -124,20 +124,12 @@ gpuTest(
 /** dx, dA, dB with t kept, and with t recomputed (the output returned from a tidy scope, which freed t). */
 async function grads(device: Device, d: FusedDropout | null) {
   const l = layer(device);
-  const read = async (ts: Tensor[]) => {
-    const out: Float32Array[] = [];
-    for (const t of ts) {
-      out.push(Float32Array.from(await t.data()));
-      t.dispose();
-    }
-    return out;
-  };
   const y = l.forward(d);
   y.backward(l.dy);
-  const kept = await read(l.takeGrads());
+  const kept = await takeValues(l.takeGrads());
   const yr = tidy(() => l.forward(d));
   yr.backward(l.dy);
-  const recomputed = await read(l.takeGrads());
+  const recomputed = await takeValues(l.takeGrads());
   y.dispose();
   yr.dispose();
   l.dispose();

@@ -20,7 +20,7 @@ import {
 import type { FusedDropout } from "../../src/backend/backend.ts";
 import { Rng } from "../../src/core/random.ts";
 import { gpuTest } from "../backend/webgpu/gpu.ts";
-import { relErr } from "../helpers.ts";
+import { relErr, takeValues } from "../helpers.ts";
 
 /** Sizes of the layer the tests run: odd feature counts, a rank above one. */
 const M = 9, IN = 13, OUT = 7, RANK = 3;
@@ -143,25 +143,17 @@ gpuTest(
  */
 async function gradsThreeWays(device: Device, d: FusedDropout | null) {
   const l = layer(device);
-  const read = async (ts: Tensor[]) => {
-    const out: Float32Array[] = [];
-    for (const t of ts) {
-      out.push(Float32Array.from(await t.data()));
-      t.dispose();
-    }
-    return out;
-  };
   const y = l.forward(d);
   const yValues = Float32Array.from(await y.data());
   y.backward(l.dy);
-  const kept = await read(l.takeGrads());
+  const kept = await takeValues(l.takeGrads());
   y.backward(l.dy);
   y.backward(l.dy);
-  const twice = await read(l.takeGrads());
+  const twice = await takeValues(l.takeGrads());
   y.dispose();
   const yr = tidy(() => l.forward(d));
   yr.backward(l.dy);
-  const recomputed = await read(l.takeGrads());
+  const recomputed = await takeValues(l.takeGrads());
   yr.dispose();
   l.dispose();
   return { yValues, kept, recomputed, twice };

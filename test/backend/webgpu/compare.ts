@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { cpuDevice, type Device, type DType } from "../../../mod.ts";
-import type { Backend, Storage } from "../../../src/backend/backend.ts";
+import type { Backend, FusedDropout, Storage } from "../../../src/backend/backend.ts";
 import { roundToF16 } from "../../../src/core/half.ts";
 import { Rng } from "../../../src/core/random.ts";
 import { relErr } from "../../helpers.ts";
@@ -59,6 +59,16 @@ export function factor(min: number, max: number): fc.Arbitrary<number> {
 
 /** A seed for {@link values}. */
 export const seedArb: fc.Arbitrary<number> = fc.integer({ min: 0, max: 0x7fffffff });
+
+/** The fused LoRA linear's dropout: none, or p in [0.05, 0.9] on its input ("pre") or its LoRA term ("post"). */
+export const fusedDropoutArb: fc.Arbitrary<FusedDropout | null> = fc.oneof(
+  fc.constant(null),
+  fc.record({
+    p: fc.double({ min: 0.05, max: 0.9, noNaN: true }),
+    seed: fc.integer({ min: 0, max: 0xffffffff }),
+    position: fc.constantFrom<"pre" | "post">("pre", "post"),
+  }),
+);
 
 /** How {@link values} draws: standard normal, or uniform in [lo, hi). */
 export type Dist = "normal" | { lo: number; hi: number };

@@ -14,6 +14,7 @@ import {
   dim,
   type FloatType,
   floatTypes,
+  fusedDropoutArb,
   onBoth,
   printWorst,
   seedArb,
@@ -35,21 +36,12 @@ interface InnerCase {
   seed: number;
 }
 
-const dropoutArb: fc.Arbitrary<FusedDropout | null> = fc.oneof(
-  fc.constant(null),
-  fc.record({
-    p: fc.double({ min: 0.05, max: 0.9, noNaN: true }),
-    seed: fc.integer({ min: 0, max: 0xffffffff }),
-    position: fc.constantFrom<"pre" | "post">("pre", "post"),
-  }),
-);
-
 const caseArb: fc.Arbitrary<InnerCase> = fc.record({
   m: dim(),
   inF: dim(),
   outF: dim(),
   rank: fc.oneof(fc.integer({ min: 1, max: 64 }), fc.constantFrom(1, 7, 16, 64)),
-  dropout: dropoutArb,
+  dropout: fusedDropoutArb,
   dtype: f,
   adapters: f,
   seed: seedArb,
@@ -159,7 +151,7 @@ gpuTest(
       inF: fc.integer({ min: 1, max: 40 }),
       outF: fc.integer({ min: 1, max: 40 }),
       rank: fc.integer({ min: 1, max: 64 }),
-      dropout: dropoutArb,
+      dropout: fusedDropoutArb,
       dtype: f,
       adapters: f,
       seed: seedArb,
@@ -176,7 +168,7 @@ Deno.test("CPU reference: fused LoRA given the kept t (f64) equals it without, b
     inF: fc.integer({ min: 1, max: 20 }),
     outF: fc.integer({ min: 1, max: 20 }),
     rank: fc.integer({ min: 1, max: 8 }),
-    dropout: dropoutArb,
+    dropout: fusedDropoutArb,
     dtype: fc.constant<FloatType>("f32"),
     adapters: fc.constant<FloatType>("f32"),
     seed: seedArb,

@@ -11,6 +11,7 @@ import {
   dim,
   type FloatType,
   floatTypes,
+  fusedDropoutArb,
   onBoth,
   printWorst,
   seedArb,
@@ -34,22 +35,13 @@ interface LoraCase {
   seed: number;
 }
 
-const dropoutArb: fc.Arbitrary<FusedDropout | null> = fc.oneof(
-  fc.constant(null),
-  fc.record({
-    p: fc.double({ min: 0.05, max: 0.9, noNaN: true }),
-    seed: fc.integer({ min: 0, max: 0xffffffff }),
-    position: fc.constantFrom<"pre" | "post">("pre", "post"),
-  }),
-);
-
 const caseArb: fc.Arbitrary<LoraCase> = fc.record({
   m: dim(),
   inF: dim(),
   outF: dim(),
   rank: fc.oneof(fc.integer({ min: 1, max: 64 }), fc.constantFrom(1, 7, 16, 63, 64)),
   bias: fc.boolean(),
-  dropout: dropoutArb,
+  dropout: fusedDropoutArb,
   scale: fc.constantFrom(0.5, 2, 4),
   dtype: f,
   seed: seedArb,
@@ -107,7 +99,7 @@ gpuTest("fused LoRA kernels: many tokens (split-K dA/dB) with few features", asy
     outF: fc.integer({ min: 1, max: 40 }),
     rank: fc.integer({ min: 1, max: 64 }),
     bias: fc.boolean(),
-    dropout: dropoutArb,
+    dropout: fusedDropoutArb,
     scale: fc.constant(2),
     dtype: f,
     seed: seedArb,
