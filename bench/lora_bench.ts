@@ -17,7 +17,6 @@
  *                    the bench on the fastest plan per shape; the planner's plan is checked against the CPU
  *                    by the test suite, the tuned ones against the planner's)
  *          --profile (GPU time per kernel, GEMM shape and plan of one fused forward + backward per size)
- *          --no-lora-down (the fused linear's x·Aᵀ and dy·B as split-K GEMMs instead of the lora_down kernel)
  *          --shapes M,D,r;M,D,r (sizes instead of the mode's), --reps N (repetitions, default 5),
  *          --cover-ms T (the full mode's milliseconds of steps per await, default 250),
  *          --warm-ms T (the full mode's warm-up at load before each measure, default 600: an idle H200
@@ -159,12 +158,6 @@ function tunedChoice(results: readonly TuneResult[]): (shape: GemmShape) => Gemm
     table.set(`${s.m},${s.n},${s.k},${s.transA},${s.transB}`, { tile: r.best.tile, splits: r.best.splits });
   }
   return (s) => table.get(`${s.m},${s.n},${s.k},${s.transA ?? false},${s.transB ?? false}`);
-}
-
-if (args.has("--no-lora-down")) {
-  // The fused linear's t and g as split-K GEMMs, as before the lora_down kernel (for comparison).
-  const be = device.backend as unknown as WebGpuBackend;
-  be.gemmProfile = { ...be.gemmProfile, loraDown: null };
 }
 
 const tuneRows: string[] = [];

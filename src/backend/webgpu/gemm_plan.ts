@@ -58,12 +58,6 @@ export interface GemmProfile {
    * one the schedule's template takes; a split is ignored where the shape may not be split.
    */
   choose?: (shape: GemmShape) => GemmChoice | undefined;
-  /**
-   * The fused LoRA linear's products down to its rank (t = x·Aᵀ, g = dy·B) by the lora_down kernel
-   * (kernels/lora_down.ts, one pass, no k slices) instead of a GEMM, for at least `minRows` rows and ranks
-   * up to `maxRank`; absent or null: always GEMMs.
-   */
-  loraDown?: { minRows: number; maxRank: number } | null;
 }
 
 /**
@@ -81,8 +75,6 @@ export const TILED_PROFILE: GemmProfile = {
     tiledTile(128, 16, 16, 8, 4),
     tiledTile(16, 128, 16, 4, 8),
   ],
-  // Below ~1024 rows a row-per-workgroup pass leaves most of an H200 idle; split-K GEMMs fill it.
-  loraDown: { minRows: 1024, maxRank: 64 },
 };
 
 /**

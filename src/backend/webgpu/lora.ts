@@ -14,9 +14,7 @@
  *   2. dx = dy W + scale · drop_pre ⊙ (g A), one GEMM pass with a LoRA phase;
  *   3. dA = scale · gᵀ drop_pre(x) and 4. dB = scale · dylᵀ t, GEMMs over the tokens, split-K when
  *      the token count is deep and the outputs small (partial sums per token chunk, then a reduce).
- * Where the device's profile says so (GemmProfile.loraDown: enough rows, rank <= 64), t and g are one
- * lora_down dispatch each (kernels/lora_down.ts: one pass over x or dy, no k slices to reduce).
- * Every other phase is a GEMM dispatch (gemm.ts) of wgsl/gemm/tiled.wgsl or wgsl/gemm/direct.wgsl; the output
+ * Every phase is a GEMM dispatch (gemm.ts) of wgsl/gemm/tiled.wgsl or wgsl/gemm/direct.wgsl; the output
  * passes carry the LoRA phase of wgsl/gemm/lora_phase.wgsl, split-K passes end in
  * wgsl/gemm/splitk_reduce.wgsl. The CPU reference of both is in cpu/cpu_backend.ts.
  *
@@ -28,9 +26,6 @@
 import type { FusedDropout, LoraBackwardArgs, LoraForwardArgs, LoraInnerArgs } from "../backend.ts";
 import { type GemmContext, recordGemm, type WgslType } from "./gemm.ts";
 import type { Binding } from "./runtime.ts";
-import { WORKGROUP_SIZE } from "./pipelines.ts";
-import { LORA_DOWN, LORA_DOWN_MAX_RANK, type LoraDownArgs } from "../kernels/lora_down.ts";
-import { packParams } from "../kernels/record.ts";
 
 /** The dropout of `position`, or null when absent or p is 0 (no mask, as the CPU reference does). */
 function dropoutAt(d: FusedDropout | null, position: "pre" | "post"): FusedDropout | null {
@@ -45,41 +40,6 @@ export interface LoraBindings {
   b: Binding;
 }
 
-/** Whether the device's profile has the products down to rank `r` over `m` rows made by lora_down. */
-function useLoraDown(ctx: GemmContext, m: number, r: number): boolean {
-  const d = ctx.profile.loraDown;
-  return d != null && m >= d.minRows && r >= 1 && r <= Math.min(d.maxRank, LORA_DOWN_MAX_RANK);
-}
-
-/**
- * Records out = drop(X) · Q [m, r] (f32) with the lora_down kernel: X [m, k] of type `xType`, Q [r, k]
- * ("rk", lora_A) or [k, r] ("kr", lora_B) of type `qType`.
- */
-function recordLoraDown(
-  ctx: GemmContext,
-  x: { bind: Binding; type: WgslType },
-  q: { bind: Binding; type: WgslType },
-  args: LoraDownArgs,
-  what: string,
-): Binding {
-  const { rt, kernels } = ctx;
-  const bytes = Math.max(4, args.m * args.r * 4);
-  const out = { buf: rt.alloc(bytes, what), bytes };
-  if (args.m === 0) return out;
-  const spec = LORA_DOWN.specialise([{ dtype: x.type }, { dtype: q.type }], args);
-  const words = packParams(LORA_DOWN.params, LORA_DOWN.uniforms(args, []), what);
-  const groups = (LORA_DOWN.geometry(args, []) as { rows: number }).rows;
-  const detail = rt.profilingDetail ? `${args.m}x${args.r}x${args.k} ${args.layout} ${x.type}` : undefined;
-  rt.dispatch(
-    kernels.get(LORA_DOWN, { WG: WORKGROUP_SIZE, ...spec }),
-    words,
-    [x.bind, q.bind, out],
-    rt.fold(groups),
-    detail,
-  );
-  return out;
-}
-
 /** Records t = drop_pre(x) · Aᵀ; returns it as a fresh f32 buffer [m, R] (the caller releases or adopts it). */
 export function recordLoraInner(
   ctx: GemmContext,
@@ -89,15 +49,6 @@ export function recordLoraInner(
 ): Binding {
   const T = args.x.dtype as WgslType;
   const pre = dropoutAt(args.dropout, "pre");
-  if (useLoraDown(ctx, args.m, args.rank)) {
-    return recordLoraDown(
-      ctx,
-      { bind: bind.x, type: T },
-      { bind: bind.a, type: args.a.dtype as WgslType },
-      { m: args.m, k: args.inFeatures, r: args.rank, layout: "rk", dropout: pre },
-      `${op}: x·Aᵀ [${args.m}, ${args.rank}]`,
-    );
-  }
   return recordGemm(ctx, {
     a: { bind: bind.x, type: T, trans: false, masked: pre !== null },
     b: { bind: bind.a, type: args.a.dtype as WgslType, trans: true },
@@ -167,24 +118,16 @@ export function recordLoraBackward(
   const T = args.x.dtype as WgslType;
   const TA = args.a.dtype as WgslType, TB = args.b.dtype as WgslType;
   const pre = dropoutAt(args.dropout, "pre"), post = dropoutAt(args.dropout, "post");
-  const g = useLoraDown(ctx, m, R)
-    ? recordLoraDown(
-      ctx,
-      { bind: bind.dy, type: T },
-      { bind: bind.b, type: TB },
-      { m, k: N, r: R, layout: "kr", dropout: post },
-      `${op}: dy·B [${m}, ${R}]`,
-    )
-    : recordGemm(ctx, {
-      a: { bind: bind.dy, type: T, trans: false, masked: post !== null },
-      b: { bind: bind.b, type: TB, trans: false },
-      m,
-      n: R,
-      k: N,
-      dropout: post,
-      outType: "f32",
-      what: `${op}: dy·B [${m}, ${R}]`,
-    });
+  const g = recordGemm(ctx, {
+    a: { bind: bind.dy, type: T, trans: false, masked: post !== null },
+    b: { bind: bind.b, type: TB, trans: false },
+    m,
+    n: R,
+    k: N,
+    dropout: post,
+    outType: "f32",
+    what: `${op}: dy·B [${m}, ${R}]`,
+  });
   const dx = args.needDx
     ? recordGemm(ctx, {
       a: { bind: bind.dy, type: T, trans: false },

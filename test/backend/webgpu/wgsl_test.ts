@@ -294,17 +294,6 @@ function specialisations(
     }
     out.push([named("lora_rows_grad"), { ...base, TA }]);
   }
-  // Down products to a LoRA rank (the fused linear's t and g): both layouts, f32 or this type's Q, ranks
-  // below, at and past a vec4 and a summing round, k with and without vec4 rows, with and without dropout.
-  const down = named("lora_down") as KernelRecord<
-    { m: number; k: number; r: number; layout: "rk" | "kr"; dropout: { p: number; seed: number } | null }
-  >;
-  for (const layout of ["rk", "kr"] as const) {
-    for (const [r, k, p, q] of [[1, 5, 0, t], [7, 8, 0.3, "f32"], [16, 12, 0, t], [64, 6, 0.3, t]] as const) {
-      const a = { m: 3, k, r, layout, dropout: p > 0 ? { p, seed: 1 } : null };
-      out.push([down, { ...base, ...down.specialise([{ dtype: t }, { dtype: q }], a) }]);
-    }
-  }
   // Quantized frozen weights: packing from and dequantizing to each type, and the GEMMs that read them as B
   // (forward: transposed, with the LoRA phase and bias; input gradient: plain, with the LoRA phase).
   for (const QUANT of ["nf4", "int8"] as const) {
