@@ -766,17 +766,7 @@ export function decodeStep(
           q = all;
           k = { ...all, offset: all.offset + heads * d };
           v = { ...all, offset: all.offset + (heads + kvh) * d };
-        } else if (at.q_norm === undefined && at.k_norm === undefined) {
-          [q, k, v] = normLinears(
-            layer.input_layernorm,
-            s,
-            [at.q_proj!, at.k_proj!, at.v_proj!],
-            gemv,
-            fuse,
-            tables,
-          );
         } else {
-          // Qwen3 normalises each head of q and k before the rotation: their columns are cut out for it.
           [q, k, v] = normLinears(
             layer.input_layernorm,
             s,
@@ -785,6 +775,9 @@ export function decodeStep(
             fuse,
             tables,
           );
+        }
+        if (at.qkv_proj === undefined && (at.q_norm !== undefined || at.k_norm !== undefined)) {
+          // Qwen3 normalises each head of q and k before the rotation: their columns are cut out for it.
           const headNorm = (c: Columns, norm: TensorModule | undefined, n: number): Columns => {
             if (norm === undefined) return c;
             const own = c.stride === n * d && c.offset === 0

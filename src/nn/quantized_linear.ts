@@ -14,8 +14,8 @@ import {
   type QuantLayout,
   quantLayout,
 } from "../backend/kernels/quantize.ts";
-import { deviceMismatch, fromStorage, isGradEnabled, type Tensor } from "../tensor/mod.ts";
-import type { Device } from "../backend/device.ts";
+import { deviceMismatch, fromStorage, type Tensor } from "../tensor/mod.ts";
+import { keepLoraInner } from "./lora_inner.ts";
 import type { DType } from "../core/dtype.ts";
 import { DTypeError, ShapeError } from "../core/errors.ts";
 
@@ -140,12 +140,8 @@ export function quantizedLinear(
     wQuant: layout,
   };
   const w = packed.storage(op);
-  // With an adapter, t = drop_pre(x) Aᵀ is kept for the backward when this call records one (as
-  // loraLinear does: fromStorage's rule), as a tensor so that tidy scopes and the collector free it like
-  // any tensor when the graph is dropped without a backward; the backward disposes of it once it ran.
-  const saved = lora && isGradEnabled() && same.some((t) => t.requiresGrad)
-    ? keptInner(x.device, be.loraInner({ x: x.storage(op), a: lora.a.storage(op), ...common }), m, rank)
-    : null;
+  // With an adapter, t = drop_pre(x) Aᵀ is kept for the backward when this call records one (lora_inner.ts).
+  const saved = lora ? keepLoraInner(x, lora.a, common, same, op) : null;
   let y: Storage;
   try {
     y = withAdapter((a, b) =>
@@ -192,9 +188,4 @@ export function quantizedLinear(
       return [dx, ...(bias ? [db] : []), ...(lora ? [dA, dB] : [])];
     },
   });
-}
-
-/** The forward's t [m, rank] as a tensor of the storage's dtype (the backend's accumulation type). */
-function keptInner(device: Device, inner: Storage, m: number, rank: number): Tensor {
-  return fromStorage(inner, [m, rank], inner.dtype, device);
 }

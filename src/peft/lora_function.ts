@@ -8,8 +8,9 @@
  * output and dx are in the base dtype, dA and dB in the adapters', every product accumulated in f32.
  * @module
  */
-import type { FusedDropout, LoraInnerArgs, Storage } from "../backend/backend.ts";
-import { deviceMismatch, fromStorage, isGradEnabled, type Tensor } from "../tensor/mod.ts";
+import type { FusedDropout, Storage } from "../backend/backend.ts";
+import { deviceMismatch, fromStorage, type Tensor } from "../tensor/mod.ts";
+import { keepLoraInner } from "../nn/lora_inner.ts";
 import { DTypeError, ShapeError } from "../core/errors.ts";
 
 /**
@@ -59,11 +60,9 @@ export function loraLinear(
   const m = x.size / inF;
   const drop = dropout && dropout.p > 0 ? dropout : null;
   const common = { m, inFeatures: inF, outFeatures: outF, rank, scale, dropout: drop };
-  // t is kept only when this call records a backward (fromStorage's rule: grad mode on and an operand
-  // requiring grad); otherwise the forward computes it into scratch it frees at once. Kept, it is a
-  // tensor, so that the lifetime rules of every tensor free it when the graph is dropped without a
-  // backward (a tidy scope ending; the collector, once the output's node and this closure are gone).
-  const saved = isGradEnabled() && operands.some((o) => o.requiresGrad) ? keepInner(x, loraA, common) : null;
+  // t is kept only when this call records a backward (nn/lora_inner.ts); otherwise the forward computes
+  // it into scratch it frees at once.
+  const saved = keepLoraInner(x, loraA, common, operands, op);
   let y: Storage;
   try {
     y = be.loraForward({
@@ -114,11 +113,4 @@ export function loraLinear(
       return bias ? [dx, dW, db, dA, dB] : [dx, dW, dA, dB];
     },
   });
-}
-
-/** t = drop_pre(x) Aᵀ [m, rank] of the forward, as a tensor of the backend's accumulation dtype. */
-function keepInner(x: Tensor, loraA: Tensor, sizes: Omit<LoraInnerArgs, "x" | "a">): Tensor {
-  const op = "loraLinear";
-  const inner = x.device.backend.loraInner({ x: x.storage(op), a: loraA.storage(op), ...sizes });
-  return fromStorage(inner, [sizes.m, sizes.rank], inner.dtype, x.device);
 }
