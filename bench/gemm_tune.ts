@@ -96,9 +96,11 @@ export function loraShapes(M: number, D: number, r: number): TuneShape[] {
   ];
 }
 
-/** Candidate workgroup tiles beyond the planner's own: BM, BN, BK, TM, TN. */
-const EXTRA_TILES: readonly [number, number, number, number, number][] = [
+/** Candidate workgroup tiles beyond the planner's own: BM, BN, BK, TM, TN[, slab buffers (default 2)]. */
+const EXTRA_TILES: readonly (readonly number[])[] = [
   [128, 128, 16, 8, 8],
+  [128, 128, 16, 8, 8, 1],
+  [128, 128, 32, 8, 8, 1],
   [128, 64, 8, 8, 8],
   [64, 128, 8, 8, 8],
   [128, 32, 16, 8, 4],
@@ -108,22 +110,22 @@ const EXTRA_TILES: readonly [number, number, number, number, number][] = [
 /** The candidate tiles this device can run: the planner's and {@link EXTRA_TILES}. */
 export function candidateTiles(gpu: GPUDevice): GemmTile[] {
   const out: GemmTile[] = [...TILED_PROFILE.tiles];
-  for (const [BM, BN, BK, TM, TN] of EXTRA_TILES) {
+  for (const [BM, BN, BK, TM, TN, stages = 2] of EXTRA_TILES) {
     let t: GemmTile;
     try {
-      t = tiledTile(BM, BN, BK, TM, TN);
+      t = tiledTile(BM, BN, BK, TM, TN, stages);
     } catch {
       continue;
     }
     if (t.WG > gpu.limits.maxComputeInvocationsPerWorkgroup) continue;
-    if (2 * BK * (BM + BN) * 4 > gpu.limits.maxComputeWorkgroupStorageSize) continue;
+    if (stages * BK * (BM + BN) * 4 > gpu.limits.maxComputeWorkgroupStorageSize) continue;
     out.push(t);
   }
   return out;
 }
 
-/** A tile's name: BMxBNxBK. */
-export const tileName = (t: GemmTile): string => `${t.BM}x${t.BN}x${t.BK}`;
+/** A tile's name: BMxBNxBK, then `/1` when single-buffered. */
+export const tileName = (t: GemmTile): string => `${t.BM}x${t.BN}x${t.BK}${t.STAGES === 1 ? "/1" : ""}`;
 
 /** One measured plan. */
 export interface TunedVariant {
@@ -370,7 +372,7 @@ export function tuneTable(results: readonly TuneResult[]): string[] {
 export function tunedEntries(results: readonly TuneResult[]): string[] {
   return results.map((r) => {
     const s = r.shape, t = r.best.tile;
-    return `  { m: ${s.m}, n: ${s.n}, k: ${s.k}, transA: ${s.transA}, transB: ${s.transB}, tile: [${t.BM}, ${t.BN}, ${t.BK}, ${t.TM}, ${t.TN}], splits: ${r.best.splits} }, // ${s.name}: x${
+    return `  { m: ${s.m}, n: ${s.n}, k: ${s.k}, transA: ${s.transA}, transB: ${s.transB}, tile: [${t.BM}, ${t.BN}, ${t.BK}, ${t.TM}, ${t.TN}${t.STAGES === 1 ? ", 1" : ""}], splits: ${r.best.splits} }, // ${s.name}: x${
       (r.planner.ms / r.best.ms).toFixed(2)
     }`;
   });

@@ -15,8 +15,8 @@
 // implementations clamp every dynamic index, and a clamp of ty is loop-invariant, computed once (the
 // buffer's once per slab), where a clamp of "buffer base + ty + offset" cost an add and a min before each
 // of the loop's loads (4096³ on the H200: 4.10-4.22 ms against 4.30-4.37 on Deno's WebGPU, bench/NOTES.md).
-var<workgroup> a_tile: array<array<array<array<vec4<f32>, ${BM / TM}>, ${TM / 4}>, ${BK}>, 2>;
-var<workgroup> b_tile: array<array<array<array<vec4<f32>, ${BN / TN}>, ${TN / 4}>, ${BK}>, 2>;
+var<workgroup> a_tile: array<array<array<array<vec4<f32>, ${BM / TM}>, ${TM / 4}>, ${BK}>, ${STAGES}>;
+var<workgroup> b_tile: array<array<array<array<vec4<f32>, ${BN / TN}>, ${TN / 4}>, ${BK}>, ${STAGES}>;
 
 fn store4(row_base: u32, col: u32, v: vec4<f32>) {
 //#if BIAS
@@ -89,10 +89,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     // the other buffer, last read in step s - 1, before the barrier that ended it. (Unrolling two steps per
     // iteration, to make the buffer numbers constants too, ran 1.5x slower on the H200: bench/NOTES.md.)
     let slabs = (k_end - min(k_begin, k_end) + ${BK - 1}u) / ${BK}u;
-    for (var s = 0u; s <= slabs; s++) {
+    for (var s = 0u; s < slabs + ${STAGES - 1}u; s++) {
       {
+//#if STAGES == 2
         let mul_buf = (s + 1u) % 2u;
         let stage_buf = s % 2u;
+//#else
+        let mul_buf = 0u;
+        let stage_buf = 0u;
+//#end
         let k0 = k_begin + s * ${BK}u;
         if (s < slabs) {
 //#for l in 0..LA
@@ -204,23 +209,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
           }
 //#end
         }
-        if (s > 0u) {
-//#for kk in 0..BK
-          {
-//#for g in 0..TM / 4
-            let av${g} = a_tile[mul_buf][${kk}][${g}][ty];
-//#end
-//#for h in 0..TN / 4
-            let bv${h} = b_tile[mul_buf][${kk}][${h}][tx];
-//#end
-//#for i in 0..TM
-//#for h in 0..TN / 4
-            acc_${i}_${h} = fma(vec4<f32>(av${i / 4}[${i % 4}]), bv${h}, acc_${i}_${h});
-//#end
-//#end
-          }
-//#end
-        }
+//#for pos in 0..2
+//#if pos == 1
         if (s < slabs) {
 //#for l in 0..LA
           {
@@ -262,6 +252,30 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 //#end
         }
         workgroupBarrier();
+//#end
+//#if (pos == 0 && STAGES == 2) || (pos == 1 && STAGES == 1)
+        if (s >= ${STAGES - 1}u) {
+//#for kk in 0..BK
+          {
+//#for g in 0..TM / 4
+            let av${g} = a_tile[mul_buf][${kk}][${g}][ty];
+//#end
+//#for h in 0..TN / 4
+            let bv${h} = b_tile[mul_buf][${kk}][${h}][tx];
+//#end
+//#for i in 0..TM
+//#for h in 0..TN / 4
+            acc_${i}_${h} = fma(vec4<f32>(av${i / 4}[${i % 4}]), bv${h}, acc_${i}_${h});
+//#end
+//#end
+          }
+//#end
+        }
+//#if STAGES == 1
+        workgroupBarrier();
+//#end
+//#end
+//#end
       }
     }
   }

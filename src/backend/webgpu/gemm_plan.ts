@@ -25,21 +25,40 @@ export interface GemmTile {
   TM: number;
   TN: number;
   WG: number;
+  /**
+   * Workgroup slab buffers of the tiled schedule: 2 double-buffers (the next slab is fetched into
+   * registers while the current one is multiplied, one barrier per slab); 1 stages each slab straight
+   * through, two barriers per slab, and holds no staging registers over the multiply. Direct: 1, unused.
+   */
+  STAGES: number;
 }
 
-/** A tiled configuration; every invocation stages whole vec4s of both slabs (wgsl/gemm/tiled.wgsl). */
-export function tiledTile(BM: number, BN: number, BK: number, TM: number, TN: number): GemmTile {
+/**
+ * A tiled configuration; every invocation stages whole vec4s of both slabs (wgsl/gemm/tiled.wgsl), in
+ * `stages` workgroup buffers ({@link GemmTile.STAGES}, default 2).
+ */
+export function tiledTile(
+  BM: number,
+  BN: number,
+  BK: number,
+  TM: number,
+  TN: number,
+  stages = 2,
+): GemmTile {
   const WG = (BM / TM) * (BN / TN);
   if ((BM * BK / 4) % WG !== 0 || (BN * BK / 4) % WG !== 0 || TM % 4 !== 0 || TN % 4 !== 0 || BK % 4 !== 0) {
     throw new ConfigError(
       `tiledTile: ${BM}×${BN}×${BK} with ${TM}×${TN} per invocation does not stage evenly`,
     );
   }
-  return { BM, BN, BK, TM, TN, WG };
+  if (stages !== 1 && stages !== 2) {
+    throw new ConfigError(`tiledTile: ${BM}×${BN}×${BK} with ${stages} slab buffers (1 or 2 are built)`);
+  }
+  return { BM, BN, BK, TM, TN, WG, STAGES: stages };
 }
 
 function directTile(TM: number, TN: number, WG: number): GemmTile {
-  return { BM: TM, BN: TN, BK: 4, TM, TN, WG };
+  return { BM: TM, BN: TN, BK: 4, TM, TN, WG, STAGES: 1 };
 }
 
 /** A plan fixed from outside the heuristics (a tuned table, or the tuner trying one). */

@@ -13,14 +13,15 @@
 import type { GemmChoice, GemmShape, GemmTile } from "./gemm_plan.ts";
 import { TILED_PROFILE, tiledTile } from "./gemm_plan.ts";
 
-/** One tuned shape: its plan ({@link GemmTile} as [BM, BN, BK, TM, TN] and k slices) and measured gain. */
+/** One tuned shape: its plan ({@link GemmTile} and k slices) and measured gain. */
 export interface TunedEntry {
   m: number;
   n: number;
   k: number;
   transA: boolean;
   transB: boolean;
-  tile: readonly [number, number, number, number, number];
+  /** [BM, BN, BK, TM, TN], then the slab buffers ({@link GemmTile.STAGES}) when not the default 2. */
+  tile: readonly [number, number, number, number, number] | readonly [number, number, number, number, number, number];
   splits: number;
   /** The planner's time over this plan's, as measured (for the record; not used). */
   speedup: number;
@@ -267,12 +268,13 @@ export const TUNED_TABLES: readonly TunedTable[] = [
  * also tries tiles outside the profile, gemm_tune.ts `candidateTiles`); undefined when they are no tile.
  */
 function tileOf(t: TunedEntry["tile"]): GemmTile | undefined {
+  const stages = t[5] ?? 2;
   const own = TILED_PROFILE.tiles.find((x) =>
-    x.BM === t[0] && x.BN === t[1] && x.BK === t[2] && x.TM === t[3] && x.TN === t[4]
+    x.BM === t[0] && x.BN === t[1] && x.BK === t[2] && x.TM === t[3] && x.TN === t[4] && x.STAGES === stages
   );
   if (own !== undefined) return own;
   try {
-    return tiledTile(t[0], t[1], t[2], t[3], t[4]);
+    return tiledTile(t[0], t[1], t[2], t[3], t[4], stages);
   } catch {
     return undefined;
   }

@@ -118,6 +118,21 @@ export function recordLoraBackward(
   const T = args.x.dtype as WgslType;
   const TA = args.a.dtype as WgslType, TB = args.b.dtype as WgslType;
   const pre = dropoutAt(args.dropout, "pre"), post = dropoutAt(args.dropout, "post");
+  // dB first: it needs only dy and t, so the passes after it (g, then dx and dA, which both need g) can
+  // start while its reduce runs, and dA's product, recorded after dx, can fill the GPU beside dx's last
+  // wave (no write of one is read by the other, so no barrier stands between them).
+  const { t, release } = innerOrRecorded(ctx, args, bind, op);
+  const dB = recordGemm(ctx, {
+    a: { bind: bind.dy, type: T, trans: true, masked: post !== null },
+    b: { bind: t, type: "f32", trans: false },
+    m: N,
+    n: R,
+    k: m,
+    alpha: scale,
+    dropout: post,
+    outType: TB,
+    what: `${op}: dB [${N}, ${R}] (${TB})`,
+  });
   const g = recordGemm(ctx, {
     a: { bind: bind.dy, type: T, trans: false, masked: post !== null },
     b: { bind: bind.b, type: TB, trans: false },
@@ -150,18 +165,6 @@ export function recordLoraBackward(
     dropout: pre,
     outType: TA,
     what: `${op}: dA [${R}, ${K}] (${TA})`,
-  });
-  const { t, release } = innerOrRecorded(ctx, args, bind, op);
-  const dB = recordGemm(ctx, {
-    a: { bind: bind.dy, type: T, trans: true, masked: post !== null },
-    b: { bind: t, type: "f32", trans: false },
-    m: N,
-    n: R,
-    k: m,
-    alpha: scale,
-    dropout: post,
-    outType: TB,
-    what: `${op}: dB [${N}, ${R}] (${TB})`,
   });
   ctx.rt.release(g.buf);
   release();

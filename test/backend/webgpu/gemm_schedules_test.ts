@@ -13,6 +13,7 @@ import {
   type GemmProfile,
   type GemmTile,
   TILED_PROFILE,
+  tiledTile,
 } from "../../../src/backend/webgpu/gemm_plan.ts";
 import { assertClose, type FloatType, floatTypes, onBoth, printWorst, seedArb, values } from "./compare.ts";
 import { gpu, gpuTest } from "./gpu.ts";
@@ -68,11 +69,21 @@ function skipOnHardware(schedule: string, dev: Device, name: string): boolean {
 }
 
 function tileName(t: GemmTile): string {
-  return t.BM === t.TM ? `${t.TM}×${t.TN} per invocation` : `${t.BM}×${t.BN}×${t.BK} (${t.TM}×${t.TN})`;
+  if (t.BM === t.TM) return `${t.TM}×${t.TN} per invocation`;
+  return `${t.BM}×${t.BN}×${t.BK} (${t.TM}×${t.TN}${t.STAGES === 1 ? ", single-buffered" : ""})`;
 }
 
+/**
+ * The tiled template's other slab schedule (one buffer, two barriers per slab), which tuned tables and the
+ * tuner may name: its code is the same for every tile, so one small tile covers it.
+ */
+const SINGLE_BUFFERED = tiledTile(64, 64, 16, 4, 4, 1);
+
 for (const base of [TILED_PROFILE, DIRECT_PROFILE]) {
-  for (const tile of base.tiles) {
+  const tiles = base === TILED_PROFILE && !base.tiles.some((t) => t.STAGES === 1)
+    ? [...base.tiles, SINGLE_BUFFERED]
+    : base.tiles;
+  for (const tile of tiles) {
     const profile: GemmProfile = { schedule: base.schedule, tiles: [tile] };
     const name = `${base.schedule} GEMM tile ${tileName(tile)}`;
     // The direct schedule uses its large tiles only where every operand reads vec4 and none is masked.

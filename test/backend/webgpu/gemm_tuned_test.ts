@@ -20,8 +20,8 @@ Deno.test("tuned tables: every entry names a valid tile, a gain of 5% or more, o
   for (const t of TUNED_TABLES) {
     const seen = new Set<string>();
     for (const e of t.entries) {
-      const [BM, BN, BK, TM, TN] = e.tile;
-      const tile = tiledTile(BM, BN, BK, TM, TN); // throws for dimensions that stage unevenly
+      const [BM, BN, BK, TM, TN, stages] = e.tile;
+      const tile = tiledTile(BM, BN, BK, TM, TN, stages); // throws for dimensions that stage unevenly
       assert.ok(tile.WG <= 256, `${t.adapter}: tile ${e.tile} needs ${tile.WG} invocations`);
       assert.ok(e.speedup >= 1.05, `${t.adapter}: ${e.m}x${e.n}x${e.k} gains only ${e.speedup}`);
       assert.ok(Number.isInteger(e.splits) && e.splits >= 1 && e.splits <= 64);
@@ -41,7 +41,8 @@ Deno.test("tunedChoice: the listed shapes plan on their tuned tile and split, ot
     for (const e of t.entries) {
       const s = shapeOf(e);
       const p = planGemm(s, tuned, 2);
-      assert.deepEqual([p.tile.BM, p.tile.BN, p.tile.BK, p.tile.TM, p.tile.TN], [...e.tile]);
+      assert.deepEqual([p.tile.BM, p.tile.BN, p.tile.BK, p.tile.TM, p.tile.TN], [...e.tile].slice(0, 5));
+      assert.equal(p.tile.STAGES, e.tile[5] ?? 2);
       assert.equal(p.splits, Math.min(e.splits, Math.floor(e.k / Math.max(4, p.tile.BK))));
       // The same sizes with the other layout of A are not the tuned shape (unless listed themselves).
       const other = { ...s, transA: !e.transA };
