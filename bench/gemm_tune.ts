@@ -372,9 +372,9 @@ export function tuneTable(results: readonly TuneResult[]): string[] {
 export function tunedEntries(results: readonly TuneResult[]): string[] {
   return results.map((r) => {
     const s = r.shape, t = r.best.tile;
-    return `  { m: ${s.m}, n: ${s.n}, k: ${s.k}, transA: ${s.transA}, transB: ${s.transB}, tile: [${t.BM}, ${t.BN}, ${t.BK}, ${t.TM}, ${t.TN}${t.STAGES === 1 ? ", 1" : ""}], splits: ${r.best.splits} }, // ${s.name}: x${
-      (r.planner.ms / r.best.ms).toFixed(2)
-    }`;
+    return `  { m: ${s.m}, n: ${s.n}, k: ${s.k}, transA: ${s.transA}, transB: ${s.transB}, tile: [${t.BM}, ${t.BN}, ${t.BK}, ${t.TM}, ${t.TN}${
+      t.STAGES === 1 ? ", 1" : ""
+    }], splits: ${r.best.splits} }, // ${s.name}: x${(r.planner.ms / r.best.ms).toFixed(2)}`;
   });
 }
 

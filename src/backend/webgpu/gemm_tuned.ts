@@ -21,7 +21,9 @@ export interface TunedEntry {
   transA: boolean;
   transB: boolean;
   /** [BM, BN, BK, TM, TN], then the slab buffers ({@link GemmTile.STAGES}) when not the default 2. */
-  tile: readonly [number, number, number, number, number] | readonly [number, number, number, number, number, number];
+  tile:
+    | readonly [number, number, number, number, number]
+    | readonly [number, number, number, number, number, number];
   splits: number;
   /** The planner's time over this plan's, as measured (for the record; not used). */
   speedup: number;
