@@ -39,8 +39,8 @@ import { SCATTER_ADD_ROWS } from "../kernels/scatter_add_rows.ts";
 import { SOFTMAX } from "../kernels/softmax.ts";
 import { UNARY } from "../kernels/unary.ts";
 import { WIDEN_HALF } from "../kernels/widen_half.ts";
-import { DIRECT_PROFILE, type GemmProfile, TILED_PROFILE } from "./gemm_plan.ts";
-import { tunedChoice } from "./gemm_tuned.ts";
+import { DIRECT_PROFILE, type GemmProfile } from "./gemm_plan.ts";
+import { tunedProfile } from "./gemm_tuned.ts";
 import { recordLoraBackward, recordLoraForward, recordLoraInner } from "./lora.ts";
 import { blockLayout, bufferLimit, copyElements, type GpuBlock, type Piece, rowsPerBlock } from "./blocks.ts";
 import { checkPack, checkSegments } from "../packing.ts";
@@ -93,12 +93,7 @@ export class WebGpuBackend implements Backend {
     this.rt = new GpuRuntime(device);
     this.#kernels = new PipelineCache(device, (msg) => this.rt.reportError(msg));
     // A hardware adapter with a tuned table (gemm_tuned.ts) takes its plans for the shapes it lists.
-    const choose = software ? undefined : tunedChoice(description);
-    const profile = software
-      ? DIRECT_PROFILE
-      : choose === undefined
-      ? TILED_PROFILE
-      : { ...TILED_PROFILE, choose };
+    const profile = software ? DIRECT_PROFILE : tunedProfile(description);
     this.#ctx = { rt: this.rt, kernels: this.#kernels, profile };
     this.#hasF16 = device.features.has("shader-f16");
   }

@@ -10,7 +10,7 @@
  * To add an adapter: run the tuner there and paste its "Tuned entries" lines (those of x1.05 or more).
  * @module
  */
-import type { GemmChoice, GemmShape, GemmTile } from "./gemm_plan.ts";
+import type { GemmChoice, GemmProfile, GemmShape, GemmTile } from "./gemm_plan.ts";
 import { TILED_PROFILE, tiledTile } from "./gemm_plan.ts";
 
 /** One tuned shape: its plan ({@link GemmTile} and k slices) and measured gain. */
@@ -35,6 +35,11 @@ export interface TunedTable {
   adapter: string;
   /** Which WebGPU implementation, on which machine and when, for the record. */
   measured: string;
+  /**
+   * The tile that replaces the profile's first (largest) one for every product the table does not list,
+   * when the tuner found another best for the large products on this adapter (as {@link TunedEntry.tile}).
+   */
+  largeTile?: TunedEntry["tile"];
   entries: readonly TunedEntry[];
 }
 
@@ -42,7 +47,11 @@ export interface TunedTable {
 export const TUNED_TABLES: readonly TunedTable[] = [
   {
     adapter: "NVIDIA H200",
-    measured: "Deno 2.9.6's WebGPU (wgpu) on one H200, 2026-12-01, f32, lora_bench --full --tune",
+    measured:
+      "Deno 2.9.6's WebGPU (wgpu) on one H200, 2026-12-01 (fifth session), f32, lora_bench --full --tune",
+    // Single-buffered 128 × 128 × 16 won every large product of the tuner's run here (x1.04-1.89) and the
+    // square GEMM (3.66 against 4.11 ms at 4096³ x·W; bench/NOTES.md, fifth session); Dawn keeps the default.
+    largeTile: [128, 128, 16, 8, 8, 1],
     entries: [
       {
         m: 8192,
@@ -56,14 +65,34 @@ export const TUNED_TABLES: readonly TunedTable[] = [
       }, // (8192, 4096, 16) t = x·Aᵀ
       {
         m: 8192,
+        n: 4096,
+        k: 4096,
+        transA: false,
+        transB: true,
+        tile: [128, 128, 16, 8, 8, 1],
+        splits: 1,
+        speedup: 1.05,
+      }, // (8192, 4096, 16) y = x·Wᵀ + LoRA
+      {
+        m: 8192,
         n: 16,
         k: 4096,
         transA: false,
         transB: false,
-        tile: [128, 16, 16, 8, 4],
+        tile: [128, 32, 16, 8, 4],
         splits: 4,
-        speedup: 1.06,
+        speedup: 1.09,
       }, // (8192, 4096, 16) g = dy·B
+      {
+        m: 8192,
+        n: 4096,
+        k: 4096,
+        transA: false,
+        transB: false,
+        tile: [128, 128, 16, 8, 8, 1],
+        splits: 1,
+        speedup: 1.12,
+      }, // (8192, 4096, 16) dx = dy·W + LoRA
       {
         m: 16,
         n: 4096,
@@ -72,7 +101,7 @@ export const TUNED_TABLES: readonly TunedTable[] = [
         transB: false,
         tile: [16, 128, 16, 4, 8],
         splits: 8,
-        speedup: 1.14,
+        speedup: 1.15,
       }, // (8192, 4096, 16) dA = gᵀ·x
       {
         m: 4096,
@@ -82,7 +111,7 @@ export const TUNED_TABLES: readonly TunedTable[] = [
         transB: false,
         tile: [128, 16, 16, 8, 4],
         splits: 8,
-        speedup: 1.15,
+        speedup: 1.16,
       }, // (8192, 4096, 16) dB = dyᵀ·t
       {
         m: 2048,
@@ -92,17 +121,27 @@ export const TUNED_TABLES: readonly TunedTable[] = [
         transB: true,
         tile: [128, 16, 16, 8, 4],
         splits: 16,
-        speedup: 1.18,
+        speedup: 1.20,
       }, // (2048, 2048, 8) t = x·Aᵀ
+      {
+        m: 2048,
+        n: 2048,
+        k: 2048,
+        transA: false,
+        transB: true,
+        tile: [128, 128, 16, 8, 8, 1],
+        splits: 1,
+        speedup: 1.89,
+      }, // (2048, 2048, 8) y = x·Wᵀ + LoRA
       {
         m: 2048,
         n: 8,
         k: 2048,
         transA: false,
         transB: false,
-        tile: [128, 16, 16, 8, 4],
+        tile: [128, 32, 16, 8, 4],
         splits: 16,
-        speedup: 1.17,
+        speedup: 1.19,
       }, // (2048, 2048, 8) g = dy·B
       {
         m: 2048,
@@ -110,20 +149,10 @@ export const TUNED_TABLES: readonly TunedTable[] = [
         k: 2048,
         transA: false,
         transB: false,
-        tile: [128, 256, 8, 8, 16],
+        tile: [128, 128, 16, 8, 8, 1],
         splits: 1,
-        speedup: 1.37,
+        speedup: 1.10,
       }, // (2048, 2048, 8) dx = dy·W + LoRA
-      {
-        m: 8,
-        n: 2048,
-        k: 2048,
-        transA: true,
-        transB: false,
-        tile: [16, 128, 16, 4, 8],
-        splits: 16,
-        speedup: 1.20,
-      }, // (2048, 2048, 8) dA = gᵀ·x
       {
         m: 2048,
         n: 8,
@@ -136,23 +165,33 @@ export const TUNED_TABLES: readonly TunedTable[] = [
       }, // (2048, 2048, 8) dB = dyᵀ·t
       {
         m: 512,
-        n: 16,
+        n: 4096,
         k: 4096,
         transA: false,
         transB: true,
+        tile: [128, 128, 16, 8, 8, 1],
+        splits: 2,
+        speedup: 1.09,
+      }, // (512, 4096, 16) y = x·Wᵀ + LoRA
+      {
+        m: 512,
+        n: 16,
+        k: 4096,
+        transA: false,
+        transB: false,
         tile: [128, 32, 16, 8, 4],
         splits: 32,
-        speedup: 1.17,
-      }, // (512, 4096, 16) t = x·Aᵀ
+        speedup: 1.06,
+      }, // (512, 4096, 16) g = dy·B
       {
         m: 512,
         n: 4096,
         k: 4096,
         transA: false,
         transB: false,
-        tile: [128, 64, 8, 8, 8],
-        splits: 4,
-        speedup: 1.20,
+        tile: [128, 128, 16, 8, 8, 1],
+        splits: 2,
+        speedup: 1.52,
       }, // (512, 4096, 16) dx = dy·W + LoRA
     ],
   },
@@ -252,6 +291,16 @@ export const TUNED_TABLES: readonly TunedTable[] = [
         speedup: 1.50,
       }, // (512, 4096, 16) g = dy·B
       {
+        m: 512,
+        n: 4096,
+        k: 4096,
+        transA: false,
+        transB: false,
+        tile: [128, 128, 16, 8, 8, 1],
+        splits: 2,
+        speedup: 1.08,
+      }, // (512, 4096, 16) dx = dy·W + LoRA (fifth session's tuner run)
+      {
         m: 4096,
         n: 16,
         k: 512,
@@ -298,4 +347,16 @@ export function tunedChoice(adapter: string): ((shape: GemmShape) => GemmChoice 
     if (tile !== undefined) choices.set(key(e.m, e.n, e.k, e.transA, e.transB), { tile, splits: e.splits });
   }
   return (s) => choices.get(key(s.m, s.n, s.k, s.transA ?? false, s.transB ?? false));
+}
+
+/**
+ * The GEMM profile of a hardware adapter: {@link TILED_PROFILE} with the tuned table's plans when one
+ * names the adapter, and its {@link TunedTable.largeTile} in place of the profile's largest tile.
+ */
+export function tunedProfile(adapter: string): GemmProfile {
+  const table = TUNED_TABLES.find((t) => t.adapter === adapter);
+  if (table === undefined) return TILED_PROFILE;
+  const large = table.largeTile === undefined ? undefined : tileOf(table.largeTile);
+  const tiles = large === undefined ? TILED_PROFILE.tiles : [large, ...TILED_PROFILE.tiles.slice(1)];
+  return { ...TILED_PROFILE, tiles, choose: tunedChoice(adapter) };
 }

@@ -1,7 +1,7 @@
 /** The per-adapter tuned GEMM tables (src/backend/webgpu/gemm_tuned.ts) and how the planner takes them. */
 import assert from "node:assert/strict";
 import { type GemmShape, planGemm, TILED_PROFILE, tiledTile } from "../../../src/backend/webgpu/gemm_plan.ts";
-import { TUNED_TABLES, tunedChoice } from "../../../src/backend/webgpu/gemm_tuned.ts";
+import { TUNED_TABLES, tunedChoice, tunedProfile } from "../../../src/backend/webgpu/gemm_tuned.ts";
 
 const shapeOf = (e: (typeof TUNED_TABLES)[number]["entries"][number]): GemmShape => ({
   m: e.m,
@@ -55,4 +55,23 @@ Deno.test("tunedChoice: the listed shapes plan on their tuned tile and split, ot
   }
   assert.equal(tunedChoice("llvmpipe (LLVM 15.0.6, 256 bits)"), undefined);
   assert.equal(tunedChoice("NVIDIA H100"), undefined);
+});
+
+Deno.test("tunedProfile: a table's largeTile replaces the largest tile for unlisted shapes; others keep the profile", () => {
+  const large: GemmShape = { ...shapeOf(TUNED_TABLES[0].entries[0]), m: 4000, n: 3000, k: 1000 };
+  for (const t of TUNED_TABLES) {
+    const profile = tunedProfile(t.adapter);
+    assert.equal(profile.tiles.length, TILED_PROFILE.tiles.length);
+    assert.deepEqual(profile.tiles.slice(1), TILED_PROFILE.tiles.slice(1));
+    const first = profile.tiles[0];
+    if (t.largeTile === undefined) {
+      assert.equal(first, TILED_PROFILE.tiles[0]);
+      continue;
+    }
+    const [BM, BN, BK, TM, TN, stages] = t.largeTile;
+    assert.deepEqual(first, tiledTile(BM, BN, BK, TM, TN, stages));
+    assert.deepEqual(planGemm(large, profile, 2).tile, first, `${t.adapter}: a large unlisted product`);
+  }
+  assert.ok(TUNED_TABLES.some((t) => t.largeTile !== undefined), "some table names a large tile");
+  assert.equal(tunedProfile("NVIDIA H100"), TILED_PROFILE);
 });
