@@ -2,14 +2,15 @@
 // linear. Same contract, parameters and bindings as gemm/direct.wgsl (read its header for the layouts,
 // VEC_* flags, split-K, masks and the LoRA phase); only the schedule differs.
 //
-// A workgroup computes a BM × BN block of C from BK-deep slabs staged in workgroup memory, double-buffered
-// (the next slab is fetched from storage into registers while the current one is multiplied; one barrier
-// per slab). Each invocation keeps a TM × TN register tile as separately named vec4 accumulators, every
+// A workgroup computes a BM × BN block of C from BK-deep slabs staged in workgroup memory, in STAGES
+// buffers: 2 double-buffers (the next slab is fetched from storage into registers while the current one
+// is multiplied; one barrier per slab); 1 fetches and stores each slab, then multiplies it, two barriers
+// per slab but no staging registers held over the multiply (GemmTile.STAGES). Each invocation keeps a TM × TN register tile as separately named vec4 accumulators, every
 // loop over it unrolled by the template: private arrays indexed in loops end up in slow local memory.
 // The invocation's rows are TM / 4 groups of 4 spread BM / (TM / 4) apart (columns likewise), so that
 // neighbouring invocations read neighbouring vec4s of the slabs.
 
-// Two slabs each, indexed [buffer][kk][group][invocation]: element (kk, r) of buffer s is
+// STAGES slabs each, indexed [buffer][kk][group][invocation]: element (kk, r) of buffer s is
 // a_tile[s][kk][(r / 4) / (BM / TM)][(r / 4) % (BM / TM)][r % 4] (b_tile likewise with BN / TN). The
 // multiply indexes kk and the group with constants and the last with the invocation's own ty (tx): WGSL
 // implementations clamp every dynamic index, and a clamp of ty is loop-invariant, computed once (the
@@ -84,10 +85,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 //#for l in 0..LB
     var sb${l} = vec4<f32>(0.0);
 //#end
-    // Step s fetches slab s from storage into the staging registers (zeros outside the matrices),
-    // multiplies slab s - 1 (staged in buffer (s - 1) % 2) meanwhile, then stages slab s into buffer s % 2:
-    // the other buffer, last read in step s - 1, before the barrier that ended it. (Unrolling two steps per
-    // iteration, to make the buffer numbers constants too, ran 1.5x slower on the H200: bench/NOTES.md.)
+    // Double-buffered, step s fetches slab s from storage into the staging registers (zeros outside the
+    // matrices), multiplies slab s - 1 (staged in buffer (s - 1) % 2) meanwhile, then stages slab s into
+    // buffer s % 2: the other buffer, last read in step s - 1, before the barrier that ended it. (Unrolling
+    // two steps per iteration, to make the buffer numbers constants too, ran 1.5x slower on the H200:
+    // bench/NOTES.md.) Single-buffered, step s fetches and stages slab s, then multiplies it, between
+    // barriers. The multiply is written once; `pos` places it before the stores or after them.
+    // On the H200 single buffers with BK = 16 beat double buffers with BK = 8 on Deno's WebGPU (3.64 against
+    // 4.11 ms at 4096³ x·W) and tie on Dawn; double buffers with BK = 16 lose on both (they hold twice the
+    // staging registers over the multiply): bench/NOTES.md, fifth session.
     let slabs = (k_end - min(k_begin, k_end) + ${BK - 1}u) / ${BK}u;
     for (var s = 0u; s < slabs + ${STAGES - 1}u; s++) {
       {

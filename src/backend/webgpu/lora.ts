@@ -118,9 +118,10 @@ export function recordLoraBackward(
   const T = args.x.dtype as WgslType;
   const TA = args.a.dtype as WgslType, TB = args.b.dtype as WgslType;
   const pre = dropoutAt(args.dropout, "pre"), post = dropoutAt(args.dropout, "post");
-  // dB first: it needs only dy and t, so the passes after it (g, then dx and dA, which both need g) can
-  // start while its reduce runs, and dA's product, recorded after dx, can fill the GPU beside dx's last
-  // wave (no write of one is read by the other, so no barrier stands between them).
+  // dB first, dA last: dB needs only dy and t, and dA's product does not read dx, so neither waits on the
+  // pass before it and a WebGPU implementation that puts barriers only between dependent passes may
+  // overlap them. On the H200 the order changed the small shapes by under 1% (bench/NOTES.md, fifth
+  // session): kept because it costs nothing, not because it was shown to pay.
   const { t, release } = innerOrRecorded(ctx, args, bind, op);
   const dB = recordGemm(ctx, {
     a: { bind: bind.dy, type: T, trans: true, masked: post !== null },
