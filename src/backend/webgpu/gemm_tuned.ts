@@ -3,9 +3,10 @@
  * plan, timed by bench/gemm_tune.ts (`deno run -A bench/lora_bench.ts --full --tune [--dawn]`) on that
  * adapter, beat the planner's by at least 5%. Each table belongs to one adapter as this library names it
  * (Deno's WebGPU and Dawn describe the same H200 differently, and their compilers differ, so each has its
- * own); every other shape, and every other adapter, plans as usual (gemm_plan.ts). A tuned plan computes
+ * own); every other shape plans as usual (gemm_plan.ts), on the table's `largeTile` in place of the
+ * profile's largest tile when it names one, and every other adapter plans as usual. A tuned plan computes
  * the same product as the planner's (the tuner checks each winner against it; the property tests check
- * the planner against the CPU), only faster.
+ * the planner and both slab schedules against the CPU), only faster.
  *
  * To add an adapter: run the tuner there and paste its "Tuned entries" lines (those of x1.05 or more).
  * @module
@@ -43,7 +44,7 @@ export interface TunedTable {
   entries: readonly TunedEntry[];
 }
 
-/** The tables measured so far (bench/NOTES.md, issue 15, third session, has the tuner runs behind them). */
+/** The tables measured so far (bench/NOTES.md, issue 15, third and fifth sessions, has the tuner runs behind them). */
 export const TUNED_TABLES: readonly TunedTable[] = [
   {
     adapter: "NVIDIA H200",
