@@ -5,7 +5,8 @@
 // A workgroup computes a BM × BN block of C from BK-deep slabs staged in workgroup memory, in STAGES
 // buffers: 2 double-buffers (the next slab is fetched from storage into registers while the current one
 // is multiplied; one barrier per slab); 1 fetches and stores each slab, then multiplies it, two barriers
-// per slab but no staging registers held over the multiply (GemmTile.STAGES). Each invocation keeps a TM × TN register tile as separately named vec4 accumulators, every
+// per slab but no staging registers held over the multiply (GemmTile.STAGES). Each invocation keeps a
+// TM × TN register tile as separately named vec4 accumulators, every
 // loop over it unrolled by the template: private arrays indexed in loops end up in slow local memory.
 // The invocation's rows are TM / 4 groups of 4 spread BM / (TM / 4) apart (columns likewise), so that
 // neighbouring invocations read neighbouring vec4s of the slabs.
