@@ -105,6 +105,12 @@ const EXTRA_TILES: readonly (readonly number[])[] = [
   [64, 128, 8, 8, 8],
   [128, 32, 16, 8, 4],
   [128, 256, 8, 8, 16],
+  // Rank-wide products with 4 × 4 per invocation and BK 32: twice the invocations of the profile's
+  // 128 × 16 / 16 × 128 tiles (whose 64 invocations leave an H200's multiprocessors nearly empty), each
+  // slab deep enough that every invocation stages whole vec4s of both operands.
+  [128, 16, 32, 4, 4],
+  [16, 128, 32, 4, 4],
+  [128, 32, 32, 4, 4],
 ];
 
 /** The candidate tiles this device can run: the planner's and {@link EXTRA_TILES}. */
@@ -118,7 +124,8 @@ export function candidateTiles(gpu: GPUDevice): GemmTile[] {
       continue;
     }
     if (t.WG > gpu.limits.maxComputeInvocationsPerWorkgroup) continue;
-    if (stages * BK * (BM + BN) * 4 > gpu.limits.maxComputeWorkgroupStorageSize) continue;
+    // Each kk row of a slab carries one vec4 of padding (wgsl/gemm/tiled.wgsl).
+    if (stages * BK * (BM + BN + 8) * 4 > gpu.limits.maxComputeWorkgroupStorageSize) continue;
     out.push(t);
   }
   return out;

@@ -1,17 +1,13 @@
-// Sums the partial products of a split-K GEMM: out[i] = alpha · sum over s of part[s · n + i].
+// Sums the partial products of a split-K GEMM: out[i] = alpha · sum over s of part[s · n + i]
+// (gemm/splitk_sum.wgsl).
 @group(0) @binding(1) var<storage, read> part: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<${T}>;
 
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-  let i = flat_index(wid, nwg, lid, ${WG}u);
-  if (i >= p.n) {
-    return;
+  let r = sum_slices(wid, nwg, lid);
+  if (r.owner) {
+    y[r.i] = ${T}(r.acc * p.alpha);
   }
-  var acc = 0.0;
-  for (var s = 0u; s < p.splits; s++) {
-    acc += part[s * p.n + i];
-  }
-  y[i] = ${T}(acc * p.alpha);
 }

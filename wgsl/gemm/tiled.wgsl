@@ -12,13 +12,27 @@
 // neighbouring invocations read neighbouring vec4s of the slabs.
 
 // STAGES slabs each, indexed [buffer][kk][group][invocation]: element (kk, r) of buffer s is
-// a_tile[s][kk][(r / 4) / (BM / TM)][(r / 4) % (BM / TM)][r % 4] (b_tile likewise with BN / TN). The
+// a_tile[s][kk].v[(r / 4) / (BM / TM)][(r / 4) % (BM / TM)][r % 4] (b_tile likewise with BN / TN). The
 // multiply indexes kk and the group with constants and the last with the invocation's own ty (tx): WGSL
 // implementations clamp every dynamic index, and a clamp of ty is loop-invariant, computed once (the
 // buffer's once per slab), where a clamp of "buffer base + ty + offset" cost an add and a min before each
 // of the loop's loads (4096³ on the H200: 4.10-4.22 ms against 4.30-4.37 on Deno's WebGPU, bench/NOTES.md).
-var<workgroup> a_tile: array<array<array<array<vec4<f32>, ${BM / TM}>, ${TM / 4}>, ${BK}>, ${STAGES}>;
-var<workgroup> b_tile: array<array<array<array<vec4<f32>, ${BN / TN}>, ${TN / 4}>, ${BK}>, ${STAGES}>;
+//
+// Each kk row is padded by one vec4 (the structs' `pad`). Staging an operand whose k is contiguous in storage
+// (x in x·Wᵀ, W too) transposes it: an invocation's vec4 of 4 k becomes 4 scalar stores, one per kk row,
+// and the 32 invocations of a subgroup store 8 rows at 4 kk quads (BK 16) or 16 rows at 2 (BK 8). Unpadded,
+// every kk row starts on the same bank, so the quads' stores collide on 8 (16) banks: 4-way (2-way)
+// conflicts. One vec4 of padding moves kk row q by 4 banks: 2-way (no) conflicts.
+struct ASlabRow {
+  v: array<array<vec4<f32>, ${BM / TM}>, ${TM / 4}>,
+  pad: vec4<f32>,
+}
+struct BSlabRow {
+  v: array<array<vec4<f32>, ${BN / TN}>, ${TN / 4}>,
+  pad: vec4<f32>,
+}
+var<workgroup> a_tile: array<array<ASlabRow, ${BK}>, ${STAGES}>;
+var<workgroup> b_tile: array<array<BSlabRow, ${BK}>, ${STAGES}>;
 
 fn store4(row_base: u32, col: u32, v: vec4<f32>) {
 //#if BIAS
@@ -225,16 +239,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 //#if ph == 1 && TRANS_A && VEC_A
             let kk = e / ${BM / 4}u;
             let r4 = e % ${BM / 4}u;
-            a_tile[stage_buf][kk][r4 / ${BM / TM}u][r4 % ${BM / TM}u] = sa${l};
+            a_tile[stage_buf][kk].v[r4 / ${BM / TM}u][r4 % ${BM / TM}u] = sa${l};
 //#else
             let r = e / ${BK / 4}u;
             let kk = (e % ${BK / 4}u) * 4u;
             let g = (r / 4u) / ${BM / TM}u;
             let i = (r / 4u) % ${BM / TM}u;
-            a_tile[stage_buf][kk][g][i][r % 4u] = sa${l}.x;
-            a_tile[stage_buf][kk + 1u][g][i][r % 4u] = sa${l}.y;
-            a_tile[stage_buf][kk + 2u][g][i][r % 4u] = sa${l}.z;
-            a_tile[stage_buf][kk + 3u][g][i][r % 4u] = sa${l}.w;
+            a_tile[stage_buf][kk].v[g][i][r % 4u] = sa${l}.x;
+            a_tile[stage_buf][kk + 1u].v[g][i][r % 4u] = sa${l}.y;
+            a_tile[stage_buf][kk + 2u].v[g][i][r % 4u] = sa${l}.z;
+            a_tile[stage_buf][kk + 3u].v[g][i][r % 4u] = sa${l}.w;
 //#end
           }
 //#end
@@ -246,14 +260,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             let kk = (e % ${BK / 4}u) * 4u;
             let h = (cc / 4u) / ${BN / TN}u;
             let j = (cc / 4u) % ${BN / TN}u;
-            b_tile[stage_buf][kk][h][j][cc % 4u] = sb${l}.x;
-            b_tile[stage_buf][kk + 1u][h][j][cc % 4u] = sb${l}.y;
-            b_tile[stage_buf][kk + 2u][h][j][cc % 4u] = sb${l}.z;
-            b_tile[stage_buf][kk + 3u][h][j][cc % 4u] = sb${l}.w;
+            b_tile[stage_buf][kk].v[h][j][cc % 4u] = sb${l}.x;
+            b_tile[stage_buf][kk + 1u].v[h][j][cc % 4u] = sb${l}.y;
+            b_tile[stage_buf][kk + 2u].v[h][j][cc % 4u] = sb${l}.z;
+            b_tile[stage_buf][kk + 3u].v[h][j][cc % 4u] = sb${l}.w;
 //#else
             let kk = e / ${BN / 4}u;
             let c4 = e % ${BN / 4}u;
-            b_tile[stage_buf][kk][c4 / ${BN / TN}u][c4 % ${BN / TN}u] = sb${l};
+            b_tile[stage_buf][kk].v[c4 / ${BN / TN}u][c4 % ${BN / TN}u] = sb${l};
 //#end
           }
 //#end
@@ -265,10 +279,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 //#for kk in 0..BK
           {
 //#for g in 0..TM / 4
-            let av${g} = a_tile[mul_buf][${kk}][${g}][ty];
+            let av${g} = a_tile[mul_buf][${kk}].v[${g}][ty];
 //#end
 //#for h in 0..TN / 4
-            let bv${h} = b_tile[mul_buf][${kk}][${h}][tx];
+            let bv${h} = b_tile[mul_buf][${kk}].v[${h}][tx];
 //#end
 //#for i in 0..TM
 //#for h in 0..TN / 4

@@ -1,13 +1,33 @@
 /**
  * `splitk_reduce`: out[i] = alpha · sum over s of part[s · n + i], the second dispatch of a split-K GEMM
- * (webgpu/gemm.ts) adding the slices' f32 partial products (wgsl/gemm/splitk_reduce.wgsl); and
- * `splitk_reduce_bias`, the same with the GEMM's bias added (wgsl/gemm/splitk_reduce_bias.wgsl).
+ * (webgpu/gemm.ts) adding the slices' f32 partial products; and `splitk_reduce_bias`, the same with the
+ * GEMM's bias added (wgsl/gemm/splitk_reduce_bias.wgsl). Both sum through wgsl/gemm/splitk_sum.wgsl.
  * @module
  */
 import type { DType } from "../../core/dtype.ts";
 import { hostArray } from "../../core/dtype.ts";
 import { DTypeError, ShapeError } from "../../core/errors.ts";
-import { expectSize, type KernelRecord } from "./record.ts";
+import { expectSize, type KernelRecord, type SpecValue } from "./record.ts";
+
+/** Invocations of a reduce workgroup. */
+const REDUCE_WG = 256;
+
+/**
+ * How a reduce of `splits` slices spreads over a workgroup (wgsl/gemm/splitk_reduce.wgsl): G lanes per
+ * output (the largest power of two up to 8 that does not exceed the slices), each fetching CH slices per
+ * round, so a round of G · CH covers up to 64 slices and a workgroup owns 256 / G outputs.
+ */
+export function splitReduceLayout(splits: number): { G: number; CH: number; outputs: number } {
+  let G = 1;
+  while (G < 8 && G * 2 <= splits) G *= 2;
+  const CH = Math.min(8, Math.max(1, Math.ceil(splits / G)));
+  return { G, CH, outputs: REDUCE_WG / G };
+}
+
+function reduceSpecialisation(dtype: DType, splits: number): Record<string, SpecValue> {
+  const { G, CH } = splitReduceLayout(splits);
+  return { T: dtype, WG: REDUCE_WG, G, CH };
+}
 
 /** Arguments of {@link SPLITK_REDUCE}. */
 export interface SplitKReduceArgs {
@@ -22,6 +42,7 @@ export interface SplitKReduceArgs {
 export const SPLITK_REDUCE: KernelRecord<SplitKReduceArgs> = {
   name: "splitk_reduce",
   template: "gemm/splitk_reduce",
+  includes: ["gemm/splitk_sum"],
   bindings: [{ name: "part", access: "read" }, { name: "y", access: "write" }],
   params: [{ name: "n", type: "u32" }, { name: "splits", type: "u32" }, { name: "alpha", type: "f32" }],
   check: ([part], a) =>
@@ -30,9 +51,10 @@ export const SPLITK_REDUCE: KernelRecord<SplitKReduceArgs> = {
     _,
     a,
   ) => [{ size: a.n, dtype: a.dtype, what: `splitKReduce: output of ${a.n} elements (${a.dtype})` }],
-  specialise: (_, a) => ({ T: a.dtype }),
+  specialise: (_, a) => reduceSpecialisation(a.dtype, a.splits),
   uniforms: (a) => ({ n: a.n, splits: a.splits, alpha: a.alpha }),
-  geometry: (a) => ({ elements: a.n }),
+  // One workgroup per block of outputs (splitReduceLayout).
+  geometry: (a) => ({ rows: Math.ceil(a.n / splitReduceLayout(a.splits).outputs) }),
   reference([part], { n, splits, alpha }, [y]) {
     const r = hostArray(y.dtype, n);
     for (let i = 0; i < n; i++) {
@@ -58,6 +80,7 @@ export interface SplitKReduceBiasArgs extends SplitKReduceArgs {
 export const SPLITK_REDUCE_BIAS: KernelRecord<SplitKReduceBiasArgs> = {
   name: "splitk_reduce_bias",
   template: "gemm/splitk_reduce_bias",
+  includes: ["gemm/splitk_sum"],
   bindings: [
     { name: "part", access: "read" },
     { name: "bias", access: "read" },
@@ -84,9 +107,9 @@ export const SPLITK_REDUCE_BIAS: KernelRecord<SplitKReduceBiasArgs> = {
     dtype: a.dtype,
     what: `splitKReduceBias: output of ${a.n} elements (${a.dtype})`,
   }],
-  specialise: (_, a) => ({ T: a.dtype }),
+  specialise: (_, a) => reduceSpecialisation(a.dtype, a.splits),
   uniforms: (a) => ({ n: a.n, splits: a.splits, alpha: a.alpha, cols: a.cols }),
-  geometry: (a) => ({ elements: a.n }),
+  geometry: (a) => ({ rows: Math.ceil(a.n / splitReduceLayout(a.splits).outputs) }),
   reference([part, bias], { n, splits, alpha, cols }, [y]) {
     const r = hostArray(y.dtype, n);
     for (let i = 0; i < n; i++) {

@@ -201,7 +201,7 @@ export function requestPipelines(
   const reduce = req.bias != null ? SPLITK_REDUCE_BIAS : SPLITK_REDUCE;
   return [
     [template, gemmSpecialisation({ ...flags, cType: "f32", bias: false }, plan.tile)],
-    [reduce, { ...SPLITK_REDUCE.specialise([], splitReduceArgs(req, plan)), WG: WORKGROUP_SIZE }],
+    [reduce, reduce.specialise([], splitReduceArgs(req, plan))],
   ];
 }
 
@@ -297,15 +297,16 @@ export function recordGemm(ctx: GemmContext, req: GemmRequest): Binding {
     detail,
   );
   const reduceArgs = splitReduceArgs(req, plan);
+  const reduce = req.bias != null ? SPLITK_REDUCE_BIAS : SPLITK_REDUCE;
   const words = req.bias != null
     ? packParams(SPLITK_REDUCE_BIAS.params, SPLITK_REDUCE_BIAS.uniforms(reduceArgs, []), req.what)
     : packParams(SPLITK_REDUCE.params, SPLITK_REDUCE.uniforms(reduceArgs, []), req.what);
-  const reduce = req.bias != null ? SPLITK_REDUCE_BIAS : SPLITK_REDUCE;
+  const geometry = reduce.geometry(reduceArgs, []);
   rt.dispatch(
-    kernels.get(reduce, { ...SPLITK_REDUCE.specialise([], reduceArgs), WG: WORKGROUP_SIZE }),
+    kernels.get(reduce, reduce.specialise([], reduceArgs)),
     words,
     req.bias != null ? [part, req.bias, out] : [part, out],
-    rt.grid1d(m * n, WORKGROUP_SIZE),
+    "rows" in geometry ? rt.fold(geometry.rows) : rt.grid1d(geometry.elements, WORKGROUP_SIZE),
   );
   rt.release(part.buf);
   return out;

@@ -200,6 +200,9 @@ export const TUNED_TABLES: readonly TunedTable[] = [
     adapter: "NVIDIA: 580.159.04 580.159.4.0",
     measured:
       "Dawn (webgpu 0.6.2's dawn.node under Deno 2.9.6) on one H200, 2026-12-01, f32, lora_bench --full --tune",
+    // With the slabs' padded rows (sixth session) single-buffered 128 × 128 × 16 beat the default here too:
+    // 3.77 against 3.92 ms at 4096³ x·Wᵀ, 0.475 against 0.505 at 2048³ (bench/NOTES.md, sixth session).
+    largeTile: [128, 128, 16, 8, 8, 1],
     entries: [
       {
         m: 8192,

@@ -233,7 +233,8 @@ gpuTest(
     await fc.assert(
       fc.asyncProperty(
         fc.integer({ min: 1, max: 700 }),
-        fc.integer({ min: 1, max: 9 }),
+        // Up to 9 slices (one round of the kernel's fetches), or 60-140 (two or three rounds of 64).
+        fc.oneof(fc.integer({ min: 1, max: 9 }), fc.integer({ min: 60, max: 140 })),
         factor(-3, 3),
         seedArb,
         f,
@@ -251,6 +252,21 @@ gpuTest(
       ),
       { numRuns: RUNS.cheap },
     );
+  },
+);
+
+gpuTest(
+  "splitk_reduce over 129 slices of 300 outputs (three rounds, the last of one slice; a part-filled last workgroup)",
+  async (dev) => {
+    const n = 300, splits = 129;
+    const v = values(n * splits, 5, "f32");
+    const r = await onBoth(dev, "f32", (u) => {
+      const part = u.be.upload(v, "f32");
+      const [y] = u.be.run(SPLITK_REDUCE, [part], { n, splits, alpha: 0.5, dtype: "f32" });
+      u.be.free(part);
+      return y;
+    });
+    assertClose("splitk_reduce 129 slices", r.gpu[0], r.cpu[0], "f32");
   },
 );
 
