@@ -12,14 +12,19 @@ import { expectSize, type KernelRecord, type SpecValue } from "./record.ts";
 /** Invocations of a reduce workgroup. */
 const REDUCE_WG = 256;
 
+/** Slices from which a reduce stages its loads in workgroup memory (G = 8) rather than adding directly. */
+const STAGED_FROM_SLICES = 16;
+
 /**
- * How a reduce of `splits` slices spreads over a workgroup (wgsl/gemm/splitk_reduce.wgsl): G lanes per
- * output (the largest power of two up to 8 that does not exceed the slices), each fetching CH slices per
- * round, so a round of G · CH covers up to 64 slices and a workgroup owns 256 / G outputs.
+ * How a reduce of `splits` slices spreads over a workgroup (wgsl/gemm/splitk_sum.wgsl): one lane per
+ * output adding its slices straight from storage (G = 1) below {@link STAGED_FROM_SLICES} slices, else 8
+ * lanes per output each fetching CH slices per round (a round covers up to 64), so a workgroup owns 256 / G
+ * outputs. On the H200 the staged sum took 6.5 against 9.5 µs for 16 slices of 16 K outputs and 8 against
+ * 15 µs for 64 slices of 8 K, but 8 against 7 µs for 8 slices of 64 K and 20 against 12 µs for 2 slices of
+ * 2 M (bench/NOTES.md, sixth session).
  */
 export function splitReduceLayout(splits: number): { G: number; CH: number; outputs: number } {
-  let G = 1;
-  while (G < 8 && G * 2 <= splits) G *= 2;
+  const G = splits >= STAGED_FROM_SLICES ? 8 : 1;
   const CH = Math.min(8, Math.max(1, Math.ceil(splits / G)));
   return { G, CH, outputs: REDUCE_WG / G };
 }

@@ -49,7 +49,7 @@ export const TUNED_TABLES: readonly TunedTable[] = [
   {
     adapter: "NVIDIA H200",
     measured:
-      "Deno 2.9.6's WebGPU (wgpu) on one H200, 2026-12-01 (fifth session), f32, lora_bench --full --tune",
+      "Deno 2.9.6's WebGPU (wgpu) on one H200, 2026-12-01 (fifth session; one entry 2026-12-02, sixth), f32, lora_bench --full --tune",
     // Single-buffered 128 × 128 × 16 won every large product of the tuner's run here (x1.04-1.89) and the
     // square GEMM (3.66 against 4.11 ms at 4096³ x·W; bench/NOTES.md, fifth session); Dawn keeps the default.
     largeTile: [128, 128, 16, 8, 8, 1],
@@ -194,12 +194,22 @@ export const TUNED_TABLES: readonly TunedTable[] = [
         splits: 2,
         speedup: 1.52,
       }, // (512, 4096, 16) dx = dy·W + LoRA
+      {
+        m: 16,
+        n: 4096,
+        k: 512,
+        transA: true,
+        transB: false,
+        tile: [16, 128, 32, 4, 4],
+        splits: 4,
+        speedup: 1.08,
+      }, // (512, 4096, 16) dA = gᵀ·x (sixth session)
     ],
   },
   {
     adapter: "NVIDIA: 580.159.04 580.159.4.0",
     measured:
-      "Dawn (webgpu 0.6.2's dawn.node under Deno 2.9.6) on one H200, 2026-12-01, f32, lora_bench --full --tune",
+      "Dawn (webgpu 0.6.2's dawn.node under Deno 2.9.6) on one H200, 2026-12-01 (small shapes 2026-12-02, sixth session), f32, lora_bench --full --tune",
     // With the slabs' padded rows (sixth session) single-buffered 128 × 128 × 16 beat the default here too:
     // 3.77 against 3.92 ms at 4096³ x·Wᵀ, 0.475 against 0.505 at 2048³ (bench/NOTES.md, sixth session).
     largeTile: [128, 128, 16, 8, 8, 1],
@@ -250,10 +260,10 @@ export const TUNED_TABLES: readonly TunedTable[] = [
         k: 2048,
         transA: false,
         transB: true,
-        tile: [128, 32, 16, 8, 4],
+        tile: [128, 16, 16, 8, 4],
         splits: 16,
-        speedup: 1.36,
-      }, // (2048, 2048, 8) t = x·Aᵀ
+        speedup: 1.07,
+      }, // (2048, 2048, 8) t = x·Aᵀ (sixth session)
       {
         m: 2048,
         n: 8,
@@ -261,59 +271,49 @@ export const TUNED_TABLES: readonly TunedTable[] = [
         transA: false,
         transB: false,
         tile: [128, 32, 16, 8, 4],
-        splits: 8,
-        speedup: 1.50,
-      }, // (2048, 2048, 8) g = dy·B
+        splits: 16,
+        speedup: 1.08,
+      }, // (2048, 2048, 8) g = dy·B (sixth session)
       {
         m: 8,
         n: 2048,
         k: 2048,
         transA: true,
         transB: false,
-        tile: [32, 128, 16, 4, 8],
+        tile: [16, 128, 32, 4, 4],
         splits: 8,
-        speedup: 1.67,
-      }, // (2048, 2048, 8) dA = gᵀ·x
+        speedup: 1.1,
+      }, // (2048, 2048, 8) dA = gᵀ·x (sixth session)
       {
-        m: 512,
-        n: 16,
-        k: 4096,
-        transA: false,
-        transB: true,
+        m: 2048,
+        n: 8,
+        k: 2048,
+        transA: true,
+        transB: false,
         tile: [128, 16, 16, 8, 4],
-        splits: 32,
-        speedup: 1.08,
-      }, // (512, 4096, 16) t = x·Aᵀ
+        splits: 16,
+        speedup: 1.1,
+      }, // (2048, 2048, 8) dB = dyᵀ·t (sixth session)
       {
-        m: 512,
-        n: 16,
-        k: 4096,
-        transA: false,
-        transB: false,
-        tile: [128, 32, 16, 8, 4],
-        splits: 32,
-        speedup: 1.50,
-      }, // (512, 4096, 16) g = dy·B
-      {
-        m: 512,
+        m: 16,
         n: 4096,
-        k: 4096,
-        transA: false,
+        k: 512,
+        transA: true,
         transB: false,
-        tile: [128, 128, 16, 8, 8, 1],
-        splits: 2,
-        speedup: 1.08,
-      }, // (512, 4096, 16) dx = dy·W + LoRA (fifth session's tuner run)
+        tile: [16, 128, 32, 4, 4],
+        splits: 4,
+        speedup: 1.07,
+      }, // (512, 4096, 16) dA = gᵀ·x (sixth session)
       {
         m: 4096,
         n: 16,
         k: 512,
         transA: true,
         transB: false,
-        tile: [128, 32, 16, 8, 4],
-        splits: 2,
-        speedup: 1.33,
-      }, // (512, 4096, 16) dB = dyᵀ·t
+        tile: [128, 16, 32, 4, 4],
+        splits: 4,
+        speedup: 1.06,
+      }, // (512, 4096, 16) dB = dyᵀ·t (sixth session)
     ],
   },
 ];

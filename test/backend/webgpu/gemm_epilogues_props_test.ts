@@ -85,8 +85,8 @@ gpuTest("splitk_reduce_bias through Backend.run matches the CPU", async (dev) =>
     fc.asyncProperty(
       fc.integer({ min: 1, max: 60 }),
       fc.integer({ min: 1, max: 9 }),
-      // One round of the kernel's fetches (up to 9 slices) or two or three (60-140).
-      fc.oneof(fc.integer({ min: 1, max: 9 }), fc.integer({ min: 60, max: 140 })),
+      // The direct sum or one round of staged fetches (up to 20 slices), or two or three rounds (60-140).
+      fc.oneof(fc.integer({ min: 1, max: 20 }), fc.integer({ min: 60, max: 140 })),
       factor(-3, 3),
       seedArb,
       f,

@@ -15,6 +15,7 @@ import {
   TILED_PROFILE,
   tiledTile,
 } from "../../../src/backend/webgpu/gemm_plan.ts";
+import { TUNED_TABLES } from "../../../src/backend/webgpu/gemm_tuned.ts";
 import { assertClose, type FloatType, floatTypes, onBoth, printWorst, seedArb, values } from "./compare.ts";
 import { gpu, gpuTest } from "./gpu.ts";
 
@@ -23,7 +24,7 @@ import { gpu, gpuTest } from "./gpu.ts";
  * seconds to compile, so those get f32 and fewer runs (the element type does not interact with the tile:
  * the smallest tile covers f16).
  */
-const RUNS = { matmul: 5, lora: 1, largeDirectMatmul: 3, largeDirectLora: 1 };
+const RUNS = { matmul: 5, lora: 1, largeDirectMatmul: 3, largeDirectLora: 1, tunedOnlyMatmul: 3 };
 const f = gpu === null ? fc.constant<FloatType>("f32") : floatTypes(gpu);
 
 /** Sizes around and between tile edges, primes, 1 and multiples of 4 (the vec4 forms). */
@@ -79,10 +80,30 @@ function tileName(t: GemmTile): string {
  */
 const SINGLE_BUFFERED = tiledTile(64, 64, 16, 4, 4, 1);
 
+const sameTile = (a: GemmTile, b: GemmTile) =>
+  a.BM === b.BM && a.BN === b.BN && a.BK === b.BK && a.TM === b.TM && a.TN === b.TN && a.STAGES === b.STAGES;
+
+/**
+ * The tiles the tuned tables name beyond the profile's (gemm_tuned.ts): the planner takes them on those
+ * adapters, so each runs the plain products here too (the LoRA phase is the same template code on every
+ * tile, and the profile's tiles cover it).
+ */
+const TUNED_ONLY: GemmTile[] = [];
+for (const table of TUNED_TABLES) {
+  for (
+    const t of [
+      ...(table.largeTile === undefined ? [] : [table.largeTile]),
+      ...table.entries.map((e) => e.tile),
+    ]
+  ) {
+    const tile = tiledTile(t[0], t[1], t[2], t[3], t[4], t[5] ?? 2);
+    const known = [...TILED_PROFILE.tiles, SINGLE_BUFFERED, ...TUNED_ONLY];
+    if (!known.some((k) => sameTile(k, tile))) TUNED_ONLY.push(tile);
+  }
+}
+
 for (const base of [TILED_PROFILE, DIRECT_PROFILE]) {
-  const tiles = base === TILED_PROFILE && !base.tiles.some((t) => t.STAGES === 1)
-    ? [...base.tiles, SINGLE_BUFFERED]
-    : base.tiles;
+  const tiles = base === TILED_PROFILE ? [...base.tiles, SINGLE_BUFFERED, ...TUNED_ONLY] : base.tiles;
   for (const tile of tiles) {
     const profile: GemmProfile = { schedule: base.schedule, tiles: [tile] };
     const name = `${base.schedule} GEMM tile ${tileName(tile)}`;
@@ -118,13 +139,19 @@ for (const base of [TILED_PROFILE, DIRECT_PROFILE]) {
               assertClose(`${name} matmul`, r.gpu[0], r.cpu[0], dt);
             },
           ),
-          { numRuns: large ? RUNS.largeDirectMatmul : RUNS.matmul },
+          {
+            numRuns: large
+              ? RUNS.largeDirectMatmul
+              : TUNED_ONLY.includes(tile)
+              ? RUNS.tunedOnlyMatmul
+              : RUNS.matmul,
+          },
         ));
     });
 
     // The LoRA phase is the same template code on every tile; the large direct tiles other than 32×32 (the
     // one LoRA outputs take) skip it: each would cost ~10 s of compiling on a software adapter.
-    const loraToo = !large || (tile.TM === 32 && tile.TN === 32);
+    const loraToo = (!large || (tile.TM === 32 && tile.TN === 32)) && !TUNED_ONLY.includes(tile);
     if (!loraToo) continue;
     gpuTest(`${name}: fused LoRA forward and backward match the CPU`, async (dev) => {
       if (skipOnHardware(base.schedule, dev, name)) return;

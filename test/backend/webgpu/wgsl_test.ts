@@ -209,8 +209,8 @@ function specialisations(
   ) {
     out.push([named(k), base]);
   }
-  // The reduces' lane layouts (splitReduceLayout) for 2, 3, 8 and 64 slices.
-  for (const [G, CH] of [[2, 1], [2, 2], [8, 1], [8, 8]]) {
+  // The reduces' lane layouts (splitReduceLayout): direct, and staged for 16 and 64 slices.
+  for (const [G, CH] of [[1, 8], [8, 2], [8, 8]]) {
     for (const k of ["splitk_reduce", "splitk_reduce_bias"]) out.push([named(k), { ...base, G, CH }]);
   }
   for (const S of ["f32", "f16"]) out.push([named("cast"), { ...base, S }]);
