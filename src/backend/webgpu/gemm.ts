@@ -101,8 +101,8 @@ export interface GemmFlags {
   quantB?: "" | WeightQuant["scheme"];
 }
 
-/** Template parameters of a GEMM kernel. */
-export function gemmSpecialisation(f: GemmFlags, t: GemmTile): TemplateParams {
+/** Template parameters of a GEMM kernel; `swizzle`: {@link GemmProfile.slabSwizzle}. */
+export function gemmSpecialisation(f: GemmFlags, t: GemmTile, swizzle = false): TemplateParams {
   return {
     A_T: f.aType,
     B_T: f.bType,
@@ -122,6 +122,7 @@ export function gemmSpecialisation(f: GemmFlags, t: GemmTile): TemplateParams {
     BIAS: f.bias,
     QUANT_B: f.quantB ?? "",
     ...t,
+    SWIZZLE: swizzle,
     // Staging vec4s per invocation of the tiled kernel (unused by the direct one).
     LA: Math.max(1, (t.BM * t.BK) / 4 / t.WG),
     LB: Math.max(1, (t.BN * t.BK) / 4 / t.WG),
@@ -197,10 +198,11 @@ export function requestPipelines(
 ): [KernelTemplate, TemplateParams][] {
   const { flags, plan } = planRequest(req, profile, maxBindingBytes);
   const template = SCHEDULE_TEMPLATE[plan.schedule];
-  if (plan.splits === 1) return [[template, gemmSpecialisation(flags, plan.tile)]];
+  const swizzle = profile.slabSwizzle === true;
+  if (plan.splits === 1) return [[template, gemmSpecialisation(flags, plan.tile, swizzle)]];
   const reduce = req.bias != null ? SPLITK_REDUCE_BIAS : SPLITK_REDUCE;
   return [
-    [template, gemmSpecialisation({ ...flags, cType: "f32", bias: false }, plan.tile)],
+    [template, gemmSpecialisation({ ...flags, cType: "f32", bias: false }, plan.tile, swizzle)],
     [reduce, reduce.specialise([], splitReduceArgs(req, plan))],
   ];
 }
@@ -227,6 +229,7 @@ export function recordGemm(ctx: GemmContext, req: GemmRequest): Binding {
   if (batch * m * n === 0) return out;
   const { flags, plan } = planRequest(req, ctx.profile, rt.limits.maxStorageBufferBindingSize);
   const template = SCHEDULE_TEMPLATE[plan.schedule];
+  const swizzle = ctx.profile.slabSwizzle === true;
   const dropout = dropoutParams(lora !== undefined ? lora.dropout : req.dropout ?? null);
   const params = (
     zStrides: [number, number, number],
@@ -266,7 +269,7 @@ export function recordGemm(ctx: GemmContext, req: GemmRequest): Binding {
     }`
     : undefined;
   if (plan.splits === 1) {
-    const kernel = kernels.get(template, gemmSpecialisation(flags, plan.tile));
+    const kernel = kernels.get(template, gemmSpecialisation(flags, plan.tile, swizzle));
     const maxZ = rt.limits.maxComputeWorkgroupsPerDimension;
     const strides: [number, number, number] = [a.zStride ?? 0, b.zStride ?? 0, m * n];
     for (let z0 = 0; z0 < batch; z0 += maxZ) {
@@ -287,7 +290,7 @@ export function recordGemm(ctx: GemmContext, req: GemmRequest): Binding {
   const part = { buf: rt.alloc(partBytes, `${req.what} (split-K partial sums)`), bytes: partBytes };
   const kernel = kernels.get(
     template,
-    gemmSpecialisation({ ...flags, cType: "f32", bias: false }, plan.tile),
+    gemmSpecialisation({ ...flags, cType: "f32", bias: false }, plan.tile, swizzle),
   );
   rt.dispatch(
     kernel,

@@ -77,6 +77,12 @@ export interface GemmProfile {
    * one the schedule's template takes; a split is ignored where the shape may not be split.
    */
   choose?: (shape: GemmShape) => GemmChoice | undefined;
+  /**
+   * Tiled schedule: swizzle the slabs' vec4 slots in every second group of 8 kk rows, which makes BK 16's
+   * transposed staging stores free of bank conflicts (wgsl/gemm/tiled.wgsl). Same results either way; which
+   * is faster depends on the WebGPU implementation's compiler (a tuned table's choice). Default off.
+   */
+  slabSwizzle?: boolean;
 }
 
 /**

@@ -4,9 +4,10 @@
  * adapter, beat the planner's by at least 5%. Each table belongs to one adapter as this library names it
  * (Deno's WebGPU and Dawn describe the same H200 differently, and their compilers differ, so each has its
  * own); every other shape plans as usual (gemm_plan.ts), on the table's `largeTile` in place of the
- * profile's largest tile when it names one, and every other adapter plans as usual. A tuned plan computes
- * the same product as the planner's (the tuner checks each winner against it; the property tests check
- * the planner and both slab schedules against the CPU), only faster.
+ * profile's largest tile when it names one, and every other adapter plans as usual. A table may also turn
+ * on the slab swizzle (`slabSwizzle`) that its adapter's compiler runs faster. A tuned plan computes the
+ * same product as the planner's (the tuner checks each winner against it; the property tests check the
+ * planner, both slab schedules and the swizzle against the CPU), only faster.
  *
  * To add an adapter: run the tuner there and paste its "Tuned entries" lines (those of x1.05 or more).
  * @module
@@ -41,6 +42,8 @@ export interface TunedTable {
    * when the tuner found another best for the large products on this adapter (as {@link TunedEntry.tile}).
    */
   largeTile?: TunedEntry["tile"];
+  /** Whether this adapter's GEMMs swizzle their slabs ({@link GemmProfile.slabSwizzle}); default off. */
+  slabSwizzle?: boolean;
   entries: readonly TunedEntry[];
 }
 
@@ -51,7 +54,8 @@ export const TUNED_TABLES: readonly TunedTable[] = [
     measured:
       "Deno 2.9.6's WebGPU (wgpu) on one H200, 2026-12-01 (fifth session; one entry 2026-12-02, sixth), f32, lora_bench --full --tune",
     // Single-buffered 128 × 128 × 16 won every large product of the tuner's run here (x1.04-1.89) and the
-    // square GEMM (3.66 against 4.11 ms at 4096³ x·W; bench/NOTES.md, fifth session); Dawn keeps the default.
+    // square GEMM (3.66 against 4.11 ms at 4096³ x·W; bench/NOTES.md, fifth session). No slab swizzle: it
+    // lost 0-2% here (sixth session).
     largeTile: [128, 128, 16, 8, 8, 1],
     entries: [
       {
@@ -213,6 +217,9 @@ export const TUNED_TABLES: readonly TunedTable[] = [
     // With the slabs' padded rows (sixth session) single-buffered 128 × 128 × 16 beat the default here too:
     // 3.77 against 3.92 ms at 4096³ x·Wᵀ, 0.475 against 0.505 at 2048³ (bench/NOTES.md, sixth session).
     largeTile: [128, 128, 16, 8, 8, 1],
+    // Swizzled slabs: 3.58 against 3.77 ms at 4096³ x·Wᵀ here, where Deno's WebGPU lost 0-2% with them
+    // (bench/NOTES.md, sixth session).
+    slabSwizzle: true,
     entries: [
       {
         m: 8192,
@@ -362,5 +369,5 @@ export function tunedProfile(adapter: string): GemmProfile {
   if (table === undefined) return TILED_PROFILE;
   const large = table.largeTile === undefined ? undefined : tileOf(table.largeTile);
   const tiles = large === undefined ? TILED_PROFILE.tiles : [large, ...TILED_PROFILE.tiles.slice(1)];
-  return { ...TILED_PROFILE, tiles, choose: tunedChoice(adapter) };
+  return { ...TILED_PROFILE, tiles, choose: tunedChoice(adapter), slabSwizzle: table.slabSwizzle === true };
 }

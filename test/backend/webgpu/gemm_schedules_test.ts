@@ -80,6 +80,12 @@ function tileName(t: GemmTile): string {
  */
 const SINGLE_BUFFERED = tiledTile(64, 64, 16, 4, 4, 1);
 
+/**
+ * Tiles run with swizzled slabs (GemmProfile.slabSwizzle, which a tuned table may turn on): the
+ * single-buffered tile (matmul and LoRA) and every tile only a tuned table names (below).
+ */
+const SWIZZLED = new Set<GemmTile>([SINGLE_BUFFERED]);
+
 const sameTile = (a: GemmTile, b: GemmTile) =>
   a.BM === b.BM && a.BN === b.BN && a.BK === b.BK && a.TM === b.TM && a.TN === b.TN && a.STAGES === b.STAGES;
 
@@ -98,15 +104,23 @@ for (const table of TUNED_TABLES) {
   ) {
     const tile = tiledTile(t[0], t[1], t[2], t[3], t[4], t[5] ?? 2);
     const known = [...TILED_PROFILE.tiles, SINGLE_BUFFERED, ...TUNED_ONLY];
-    if (!known.some((k) => sameTile(k, tile))) TUNED_ONLY.push(tile);
+    if (!known.some((k) => sameTile(k, tile))) {
+      TUNED_ONLY.push(tile);
+      SWIZZLED.add(tile);
+    }
   }
 }
 
 for (const base of [TILED_PROFILE, DIRECT_PROFILE]) {
   const tiles = base === TILED_PROFILE ? [...base.tiles, SINGLE_BUFFERED, ...TUNED_ONLY] : base.tiles;
-  for (const tile of tiles) {
-    const profile: GemmProfile = { schedule: base.schedule, tiles: [tile] };
-    const name = `${base.schedule} GEMM tile ${tileName(tile)}`;
+  const runs: [GemmTile, boolean][] = tiles.flatMap((t) =>
+    // The single-buffered tile runs both ways; a tuned-only tile swizzled only (the table naming most of
+    // them, Dawn's, swizzles); every other tile plain.
+    t === SINGLE_BUFFERED ? [[t, false], [t, true]] : [[t, SWIZZLED.has(t)]]
+  );
+  for (const [tile, slabSwizzle] of runs) {
+    const profile: GemmProfile = { schedule: base.schedule, tiles: [tile], slabSwizzle };
+    const name = `${base.schedule} GEMM tile ${tileName(tile)}${slabSwizzle ? ", swizzled slabs" : ""}`;
     // The direct schedule uses its large tiles only where every operand reads vec4 and none is masked.
     const large = base.schedule === "direct" && tile !== base.tiles[base.tiles.length - 1];
     const size = large ? vecSize : anySize;

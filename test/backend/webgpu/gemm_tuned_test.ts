@@ -61,6 +61,7 @@ Deno.test("tunedProfile: a table's largeTile replaces the largest tile for unlis
   const large: GemmShape = { ...shapeOf(TUNED_TABLES[0].entries[0]), m: 4000, n: 3000, k: 1000 };
   for (const t of TUNED_TABLES) {
     const profile = tunedProfile(t.adapter);
+    assert.equal(profile.slabSwizzle, t.slabSwizzle === true, `${t.adapter}: the table's slab swizzle`);
     assert.equal(profile.tiles.length, TILED_PROFILE.tiles.length);
     assert.deepEqual(profile.tiles.slice(1), TILED_PROFILE.tiles.slice(1));
     const first = profile.tiles[0];
