@@ -329,7 +329,7 @@ export const TUNED_TABLES: readonly TunedTable[] = [
  * The tile with these dimensions: the profile's own object when it has one, else a new tile (the tuner
  * also tries tiles outside the profile, gemm_tune.ts `candidateTiles`); undefined when they are no tile.
  */
-function tileOf(t: TunedEntry["tile"]): GemmTile | undefined {
+export function tileOf(t: TunedEntry["tile"]): GemmTile | undefined {
   const stages = t[5] ?? 2;
   const own = TILED_PROFILE.tiles.find((x) =>
     x.BM === t[0] && x.BN === t[1] && x.BK === t[2] && x.TM === t[3] && x.TN === t[4] && x.STAGES === stages

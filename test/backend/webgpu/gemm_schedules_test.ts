@@ -15,7 +15,7 @@ import {
   TILED_PROFILE,
   tiledTile,
 } from "../../../src/backend/webgpu/gemm_plan.ts";
-import { TUNED_TABLES } from "../../../src/backend/webgpu/gemm_tuned.ts";
+import { tileOf, TUNED_TABLES } from "../../../src/backend/webgpu/gemm_tuned.ts";
 import { assertClose, type FloatType, floatTypes, onBoth, printWorst, seedArb, values } from "./compare.ts";
 import { gpu, gpuTest } from "./gpu.ts";
 
@@ -86,15 +86,13 @@ const SINGLE_BUFFERED = tiledTile(64, 64, 16, 4, 4, 1);
  */
 const SWIZZLED = new Set<GemmTile>([SINGLE_BUFFERED]);
 
-const sameTile = (a: GemmTile, b: GemmTile) =>
-  a.BM === b.BM && a.BN === b.BN && a.BK === b.BK && a.TM === b.TM && a.TN === b.TN && a.STAGES === b.STAGES;
-
 /**
  * The tiles the tuned tables name beyond the profile's (gemm_tuned.ts): the planner takes them on those
  * adapters, so each runs the plain products here too (the LoRA phase is the same template code on every
  * tile, and the profile's tiles cover it).
  */
 const TUNED_ONLY: GemmTile[] = [];
+const named = new Set([...TILED_PROFILE.tiles, SINGLE_BUFFERED].map(tileName));
 for (const table of TUNED_TABLES) {
   for (
     const t of [
@@ -102,9 +100,10 @@ for (const table of TUNED_TABLES) {
       ...table.entries.map((e) => e.tile),
     ]
   ) {
-    const tile = tiledTile(t[0], t[1], t[2], t[3], t[4], t[5] ?? 2);
-    const known = [...TILED_PROFILE.tiles, SINGLE_BUFFERED, ...TUNED_ONLY];
-    if (!known.some((k) => sameTile(k, tile))) {
+    const tile = tileOf(t);
+    if (tile === undefined) throw new Error(`${table.adapter}: tuned tile [${t}] is no tile`);
+    if (!named.has(tileName(tile))) {
+      named.add(tileName(tile));
       TUNED_ONLY.push(tile);
       SWIZZLED.add(tile);
     }
