@@ -20,7 +20,9 @@ import { recordGemm } from "../src/backend/webgpu/gemm.ts";
 import {
   type GemmChoice,
   type GemmProfile,
+  type GemmSchedule,
   type GemmTile,
+  laneTile,
   TILED_PROFILE,
   tiledTile,
 } from "../src/backend/webgpu/gemm_plan.ts";
@@ -131,11 +133,32 @@ export function candidateTiles(gpu: GPUDevice): GemmTile[] {
   return out;
 }
 
-/** A tile's name: BMxBNxBK, then `/1` when single-buffered. */
-export const tileName = (t: GemmTile): string => `${t.BM}x${t.BN}x${t.BK}${t.STAGES === 1 ? "/1" : ""}`;
+/**
+ * Direct tiles with k lanes (gemm_plan.ts `laneTile`) for a product one of whose sides is at most 16 (a
+ * LoRA rank): the block spans that side (rounded up to 4) and 4 or 8 of the other, with 16 to 256 lanes.
+ * None for wider products.
+ */
+export function laneCandidates(m: number, n: number): GemmTile[] {
+  const narrow = Math.min(m, n);
+  if (narrow > 16) return [];
+  const side = Math.ceil(narrow / 4) * 4;
+  const out: GemmTile[] = [];
+  for (const other of [4, 8]) {
+    for (const lanes of [16, 32, 64, 128, 256]) {
+      out.push(n <= m ? laneTile(other, side, lanes) : laneTile(side, other, lanes));
+    }
+  }
+  return out;
+}
+
+/** A tile's name: BMxBNxBK, then `/1` when single-buffered; a lane tile's TMxTN and its lanes. */
+export const tileName = (t: GemmTile): string =>
+  (t.KL ?? 1) > 1 ? `${t.TM}x${t.TN} lanes ${t.KL}` : `${t.BM}x${t.BN}x${t.BK}${t.STAGES === 1 ? "/1" : ""}`;
 
 /** One measured plan. */
 export interface TunedVariant {
+  /** The schedule when not the profile's (a lane tile's "direct"). */
+  schedule?: GemmSchedule;
   tile: GemmTile;
   splits: number;
   ms: number;
@@ -297,6 +320,19 @@ export async function tuneShapes(
     // a fraction of its speed (the planner's 8192 x 4096 x 4096 at 44.7 ms against 8.0 ms warm).
     const candidates: GemmChoice[] = [];
     const seen = new Set<string>();
+    // Lane tiles for the rank-wide products, on hardware GPUs (the LoRA output products keep their tiles).
+    if (own.schedule === "tiled" && s.lora === 0) {
+      for (const tile of laneCandidates(s.m, s.n)) {
+        for (const want of [1, 2, 4, 8]) {
+          if (want > 1 && s.k < 256 * want) break;
+          const p = planOf(be, ops.req, forced({ schedule: "direct", tile, splits: want }));
+          const key = `${tileName(p.tile)}/${p.splits}`;
+          if (seen.has(key)) continue;
+          seen.add(key);
+          candidates.push({ schedule: "direct", tile: p.tile, splits: p.splits });
+        }
+      }
+    }
     for (const tile of tiles) {
       // Tiles much larger than the output would compute mostly padding.
       if (tile.BM > 2 * Math.max(16, s.m) || tile.BN > 2 * Math.max(16, s.n)) continue;
@@ -327,7 +363,7 @@ export async function tuneShapes(
     };
     const variants: TunedVariant[] = [];
     for (const c of candidates) {
-      variants.push({ tile: c.tile, splits: c.splits, ms: await measure(forced(c)) });
+      variants.push({ schedule: c.schedule, tile: c.tile, splits: c.splits, ms: await measure(forced(c)) });
     }
     variants.sort((a, b) => a.ms - b.ms);
     const best = variants[0] ?? planner;
@@ -340,6 +376,16 @@ export async function tuneShapes(
     rt.release(got.buf);
     ops.free();
     const tf = (ms: number) => (flops / (ms * 1e9)).toFixed(2);
+    // With lane candidates, the best of each kind (a lane tile saves the split-K reduce's dispatch).
+    const bestOf = (lanes: boolean) => variants.find((v) => ((v.tile.KL ?? 1) > 1) === lanes);
+    const [tiledBest, laneBest] = [bestOf(false), bestOf(true)];
+    if (laneBest !== undefined && tiledBest !== undefined) {
+      log(
+        `  ${s.name.padEnd(34)} best tiled ${tileName(tiledBest.tile)}/${tiledBest.splits} ${
+          tiledBest.ms.toFixed(4)
+        } ms, best lanes ${tileName(laneBest.tile)}/${laneBest.splits} ${laneBest.ms.toFixed(4)} ms`,
+      );
+    }
     log(
       `  ${s.name.padEnd(34)} planner ${tileName(planner.tile)}/${planner.splits} ${
         planner.ms.toFixed(3)
@@ -380,8 +426,10 @@ export function tunedEntries(results: readonly TuneResult[]): string[] {
   return results.map((r) => {
     const s = r.shape, t = r.best.tile;
     return `  { m: ${s.m}, n: ${s.n}, k: ${s.k}, transA: ${s.transA}, transB: ${s.transB}, tile: [${t.BM}, ${t.BN}, ${t.BK}, ${t.TM}, ${t.TN}${
-      t.STAGES === 1 ? ", 1" : ""
-    }], splits: ${r.best.splits} }, // ${s.name}: x${(r.planner.ms / r.best.ms).toFixed(2)}`;
+      t.STAGES === 1 && (t.KL ?? 1) === 1 ? ", 1" : ""
+    }], ${(t.KL ?? 1) > 1 ? `lanes: ${t.KL}, ` : ""}splits: ${r.best.splits}, speedup: ${
+      (r.planner.ms / r.best.ms).toFixed(2)
+    } }, // ${s.name}`;
   });
 }
 

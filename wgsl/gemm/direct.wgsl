@@ -27,6 +27,43 @@
 //
 // Bindings and loaders: gemm/operands.wgsl and gemm/lora_phase.wgsl; the uniform block: GEMM_PARAMS
 // (src/backend/kernels/gemm.ts).
+//
+// K lanes (KL > 1, GemmTile.KL): KL invocations share one block, lane l summing the groups of 4 k that
+// start at k_begin + 4l, 4l + 4KL, ...; their partial sums are then added in workgroup memory (sum_lanes)
+// and lane 0 stores the block. For the products one of whose sides is a LoRA rank on hardware GPUs:
+// without lanes such a product has a few thousand blocks, too few invocations to keep a large GPU's
+// memory busy. LANE_FAST: the lanes of a block are neighbouring invocations (A stored [m, k]: they read
+// consecutive k of the block's rows); otherwise neighbouring invocations hold neighbouring blocks (A
+// stored [k, m]: they read consecutive columns of each k row). Summation order differs from KL = 1's only
+// as a split of k does.
+//#if KL > 1
+var<workgroup> red: array<vec4<f32>, ${WG * CH}>;
+
+// Adds each of the S = (WG / KL) · CH slots' KL lane values (slot s of lane l at red[l · S + s]) into
+// lane 0's: a tree of fan-in 8, one barrier a level. At level stride st an invocation reads lanes b, b + st,
+// ..., b + 7st of one slot (b a multiple of 8st) and writes lane b only, which no other invocation of the
+// level reads or writes, so a level needs no barrier inside it.
+fn sum_lanes(lid: u32) {
+  let slots = ${(WG / KL) * CH}u;
+  for (var st = 1u; st < ${KL}u; st *= 8u) {
+    workgroupBarrier();
+    let groups = (${KL}u + 8u * st - 1u) / (8u * st);
+    for (var item = lid; item < groups * slots; item += ${WG}u) {
+      let base = (item / slots) * 8u * st;
+      let slot = item % slots;
+      var v = red[base * slots + slot];
+      for (var q = 1u; q < 8u; q++) {
+        let l = base + q * st;
+        if (l < ${KL}u) {
+          v += red[l * slots + slot];
+        }
+      }
+      red[base * slots + slot] = v;
+    }
+  }
+  workgroupBarrier();
+}
+//#end
 
 // Stores v into columns col .. col + 3 of the row starting at element row_base (those inside the matrix).
 fn store4(row_base: u32, col: u32, v: vec4<f32>) {
@@ -46,10 +83,26 @@ fn store4(row_base: u32, col: u32, v: vec4<f32>) {
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
+//#if KL == 1
   let tile = (wid.y * nwg.x + wid.x) * ${WG}u + lid;
   if (tile >= p.tiles) {
     return;
   }
+  let lane_k = 0u;
+//#else
+//#if LANE_FAST
+  let lane = lid % ${KL}u;
+  let local_block = lid / ${KL}u;
+//#else
+  let lane = lid / ${WG / KL}u;
+  let local_block = lid % ${WG / KL}u;
+//#end
+  // Every invocation reaches the barriers of sum_lanes: those past the last block compute a copy of it and
+  // store nothing.
+  let block = (wid.y * nwg.x + wid.x) * ${WG / KL}u + local_block;
+  let tile = min(block, p.tiles - 1u);
+  let lane_k = lane * 4u;
+//#end
   let z = wid.z + p.z_base;
   let row0 = (tile / p.tiles_n) * ${TM}u;
   let col0 = (tile % p.tiles_n) * ${TN}u;
@@ -89,7 +142,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let a_off = z * p.a_z_stride;
     let b_off = z * p.b_z_stride;
 //#end
-    for (var k = k_begin; k < k_end; k += 4u) {
+    for (var k = k_begin + lane_k; k < k_end; k += ${4 * KL}u) {
 //#for kk in 0..4
       let kc${kk} = min(k + ${kk}u, k_end - 1u);
       let kv${kk} = k + ${kk}u < k_end;
@@ -231,6 +284,29 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   // The block is stored one row per loop trip, the rows shifting up after each: a software adapter compiles
   // a kernel when it first runs it, and one store per block element written out would be half the code.
   let c_off = z * p.c_z_stride;
+//#if KL > 1
+  // The lanes' sums, CH vec4s of the block per invocation a round (value v is row v / (TN / 4), columns
+  // 4 (v % (TN / 4)) on), lane 0 storing each round's totals.
+//#for rd in 0..(TM * (TN / 4) + CH - 1) / CH
+//#for c in 0..CH
+//#if rd * CH + c < TM * (TN / 4)
+  red[(lane * ${WG / KL}u + local_block) * ${CH}u + ${c}u] = acc_${(rd * CH + c) / (TN / 4)}_${(rd * CH + c) % (TN / 4)};
+//#end
+//#end
+  sum_lanes(lid);
+  if (lane == 0u && block < p.tiles) {
+//#for c in 0..CH
+//#if rd * CH + c < TM * (TN / 4)
+    if (row0 + ${(rd * CH + c) / (TN / 4)}u < p.m) {
+      store4(c_off + (row0 + ${(rd * CH + c) / (TN / 4)}u) * p.n, col0 + ${((rd * CH + c) % (TN / 4)) * 4}u,
+        red[local_block * ${CH}u + ${c}u] * p.alpha + bias${(rd * CH + c) % (TN / 4)});
+    }
+//#end
+//#end
+  }
+  workgroupBarrier();
+//#end
+//#else
   for (var i = 0u; i < ${TM}u; i++) {
     if (row0 + i < p.m) {
 //#for jb in 0..TN / 4
@@ -243,4 +319,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 //#end
 //#end
   }
+//#end
 }

@@ -6,7 +6,7 @@
  */
 import type { FusedDropout, WeightQuant } from "../backend.ts";
 import { type PipelineCache, WORKGROUP_SIZE } from "./pipelines.ts";
-import { type GemmPlan, type GemmProfile, type GemmTile, planGemm } from "./gemm_plan.ts";
+import { blocksPerWorkgroup, type GemmPlan, type GemmProfile, type GemmTile, planGemm } from "./gemm_plan.ts";
 import { GEMM_DIRECT, GEMM_PARAMS, GEMM_TILED } from "../kernels/gemm.ts";
 import { SPLITK_REDUCE, SPLITK_REDUCE_BIAS } from "../kernels/splitk_reduce.ts";
 import { dropoutParams } from "../kernels/dropout_mask.ts";
@@ -123,6 +123,13 @@ export function gemmSpecialisation(f: GemmFlags, t: GemmTile, swizzle = false): 
     QUANT_B: f.quantB ?? "",
     ...t,
     SWIZZLE: swizzle,
+    // Direct schedule: k lanes per block, whether they are the fast index of an invocation's id (A stored
+    // [m, k]: a block's lanes read consecutive k of its rows) or the slow one (A stored [k, m]: consecutive
+    // blocks read consecutive columns), and the vec4s per invocation each round of their sum stages in
+    // workgroup memory (16 KiB a round).
+    KL: t.KL ?? 1,
+    LANE_FAST: !f.transA,
+    CH: Math.max(1, Math.min((t.TM * t.TN) / 4, Math.floor(1024 / t.WG))),
     // Staging vec4s per invocation of the tiled kernel (unused by the direct one).
     LA: Math.max(1, (t.BM * t.BK) / 4 / t.WG),
     LB: Math.max(1, (t.BN * t.BK) / 4 / t.WG),
@@ -213,7 +220,7 @@ function splitReduceArgs(req: GemmRequestShape, plan: GemmPlan) {
 
 /** The dispatch grid of `plan` for `zCount` batch entries or slices, folded onto x and y. */
 function planGrid(rt: GpuRuntime, plan: GemmPlan, zCount: number): Grid {
-  const groups = plan.schedule === "tiled" ? plan.tiles : Math.ceil(plan.tiles / plan.tile.WG);
+  const groups = Math.ceil(plan.tiles / blocksPerWorkgroup(plan.schedule, plan.tile));
   const [x, y] = rt.fold(groups);
   return [x, y, zCount];
 }
@@ -264,9 +271,9 @@ export function recordGemm(ctx: GemmContext, req: GemmRequest): Binding {
       flags.transB ? " Bt" : ""
     }${
       lora !== undefined ? ` lora r${lora.r}` : ""
-    } ${plan.schedule} ${plan.tile.BM}x${plan.tile.BN}x${plan.tile.BK} split ${plan.splits} ${flags.aType}${
-      flags.vecA && flags.vecB ? " vec4" : ""
-    }`
+    } ${plan.schedule} ${plan.tile.BM}x${plan.tile.BN}x${plan.tile.BK}${
+      (plan.tile.KL ?? 1) > 1 ? ` lanes ${plan.tile.KL}` : ""
+    } split ${plan.splits} ${flags.aType}${flags.vecA && flags.vecB ? " vec4" : ""}`
     : undefined;
   if (plan.splits === 1) {
     const kernel = kernels.get(template, gemmSpecialisation(flags, plan.tile, swizzle));

@@ -31,6 +31,12 @@ export interface GemmTile {
    * through, two barriers per slab, and holds no staging registers over the multiply. Direct: 1, unused.
    */
   STAGES: number;
+  /**
+   * Direct schedule only: invocations sharing one TM × TN block (default 1), each summing every KL-th
+   * group of 4 k, their partial sums then added in workgroup memory (wgsl/gemm/direct.wgsl). For the
+   * rank-wide products of LoRA on hardware GPUs ({@link laneTile}).
+   */
+  KL?: number;
 }
 
 /**
@@ -61,8 +67,31 @@ function directTile(TM: number, TN: number, WG: number): GemmTile {
   return { BM: TM, BN: TN, BK: 4, TM, TN, WG, STAGES: 1 };
 }
 
+/**
+ * A direct-schedule tile whose TM × TN block is summed by `lanes` invocations ({@link GemmTile.KL}), WG of
+ * them per workgroup. Made for the products one of whose sides is a LoRA rank (x·Aᵀ, dy·B, dA, dB): the
+ * tiled schedule gives those 64-128 invocations per workgroup and needs split-K and a second dispatch to
+ * keep a large GPU busy, where k lanes put hundreds of invocations on one block in one dispatch.
+ */
+export function laneTile(TM: number, TN: number, lanes: number, WG = 256): GemmTile {
+  if (TM % 4 !== 0 || TN % 4 !== 0 || lanes < 2 || (lanes & (lanes - 1)) !== 0 || WG % lanes !== 0) {
+    throw new ConfigError(
+      `laneTile: ${TM}×${TN} per block with ${lanes} k lanes in ${WG} invocations (TM and TN multiples of 4, ` +
+        `lanes a power of two from 2 dividing the workgroup)`,
+    );
+  }
+  return { ...directTile(TM, TN, WG), KL: lanes };
+}
+
+/** Blocks one workgroup of `t` computes: WG / KL on the direct schedule, 1 on the tiled one. */
+export function blocksPerWorkgroup(schedule: GemmSchedule, t: GemmTile): number {
+  return schedule === "tiled" ? 1 : t.WG / (t.KL ?? 1);
+}
+
 /** A plan fixed from outside the heuristics (a tuned table, or the tuner trying one). */
 export interface GemmChoice {
+  /** The schedule the tile belongs to when not the profile's (a {@link laneTile} on a tiled profile). */
+  schedule?: GemmSchedule;
   tile: GemmTile;
   /** k slices wanted (1: no split); reduced like any plan's to fit the partial sums into a binding. */
   splits: number;
@@ -223,7 +252,7 @@ export function planGemm(shape: GemmShape, profile: GemmProfile, cpuThreads = CP
     const splits = shape.splittable && shape.batch === 1
       ? Math.max(1, Math.min(chosen.splits, Math.floor(shape.k / Math.max(4, chosen.tile.BK)), 64))
       : 1;
-    return finish(shape, schedule, chosen.tile, splits);
+    return finish(shape, chosen.schedule ?? schedule, chosen.tile, splits);
   }
   const want = wantedUnits(schedule, cpuThreads);
   const units = (t: GemmTile) => blocks(shape, t).tiles * shape.batch * (schedule === "tiled" ? t.WG : 1);

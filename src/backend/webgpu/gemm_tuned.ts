@@ -13,7 +13,7 @@
  * @module
  */
 import type { GemmChoice, GemmProfile, GemmShape, GemmTile } from "./gemm_plan.ts";
-import { TILED_PROFILE, tiledTile } from "./gemm_plan.ts";
+import { laneTile, TILED_PROFILE, tiledTile } from "./gemm_plan.ts";
 
 /** One tuned shape: its plan ({@link GemmTile} and k slices) and measured gain. */
 export interface TunedEntry {
@@ -26,6 +26,11 @@ export interface TunedEntry {
   tile:
     | readonly [number, number, number, number, number]
     | readonly [number, number, number, number, number, number];
+  /**
+   * A direct-schedule tile with this many k lanes (gemm_plan.ts `laneTile`, 256 invocations a workgroup)
+   * instead of a tiled one; `tile` then names its block as the direct schedule does, [TM, TN, 4, TM, TN].
+   */
+  lanes?: number;
   splits: number;
   /** The planner's time over this plan's, as measured (for the record; not used). */
   speedup: number;
@@ -329,7 +334,14 @@ export const TUNED_TABLES: readonly TunedTable[] = [
  * The tile with these dimensions: the profile's own object when it has one, else a new tile (the tuner
  * also tries tiles outside the profile, gemm_tune.ts `candidateTiles`); undefined when they are no tile.
  */
-export function tileOf(t: TunedEntry["tile"]): GemmTile | undefined {
+export function tileOf(t: TunedEntry["tile"], lanes?: number): GemmTile | undefined {
+  if (lanes !== undefined) {
+    try {
+      return laneTile(t[3], t[4], lanes);
+    } catch {
+      return undefined;
+    }
+  }
   const stages = t[5] ?? 2;
   const own = TILED_PROFILE.tiles.find((x) =>
     x.BM === t[0] && x.BN === t[1] && x.BK === t[2] && x.TM === t[3] && x.TN === t[4] && x.STAGES === stages
@@ -354,8 +366,10 @@ export function tunedChoice(adapter: string): ((shape: GemmShape) => GemmChoice 
   if (table === undefined) return undefined;
   const choices = new Map<string, GemmChoice>();
   for (const e of table.entries) {
-    const tile = tileOf(e.tile);
-    if (tile !== undefined) choices.set(key(e.m, e.n, e.k, e.transA, e.transB), { tile, splits: e.splits });
+    const tile = tileOf(e.tile, e.lanes);
+    if (tile === undefined) continue;
+    const schedule = e.lanes === undefined ? undefined : "direct" as const;
+    choices.set(key(e.m, e.n, e.k, e.transA, e.transB), { schedule, tile, splits: e.splits });
   }
   return (s) => choices.get(key(s.m, s.n, s.k, s.transA ?? false, s.transB ?? false));
 }

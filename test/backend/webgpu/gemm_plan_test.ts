@@ -8,9 +8,11 @@ import fc from "fast-check";
 import {
   DIRECT_PROFILE,
   type GemmShape,
+  laneTile,
   planGemm,
   TILED_PROFILE,
 } from "../../../src/backend/webgpu/gemm_plan.ts";
+import { ConfigError } from "../../../src/core/errors.ts";
 
 const shapeArb: fc.Arbitrary<GemmShape> = fc.record({
   m: fc.integer({ min: 1, max: 5000 }),
@@ -81,6 +83,17 @@ Deno.test("planGemm: large products take the large tiles, rank-wide ones the lon
   assert.equal(c.tile, t32);
   assert.equal(c.splits, 8);
   assert.equal(planGemm({ ...shape(32, 4096, 40), lora: true }, chosen, 2).splits, 2);
+  // A choice may name another schedule's tile: a lane tile on the tiled profile plans on the direct
+  // schedule, its k slices aligned to 4.
+  const lanes = laneTile(4, 8, 64);
+  const onLanes = {
+    ...TILED_PROFILE,
+    choose: () => ({ schedule: "direct" as const, tile: lanes, splits: 3 }),
+  };
+  const l = planGemm(shape(2048, 8, 2050), onLanes, 2);
+  assert.equal(l.schedule, "direct");
+  assert.equal(l.tile, lanes);
+  assert.deepEqual([l.splits, l.chunk % 4, l.tiles], [3, 0, 512]);
   // The LoRA output product plans as the plain one (the H200's 512 x 4096 x 4096 + LoRA r16: 128 x 128
   // with 2 slices, 1.44x faster than the unsplit 64 x 64 the heuristics took when they left it whole).
   const plain = planGemm(shape(512, 4096, 4096), TILED_PROFILE, 2);
@@ -95,4 +108,23 @@ Deno.test("planGemm: large products take the large tiles, rank-wide ones the lon
   // Small products take the smallest tile, and so do direct products without vec4 access or with a mask.
   assert.equal(tile(5, 7, 3), "4x8");
   assert.equal(planGemm({ ...shape(1024, 256, 256), vec4Unmasked: false }, DIRECT_PROFILE, 2).tile.BM, 4);
+});
+
+Deno.test("laneTile: blocks of multiples of 4, lanes a power of two from 2 dividing the workgroup", () => {
+  assert.deepEqual(laneTile(4, 16, 128), {
+    BM: 4,
+    BN: 16,
+    BK: 4,
+    TM: 4,
+    TN: 16,
+    WG: 256,
+    STAGES: 1,
+    KL: 128,
+  });
+  for (const [tm, tn, lanes, wg] of [[4, 6, 32, 256], [4, 8, 1, 256], [4, 8, 24, 256], [4, 8, 512, 256]]) {
+    assert.throws(
+      () => laneTile(tm, tn, lanes, wg),
+      (e: Error) => e instanceof ConfigError && /laneTile/.test(e.message),
+    );
+  }
 });

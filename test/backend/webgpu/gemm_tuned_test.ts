@@ -1,6 +1,12 @@
 /** The per-adapter tuned GEMM tables (src/backend/webgpu/gemm_tuned.ts) and how the planner takes them. */
 import assert from "node:assert/strict";
-import { type GemmShape, planGemm, TILED_PROFILE, tiledTile } from "../../../src/backend/webgpu/gemm_plan.ts";
+import {
+  type GemmShape,
+  laneTile,
+  planGemm,
+  TILED_PROFILE,
+  tiledTile,
+} from "../../../src/backend/webgpu/gemm_plan.ts";
 import { TUNED_TABLES, tunedChoice, tunedProfile } from "../../../src/backend/webgpu/gemm_tuned.ts";
 
 const shapeOf = (e: (typeof TUNED_TABLES)[number]["entries"][number]): GemmShape => ({
@@ -21,7 +27,11 @@ Deno.test("tuned tables: every entry names a valid tile, a gain of 5% or more, o
     const seen = new Set<string>();
     for (const e of t.entries) {
       const [BM, BN, BK, TM, TN, stages] = e.tile;
-      const tile = tiledTile(BM, BN, BK, TM, TN, stages); // throws for dimensions that stage unevenly
+      // Both throw for dimensions that do not make a tile (stage unevenly, or lanes not a power of two).
+      const tile = e.lanes === undefined ? tiledTile(BM, BN, BK, TM, TN, stages) : laneTile(TM, TN, e.lanes);
+      if (e.lanes !== undefined) {
+        assert.deepEqual([BM, BN, BK, stages], [TM, TN, 4, undefined], `${t.adapter}: lane tile [${e.tile}]`);
+      }
       assert.ok(tile.WG <= 256, `${t.adapter}: tile ${e.tile} needs ${tile.WG} invocations`);
       assert.ok(e.speedup >= 1.05, `${t.adapter}: ${e.m}x${e.n}x${e.k} gains only ${e.speedup}`);
       assert.ok(Number.isInteger(e.splits) && e.splits >= 1 && e.splits <= 64);
@@ -42,7 +52,10 @@ Deno.test("tunedChoice: the listed shapes plan on their tuned tile and split, ot
       const s = shapeOf(e);
       const p = planGemm(s, tuned, 2);
       assert.deepEqual([p.tile.BM, p.tile.BN, p.tile.BK, p.tile.TM, p.tile.TN], [...e.tile].slice(0, 5));
-      assert.equal(p.tile.STAGES, e.tile[5] ?? 2);
+      // A lane tile runs on the direct schedule (its own template) on a tiled profile.
+      assert.equal(p.schedule, e.lanes === undefined ? "tiled" : "direct");
+      assert.equal(p.tile.KL ?? 1, e.lanes ?? 1);
+      assert.equal(p.tile.STAGES, e.lanes === undefined ? e.tile[5] ?? 2 : 1);
       assert.equal(p.splits, Math.min(e.splits, Math.floor(e.k / Math.max(4, p.tile.BK))));
       // The same sizes with the other layout of A are not the tuned shape (unless listed themselves).
       const other = { ...s, transA: !e.transA };

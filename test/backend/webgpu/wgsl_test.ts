@@ -7,7 +7,7 @@ import fc from "fast-check";
 import { evaluate, expandTemplate, TemplateError } from "../../../src/backend/webgpu/template.ts";
 import { kernelSource, usesF16 } from "../../../src/backend/webgpu/pipelines.ts";
 import { gemmSpecialisation, SCHEDULE_TEMPLATE } from "../../../src/backend/webgpu/gemm.ts";
-import { DIRECT_PROFILE, TILED_PROFILE } from "../../../src/backend/webgpu/gemm_plan.ts";
+import { DIRECT_PROFILE, laneTile, TILED_PROFILE } from "../../../src/backend/webgpu/gemm_plan.ts";
 import {
   type KernelRecord,
   type KernelTemplate,
@@ -366,6 +366,31 @@ function specialisations(
       // Mixed precision: f32 adapters (the LoRA phase's Q) over an f16 base.
       const mixed = { vecP: true, vecQ: true, mask: false, qType: "f32" as const };
       out.push([kernel, gemmSpecialisation({ ...flags, maskA: false, lora: mixed }, tile)]);
+    }
+  }
+  // The direct template with k lanes (the rank-wide products of tuned tables on hardware GPUs): each layout
+  // (lanes the fast index with A stored [m, k], the slow one with A stored [k, m]), vec4 or not, masked A.
+  for (const tile of [laneTile(4, 8, 32), laneTile(16, 4, 16)]) {
+    for (const transA of [false, true]) {
+      for (const transB of [false, true]) {
+        for (const vec of [false, true]) {
+          const flags = {
+            aType: t,
+            bType: t,
+            cType: "f32" as const,
+            transA,
+            transB,
+            vecA: vec,
+            vecB: vec,
+            vecC: vec,
+            maskA: vec,
+            maskB: false,
+            lora: null,
+            bias: false,
+          };
+          out.push([SCHEDULE_TEMPLATE.direct, gemmSpecialisation(flags, tile)]);
+        }
+      }
     }
   }
   return out;
