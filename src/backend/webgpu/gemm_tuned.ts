@@ -69,10 +69,11 @@ export const TUNED_TABLES: readonly TunedTable[] = [
         k: 4096,
         transA: false,
         transB: true,
-        tile: [128, 16, 16, 8, 4],
-        splits: 4,
-        speedup: 1.09,
-      }, // (8192, 4096, 16) t = x·Aᵀ
+        tile: [8, 16, 4, 8, 16],
+        lanes: 32,
+        splits: 1,
+        speedup: 1.59,
+      }, // (8192, 4096, 16) t = x·Aᵀ (seventh session)
       {
         m: 8192,
         n: 4096,
@@ -129,10 +130,11 @@ export const TUNED_TABLES: readonly TunedTable[] = [
         k: 2048,
         transA: false,
         transB: true,
-        tile: [128, 16, 16, 8, 4],
-        splits: 16,
-        speedup: 1.20,
-      }, // (2048, 2048, 8) t = x·Aᵀ
+        tile: [4, 8, 4, 4, 8],
+        lanes: 64,
+        splits: 1,
+        speedup: 1.7,
+      }, // (2048, 2048, 8) t = x·Aᵀ (seventh session)
       {
         m: 2048,
         n: 2048,
@@ -169,10 +171,11 @@ export const TUNED_TABLES: readonly TunedTable[] = [
         k: 2048,
         transA: true,
         transB: false,
-        tile: [128, 16, 16, 8, 4],
-        splits: 16,
-        speedup: 1.22,
-      }, // (2048, 2048, 8) dB = dyᵀ·t
+        tile: [4, 8, 4, 4, 8],
+        lanes: 64,
+        splits: 1,
+        speedup: 1.36,
+      }, // (2048, 2048, 8) dB = dyᵀ·t (seventh session)
       {
         m: 512,
         n: 4096,
@@ -213,6 +216,17 @@ export const TUNED_TABLES: readonly TunedTable[] = [
         splits: 4,
         speedup: 1.08,
       }, // (512, 4096, 16) dA = gᵀ·x (sixth session)
+      {
+        m: 8,
+        n: 2048,
+        k: 2048,
+        transA: true,
+        transB: false,
+        tile: [8, 4, 4, 8, 4],
+        lanes: 64,
+        splits: 1,
+        speedup: 1.37,
+      }, // (2048, 2048, 8) dA = gᵀ·x (seventh session)
     ],
   },
   {
@@ -232,10 +246,11 @@ export const TUNED_TABLES: readonly TunedTable[] = [
         k: 4096,
         transA: false,
         transB: true,
-        tile: [128, 16, 16, 8, 4],
-        splits: 8,
-        speedup: 1.18,
-      }, // (8192, 4096, 16) t = x·Aᵀ
+        tile: [8, 16, 4, 8, 16],
+        lanes: 16,
+        splits: 2,
+        speedup: 1.53,
+      }, // (8192, 4096, 16) t = x·Aᵀ (seventh session)
       {
         m: 8192,
         n: 16,
@@ -272,60 +287,77 @@ export const TUNED_TABLES: readonly TunedTable[] = [
         k: 2048,
         transA: false,
         transB: true,
-        tile: [128, 16, 16, 8, 4],
-        splits: 16,
-        speedup: 1.07,
-      }, // (2048, 2048, 8) t = x·Aᵀ (sixth session)
+        tile: [4, 8, 4, 4, 8],
+        lanes: 64,
+        splits: 1,
+        speedup: 1.86,
+      }, // (2048, 2048, 8) t = x·Aᵀ (seventh session)
       {
         m: 2048,
         n: 8,
         k: 2048,
         transA: false,
         transB: false,
-        tile: [128, 32, 16, 8, 4],
-        splits: 16,
-        speedup: 1.08,
-      }, // (2048, 2048, 8) g = dy·B (sixth session)
+        tile: [8, 8, 4, 8, 8],
+        lanes: 128,
+        splits: 1,
+        speedup: 1.35,
+      }, // (2048, 2048, 8) g = dy·B (seventh session)
       {
         m: 8,
         n: 2048,
         k: 2048,
         transA: true,
         transB: false,
-        tile: [16, 128, 32, 4, 4],
-        splits: 8,
-        speedup: 1.1,
-      }, // (2048, 2048, 8) dA = gᵀ·x (sixth session)
+        tile: [8, 4, 4, 8, 4],
+        lanes: 64,
+        splits: 1,
+        speedup: 1.79,
+      }, // (2048, 2048, 8) dA = gᵀ·x (seventh session)
       {
         m: 2048,
         n: 8,
         k: 2048,
         transA: true,
         transB: false,
-        tile: [128, 16, 16, 8, 4],
-        splits: 16,
-        speedup: 1.1,
-      }, // (2048, 2048, 8) dB = dyᵀ·t (sixth session)
+        tile: [4, 8, 4, 4, 8],
+        lanes: 64,
+        splits: 1,
+        speedup: 1.78,
+      }, // (2048, 2048, 8) dB = dyᵀ·t (seventh session)
       {
         m: 16,
         n: 4096,
         k: 512,
         transA: true,
         transB: false,
-        tile: [16, 128, 32, 4, 4],
-        splits: 4,
-        speedup: 1.07,
-      }, // (512, 4096, 16) dA = gᵀ·x (sixth session)
+        tile: [16, 4, 4, 16, 4],
+        lanes: 32,
+        splits: 1,
+        speedup: 1.22,
+      }, // (512, 4096, 16) dA = gᵀ·x (seventh session)
       {
         m: 4096,
         n: 16,
         k: 512,
         transA: true,
         transB: false,
-        tile: [128, 16, 32, 4, 4],
-        splits: 4,
-        speedup: 1.06,
-      }, // (512, 4096, 16) dB = dyᵀ·t (sixth session)
+        tile: [4, 16, 4, 4, 16],
+        lanes: 32,
+        splits: 1,
+        speedup: 1.18,
+      }, // (512, 4096, 16) dB = dyᵀ·t (seventh session)
+      {
+        m: 512,
+        n: 16,
+        k: 4096,
+        transA: false,
+        transB: true,
+        tile: [4, 16, 4, 4, 16],
+        lanes: 256,
+        splits: 1,
+        speedup: 1.11,
+      }, // (512, 4096, 16) t = x·Aᵀ (seventh session)
     ],
   },
 ];

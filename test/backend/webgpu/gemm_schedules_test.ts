@@ -98,17 +98,12 @@ const TUNED_ONLY: GemmTile[] = [];
 /**
  * Direct tiles with k lanes (GemmTile.KL), which tuned tables name for the rank-wide products on hardware
  * GPUs: lanes as the fast index (A stored [m, k]) and the slow one (A stored [k, m]) come from the drawn
- * layouts. 2 lanes sum in one level of the tree, 16 and 32 in two, 128 in three; with 256 invocations a
- * round of the sum holds 4 vec4s per invocation, so 4 × 8 and 16 × 4 blocks take 2 and 4 rounds, 4 × 16 4,
- * and 8 × 4 in 64-invocation workgroups (16 vec4s a round) one. Every lane tile a tuned table names is
- * added below.
+ * layouts. 2 lanes sum in one level of the tree, 32 in two; with 256 invocations a round of the sum holds 4
+ * vec4s per invocation, so a 4 × 8 block takes 2 rounds, and 8 × 4 in 64-invocation workgroups (16 vec4s a
+ * round) one. The lane tiles tuned tables name (three levels among them) run
+ * separately, in the layout their table uses them for (LANE_ENTRIES, below).
  */
-const LANE_TILES: GemmTile[] = [
-  laneTile(4, 8, 32),
-  laneTile(8, 4, 2, 64),
-  laneTile(4, 16, 128),
-  laneTile(16, 4, 16),
-];
+const LANE_TILES: GemmTile[] = [laneTile(4, 8, 32), laneTile(8, 4, 2, 64)];
 
 const named = new Set([...TILED_PROFILE.tiles, SINGLE_BUFFERED, ...LANE_TILES].map(tileName));
 for (const table of TUNED_TABLES) {
@@ -118,13 +113,12 @@ for (const table of TUNED_TABLES) {
       ...table.entries.map((e) => [e.tile, e.lanes] as const),
     ]
   ) {
+    if (lanes !== undefined) continue;
     const tile = tileOf(t, lanes);
     if (tile === undefined) throw new Error(`${table.adapter}: tuned tile [${t}] is no tile`);
     if (!named.has(tileName(tile))) {
       named.add(tileName(tile));
-      if (lanes !== undefined) {
-        LANE_TILES.push(tile);
-      } else {
+      if (lanes === undefined) {
         TUNED_ONLY.push(tile);
         SWIZZLED.add(tile);
       }
@@ -242,6 +236,51 @@ for (const base of [TILED_PROFILE, DIRECT_PROFILE]) {
         ));
     });
   }
+}
+
+/**
+ * The lane tiles of the tuned tables, each in the layout of the entries that name it (the layouts of the
+ * rank-wide products: x·Aᵀ NT, dy·B NN, dA and dB TN), f32, sizes around the entry's narrow side: one
+ * kernel to compile per tile and layout on a software adapter, where every lane tile costs seconds.
+ */
+const LANE_ENTRIES = new Map<
+  string,
+  { tile: GemmTile; transA: boolean; transB: boolean; narrowM: boolean }
+>();
+for (const table of TUNED_TABLES) {
+  for (const e of table.entries) {
+    if (e.lanes === undefined) continue;
+    const tile = tileOf(e.tile, e.lanes);
+    if (tile === undefined) throw new Error(`${table.adapter}: tuned lane tile [${e.tile}] is no tile`);
+    const key = `${tileName(tile)} ${e.transA ? "T" : "N"}${e.transB ? "T" : "N"}`;
+    LANE_ENTRIES.set(key, { tile, transA: e.transA, transB: e.transB, narrowM: e.m < e.n });
+  }
+}
+for (const [key, { tile, transA, transB, narrowM }] of LANE_ENTRIES) {
+  const name = `direct GEMM tuned tile ${key}`;
+  gpuTest(`${name}: matmul (split-K when deep) matches the CPU`, async (dev) => {
+    const be = dev.backend as WebGpuBackend;
+    const narrow = narrowM ? tile.TM : tile.TN;
+    await withProfile(be, { schedule: "direct", tiles: [tile] }, () =>
+      fc.assert(
+        fc.asyncProperty(
+          fc.record({
+            wide: anySize(150),
+            narrow: fc.integer({ min: 1, max: narrow }),
+            k: fc.oneof(anySize(300), fc.integer({ min: 300, max: 2000 })),
+          }),
+          seedArb,
+          async (c, seed) => {
+            const [m, n] = narrowM ? [c.narrow, c.wide] : [c.wide, c.narrow];
+            const av = values(m * c.k, seed, "f32"), bv = values(c.k * n, seed + 1, "f32");
+            const args = { batch: 1, m, n, k: c.k, transA, transB, aBatch: 1, bBatch: 1 };
+            const r = await onBoth(dev, "f32", (u) => u.be.matmul(u.up(av), u.up(bv), args));
+            assertClose(`${name} matmul`, r.gpu[0], r.cpu[0], "f32");
+          },
+        ),
+        { numRuns: RUNS.tunedOnlyMatmul },
+      ));
+  });
 }
 
 Deno.test({
