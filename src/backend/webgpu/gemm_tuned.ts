@@ -9,6 +9,9 @@
  * same product as the planner's (the tuner checks each winner against it; the property tests check the
  * planner, both slab schedules and the swizzle against the CPU), only faster.
  *
+ * An entry may name a direct-schedule tile with k lanes (`lanes`) for a product one of whose sides is a LoRA
+ * rank: one dispatch where the tiled schedule needs a split-K pass and its reduce.
+ *
  * To add an adapter: run the tuner there and paste its "Tuned entries" lines (those of x1.05 or more).
  * @module
  */
@@ -52,12 +55,17 @@ export interface TunedTable {
   entries: readonly TunedEntry[];
 }
 
-/** The tables measured so far (bench/NOTES.md, issue 15, third and fifth sessions, has the tuner runs behind them). */
+/**
+ * The tables measured so far (bench/NOTES.md, issue 15, third to seventh sessions, has the tuner runs behind
+ * them). Lane tiles (`lanes`) are kept only where the whole fused step got faster with them too: the
+ * tuner times each product alone, and at (512, 4096, 16) on Dawn its lane winners made the step 1% slower
+ * (seventh session).
+ */
 export const TUNED_TABLES: readonly TunedTable[] = [
   {
     adapter: "NVIDIA H200",
     measured:
-      "Deno 2.9.6's WebGPU (wgpu) on one H200, 2026-12-01 (fifth session; one entry 2026-12-02, sixth), f32, lora_bench --full --tune",
+      "Deno 2.9.6's WebGPU (wgpu) on one H200, 2026-12-01 (fifth session; 2026-12-02: one entry in the sixth, lane tiles in the seventh), f32, lora_bench --full --tune and gemm_tune --shapes",
     // Single-buffered 128 × 128 × 16 won every large product of the tuner's run here (x1.04-1.89) and the
     // square GEMM (3.66 against 4.11 ms at 4096³ x·W; bench/NOTES.md, fifth session). No slab swizzle: it
     // lost 0-2% here (sixth session).
@@ -232,7 +240,7 @@ export const TUNED_TABLES: readonly TunedTable[] = [
   {
     adapter: "NVIDIA: 580.159.04 580.159.4.0",
     measured:
-      "Dawn (webgpu 0.6.2's dawn.node under Deno 2.9.6) on one H200, 2026-12-01 (small shapes 2026-12-02, sixth session), f32, lora_bench --full --tune",
+      "Dawn (webgpu 0.6.2's dawn.node under Deno 2.9.6) on one H200, 2026-12-01 (small shapes 2026-12-02, sixth session; lane tiles seventh), f32, lora_bench --full --tune and gemm_tune --shapes",
     // With the slabs' padded rows (sixth session) single-buffered 128 × 128 × 16 beat the default here too:
     // 3.77 against 3.92 ms at 4096³ x·Wᵀ, 0.475 against 0.505 at 2048³ (bench/NOTES.md, sixth session).
     largeTile: [128, 128, 16, 8, 8, 1],
@@ -246,11 +254,10 @@ export const TUNED_TABLES: readonly TunedTable[] = [
         k: 4096,
         transA: false,
         transB: true,
-        tile: [8, 16, 4, 8, 16],
-        lanes: 16,
-        splits: 2,
-        speedup: 1.53,
-      }, // (8192, 4096, 16) t = x·Aᵀ (seventh session)
+        tile: [128, 16, 16, 8, 4],
+        splits: 8,
+        speedup: 1.18,
+      }, // (8192, 4096, 16) t = x·Aᵀ
       {
         m: 8192,
         n: 16,
@@ -331,33 +338,20 @@ export const TUNED_TABLES: readonly TunedTable[] = [
         k: 512,
         transA: true,
         transB: false,
-        tile: [16, 4, 4, 16, 4],
-        lanes: 32,
-        splits: 1,
-        speedup: 1.22,
-      }, // (512, 4096, 16) dA = gᵀ·x (seventh session)
+        tile: [16, 128, 32, 4, 4],
+        splits: 4,
+        speedup: 1.07,
+      }, // (512, 4096, 16) dA = gᵀ·x (sixth session)
       {
         m: 4096,
         n: 16,
         k: 512,
         transA: true,
         transB: false,
-        tile: [4, 16, 4, 4, 16],
-        lanes: 32,
-        splits: 1,
-        speedup: 1.18,
-      }, // (512, 4096, 16) dB = dyᵀ·t (seventh session)
-      {
-        m: 512,
-        n: 16,
-        k: 4096,
-        transA: false,
-        transB: true,
-        tile: [4, 16, 4, 4, 16],
-        lanes: 256,
-        splits: 1,
-        speedup: 1.11,
-      }, // (512, 4096, 16) t = x·Aᵀ (seventh session)
+        tile: [128, 16, 32, 4, 4],
+        splits: 4,
+        speedup: 1.06,
+      }, // (512, 4096, 16) dB = dyᵀ·t (sixth session)
     ],
   },
 ];
