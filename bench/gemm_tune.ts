@@ -317,16 +317,20 @@ export async function tuneShapes(
     // a fraction of its speed (the planner's 8192 x 4096 x 4096 at 44.7 ms against 8.0 ms warm).
     const candidates: GemmChoice[] = [];
     const seen = new Set<string>();
+    // A choice as the planner takes it (splits clamped), once per tile and split.
+    const add = (c: GemmChoice) => {
+      const p = planOf(be, ops.req, forced(c));
+      const key = `${tileName(p.tile)}/${p.splits}`;
+      if (seen.has(key)) return;
+      seen.add(key);
+      candidates.push({ schedule: c.schedule, tile: p.tile, splits: p.splits });
+    };
     // Lane tiles for the rank-wide products, on hardware GPUs (the LoRA output products keep their tiles).
     if (own.schedule === "tiled" && s.lora === 0) {
       for (const tile of laneCandidates(s.m, s.n)) {
         for (const want of [1, 2, 4, 8]) {
           if (want > 1 && s.k < 256 * want) break;
-          const p = planOf(be, ops.req, forced({ schedule: "direct", tile, splits: want }));
-          const key = `${tileName(p.tile)}/${p.splits}`;
-          if (seen.has(key)) continue;
-          seen.add(key);
-          candidates.push({ schedule: "direct", tile: p.tile, splits: p.splits });
+          add({ schedule: "direct", tile, splits: want });
         }
       }
     }
@@ -336,26 +340,22 @@ export async function tuneShapes(
       const blocksOf = Math.ceil(s.m / tile.BM) * Math.ceil(s.n / tile.BN) * tile.WG;
       for (const want of [1, 2, 4, 8, 16, 32, 64]) {
         if (want > 1 && (s.k < 64 * want || blocksOf * want > (1 << 19))) break;
-        const p = planOf(be, ops.req, forced({ tile, splits: want }));
-        const key = `${tileName(p.tile)}/${p.splits}`;
-        if (seen.has(key)) continue;
-        seen.add(key);
-        candidates.push({ tile: p.tile, splits: p.splits });
+        add({ tile, splits: want });
       }
     }
     runOf(own)();
     for (const c of candidates) runOf(forced(c))();
     await rt.sync();
-    // Then the GPU held busy until its clock is up ({@link WARM_MS}), and every timing back to back.
+    // Then the GPU held busy until its clock is up ({@link WARM_MS}) before the timings.
     const run = runOf(own);
     const warmMs = device.isSoftware ? 0 : WARM_MS;
     for (const warm0 = performance.now(); performance.now() - warm0 < warmMs;) {
       for (let i = 0; i < 4; i++) run();
       await rt.sync();
     }
-    // Every plan timed in ROUNDS interleaved rounds, each starting a ROUNDS-th of the list further on, and its median
-    // kept. Timed one after another, the later plans of a list ran on a GPU whose clock had sunk in the
-    // waits between timings: the seventh session's run on Deno's WebGPU measured the planner's plan for a
+    // Every plan timed in ROUNDS interleaved rounds, each starting a ROUNDS-th of the list further on, and
+    // its median kept. Timed one after another, the later plans of a list ran on a GPU whose clock had sunk
+    // in the waits between timings: the seventh session's run on Deno's WebGPU measured the planner's plan for a
     // 2048 x 8 x 2048 product at 0.025 ms first and at 0.071 ms among the candidates timed after it
     // (bench/NOTES.md).
     const plans = [own, ...candidates.map(forced)];

@@ -281,8 +281,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let bias${jb} = vec4<f32>(0.0);
 //#end
 //#end
-  // The block is stored one row per loop trip, the rows shifting up after each: a software adapter compiles
-  // a kernel when it first runs it, and one store per block element written out would be half the code.
   let c_off = z * p.c_z_stride;
 //#if KL > 1
   // The lanes' sums, CH vec4s of the block per invocation a round (value v is row v / (TN / 4), columns
@@ -307,6 +305,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   workgroupBarrier();
 //#end
 //#else
+  // The block is stored one row per loop trip, the rows shifting up after each: a software adapter compiles
+  // a kernel when it first runs it, and one store per block element written out would be half the code.
   for (var i = 0u; i < ${TM}u; i++) {
     if (row0 + i < p.m) {
 //#for jb in 0..TN / 4

@@ -105,23 +105,17 @@ const TUNED_ONLY: GemmTile[] = [];
  */
 const LANE_TILES: GemmTile[] = [laneTile(4, 8, 32), laneTile(8, 4, 2, 64)];
 
-const named = new Set([...TILED_PROFILE.tiles, SINGLE_BUFFERED, ...LANE_TILES].map(tileName));
+const named = new Set([...TILED_PROFILE.tiles, SINGLE_BUFFERED].map(tileName));
 for (const table of TUNED_TABLES) {
-  for (
-    const [t, lanes] of [
-      ...(table.largeTile === undefined ? [] : [[table.largeTile, undefined] as const]),
-      ...table.entries.map((e) => [e.tile, e.lanes] as const),
-    ]
-  ) {
-    if (lanes !== undefined) continue;
-    const tile = tileOf(t, lanes);
+  // Lane tiles (entries with `lanes`) run below, in LANE_ENTRIES.
+  const tiled = table.entries.filter((e) => e.lanes === undefined).map((e) => e.tile);
+  for (const t of [...(table.largeTile === undefined ? [] : [table.largeTile]), ...tiled]) {
+    const tile = tileOf(t);
     if (tile === undefined) throw new Error(`${table.adapter}: tuned tile [${t}] is no tile`);
     if (!named.has(tileName(tile))) {
       named.add(tileName(tile));
-      if (lanes === undefined) {
-        TUNED_ONLY.push(tile);
-        SWIZZLED.add(tile);
-      }
+      TUNED_ONLY.push(tile);
+      SWIZZLED.add(tile);
     }
   }
 }
