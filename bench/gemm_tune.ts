@@ -235,10 +235,15 @@ const WARM_MS = 300;
 /** Interleaved timing rounds per plan; the tuner keeps each plan's median. */
 const ROUNDS = 3;
 
-/** Milliseconds per run of `record` (GPU time from timestamps when there are any), `reps` runs. */
+/**
+ * Milliseconds per run of `record` (GPU time from timestamps when there are any), `reps` runs. With
+ * timestamps, `reps` untimed runs are submitted just before the timed ones, so that those start on a busy
+ * GPU, as a product inside a training step does, not on one waking from the last timing's await.
+ */
 async function timeRuns(rt: GpuRuntime, record: () => void, reps: number): Promise<number> {
   if (rt.timestamps) {
-    rt.beginProfile(false);
+    for (let i = 0; i < reps; i++) record();
+    rt.beginProfile(false); // submits the untimed runs without waiting for them
     for (let i = 0; i < reps; i++) record();
     const rows = await rt.endProfile();
     return rows.reduce((a, r) => a + r.ms, 0) / reps;
@@ -363,7 +368,10 @@ export async function tuneShapes(
     const reps: number[] = [];
     for (const run of runs) {
       const once = await timeRuns(rt, run, 1);
-      reps.push(Math.max(2, Math.min(10, Math.ceil(20 / Math.max(once, 0.01)))));
+      // About 2 ms of GPU work per timing (at most 100 runs): a product of 20 µs timed 10 at a time
+      // measured 0.06 ms a run, three times its time inside a step's profile (bench/NOTES.md, eighth
+      // session).
+      reps.push(Math.max(2, Math.min(100, Math.ceil(2 / Math.max(once, 0.01)))));
     }
     const samples: number[][] = plans.map(() => []);
     for (let round = 0; round < ROUNDS; round++) {
