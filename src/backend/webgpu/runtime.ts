@@ -760,21 +760,22 @@ export class GpuRuntime {
    * 11 ms (bench/lora_bench.ts times steady-state throughput this way, as CUDA events do for PyTorch).
    * Rejects, as {@link sync} does, when the device is lost or submitted work failed.
    */
-  async submitted(): Promise<void> {
-    this.checkAlive("submitted");
-    this.flush();
-    await this.settle(this.device.queue.onSubmittedWorkDone());
-    this.checkAlive("submitted");
-    await this.#throwErrors("submitted");
+  submitted(): Promise<void> {
+    return this.#done("submitted");
   }
 
   /** Submits recorded work and waits until the GPU finished it. */
-  async sync(): Promise<void> {
-    this.checkAlive("sync");
+  sync(): Promise<void> {
+    return this.#done("sync");
+  }
+
+  /** Submits the recorded work; resolves once the GPU finished it (errors name `op`). */
+  async #done(op: string): Promise<void> {
+    this.checkAlive(op);
     this.flush();
     await this.settle(this.device.queue.onSubmittedWorkDone());
-    this.checkAlive("sync");
-    await this.#throwErrors("sync");
+    this.checkAlive(op);
+    await this.#throwErrors(op);
   }
 
   /** Destroys the device and with it every buffer. */
