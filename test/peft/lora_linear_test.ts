@@ -166,6 +166,18 @@ Deno.test("with B = 0 a new adapter leaves the base output unchanged, on both pa
   );
 });
 
+// Shrunk counterexample of the property above: the fused CPU reference once added the bias before the
+// dot product, so near zero (cancellation) its sum differed from the base linear's in the 14th digit.
+Deno.test("with B = 0 the fused forward equals the base linear bit for bit (inF 6, outF 1, bias, seed 789711827)", () => {
+  for (const useFused of [true, false]) {
+    const base = new Linear(6, 1, { bias: true, dtype: "f64", seed: 789711827 });
+    const x = tensor(normal(6, 789711827 + 3), [6], F64);
+    const before = values(base.forward(x));
+    const layer = patchLinearModule(base, { dim: 1, useFused });
+    assert.deepStrictEqual(values(layer.forward(x)), before);
+  }
+});
+
 Deno.test("LinearLoRA / patchLinearModule option errors are ConfigErrors", () => {
   const bad: [LinearLoRAOptions, string][] = [
     [{ dim: 0 }, "dim"],

@@ -391,8 +391,11 @@ function loraForwardRef(args: LoraForwardArgs): HostArray {
   const y = hostArray(args.x.dtype, m * N);
   for (let i = 0; i < m; i++) {
     for (let o = 0; o < N; o++) {
-      let base = bias ? bias[o] : 0;
+      // The bias joins after the dot product, in the base matmul's order, so that a zero B gives
+      // exactly the base linear's output (an earlier bias-first sum differed near zero by cancellation).
+      let base = 0;
       for (let k = 0; k < K; k++) base += x[i * K + k] * W[o * K + k];
+      if (bias) base += bias[o];
       let lora = 0;
       for (let r = 0; r < R; r++) lora += t[i * R + r] * B[o * R + r];
       lora *= scale;
