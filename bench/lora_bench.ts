@@ -16,6 +16,7 @@
  *                    each size and for the square GEMM (bench/gemm_tune.ts), print them, and run the rest of
  *                    the bench on the fastest plan per shape; the planner's plan is checked against the CPU
  *                    by the test suite, the tuned ones against the planner's)
+ *          --stream-k N (the GEMM profile's stream-K workgroups, 0 = off, instead of the tuned table's),
  *          --profile (GPU time per kernel, GEMM shape and plan of one fused forward + backward per size)
  *          --shapes M,D,r;M,D,r (sizes instead of the mode's), --reps N (repetitions, default 5),
  *          --cover-ms T (the full mode's milliseconds of steps per await, default 250),
@@ -79,6 +80,18 @@ const device: Device = await benchDevice(Deno.args);
 const pollMode = opt("--poll", "");
 if (pollMode !== "") (device.backend as unknown as WebGpuBackend).rt.pollMode = pollMode as "plain";
 const implementation = implementationName(Deno.args);
+// --stream-k N: the tiled GEMM profile's stream-K workgroups (GemmProfile.streamK; 0 = off), in place of
+// the tuned table's, to compare stream-K plans against whole-tile grids on one adapter.
+const streamKOpt = opt("--stream-k", "");
+if (streamKOpt !== "") {
+  const be = device.backend as unknown as WebGpuBackend;
+  const groups = Number(streamKOpt);
+  if (!Number.isInteger(groups) || groups < 0) {
+    throw new Error(`lora_bench: --stream-k must be a workgroup count (0 = off), got "${streamKOpt}"`);
+  }
+  be.gemmProfile = { ...be.gemmProfile, streamK: groups === 0 ? undefined : groups };
+}
+const streamK = (device.backend as unknown as WebGpuBackend).gemmProfile.streamK ?? 0;
 const dtypeOpt = opt("--dtype", "both");
 const dtypes: DType[] = (dtypeOpt === "both" ? ["f32", "f16"] as DType[] : [dtypeOpt as DType])
   .filter((d) => d === "f32" || device.supportsDType(d));
@@ -333,6 +346,7 @@ const report = {
   mode,
   reps,
   timing: pipelined ? "pipelined" : "await",
+  streamK,
   tune: tuneRows,
   rows,
 };

@@ -79,13 +79,36 @@ fn store4(row_base: u32, col: u32, v: vec4<f32>) {
 //#end
 }
 
+// STREAM_K (GemmPlan.streamK): p.sk_groups persistent workgroups, each running a contiguous share of the
+// tiles' k slabs (gemm/stream_k.wgsl); a run covering a whole tile stores it as usual, any other leaves
+// its f32 partial tile in `part` (gemm/stream_k_part.wgsl) for gemm/stream_k_fixup.wgsl.
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
+//#if STREAM_K
+  let w = wid.y * nwg.x + wid.x;
+  if (w >= p.sk_groups) {
+    return;
+  }
+  let it_begin = sk_start(w);
+  let it_end = sk_start(w + 1u);
+  var it = it_begin;
+  // One trip per run: the part of one tile's slabs [s0, s1) that falls in this workgroup's share.
+  loop {
+    if (it >= it_end) {
+      break;
+    }
+    let tile = it / p.sk_slabs;
+    let s0 = it - tile * p.sk_slabs;
+    let s1 = min(p.sk_slabs, s0 + (it_end - it));
+    let first_run = it == it_begin;
+    it += s1 - s0;
+//#else
   let tile = wid.y * nwg.x + wid.x;
   if (tile >= p.tiles) {
     return;
   }
+//#end
   let z = wid.z + p.z_base;
   let row0 = (tile / p.tiles_n) * ${BM}u;
   let col0 = (tile % p.tiles_n) * ${BN}u;
@@ -102,10 +125,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 //#if ph == 1 || LORA
   {
 //#if ph == 0
-    // Of a split-K dispatch's slices only the first takes the LoRA term (the reduce sums the slices).
+    // Of a split-K dispatch's slices only the first takes the LoRA term (the reduce sums the slices), and
+    // of a stream-K tile's runs only the one from slab 0 (the fix-up sums the runs).
     let k_begin = 0u;
+//#if STREAM_K
+    let k_end = select(0u, p.r, s0 == 0u);
+//#else
     let k_end = select(0u, p.r, z == 0u);
+//#end
     let depth = p.r;
+    let a_off = 0u;
+    let b_off = 0u;
+//#elif STREAM_K
+    let k_begin = s0 * ${BK}u;
+    let k_end = min(p.k, s1 * ${BK}u);
+    let depth = p.k;
     let a_off = 0u;
     let b_off = 0u;
 //#else
@@ -344,6 +378,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 //#end
 //#end
   let c_off = z * p.c_z_stride;
+//#if STREAM_K
+  if (s0 != 0u || s1 != p.sk_slabs) {
+    // A partial run: its tile, raw (no alpha, no bias), at its slot, row-major within the tile.
+    let at = sk_slot(w, first_run) * ${BM * BN / 4}u;
+//#for i in 0..TM
+//#for h in 0..TN / 4
+    part[at + ((ty + ${(i / 4) * (BM / TM)}u) * 4u + ${i % 4}u) * ${BN / 4}u + tx + ${h * BN / TN}u] = acc_${i}_${h};
+//#end
+//#end
+    continue;
+  }
+//#end
 //#for i in 0..TM
   {
     let row = row0 + (ty + ${(i / 4) * (BM / TM)}u) * 4u + ${i % 4}u;
@@ -352,6 +398,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
       store4(c_off + row * p.n, col0 + (tx + ${h * BN / TN}u) * 4u, acc_${i}_${h});
 //#end
     }
+  }
+//#end
+//#if STREAM_K
   }
 //#end
 }

@@ -37,6 +37,15 @@ export const GEMM_PARAMS: ParamLayout = [
   { name: "q_scale_off", type: "u32" },
 ];
 
+/** The stream-K fields: a plan's workgroups and k slabs per tile (wgsl/gemm/stream_k.wgsl). */
+const STREAM_K_PARAMS: ParamLayout = [
+  { name: "sk_groups", type: "u32" },
+  { name: "sk_slabs", type: "u32" },
+];
+
+/** The tiled template's uniform block: {@link GEMM_PARAMS}, then the stream-K fields (read with STREAM_K). */
+export const GEMM_TILED_PARAMS: ParamLayout = [...GEMM_PARAMS, ...STREAM_K_PARAMS];
+
 /** A, B, the LoRA phase's P and Q, bias, C; unused ones bind a dummy buffer. */
 export const GEMM_BINDINGS: readonly BindingSpec[] = [
   { name: "a", access: "read" },
@@ -55,7 +64,43 @@ export const GEMM_TILED: KernelTemplate = {
   template: "gemm/tiled",
   includes: GEMM_INCLUDES,
   bindings: GEMM_BINDINGS,
-  params: GEMM_PARAMS,
+  params: GEMM_TILED_PARAMS,
+};
+
+/**
+ * The tiled template as a stream-K plan runs it (`STREAM_K`, webgpu/gemm_plan.ts GemmPlan.streamK): the
+ * same bindings plus `part`, the partial tiles of the runs that cover part of a tile's k.
+ */
+export const GEMM_TILED_STREAM_K: KernelTemplate = {
+  name: "gemm_tiled_stream_k",
+  template: "gemm/tiled",
+  includes: [...GEMM_INCLUDES, "gemm/stream_k", "gemm/stream_k_part"],
+  bindings: [...GEMM_BINDINGS, { name: "part", access: "write" }],
+  params: GEMM_TILED_PARAMS,
+};
+
+/**
+ * The fix-up pass after a stream-K GEMM (wgsl/gemm/stream_k_fixup.wgsl): sums each shared tile's partial
+ * tiles, applies alpha and the bias, stores the tile into C. Specialised on T (C's type), BM, BN, WG, BIAS and VEC_C. Its
+ * reference is the matmul's: it only finishes a GEMM.
+ */
+export const STREAM_K_FIXUP: KernelTemplate = {
+  name: "gemm_stream_k_fixup",
+  template: "gemm/stream_k_fixup",
+  includes: ["gemm/stream_k"],
+  bindings: [
+    { name: "part", access: "read" },
+    { name: "bias", access: "read" },
+    { name: "c", access: "write" },
+  ],
+  params: [
+    { name: "m", type: "u32" },
+    { name: "n", type: "u32" },
+    { name: "alpha", type: "f32" },
+    { name: "tiles_n", type: "u32" },
+    { name: "tiles", type: "u32" },
+    ...STREAM_K_PARAMS,
+  ],
 };
 
 /** One block per invocation straight from storage, for software adapters (wgsl/gemm/direct.wgsl). */

@@ -6,8 +6,22 @@
  */
 import type { FusedDropout, WeightQuant } from "../backend.ts";
 import { type PipelineCache, WORKGROUP_SIZE } from "./pipelines.ts";
-import { blocksPerWorkgroup, type GemmPlan, type GemmProfile, type GemmTile, planGemm } from "./gemm_plan.ts";
-import { GEMM_DIRECT, GEMM_PARAMS, GEMM_TILED } from "../kernels/gemm.ts";
+import {
+  blocksPerWorkgroup,
+  type GemmPlan,
+  type GemmProfile,
+  type GemmTile,
+  planGemm,
+  streamKPartBytes,
+} from "./gemm_plan.ts";
+import {
+  GEMM_DIRECT,
+  GEMM_PARAMS,
+  GEMM_TILED,
+  GEMM_TILED_PARAMS,
+  GEMM_TILED_STREAM_K,
+  STREAM_K_FIXUP,
+} from "../kernels/gemm.ts";
 import { SPLITK_REDUCE, SPLITK_REDUCE_BIAS } from "../kernels/splitk_reduce.ts";
 import { dropoutParams } from "../kernels/dropout_mask.ts";
 import { type KernelTemplate, packParams } from "../kernels/record.ts";
@@ -123,6 +137,7 @@ export function gemmSpecialisation(f: GemmFlags, t: GemmTile, swizzle = false): 
     QUANT_B: f.quantB ?? "",
     ...t,
     SWIZZLE: swizzle,
+    STREAM_K: false,
     // Direct schedule: k lanes per block, whether they are the fast index of an invocation's id (A stored
     // [m, k]: a block's lanes read consecutive k of its rows) or the slow one (A stored [k, m]: consecutive
     // blocks read consecutive columns), and the vec4s per invocation each round of their sum stages in
@@ -206,12 +221,23 @@ export function requestPipelines(
   const { flags, plan } = planRequest(req, profile, maxBindingBytes);
   const template = SCHEDULE_TEMPLATE[plan.schedule];
   const swizzle = profile.slabSwizzle === true;
+  if (plan.streamK > 0) {
+    return [
+      [GEMM_TILED_STREAM_K, { ...gemmSpecialisation(flags, plan.tile, swizzle), STREAM_K: true }],
+      [STREAM_K_FIXUP, fixupSpecialisation(flags, plan.tile)],
+    ];
+  }
   if (plan.splits === 1) return [[template, gemmSpecialisation(flags, plan.tile, swizzle)]];
   const reduce = req.bias != null ? SPLITK_REDUCE_BIAS : SPLITK_REDUCE;
   return [
     [template, gemmSpecialisation({ ...flags, cType: "f32", bias: false }, plan.tile, swizzle)],
     [reduce, reduce.specialise([], splitReduceArgs(req, plan))],
   ];
+}
+
+/** The stream-K fix-up's specialisation: C's type, the tile, the bias and vec4 flags. */
+function fixupSpecialisation(f: GemmFlags, t: GemmTile): TemplateParams {
+  return { T: f.cType, BM: t.BM, BN: t.BN, WG: WORKGROUP_SIZE, BIAS: f.bias, VEC_C: f.vecC };
 }
 
 function splitReduceArgs(req: GemmRequestShape, plan: GemmPlan) {
@@ -238,6 +264,7 @@ export function recordGemm(ctx: GemmContext, req: GemmRequest): Binding {
   const template = SCHEDULE_TEMPLATE[plan.schedule];
   const swizzle = ctx.profile.slabSwizzle === true;
   const dropout = dropoutParams(lora !== undefined ? lora.dropout : req.dropout ?? null);
+  const streamKFields = { sk_groups: plan.streamK, sk_slabs: Math.ceil(k / plan.tile.BK) };
   const params = (
     zStrides: [number, number, number],
     kStart: number,
@@ -245,7 +272,7 @@ export function recordGemm(ctx: GemmContext, req: GemmRequest): Binding {
     zBase: number,
     al: number,
   ) =>
-    packParams(GEMM_PARAMS, {
+    packParams(plan.schedule === "tiled" ? GEMM_TILED_PARAMS : GEMM_PARAMS, {
       m,
       n,
       k,
@@ -263,6 +290,7 @@ export function recordGemm(ctx: GemmContext, req: GemmRequest): Binding {
       scale: lora?.scale ?? 1,
       q_block: b.quant?.block ?? 1,
       q_scale_off: b.quant?.codeWords ?? 0,
+      ...(plan.schedule === "tiled" ? streamKFields : {}),
     }, req.what);
   const extra = [lora?.p ?? null, lora?.q ?? null, req.bias ?? null];
   // Only a detailed profile pays for this string: its rows are per GEMM shape and plan.
@@ -273,8 +301,38 @@ export function recordGemm(ctx: GemmContext, req: GemmRequest): Binding {
       lora !== undefined ? ` lora r${lora.r}` : ""
     } ${plan.schedule} ${plan.tile.BM}x${plan.tile.BN}x${plan.tile.BK}${
       (plan.tile.KL ?? 1) > 1 ? ` lanes ${plan.tile.KL}` : ""
-    } split ${plan.splits} ${flags.aType}${flags.vecA && flags.vecB ? " vec4" : ""}`
+    } split ${plan.splits}${plan.streamK > 0 ? ` stream-K ${plan.streamK}` : ""} ${flags.aType}${
+      flags.vecA && flags.vecB ? " vec4" : ""
+    }`
     : undefined;
+  if (plan.streamK > 0) {
+    // Stream-K: plan.streamK workgroups share the tiles' k slabs; runs covering part of a tile leave f32
+    // partial tiles, which the fix-up sums into C with alpha and the bias.
+    const partBytes = streamKPartBytes(plan.tile, plan.streamK);
+    const part = { buf: rt.alloc(partBytes, `${req.what} (stream-K partial tiles)`), bytes: partBytes };
+    const words = params([a.zStride ?? 0, b.zStride ?? 0, m * n], 0, k, 0, alpha);
+    const grid = rt.fold(plan.streamK);
+    rt.dispatch(
+      kernels.get(GEMM_TILED_STREAM_K, { ...gemmSpecialisation(flags, plan.tile, swizzle), STREAM_K: true }),
+      words,
+      [a.bind, b.bind, ...extra, out, part],
+      grid,
+      detail,
+    );
+    rt.dispatch(
+      kernels.get(STREAM_K_FIXUP, fixupSpecialisation(flags, plan.tile)),
+      packParams(
+        STREAM_K_FIXUP.params,
+        { m, n, alpha, tiles_n: plan.tilesN, tiles: plan.tiles, ...streamKFields },
+        req.what,
+      ),
+      [part, req.bias ?? null, out],
+      grid,
+      detail === undefined ? undefined : `${detail} fix-up`,
+    );
+    rt.release(part.buf);
+    return out;
+  }
   if (plan.splits === 1) {
     const kernel = kernels.get(template, gemmSpecialisation(flags, plan.tile, swizzle));
     const maxZ = rt.limits.maxComputeWorkgroupsPerDimension;

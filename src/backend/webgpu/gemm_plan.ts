@@ -95,6 +95,11 @@ export interface GemmChoice {
   tile: GemmTile;
   /** k slices wanted (1: no split); reduced like any plan's to fit the partial sums into a binding. */
   splits: number;
+  /**
+   * Stream-K workgroups ({@link GemmPlan.streamK}) for this shape, overriding the profile's
+   * {@link GemmProfile.streamK}; 0 turns stream-K off for it.
+   */
+  streamK?: number;
 }
 
 /** The tile configurations a device uses for one schedule, largest first. */
@@ -112,6 +117,32 @@ export interface GemmProfile {
    * is faster depends on the WebGPU implementation's compiler (a tuned table's choice). Default off.
    */
   slabSwizzle?: boolean;
+  /**
+   * Tiled schedule: the workgroups a stream-K plan runs ({@link GemmPlan.streamK}), as many as the GPU
+   * holds at once (two 256-invocation workgroups per multiprocessor: 264 on an H200). Products on the
+   * profile's first (largest) tile use it where a whole-tile grid would leave its last wave under
+   * {@link STREAM_K_MIN_LOSS} idle. Absent: no stream-K. A tuned table's choice (GemmChoice.streamK)
+   * overrides it per shape.
+   */
+  streamK?: number;
+}
+
+/**
+ * The least share of a whole-tile grid's time lost to its partly filled last wave that makes a stream-K
+ * plan worth its fix-up pass: at 4096³ on 128 × 128 tiles an H200 runs 1,024 tiles in 4 waves of 264, the
+ * last 88% full, 3% of the time idle (bench/NOTES.md, eighth session), while the fix-up costs about 0.5%.
+ */
+export const STREAM_K_MIN_LOSS = 0.02;
+
+/**
+ * Whether `tiles` whole tiles on `groups` concurrent workgroups lose at least {@link STREAM_K_MIN_LOSS} of
+ * their time to the last wave: (ceil(w) - w) / ceil(w) for w = tiles / groups waves. Fewer tiles than
+ * workgroups are left alone (stream-K would split every tile).
+ */
+export function streamKPays(tiles: number, groups: number): boolean {
+  if (groups < 2 || tiles <= groups) return false;
+  const waves = tiles / groups;
+  return (Math.ceil(waves) - waves) / Math.ceil(waves) >= STREAM_K_MIN_LOSS;
 }
 
 /**
@@ -184,6 +215,13 @@ export interface GemmPlan {
   /** Column blocks and all blocks of one batch entry. */
   tilesN: number;
   tiles: number;
+  /**
+   * Stream-K (tiled schedule, unsplit, one batch entry): this many persistent workgroups share the
+   * tiles × k-slabs iterations evenly, a contiguous run each, so no wave runs part full; a tile whose
+   * slabs two or more workgroups share is summed from their f32 partial tiles by a fix-up pass
+   * (wgsl/gemm/stream_k_fixup.wgsl). 0: one workgroup per tile.
+   */
+  streamK: number;
 }
 
 /** The shape of a GEMM to plan: op(A) [m, k] · op(B) [k, n], `batch` times. */
@@ -233,10 +271,35 @@ function finish(shape: GemmShape, schedule: GemmSchedule, tile: GemmTile, wanted
   const { tilesN, tiles } = blocks(shape, tile);
   let splits = Math.max(1, wanted);
   while (splits > 1 && splits * m * n * 4 > shape.maxBindingBytes) splits = Math.floor(splits / 2);
-  if (splits === 1) return { schedule, tile, splits, chunk: k, tilesN, tiles };
+  if (splits === 1) return { schedule, tile, splits, chunk: k, tilesN, tiles, streamK: 0 };
   const step = Math.max(4, tile.BK);
   const chunk = Math.ceil(Math.ceil(k / splits) / step) * step;
-  return { schedule, tile, splits: Math.ceil(k / chunk), chunk, tilesN, tiles };
+  return { schedule, tile, splits: Math.ceil(k / chunk), chunk, tilesN, tiles, streamK: 0 };
+}
+
+/** Whether two tiles have the same dimensions, schedule parameters and lanes (tables make fresh objects). */
+function sameTile(a: GemmTile, b: GemmTile): boolean {
+  return a.BM === b.BM && a.BN === b.BN && a.BK === b.BK && a.TM === b.TM && a.TN === b.TN && a.WG === b.WG &&
+    a.STAGES === b.STAGES && (a.KL ?? 1) === (b.KL ?? 1);
+}
+
+/** Bytes of a stream-K plan's partial tiles: two f32 tiles per workgroup (its first and last runs). */
+export function streamKPartBytes(tile: GemmTile, groups: number): number {
+  return 2 * groups * tile.BM * tile.BN * 4;
+}
+
+/**
+ * `plan` as a stream-K plan on `groups` workgroups where that is possible: the tiled schedule, no split,
+ * one batch entry, more tiles than workgroups, the partial tiles within a binding, and every iteration
+ * index (groups · tiles · slabs) within the kernel's 32-bit arithmetic.
+ */
+function withStreamK(shape: GemmShape, plan: GemmPlan, groups: number): GemmPlan {
+  if (plan.schedule !== "tiled" || plan.splits !== 1 || shape.batch !== 1 || plan.tiles <= groups) {
+    return plan;
+  }
+  if (streamKPartBytes(plan.tile, groups) > shape.maxBindingBytes) return plan;
+  if ((groups + 1) * plan.tiles * Math.ceil(shape.k / plan.tile.BK) >= 2 ** 32) return plan;
+  return { ...plan, streamK: groups };
 }
 
 /**
@@ -252,7 +315,13 @@ export function planGemm(shape: GemmShape, profile: GemmProfile, cpuThreads = CP
     const splits = shape.splittable && shape.batch === 1
       ? Math.max(1, Math.min(chosen.splits, Math.floor(shape.k / Math.max(4, chosen.tile.BK)), 64))
       : 1;
-    return finish(shape, chosen.schedule ?? schedule, chosen.tile, splits);
+    const plan = finish(shape, chosen.schedule ?? schedule, chosen.tile, splits);
+    const groups = chosen.streamK ??
+      (sameTile(chosen.tile, tiles[0]) && profile.streamK !== undefined &&
+          streamKPays(plan.tiles, profile.streamK)
+        ? profile.streamK
+        : 0);
+    return groups > 0 ? withStreamK(shape, plan, groups) : plan;
   }
   const want = wantedUnits(schedule, cpuThreads);
   const units = (t: GemmTile) => blocks(shape, t).tiles * shape.batch * (schedule === "tiled" ? t.WG : 1);
@@ -283,7 +352,13 @@ export function planGemm(shape: GemmShape, profile: GemmProfile, cpuThreads = CP
   if (small) return loose(smallest);
   for (const tile of fitting) {
     const splits = slicesFor(shape, units(tile), want, true);
-    if (splits > 0) return finish(shape, schedule, tile, splits);
+    if (splits === 0) continue;
+    const plan = finish(shape, schedule, tile, splits);
+    const groups = profile.streamK;
+    if (tile === tiles[0] && groups !== undefined && streamKPays(plan.tiles, groups)) {
+      return withStreamK(shape, plan, groups);
+    }
+    return plan;
   }
   return loose(smallest);
 }

@@ -35,6 +35,8 @@ export interface TunedEntry {
    */
   lanes?: number;
   splits: number;
+  /** Stream-K workgroups for this shape (GemmChoice.streamK; 0 turns the table's default off). */
+  streamK?: number;
   /** The planner's time over this plan's, as measured (for the record; not used). */
   speedup: number;
 }
@@ -52,6 +54,11 @@ export interface TunedTable {
   largeTile?: TunedEntry["tile"];
   /** Whether this adapter's GEMMs swizzle their slabs ({@link GemmProfile.slabSwizzle}); default off. */
   slabSwizzle?: boolean;
+  /**
+   * Stream-K workgroups for the products on the large tile whose last wave would run part full
+   * ({@link GemmProfile.streamK}); absent: none.
+   */
+  streamK?: number;
   entries: readonly TunedEntry[];
 }
 
@@ -395,7 +402,12 @@ export function tunedChoice(adapter: string): ((shape: GemmShape) => GemmChoice 
     const tile = tileOf(e.tile, e.lanes);
     if (tile === undefined) continue;
     const schedule = e.lanes === undefined ? undefined : "direct" as const;
-    choices.set(key(e.m, e.n, e.k, e.transA, e.transB), { schedule, tile, splits: e.splits });
+    choices.set(key(e.m, e.n, e.k, e.transA, e.transB), {
+      schedule,
+      tile,
+      splits: e.splits,
+      streamK: e.streamK,
+    });
   }
   return (s) => choices.get(key(s.m, s.n, s.k, s.transA ?? false, s.transB ?? false));
 }
@@ -409,5 +421,11 @@ export function tunedProfile(adapter: string): GemmProfile {
   if (table === undefined) return TILED_PROFILE;
   const large = table.largeTile === undefined ? undefined : tileOf(table.largeTile);
   const tiles = large === undefined ? TILED_PROFILE.tiles : [large, ...TILED_PROFILE.tiles.slice(1)];
-  return { ...TILED_PROFILE, tiles, choose: tunedChoice(adapter), slabSwizzle: table.slabSwizzle === true };
+  return {
+    ...TILED_PROFILE,
+    tiles,
+    choose: tunedChoice(adapter),
+    slabSwizzle: table.slabSwizzle === true,
+    streamK: table.streamK,
+  };
 }
