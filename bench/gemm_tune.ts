@@ -12,6 +12,7 @@
  *
  * Usage: deno run -A bench/gemm_tune.ts [--dawn [--dawn-toggles a,b]] [--shapes llama|lora|square|LIST]
  *        [--dtype f32|f16] [--budget-s 40] [--lora-profile 8192,4096,16] [--tiny]
+ *        [--stream-k 264,528] (also time stream-K plans on that many workgroups: GemmPlan.streamK)
  * @module
  */
 import type { WebGpuBackend } from "../src/backend/webgpu/backend.ts";
@@ -151,6 +152,10 @@ export function laneCandidates(m: number, n: number): GemmTile[] {
   return out;
 }
 
+/** A plan's name: its tile's, its k slices and, for stream-K, its workgroups. */
+export const planName = (v: { tile: GemmTile; splits: number; streamK?: number }): string =>
+  `${tileName(v.tile)}/${v.splits}${(v.streamK ?? 0) > 0 ? ` sk${v.streamK}` : ""}`;
+
 /** A tile's name: BMxBNxBK, then `/1` when single-buffered; a lane tile's TMxTN and its lanes. */
 export const tileName = (t: GemmTile): string =>
   (t.KL ?? 1) > 1 ? `${t.TM}x${t.TN} lanes ${t.KL}` : `${t.BM}x${t.BN}x${t.BK}${t.STAGES === 1 ? "/1" : ""}`;
@@ -161,6 +166,8 @@ export interface TunedVariant {
   schedule?: GemmSchedule;
   tile: GemmTile;
   splits: number;
+  /** Stream-K workgroups (0: a whole-tile grid). */
+  streamK?: number;
   ms: number;
 }
 
@@ -282,6 +289,11 @@ export interface TuneOptions {
   dtype?: WgslType;
   /** Stop starting new shapes after this many seconds (the rest are reported as not tuned). */
   budgetS?: number;
+  /**
+   * Stream-K workgroup counts to try with every unsplit tiled candidate that has more tiles than that
+   * (GemmPlan.streamK); default none. The candidates without stream-K are timed as well.
+   */
+  streamK?: readonly number[];
   log?: (line: string) => void;
 }
 
@@ -324,11 +336,11 @@ export async function tuneShapes(
     const seen = new Set<string>();
     // A choice as the planner takes it (splits clamped), once per tile and split.
     const add = (c: GemmChoice) => {
-      const p = planOf(be, ops.req, forced(c));
-      const key = `${tileName(p.tile)}/${p.splits}`;
+      const p = planOf(be, ops.req, forced({ ...c, streamK: c.streamK ?? 0 }));
+      const key = `${tileName(p.tile)}/${p.splits}/${p.streamK}`;
       if (seen.has(key)) return;
       seen.add(key);
-      candidates.push({ schedule: c.schedule, tile: p.tile, splits: p.splits });
+      candidates.push({ schedule: c.schedule, tile: p.tile, splits: p.splits, streamK: p.streamK });
     };
     // Lane tiles for the rank-wide products, on hardware GPUs (the LoRA output products keep their tiles).
     if (own.schedule === "tiled" && s.lora === 0) {
@@ -346,6 +358,12 @@ export async function tuneShapes(
       for (const want of [1, 2, 4, 8, 16, 32, 64]) {
         if (want > 1 && (s.k < 64 * want || blocksOf * want > (1 << 19))) break;
         add({ tile, splits: want });
+      }
+      // Stream-K only where it is a plan of its own (the planner falls back to whole tiles otherwise).
+      for (const groups of opts.streamK ?? []) {
+        if (Math.ceil(s.m / tile.BM) * Math.ceil(s.n / tile.BN) > groups) {
+          add({ tile, splits: 1, streamK: groups });
+        }
       }
     }
     runOf(own)();
@@ -382,11 +400,17 @@ export async function tuneShapes(
       }
     }
     const ms = samples.map((xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]);
-    const planner: TunedVariant = { tile: plannerPlan.tile, splits: plannerPlan.splits, ms: ms[0] };
+    const planner: TunedVariant = {
+      tile: plannerPlan.tile,
+      splits: plannerPlan.splits,
+      streamK: plannerPlan.streamK,
+      ms: ms[0],
+    };
     const variants: TunedVariant[] = candidates.map((c, i) => ({
       schedule: c.schedule,
       tile: c.tile,
       splits: c.splits,
+      streamK: c.streamK,
       ms: ms[i + 1],
     }));
     variants.sort((a, b) => a.ms - b.ms);
@@ -414,7 +438,7 @@ export async function tuneShapes(
       `  ${s.name.padEnd(34)} planner ${tileName(planner.tile)}/${planner.splits} ${
         planner.ms.toFixed(3)
       } ms ` +
-        `(${tf(planner.ms)} TFLOP/s)  best ${tileName(best.tile)}/${best.splits} ${best.ms.toFixed(3)} ms ` +
+        `(${tf(planner.ms)} TFLOP/s)  best ${planName(best)} ${best.ms.toFixed(3)} ms ` +
         `(${tf(best.ms)})  x${(planner.ms / best.ms).toFixed(2)}  err ${err.toExponential(1)}`,
     );
     results.push({ shape: s, planner, best, err, variants });
@@ -431,13 +455,13 @@ export function tuneTable(results: readonly TuneResult[]): string[] {
   ];
   for (const r of results) {
     const s = r.shape;
-    const next = r.variants.slice(1, 4).map((v) => `${tileName(v.tile)}/${v.splits} ${v.ms.toFixed(3)}`);
+    const next = r.variants.slice(1, 4).map((v) => `${planName(v)} ${v.ms.toFixed(3)}`);
     lines.push(
       `| ${s.name} | ${s.m}, ${s.n}, ${s.k}, ${s.transA ? "T" : "N"}${s.transB ? "T" : "N"}${
         s.lora ? ` +LoRA r${s.lora}` : ""
       } | ${tileName(r.planner.tile)} split ${r.planner.splits} | ${r.planner.ms.toFixed(3)} | ${
         tf(r, r.planner.ms)
-      } | ${tileName(r.best.tile)} split ${r.best.splits} | ${r.best.ms.toFixed(3)} | ${tf(r, r.best.ms)} | ${
+      } | ${planName(r.best)} | ${r.best.ms.toFixed(3)} | ${tf(r, r.best.ms)} | ${
         (r.planner.ms / r.best.ms).toFixed(2)
       } | ${next.join("; ")} |`,
     );
@@ -451,9 +475,9 @@ export function tunedEntries(results: readonly TuneResult[]): string[] {
     const s = r.shape, t = r.best.tile;
     return `  { m: ${s.m}, n: ${s.n}, k: ${s.k}, transA: ${s.transA}, transB: ${s.transB}, tile: [${t.BM}, ${t.BN}, ${t.BK}, ${t.TM}, ${t.TN}${
       t.STAGES === 1 && (t.KL ?? 1) === 1 ? ", 1" : ""
-    }], ${(t.KL ?? 1) > 1 ? `lanes: ${t.KL}, ` : ""}splits: ${r.best.splits}, speedup: ${
-      (r.planner.ms / r.best.ms).toFixed(2)
-    } }, // ${s.name}`;
+    }], ${(t.KL ?? 1) > 1 ? `lanes: ${t.KL}, ` : ""}splits: ${r.best.splits}, ${
+      (r.best.streamK ?? 0) > 0 ? `streamK: ${r.best.streamK}, ` : ""
+    }speedup: ${(r.planner.ms / r.best.ms).toFixed(2)} }, // ${s.name}`;
   });
 }
 
@@ -537,6 +561,7 @@ if (import.meta.main) {
     const results = await tuneShapes(device, parseShapes(spec), {
       dtype,
       budgetS: Number(argValue(argv, "--budget-s", "60")),
+      streamK: argValue(argv, "--stream-k", "").split(",").filter((x) => x !== "").map(Number),
     });
     console.log(`\nGEMM plans on ${device} (${implementationName(argv)}), ${dtype}, GPU ms per product`);
     for (const l of tuneTable(results)) console.log(l);
