@@ -15,6 +15,7 @@
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
+  // Stream-K workgroup w's share starts at sk_start(w); share 0 starts at the first stream-K tile's start.
   let w = flat_group(wid, nwg);
   if (w == 0u || w >= p.sk_groups) {
     return;

@@ -86,12 +86,14 @@ fn store4(row_base: u32, col: u32, v: vec4<f32>) {
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
 //#if STREAM_K
-  let w = wid.y * nwg.x + wid.x;
-  if (w >= p.sk_groups) {
+  // Workgroups 0 .. p.sk_dp - 1 run one whole tile each; the next p.sk_groups their stream-K shares.
+  let g = wid.y * nwg.x + wid.x;
+  let w = g - min(g, p.sk_dp);
+  if (g >= p.sk_dp && w >= p.sk_groups) {
     return;
   }
-  let it_begin = sk_start(w);
-  let it_end = sk_start(w + 1u);
+  let it_begin = select(sk_start(w), g * p.sk_slabs, g < p.sk_dp);
+  let it_end = select(sk_start(w + 1u), (g + 1u) * p.sk_slabs, g < p.sk_dp);
   var it = it_begin;
   // One trip per run: the part of one tile's slabs [s0, s1) that falls in this workgroup's share.
   loop {

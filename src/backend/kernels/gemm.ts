@@ -40,6 +40,7 @@ export const GEMM_PARAMS: ParamLayout = [
 /** The stream-K fields: a plan's workgroups and k slabs per tile (wgsl/gemm/stream_k.wgsl). */
 const STREAM_K_PARAMS: ParamLayout = [
   { name: "sk_groups", type: "u32" },
+  { name: "sk_dp", type: "u32" },
   { name: "sk_slabs", type: "u32" },
 ];
 

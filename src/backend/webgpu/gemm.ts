@@ -264,7 +264,11 @@ export function recordGemm(ctx: GemmContext, req: GemmRequest): Binding {
   const template = SCHEDULE_TEMPLATE[plan.schedule];
   const swizzle = ctx.profile.slabSwizzle === true;
   const dropout = dropoutParams(lora !== undefined ? lora.dropout : req.dropout ?? null);
-  const streamKFields = { sk_groups: plan.streamK, sk_slabs: Math.ceil(k / plan.tile.BK) };
+  const streamKFields = {
+    sk_groups: plan.streamK,
+    sk_dp: plan.streamKWhole,
+    sk_slabs: Math.ceil(k / plan.tile.BK),
+  };
   const params = (
     zStrides: [number, number, number],
     kStart: number,
@@ -311,7 +315,7 @@ export function recordGemm(ctx: GemmContext, req: GemmRequest): Binding {
     const partBytes = streamKPartBytes(plan.tile, plan.streamK);
     const part = { buf: rt.alloc(partBytes, `${req.what} (stream-K partial tiles)`), bytes: partBytes };
     const words = params([a.zStride ?? 0, b.zStride ?? 0, m * n], 0, k, 0, alpha);
-    const grid = rt.fold(plan.streamK);
+    const grid = rt.fold(plan.streamKWhole + plan.streamK);
     rt.dispatch(
       kernels.get(GEMM_TILED_STREAM_K, { ...gemmSpecialisation(flags, plan.tile, swizzle), STREAM_K: true }),
       words,
@@ -327,7 +331,7 @@ export function recordGemm(ctx: GemmContext, req: GemmRequest): Binding {
         req.what,
       ),
       [part, req.bias ?? null, out],
-      grid,
+      rt.fold(plan.streamK),
       detail === undefined ? undefined : `${detail} fix-up`,
     );
     rt.release(part.buf);

@@ -216,12 +216,19 @@ export interface GemmPlan {
   tilesN: number;
   tiles: number;
   /**
-   * Stream-K (tiled schedule, unsplit, one batch entry): this many persistent workgroups share the
-   * tiles × k-slabs iterations evenly, a contiguous run each, so no wave runs part full; a tile whose
-   * slabs two or more workgroups share is summed from their f32 partial tiles by a fix-up pass
-   * (wgsl/gemm/stream_k_fixup.wgsl). 0: one workgroup per tile.
+   * Stream-K (tiled schedule, unsplit, one batch entry): after {@link GemmPlan.streamKWhole} whole tiles,
+   * this many workgroups share the remaining tiles' k-slab iterations evenly, a contiguous run each, so
+   * the last wave runs full; a tile whose slabs two or more workgroups share is summed from their f32
+   * partial tiles by a fix-up pass (wgsl/gemm/stream_k_fixup.wgsl). 0: one workgroup per tile.
    */
   streamK: number;
+  /**
+   * Stream-K plans: the tiles run whole first, one workgroup each, in full waves of {@link streamK}:
+   * all but the last one to two waves' worth, which the stream-K workgroups share (1 to 2 tiles each).
+   * Whole-tile waves keep their neighbours' operand slabs shared in L2; stream-K workgroups run at
+   * different k at once (bench/NOTES.md, ninth session: all tiles on stream-K ran 8-32% slower).
+   */
+  streamKWhole: number;
 }
 
 /** The shape of a GEMM to plan: op(A) [m, k] · op(B) [k, n], `batch` times. */
@@ -271,10 +278,10 @@ function finish(shape: GemmShape, schedule: GemmSchedule, tile: GemmTile, wanted
   const { tilesN, tiles } = blocks(shape, tile);
   let splits = Math.max(1, wanted);
   while (splits > 1 && splits * m * n * 4 > shape.maxBindingBytes) splits = Math.floor(splits / 2);
-  if (splits === 1) return { schedule, tile, splits, chunk: k, tilesN, tiles, streamK: 0 };
+  if (splits === 1) return { schedule, tile, splits, chunk: k, tilesN, tiles, streamK: 0, streamKWhole: 0 };
   const step = Math.max(4, tile.BK);
   const chunk = Math.ceil(Math.ceil(k / splits) / step) * step;
-  return { schedule, tile, splits: Math.ceil(k / chunk), chunk, tilesN, tiles, streamK: 0 };
+  return { schedule, tile, splits: Math.ceil(k / chunk), chunk, tilesN, tiles, streamK: 0, streamKWhole: 0 };
 }
 
 /** Whether two tiles have the same dimensions, schedule parameters and lanes (tables make fresh objects). */
@@ -299,7 +306,8 @@ function withStreamK(shape: GemmShape, plan: GemmPlan, groups: number): GemmPlan
   }
   if (streamKPartBytes(plan.tile, groups) > shape.maxBindingBytes) return plan;
   if ((groups + 1) * plan.tiles * Math.ceil(shape.k / plan.tile.BK) >= 2 ** 32) return plan;
-  return { ...plan, streamK: groups };
+  const whole = Math.max(0, Math.floor(plan.tiles / groups) - 1) * groups;
+  return { ...plan, streamK: groups, streamKWhole: whole };
 }
 
 /**

@@ -4,7 +4,7 @@
  * every layout, with and without bias, and the fused LoRA kernels (LoRA phase, dropout, bias) forced onto
  * stream-K plans of random workgroup counts, on both slab schedules and on the H200's large tile. A
  * workgroup count below the tile count makes runs start and end inside tiles, so the partition, the
- * partial slots and the fix-up all take part.
+ * partial slots and the fix-up all take part; one below half the tile count puts whole tiles first.
  */
 import assert from "node:assert/strict";
 import fc from "fast-check";
@@ -199,7 +199,10 @@ Deno.test("planGemm: a profile's stream-K applies to its large tile where it pay
     tiles: [large, tiledTile(64, 64, 16, 4, 4)],
     streamK: 264,
   };
-  assert.equal(planGemm(shapeOf(4096, 4096, 4096), profile).streamK, 264);
+  const square = planGemm(shapeOf(4096, 4096, 4096), profile);
+  assert.equal(square.streamK, 264);
+  // 1,024 tiles: two full waves of whole tiles, the last 496 tiles (1.88 waves) shared by stream-K.
+  assert.equal(square.streamKWhole, 528);
   assert.equal(planGemm(shapeOf(4224, 4096, 4096), profile).streamK, 0);
   const off: GemmProfile = { ...profile, choose: () => ({ tile: large, splits: 1, streamK: 0 }) };
   assert.equal(planGemm(shapeOf(4096, 4096, 4096), off).streamK, 0);
