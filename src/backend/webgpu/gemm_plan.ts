@@ -120,8 +120,8 @@ export interface GemmProfile {
   /**
    * Tiled schedule: the workgroups a stream-K plan runs ({@link GemmPlan.streamK}), as many as the GPU
    * holds at once (two 256-invocation workgroups per multiprocessor: 264 on an H200). Products on the
-   * profile's first (largest) tile use it where a whole-tile grid would leave its last wave under
-   * {@link STREAM_K_MIN_LOSS} idle. Absent: no stream-K. A tuned table's choice (GemmChoice.streamK)
+   * profile's first (largest) tile use it where a whole-tile grid would lose at least
+   * {@link STREAM_K_MIN_LOSS} of its time to a part-full last wave. Absent: no stream-K. A tuned table's choice (GemmChoice.streamK)
    * overrides it per shape.
    */
   streamK?: number;
@@ -130,7 +130,8 @@ export interface GemmProfile {
 /**
  * The least share of a whole-tile grid's time lost to its partly filled last wave that makes a stream-K
  * plan worth its fix-up pass: at 4096³ on 128 × 128 tiles an H200 runs 1,024 tiles in 4 waves of 264, the
- * last 88% full, 3% of the time idle (bench/NOTES.md, eighth session), while the fix-up costs about 0.5%.
+ * last 88% full, 3% of the time idle (bench/NOTES.md, eighth session), while the fix-up was estimated at about 0.5% (on
+ * the H200 the stream-K kernel turned out slower per tile than the plain one: ninth session).
  */
 export const STREAM_K_MIN_LOSS = 0.02;
 
@@ -225,8 +226,9 @@ export interface GemmPlan {
   /**
    * Stream-K plans: the tiles run whole first, one workgroup each, in full waves of {@link streamK}:
    * all but the last one to two waves' worth, which the stream-K workgroups share (1 to 2 tiles each).
-   * Whole-tile waves keep their neighbours' operand slabs shared in L2; stream-K workgroups run at
-   * different k at once (bench/NOTES.md, ninth session: all tiles on stream-K ran 8-32% slower).
+   * (The stream-K paper's hybrid, against the L2 reuse stream-K workgroups at different k lose. On the
+   * H200 it did not help: the STREAM_K kernel itself ran 8% slower per tile than the plain one on Deno's
+   * WebGPU and 32% on Dawn, so no tuned table turns stream-K on; bench/NOTES.md, ninth session.)
    */
   streamKWhole: number;
 }
