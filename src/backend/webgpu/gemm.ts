@@ -310,8 +310,9 @@ export function recordGemm(ctx: GemmContext, req: GemmRequest): Binding {
     }`
     : undefined;
   if (plan.streamK > 0) {
-    // Stream-K: plan.streamK workgroups share the tiles' k slabs; runs covering part of a tile leave f32
-    // partial tiles, which the fix-up sums into C with alpha and the bias.
+    // Stream-K: plan.streamKWhole workgroups run whole tiles, then plan.streamK share the other tiles' k
+    // slabs; runs covering part of a tile leave f32 partial tiles, which the fix-up sums into C with alpha
+    // and the bias. (Off in every tuned table: slower on the H200, bench/NOTES.md, ninth session.)
     const partBytes = streamKPartBytes(plan.tile, plan.streamK);
     const part = { buf: rt.alloc(partBytes, `${req.what} (stream-K partial tiles)`), bytes: partBytes };
     const words = params([a.zStride ?? 0, b.zStride ?? 0, m * n], 0, k, 0, alpha);
