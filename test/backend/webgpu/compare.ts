@@ -9,6 +9,8 @@ import { cpuDevice, type Device, type DType } from "../../../mod.ts";
 import type { Backend, FusedDropout, Storage } from "../../../src/backend/backend.ts";
 import { roundToF16 } from "../../../src/core/half.ts";
 import { Rng } from "../../../src/core/random.ts";
+import type { WebGpuBackend } from "../../../src/backend/webgpu/backend.ts";
+import type { GemmProfile } from "../../../src/backend/webgpu/gemm_plan.ts";
 import { relErr } from "../../helpers.ts";
 
 /** The storage dtypes WebGPU has. */
@@ -151,4 +153,59 @@ export function assertClose(
   const e = relErr(finiteOurs, finiteRef);
   note(`${name} ${dtype}`, e);
   assert.ok(e <= TOL[dtype], `${name} (${dtype}): relative error ${e} > ${TOL[dtype]}`);
+}
+
+/** Runs `fn` with the WebGPU backend forced onto `profile`, restoring its own profile afterwards. */
+export async function withGemmProfile(
+  be: WebGpuBackend,
+  profile: GemmProfile,
+  fn: () => Promise<void>,
+): Promise<void> {
+  const own = be.gemmProfile;
+  be.gemmProfile = profile;
+  try {
+    await fn();
+  } finally {
+    be.gemmProfile = own;
+  }
+}
+
+/** One fused LoRA linear case of the GEMM property tests. */
+export interface FusedLoraCase {
+  m: number;
+  inF: number;
+  outF: number;
+  rank: number;
+  bias: boolean;
+  dropout: FusedDropout | null;
+}
+
+/**
+ * The fused LoRA forward and backward (y, dA, dB, dx, scale 2) of inputs drawn from `seed`, on the GPU
+ * and on the CPU reference: what every GEMM schedule's LoRA property compares.
+ */
+export function fusedLoraOnBoth(
+  device: Device,
+  dtype: FloatType,
+  c: FusedLoraCase,
+  seed: number,
+): Promise<{ gpu: Float32Array[]; cpu: Float32Array[] }> {
+  const v = (n: number, k: number) => values(n, seed + k, dtype);
+  const sizes = {
+    m: c.m,
+    inFeatures: c.inF,
+    outFeatures: c.outF,
+    rank: c.rank,
+    scale: 2,
+    dropout: c.dropout,
+  };
+  return onBoth(device, dtype, (u) => {
+    const x = u.up(v(c.m * c.inF, 0)), w = u.up(v(c.outF * c.inF, 1));
+    const a = u.up(v(c.rank * c.inF, 2)), b = u.up(v(c.outF * c.rank, 3));
+    const bias = c.bias ? u.up(v(c.outF, 4)) : null;
+    const y = u.be.loraForward({ x, w, a, b, bias, ...sizes });
+    const dy = u.up(v(c.m * c.outF, 5));
+    const g = u.be.loraBackward({ x, w, a, b, dy, needDx: true, ...sizes });
+    return [y, g.dA, g.dB, g.dx!];
+  });
 }

@@ -24,6 +24,7 @@ import {
   factor,
   type FloatType,
   floatTypes,
+  fusedLoraOnBoth,
   onBoth,
   printWorst,
   seedArb,
@@ -170,24 +171,7 @@ for (
             seedArb,
             f,
             async (c, seed, dt) => {
-              const v = (n: number, k: number) => values(n, seed + k, dt);
-              const sizes = {
-                m: c.m,
-                inFeatures: c.inF,
-                outFeatures: c.outF,
-                rank: c.rank,
-                scale: 2,
-                dropout: c.dropout,
-              };
-              const r = await onBoth(dev, dt, (u) => {
-                const x = u.up(v(c.m * c.inF, 0)), w = u.up(v(c.outF * c.inF, 1));
-                const a = u.up(v(c.rank * c.inF, 2)), b = u.up(v(c.outF * c.rank, 3));
-                const bias = c.bias ? u.up(v(c.outF, 4)) : null;
-                const y = u.be.loraForward({ x, w, a, b, bias, ...sizes });
-                const dy = u.up(v(c.m * c.outF, 5));
-                const g = u.be.loraBackward({ x, w, a, b, dy, needDx: true, ...sizes });
-                return [y, g.dA, g.dB, g.dx!];
-              });
+              const r = await fusedLoraOnBoth(dev, dt, c, seed);
               for (const [i, what] of ["y", "dA", "dB", "dx"].entries()) {
                 assertClose(`split-K lora ${what}`, r.gpu[i], r.cpu[i], dt);
               }

@@ -17,7 +17,17 @@ import {
   tiledTile,
 } from "../../../src/backend/webgpu/gemm_plan.ts";
 import { tileOf, TUNED_TABLES } from "../../../src/backend/webgpu/gemm_tuned.ts";
-import { assertClose, type FloatType, floatTypes, onBoth, printWorst, seedArb, values } from "./compare.ts";
+import {
+  assertClose,
+  type FloatType,
+  floatTypes,
+  fusedLoraOnBoth,
+  onBoth,
+  printWorst,
+  seedArb,
+  values,
+  withGemmProfile,
+} from "./compare.ts";
 import { gpu, gpuTest } from "./gpu.ts";
 
 /**
@@ -38,17 +48,6 @@ const vecSize = (max: number) =>
     fc.integer({ min: 1, max: Math.floor(max / 4) }).map((d) => 4 * d),
     fc.constantFrom(4, 12, 32, 36, 64, 68),
   );
-
-/** Runs `fn` with the backend forced onto `profile`, restoring the device's own profile afterwards. */
-async function withProfile(be: WebGpuBackend, profile: GemmProfile, fn: () => Promise<void>): Promise<void> {
-  const own = be.gemmProfile;
-  be.gemmProfile = profile;
-  try {
-    await fn();
-  } finally {
-    be.gemmProfile = own;
-  }
-}
 
 const dropoutArb: fc.Arbitrary<FusedDropout | null> = fc.oneof(
   fc.constant(null),
@@ -143,7 +142,7 @@ for (const base of [TILED_PROFILE, DIRECT_PROFILE]) {
     gpuTest(`${name}: matmul (batched, transposed, split-K when deep) matches the CPU`, async (dev) => {
       if (skipOnHardware(base.schedule, tile, dev, name)) return;
       const be = dev.backend as WebGpuBackend;
-      await withProfile(be, profile, () =>
+      await withGemmProfile(be, profile, () =>
         fc.assert(
           fc.asyncProperty(
             fc.record({
@@ -182,7 +181,7 @@ for (const base of [TILED_PROFILE, DIRECT_PROFILE]) {
     gpuTest(`${name}: fused LoRA forward and backward match the CPU`, async (dev) => {
       if (skipOnHardware(base.schedule, tile, dev, name)) return;
       const be = dev.backend as WebGpuBackend;
-      await withProfile(be, profile, () =>
+      await withGemmProfile(be, profile, () =>
         fc.assert(
           fc.asyncProperty(
             fc.record({
@@ -196,31 +195,7 @@ for (const base of [TILED_PROFILE, DIRECT_PROFILE]) {
             seedArb,
             types,
             async (c, seed, dt) => {
-              const v = (n: number, k: number) => values(n, seed + k, dt);
-              const sizes = {
-                m: c.m,
-                inFeatures: c.inF,
-                outFeatures: c.outF,
-                rank: c.rank,
-                scale: 2,
-                dropout: c.dropout,
-              };
-              const r = await onBoth(dev, dt, (u) => {
-                const x = u.up(v(c.m * c.inF, 0)), w = u.up(v(c.outF * c.inF, 1));
-                const a = u.up(v(c.rank * c.inF, 2)), b = u.up(v(c.outF * c.rank, 3));
-                const bias = c.bias ? u.up(v(c.outF, 4)) : null;
-                const y = u.be.loraForward({ x, w, a, b, bias, ...sizes });
-                const g = u.be.loraBackward({
-                  x,
-                  w,
-                  a,
-                  b,
-                  dy: u.up(v(c.m * c.outF, 5)),
-                  needDx: true,
-                  ...sizes,
-                });
-                return [y, g.dA, g.dB, g.dx!];
-              });
+              const r = await fusedLoraOnBoth(dev, dt, c, seed);
               for (const [i, what] of ["y", "dA", "dB", "dx"].entries()) {
                 assertClose(`${name} lora ${what}`, r.gpu[i], r.cpu[i], dt);
               }
@@ -255,7 +230,7 @@ for (const [key, { tile, transA, transB, narrowM }] of LANE_ENTRIES) {
   gpuTest(`${name}: matmul (split-K when deep) matches the CPU`, async (dev) => {
     const be = dev.backend as WebGpuBackend;
     const narrow = narrowM ? tile.TM : tile.TN;
-    await withProfile(be, { schedule: "direct", tiles: [tile] }, () =>
+    await withGemmProfile(be, { schedule: "direct", tiles: [tile] }, () =>
       fc.assert(
         fc.asyncProperty(
           fc.record({

@@ -17,7 +17,18 @@ import {
   streamKPays,
   tiledTile,
 } from "../../../src/backend/webgpu/gemm_plan.ts";
-import { assertClose, type FloatType, floatTypes, onBoth, printWorst, seedArb, values } from "./compare.ts";
+import {
+  assertClose,
+  type FloatType,
+  floatTypes,
+  fusedDropoutArb,
+  fusedLoraOnBoth,
+  onBoth,
+  printWorst,
+  seedArb,
+  values,
+  withGemmProfile,
+} from "./compare.ts";
 import { gpu, gpuTest } from "./gpu.ts";
 
 const f = gpu === null ? fc.constant<FloatType>("f32") : floatTypes(gpu);
@@ -41,16 +52,6 @@ const TILES: { tile: GemmTile; name: string; runs: number; side: fc.Arbitrary<nu
 /** A tiled profile forcing `tile` and stream-K on `groups` workgroups for every shape. */
 function forced(tile: GemmTile, groups: number): GemmProfile {
   return { schedule: "tiled", tiles: [tile], choose: () => ({ tile, splits: 1, streamK: groups }) };
-}
-
-async function withProfile(be: WebGpuBackend, profile: GemmProfile, fn: () => Promise<void>): Promise<void> {
-  const own = be.gemmProfile;
-  be.gemmProfile = profile;
-  try {
-    await fn();
-  } finally {
-    be.gemmProfile = own;
-  }
 }
 
 const shapeOf = (m: number, n: number, k: number): GemmShape => ({
@@ -101,7 +102,7 @@ for (const { tile, name, runs, side } of TILES) {
               aBatch: 1,
               bBatch: 1,
             };
-            await withProfile(be, profile, async () => {
+            await withGemmProfile(be, profile, async () => {
               const r = await onBoth(
                 dev,
                 dt,
@@ -130,45 +131,14 @@ gpuTest(
           outF: size(150),
           rank: fc.constantFrom(1, 4, 7, 16),
           bias: fc.boolean(),
-          dropout: fc.oneof(
-            fc.constant(null),
-            fc.record({
-              p: fc.double({ min: 0.1, max: 0.7, noNaN: true }),
-              seed: fc.integer({ min: 0, max: 0xffffffff }),
-              position: fc.constantFrom<"pre" | "post">("pre", "post"),
-            }),
-          ),
+          dropout: fusedDropoutArb,
           groups: fc.integer({ min: 2, max: 12 }),
         }),
         seedArb,
         f,
         async (c, seed, dt) => {
-          const v = (n: number, k: number) => values(n, seed + k, dt);
-          const sizes = {
-            m: c.m,
-            inFeatures: c.inF,
-            outFeatures: c.outF,
-            rank: c.rank,
-            scale: 2,
-            dropout: c.dropout,
-          };
-          await withProfile(be, forced(tile, c.groups), async () => {
-            const r = await onBoth(dev, dt, (u) => {
-              const x = u.up(v(c.m * c.inF, 0)), w = u.up(v(c.outF * c.inF, 1));
-              const a = u.up(v(c.rank * c.inF, 2)), b = u.up(v(c.outF * c.rank, 3));
-              const bias = c.bias ? u.up(v(c.outF, 4)) : null;
-              const y = u.be.loraForward({ x, w, a, b, bias, ...sizes });
-              const g = u.be.loraBackward({
-                x,
-                w,
-                a,
-                b,
-                dy: u.up(v(c.m * c.outF, 5)),
-                needDx: true,
-                ...sizes,
-              });
-              return [y, g.dA, g.dB, g.dx!];
-            });
+          await withGemmProfile(be, forced(tile, c.groups), async () => {
+            const r = await fusedLoraOnBoth(dev, dt, c, seed);
             for (const [i, what] of ["y", "dA", "dB", "dx"].entries()) {
               assertClose(`stream-K lora ${what}`, r.gpu[i], r.cpu[i], dt);
             }
