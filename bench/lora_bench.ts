@@ -17,6 +17,7 @@
  *                    the bench on the fastest plan per shape; the planner's plan is checked against the CPU
  *                    by the test suite, the tuned ones against the planner's)
  *          --stream-k N (the GEMM profile's stream-K workgroups, 0 = off, instead of the tuned table's),
+ *          --no-pair (the backward's dA and dB as two products, not one pair dispatch: GemmProfile.pair),
  *          --profile (GPU time per kernel, GEMM shape and plan of one fused forward + backward per size)
  *          --shapes M,D,r;M,D,r (sizes instead of the mode's), --reps N (repetitions, default 5),
  *          --cover-ms T (the full mode's milliseconds of steps per await, default 250),
@@ -90,6 +91,12 @@ if (streamKOpt !== "") {
     throw new Error(`lora_bench: --stream-k must be a workgroup count (0 = off), got "${streamKOpt}"`);
   }
   be.gemmProfile = { ...be.gemmProfile, streamK: groups === 0 ? undefined : groups };
+}
+// --no-pair: the fused LoRA backward's dA and dB as two products (GemmProfile.pair false) instead of one
+// pair dispatch, to compare both on one adapter in one run.
+if (args.has("--no-pair")) {
+  const be = device.backend as unknown as WebGpuBackend;
+  be.gemmProfile = { ...be.gemmProfile, pair: false };
 }
 const streamK = (device.backend as unknown as WebGpuBackend).gemmProfile.streamK ?? 0;
 const dtypeOpt = opt("--dtype", "both");

@@ -36,6 +36,36 @@
 // consecutive k of the block's rows); otherwise neighbouring invocations hold neighbouring blocks (A
 // stored [k, m]: they read consecutive columns of each k row). Summation order differs from KL = 1's only
 // as a split of k does.
+// PAIR: two independent products of the same m, k, layout and element types in one dispatch, the
+// workgroups at z = 1 running the second (gemm/pair.wgsl). The fused LoRA backward's dA = gᵀ·x and
+// dBᵀ = tᵀ·dy are such a pair: each alone is too small to keep a large GPU busy, so its time is mostly
+// the dispatch's fixed cost, which the pair pays once (bench/NOTES.md, twelfth session).
+
+// This workgroup's product's columns, column blocks and blocks: the uniforms n, tiles_n and tiles, or
+// under PAIR the copies gemm/pair.wgsl picked for its product.
+fn dim_n() -> u32 {
+//#if PAIR
+  return pn;
+//#else
+  return p.n;
+//#end
+}
+
+fn dim_tiles_n() -> u32 {
+//#if PAIR
+  return ptn;
+//#else
+  return p.tiles_n;
+//#end
+}
+
+fn dim_tiles() -> u32 {
+//#if PAIR
+  return pt;
+//#else
+  return p.tiles;
+//#end
+}
 //#if KL > 1
 var<workgroup> red: array<vec4<f32>, ${WG * CH}>;
 
@@ -68,24 +98,39 @@ fn sum_lanes(lid: u32) {
 // Stores v into columns col .. col + 3 of the row starting at element row_base (those inside the matrix).
 fn store4(row_base: u32, col: u32, v: vec4<f32>) {
 //#if VEC_C
-  if (col < p.n) {
+  if (col < dim_n()) {
     c[(row_base + col) / 4u] = vec4<${C_T}>(v);
   }
 //#else
   for (var q = 0u; q < 4u; q++) {
-    if (col + q < p.n) {
+    if (col + q < dim_n()) {
       c[row_base + col + q] = ${C_T}(v[q]);
     }
   }
 //#end
 }
 
+// Stores v into columns col .. col + 3 of row `row` of this workgroup's product (C at c_off; under PAIR
+// the second product's C2, transposed).
+fn store_row4(c_off: u32, row: u32, col: u32, v: vec4<f32>) {
+//#if PAIR
+  if (pair_second) {
+    store_pair4(row, col, v);
+    return;
+  }
+//#end
+  store4(c_off + row * dim_n(), col, v);
+}
+
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
+//#if PAIR
+  pair_setup(wid);
+//#end
 //#if KL == 1
   let tile = (wid.y * nwg.x + wid.x) * ${WG}u + lid;
-  if (tile >= p.tiles) {
+  if (tile >= dim_tiles()) {
     return;
   }
   let lane_k = 0u;
@@ -100,12 +145,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   // Every invocation reaches the barriers of sum_lanes: those past the last block compute a copy of it and
   // store nothing.
   let block = (wid.y * nwg.x + wid.x) * ${WG / KL}u + local_block;
-  let tile = min(block, p.tiles - 1u);
+  let tile = min(block, dim_tiles() - 1u);
   let lane_k = lane * 4u;
 //#end
   let z = wid.z + p.z_base;
-  let row0 = (tile / p.tiles_n) * ${TM}u;
-  let col0 = (tile % p.tiles_n) * ${TN}u;
+  let row0 = (tile / dim_tiles_n()) * ${TM}u;
+  let col0 = (tile % dim_tiles_n()) * ${TN}u;
   // Clamped rows and columns for loads (stores skip the clamped ones), and the clamped starts of blocks of 4
   // for the vec4 forms along m or n (which imply m or n is a multiple of 4; unused otherwise).
 //#for i in 0..TM
@@ -115,10 +160,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let ab${i} = min(row0 + ${i * 4}u, p.m - 4u);
 //#end
 //#for j in 0..TN
-  let bc${j} = min(col0 + ${j}u, p.n - 1u);
+  let bc${j} = min(col0 + ${j}u, dim_n() - 1u);
 //#end
 //#for j in 0..TN / 4
-  let bb${j} = min(col0 + ${j * 4}u, p.n - 4u);
+  let bb${j} = min(col0 + ${j * 4}u, dim_n() - 4u);
 //#end
 //#for i in 0..TM
 //#for jb in 0..TN / 4
@@ -225,9 +270,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 //#for kk in 0..4
 //#for jb in 0..TN / 4
 //#if ph == 0
-      let b${kk}_${jb} = select(vec4<f32>(0.0), load_q(kc${kk} * p.n + bb${jb}), kv${kk});
+      let b${kk}_${jb} = select(vec4<f32>(0.0), load_q(kc${kk} * dim_n() + bb${jb}), kv${kk});
 //#else
-      let b${kk}_${jb} = select(vec4<f32>(0.0), load_b(b_off + kc${kk} * p.n + bb${jb}), kv${kk});
+      let b${kk}_${jb} = select(vec4<f32>(0.0), load_b(b_off + kc${kk} * dim_n() + bb${jb}), kv${kk});
 //#end
 //#end
 //#end
@@ -235,9 +280,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 //#for kk in 0..4
 //#for j in 0..TN
 //#if ph == 0
-      let fb${kk}_${j} = select(0.0, load_q(kc${kk} * p.n + bc${j}), kv${kk});
+      let fb${kk}_${j} = select(0.0, load_q(kc${kk} * dim_n() + bc${j}), kv${kk});
 //#else
-      let fb${kk}_${j} = select(0.0, load_b(b_off + kc${kk} * p.n + bc${j}), kv${kk});
+      let fb${kk}_${j} = select(0.0, load_b(b_off + kc${kk} * dim_n() + bc${j}), kv${kk});
 //#end
 //#end
 //#for jb in 0..TN / 4
@@ -259,7 +304,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 //#for i in 0..TM
 //#for jb in 0..TN / 4
 //#if MASK
-  acc_${i}_${jb} *= p.scale * factor4((row0 + ${i}u) * p.n + col0 + ${jb * 4}u);
+  acc_${i}_${jb} *= p.scale * factor4((row0 + ${i}u) * dim_n() + col0 + ${jb * 4}u);
 //#else
   acc_${i}_${jb} *= p.scale;
 //#end
@@ -272,10 +317,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 //#for jb in 0..TN / 4
 //#if BIAS
   let bias${jb} = vec4<f32>(
-    f32(bias[min(col0 + ${jb * 4}u, p.n - 1u)]),
-    f32(bias[min(col0 + ${jb * 4 + 1}u, p.n - 1u)]),
-    f32(bias[min(col0 + ${jb * 4 + 2}u, p.n - 1u)]),
-    f32(bias[min(col0 + ${jb * 4 + 3}u, p.n - 1u)]),
+    f32(bias[min(col0 + ${jb * 4}u, dim_n() - 1u)]),
+    f32(bias[min(col0 + ${jb * 4 + 1}u, dim_n() - 1u)]),
+    f32(bias[min(col0 + ${jb * 4 + 2}u, dim_n() - 1u)]),
+    f32(bias[min(col0 + ${jb * 4 + 3}u, dim_n() - 1u)]),
   );
 //#else
   let bias${jb} = vec4<f32>(0.0);
@@ -292,11 +337,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 //#end
 //#end
   sum_lanes(lid);
-  if (lane == 0u && block < p.tiles) {
+  if (lane == 0u && block < dim_tiles()) {
 //#for c in 0..CH
 //#if rd * CH + c < TM * (TN / 4)
     if (row0 + ${(rd * CH + c) / (TN / 4)}u < p.m) {
-      store4(c_off + (row0 + ${(rd * CH + c) / (TN / 4)}u) * p.n, col0 + ${((rd * CH + c) % (TN / 4)) * 4}u,
+      store_row4(c_off, row0 + ${(rd * CH + c) / (TN / 4)}u, col0 + ${((rd * CH + c) % (TN / 4)) * 4}u,
         red[local_block * ${CH}u + ${c}u] * p.alpha + bias${(rd * CH + c) % (TN / 4)});
     }
 //#end
@@ -310,7 +355,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   for (var i = 0u; i < ${TM}u; i++) {
     if (row0 + i < p.m) {
 //#for jb in 0..TN / 4
-      store4(c_off + (row0 + i) * p.n, col0 + ${jb * 4}u, acc_0_${jb} * p.alpha + bias${jb});
+      store_row4(c_off, row0 + i, col0 + ${jb * 4}u, acc_0_${jb} * p.alpha + bias${jb});
 //#end
     }
 //#for r in 0..TM - 1

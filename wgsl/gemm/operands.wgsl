@@ -3,6 +3,7 @@
 // header; the uniform block `p` is generated from GEMM_PARAMS (src/backend/kernels/gemm.ts). With QUANT_B
 // ("nf4" or "int8"), B is a packed quantized frozen weight (src/backend/kernels/quantize.ts: codes, then a
 // scale per block of p.q_block elements from word p.q_scale_off) dequantized element by element on load.
+// With PAIR, A and B load from A2 and B2 in the workgroups that run a pair's second product (gemm/pair.wgsl).
 //#if VEC_A
 @group(0) @binding(1) var<storage, read> a: array<vec4<${A_T}>>;
 //#else
@@ -34,7 +35,21 @@ fn factor4(at: u32) -> vec4<f32> {
 }
 
 // Loads by element index `at` (a multiple of 4 for the vec4 forms), masked when asked.
-//#if VEC_A
+//#if VEC_A && PAIR
+fn load_a(at: u32) -> vec4<f32> {
+  if (pair_second) {
+    return vec4<f32>(a2[at / 4u]);
+  }
+  return vec4<f32>(a[at / 4u]);
+}
+//#elif PAIR
+fn load_a(at: u32) -> f32 {
+  if (pair_second) {
+    return f32(a2[at]);
+  }
+  return f32(a[at]);
+}
+//#elif VEC_A
 fn load_a(at: u32) -> vec4<f32> {
 //#if MASK_A
   return vec4<f32>(a[at / 4u]) * factor4(at);
@@ -66,6 +81,36 @@ fn load_b(at: u32) -> vec4<f32> {
 //#elif QUANT_B
 fn load_b(at: u32) -> f32 {
   return quant_b(at);
+}
+//#elif VEC_B && PAIR
+fn load_b(at: u32) -> vec4<f32> {
+  var v: vec4<f32>;
+  if (pair_second) {
+    v = vec4<f32>(b2[at / 4u]);
+  } else {
+    v = vec4<f32>(b[at / 4u]);
+  }
+//#if MASK_B
+  if (pair_masked) {
+    v *= factor4(at);
+  }
+//#end
+  return v;
+}
+//#elif PAIR
+fn load_b(at: u32) -> f32 {
+  var v: f32;
+  if (pair_second) {
+    v = f32(b2[at]);
+  } else {
+    v = f32(b[at]);
+  }
+//#if MASK_B
+  if (pair_masked) {
+    v *= dropout_factor(p.seed, p.threshold, p.keep, at);
+  }
+//#end
+  return v;
 }
 //#elif VEC_B
 fn load_b(at: u32) -> vec4<f32> {

@@ -37,6 +37,18 @@ export const GEMM_PARAMS: ParamLayout = [
   { name: "q_scale_off", type: "u32" },
 ];
 
+/**
+ * The pair dispatch's uniform block (wgsl/gemm/pair.wgsl): {@link GEMM_PARAMS}, then the second product's
+ * columns and blocks and which product's B the dropout masks (0 neither, 1 the first, 2 the second).
+ */
+export const GEMM_PAIR_PARAMS: ParamLayout = [
+  ...GEMM_PARAMS,
+  { name: "n2", type: "u32" },
+  { name: "tiles_n2", type: "u32" },
+  { name: "tiles2", type: "u32" },
+  { name: "pair_mask", type: "u32" },
+];
+
 /** The stream-K fields: a plan's workgroups and k slabs per tile (wgsl/gemm/stream_k.wgsl). */
 const STREAM_K_PARAMS: ParamLayout = [
   { name: "sk_groups", type: "u32" },
@@ -102,6 +114,27 @@ export const STREAM_K_FIXUP: KernelTemplate = {
     { name: "tiles", type: "u32" },
     ...STREAM_K_PARAMS,
   ],
+};
+
+/**
+ * The direct template running two products in one dispatch (`PAIR`, webgpu/gemm.ts recordGemmPair;
+ * wgsl/gemm/pair.wgsl): the second's A and B take the LoRA phase's slots (a pair has none) and its
+ * output, stored transposed, the seventh binding.
+ */
+export const GEMM_DIRECT_PAIR: KernelTemplate = {
+  name: "gemm_direct_pair",
+  template: "gemm/direct",
+  includes: ["quant_codes", "gemm/pair", "gemm/operands"],
+  bindings: [
+    { name: "a", access: "read" },
+    { name: "b", access: "read" },
+    { name: "a2", access: "read" },
+    { name: "b2", access: "read" },
+    { name: "bias", access: "read" },
+    { name: "c", access: "write" },
+    { name: "c2", access: "write" },
+  ],
+  params: GEMM_PAIR_PARAMS,
 };
 
 /** One block per invocation straight from storage, for software adapters (wgsl/gemm/direct.wgsl). */

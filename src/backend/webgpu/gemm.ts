@@ -14,8 +14,11 @@ import {
   planGemm,
   streamKPartBytes,
 } from "./gemm_plan.ts";
+import { ConfigError, ShapeError } from "../../core/errors.ts";
 import {
   GEMM_DIRECT,
+  GEMM_DIRECT_PAIR,
+  GEMM_PAIR_PARAMS,
   GEMM_PARAMS,
   GEMM_TILED,
   GEMM_TILED_PARAMS,
@@ -138,6 +141,8 @@ export function gemmSpecialisation(f: GemmFlags, t: GemmTile, swizzle = false): 
     ...t,
     SWIZZLE: swizzle,
     STREAM_K: false,
+    // One product per dispatch; recordGemmPair sets it (wgsl/gemm/pair.wgsl).
+    PAIR: false,
     // Direct schedule: k lanes per block, whether they are the fast index of an invocation's id (A stored
     // [m, k]: a block's lanes read consecutive k of its rows) or the slow one (A stored [k, m]: consecutive
     // blocks read consecutive columns), and the vec4s per invocation each round of their sum stages in
@@ -383,4 +388,123 @@ export function recordGemm(ctx: GemmContext, req: GemmRequest): Binding {
   );
   rt.release(part.buf);
   return out;
+}
+
+/**
+ * Two products for {@link recordGemmPair}: C1 = alpha · op(A1) · op(B1) [m, n1] stored as usual, and
+ * C2 = alpha · op(A2) · op(B2) [m, n2] stored transposed, as [n2, m]. Same m, k, alpha, layouts and
+ * element types; no batch, LoRA phase, bias or quantized B; at most one of the two B operands masked (by
+ * the one dropout given).
+ */
+export interface GemmPairRequest {
+  first: Omit<GemmRequest, "lora" | "bias" | "batch">;
+  second: Omit<GemmRequest, "lora" | "bias" | "batch">;
+}
+
+/** Why `req` cannot run as a pair (a message naming the mismatch), or null when it can. */
+export function pairMismatch(req: GemmPairRequest): string | null {
+  const { first: f, second: s } = req;
+  const same: [string, unknown, unknown][] = [
+    ["m", f.m, s.m],
+    ["k", f.k, s.k],
+    ["alpha", f.alpha ?? 1, s.alpha ?? 1],
+    ["A's type", f.a.type, s.a.type],
+    ["B's type", f.b.type, s.b.type],
+    ["A's layout", f.a.trans, s.a.trans],
+    ["B's layout", f.b.trans, s.b.trans],
+    ["output type", f.outType, s.outType],
+  ];
+  for (const [what, x, y] of same) {
+    if (x !== y) return `${what} differs (${x} against ${y})`;
+  }
+  if (f.m === 0 || f.k === 0 || f.n === 0 || s.n === 0) return "a product is empty";
+  if (f.a.masked === true || s.a.masked === true) return "an A operand is masked (only B may be)";
+  if (f.b.masked === true && s.b.masked === true) return "both B operands are masked (one dropout masks one)";
+  if (f.b.quant != null || s.b.quant != null) return "a B operand is quantized";
+  if (
+    (f.a.zStride ?? 0) !== 0 || (s.a.zStride ?? 0) !== 0 || (f.b.zStride ?? 0) !== 0 ||
+    (s.b.zStride ?? 0) !== 0
+  ) {
+    return "an operand is batched";
+  }
+  return null;
+}
+
+/**
+ * Records two rank-wide products in one dispatch of the direct template with k lanes (`PAIR`,
+ * wgsl/gemm/direct.wgsl) on `tile` (gemm_plan.ts pairTile): the workgroups at z = 0 compute the first,
+ * those at z = 1 the second, stored transposed. Returns [C1 [m, n1], C2 [n2, m]] in the output type.
+ * Each product sums in the order the same tile gives it alone.
+ */
+export function recordGemmPair(
+  ctx: GemmContext,
+  req: GemmPairRequest,
+  tile: GemmTile,
+): [Binding, Binding] {
+  const mismatch = pairMismatch(req);
+  if (mismatch !== null) {
+    throw new ShapeError(`recordGemmPair: ${req.first.what} and ${req.second.what} cannot pair: ${mismatch}`);
+  }
+  if ((tile.KL ?? 1) < 2) {
+    throw new ConfigError(
+      `recordGemmPair: tile ${tile.TM}×${tile.TN} has no k lanes (gemm_plan.ts laneTile)`,
+    );
+  }
+  const { rt, kernels } = ctx;
+  const { first: f, second: s } = req;
+  const { m, k, outType } = f;
+  const alloc = (r: typeof f): Binding => {
+    const bytes = bufferBytes(m * r.n, outType);
+    return { buf: rt.alloc(bytes, r.what), bytes };
+  };
+  const c1 = alloc(f), c2 = alloc(s);
+  const flags: GemmFlags = {
+    ...requestFlags(f, outType),
+    // The second's B shares the loaders, so vec4 access needs both widths to allow it; C2 is stored
+    // element by element (transposed).
+    vecB: f.b.trans ? k % 4 === 0 : f.n % 4 === 0 && s.n % 4 === 0,
+    maskB: f.b.masked === true || s.b.masked === true,
+  };
+  const tilesN1 = Math.ceil(f.n / tile.BN), tilesN2 = Math.ceil(s.n / tile.BN);
+  const rowBlocks = Math.ceil(m / tile.BM);
+  const tiles1 = rowBlocks * tilesN1, tiles2 = rowBlocks * tilesN2;
+  const dropout = dropoutParams(f.dropout ?? s.dropout ?? null);
+  const words = packParams(GEMM_PAIR_PARAMS, {
+    m,
+    n: f.n,
+    k,
+    a_z_stride: 0,
+    b_z_stride: 0,
+    c_z_stride: 0,
+    k_z_start: 0,
+    k_len: k,
+    z_base: 0,
+    ...dropout,
+    alpha: f.alpha ?? 1,
+    tiles_n: tilesN1,
+    tiles: tiles1,
+    r: 0,
+    scale: 1,
+    q_block: 1,
+    q_scale_off: 0,
+    n2: s.n,
+    tiles_n2: tilesN2,
+    tiles2,
+    pair_mask: f.b.masked === true ? 1 : s.b.masked === true ? 2 : 0,
+  }, `${f.what} + ${s.what}`);
+  const spec = { ...gemmSpecialisation(flags, tile), PAIR: true };
+  const detail = rt.profilingDetail
+    ? `pair ${m}x${f.n}+${s.n}x${k}${flags.transA ? " At" : ""}${
+      flags.transB ? " Bt" : ""
+    } direct ${tile.TM}x${tile.TN} lanes ${tile.KL} ${flags.aType}`
+    : undefined;
+  const [x, y] = rt.fold(Math.ceil(Math.max(tiles1, tiles2) / blocksPerWorkgroup("direct", tile)));
+  rt.dispatch(
+    kernels.get(GEMM_DIRECT_PAIR, spec),
+    words,
+    [f.a.bind, f.b.bind, s.a.bind, s.b.bind, null, c1, c2],
+    [x, y, 2],
+    detail,
+  );
+  return [c1, c2];
 }

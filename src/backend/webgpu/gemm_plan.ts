@@ -125,6 +125,28 @@ export interface GemmProfile {
    * overrides it per shape.
    */
   streamK?: number;
+  /**
+   * Pairs of rank-wide products in one dispatch (webgpu/gemm.ts recordGemmPair): the lane tile they share,
+   * or false to record them apart. Absent: {@link pairTile}'s choice on the tiled schedule (hardware
+   * GPUs), apart on the direct one.
+   */
+  pair?: GemmTile | false;
+}
+
+/**
+ * The lane tile a pair of products of `m` rows and depth `k` shares in one dispatch
+ * ({@link GemmProfile.pair}), or null to record them apart. On hardware GPUs only, and only for m up to
+ * 64 (the LoRA backward's dA = gᵀ·x and dBᵀ = tᵀ·dy, m the rank): each such product alone is bound by a
+ * dispatch's fixed cost (on Dawn on the H200 a product of twice the width took 0.018 ms against 0.016,
+ * bench/NOTES.md, twelfth session). The block is every row (up to 16) by 4 columns, the lanes k / 32
+ * clamped to 16-64: the tuner's winners for those products on the H200.
+ */
+export function pairTile(m: number, k: number, profile: GemmProfile): GemmTile | null {
+  if (profile.pair === false) return null;
+  if (profile.pair !== undefined) return profile.pair;
+  if (profile.schedule !== "tiled" || m > 64) return null;
+  const lanes = Math.min(64, Math.max(16, 2 ** Math.floor(Math.log2(Math.max(1, k / 32)))));
+  return laneTile(Math.min(16, Math.ceil(m / 4) * 4), 4, lanes);
 }
 
 /**

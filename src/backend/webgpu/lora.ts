@@ -13,7 +13,9 @@
  *   1. g = dyl B, dyl = drop_post(dy), [m, R] f32 scratch;
  *   2. dx = dy W + scale · drop_pre ⊙ (g A), one GEMM pass with a LoRA phase;
  *   3. dA = scale · gᵀ drop_pre(x) and 4. dB = scale · dylᵀ t, GEMMs over the tokens, split-K when
- *      the token count is deep and the outputs small (partial sums per token chunk, then a reduce).
+ *      the token count is deep and the outputs small (partial sums per token chunk, then a reduce); on
+ *      hardware GPUs both in one dispatch instead (gemm.ts recordGemmPair, dB as tᵀ · dyl stored
+ *      transposed), each being too small to fill the GPU alone.
  * Every phase is a GEMM dispatch (gemm.ts) of wgsl/gemm/tiled.wgsl or wgsl/gemm/direct.wgsl; the output
  * passes carry the LoRA phase of wgsl/gemm/lora_phase.wgsl, split-K passes end in
  * wgsl/gemm/splitk_reduce.wgsl. The CPU reference of both is in cpu/cpu_backend.ts.
@@ -24,7 +26,8 @@
  * @module
  */
 import type { FusedDropout, LoraBackwardArgs, LoraForwardArgs, LoraInnerArgs } from "../backend.ts";
-import { type GemmContext, recordGemm, type WgslType } from "./gemm.ts";
+import { type GemmContext, recordGemm, recordGemmPair, type WgslType } from "./gemm.ts";
+import { pairTile } from "./gemm_plan.ts";
 import type { Binding } from "./runtime.ts";
 
 /** The dropout of `position`, or null when absent or p is 0 (no mask, as the CPU reference does). */
@@ -118,22 +121,28 @@ export function recordLoraBackward(
   const T = args.x.dtype as WgslType;
   const TA = args.a.dtype as WgslType, TB = args.b.dtype as WgslType;
   const pre = dropoutAt(args.dropout, "pre"), post = dropoutAt(args.dropout, "post");
-  // dB first, dA last: dB needs only dy and t, and dA's product does not read dx, so neither waits on the
-  // pass before it and a WebGPU implementation that puts barriers only between dependent passes may
-  // overlap them. On the H200 the order changed the small shapes by under 1% (bench/NOTES.md, fifth
-  // session): kept because it costs nothing, not because it was shown to pay.
   const { t, release } = innerOrRecorded(ctx, args, bind, op);
-  const dB = recordGemm(ctx, {
-    a: { bind: bind.dy, type: T, trans: true, masked: post !== null },
-    b: { bind: t, type: "f32", trans: false },
-    m: N,
-    n: R,
-    k: m,
-    alpha: scale,
-    dropout: post,
-    outType: TB,
-    what: `${op}: dB [${N}, ${R}] (${TB})`,
-  });
+  // dA = scale · gᵀ · drop_pre(x) [R, K] and dB = scale · dylᵀ · t [N, R] read the tokens the same way once
+  // dB is taken as its transpose tᵀ · dyl [R, N]; where the device pairs rank-wide products (pairTile),
+  // both run in one dispatch after g and dx: each alone is bound by a dispatch's fixed cost.
+  const tile = TA === TB && m > 0 && K > 0 && N > 0 && R > 0 ? pairTile(R, m, ctx.profile) : null;
+  // Apart: dB first, dA last: dB needs only dy and t, and dA's product does not read dx, so neither waits
+  // on the pass before it and a WebGPU implementation that puts barriers only between dependent passes
+  // may overlap them. On the H200 the order changed the small shapes by under 1% (bench/NOTES.md, fifth
+  // session): kept because it costs nothing, not because it was shown to pay.
+  const dBApart = tile === null
+    ? recordGemm(ctx, {
+      a: { bind: bind.dy, type: T, trans: true, masked: post !== null },
+      b: { bind: t, type: "f32", trans: false },
+      m: N,
+      n: R,
+      k: m,
+      alpha: scale,
+      dropout: post,
+      outType: TB,
+      what: `${op}: dB [${N}, ${R}] (${TB})`,
+    })
+    : null;
   const g = recordGemm(ctx, {
     a: { bind: bind.dy, type: T, trans: false, masked: post !== null },
     b: { bind: bind.b, type: TB, trans: false },
@@ -156,8 +165,8 @@ export function recordLoraBackward(
       what: `${op}: dx [${m}, ${K}] (${T})`,
     })
     : null;
-  const dA = recordGemm(ctx, {
-    a: { bind: g, type: "f32", trans: true },
+  const dAReq = {
+    a: { bind: g, type: "f32" as const, trans: true },
     b: { bind: bind.x, type: T, trans: false, masked: pre !== null },
     m: R,
     n: K,
@@ -166,7 +175,21 @@ export function recordLoraBackward(
     dropout: pre,
     outType: TA,
     what: `${op}: dA [${R}, ${K}] (${TA})`,
-  });
+  };
+  const [dA, dB] = tile === null ? [recordGemm(ctx, dAReq), dBApart as Binding] : recordGemmPair(ctx, {
+    first: dAReq,
+    second: {
+      a: { bind: t, type: "f32", trans: true },
+      b: { bind: bind.dy, type: T, trans: false, masked: post !== null },
+      m: R,
+      n: N,
+      k: m,
+      alpha: scale,
+      dropout: post,
+      outType: TB,
+      what: `${op}: dB [${N}, ${R}] (${TB})`,
+    },
+  }, tile);
   ctx.rt.release(g.buf);
   release();
   return { dx, dA, dB };

@@ -7,6 +7,7 @@ import fc from "fast-check";
 import { evaluate, expandTemplate, TemplateError } from "../../../src/backend/webgpu/template.ts";
 import { kernelSource, usesF16 } from "../../../src/backend/webgpu/pipelines.ts";
 import { gemmSpecialisation, SCHEDULE_TEMPLATE } from "../../../src/backend/webgpu/gemm.ts";
+import { GEMM_DIRECT_PAIR } from "../../../src/backend/kernels/gemm.ts";
 import { DIRECT_PROFILE, laneTile, TILED_PROFILE } from "../../../src/backend/webgpu/gemm_plan.ts";
 import {
   type KernelRecord,
@@ -389,6 +390,12 @@ function specialisations(
             bias: false,
           };
           out.push([SCHEDULE_TEMPLATE.direct, gemmSpecialisation(flags, tile)]);
+          // The pair dispatch (recordGemmPair): the same layouts, B masked or not, an f32 A (g and t).
+          const pairFlags = { ...flags, aType: "f32" as const, cType: t, maskA: false, maskB: vec };
+          out.push([
+            GEMM_DIRECT_PAIR,
+            { ...gemmSpecialisation(pairFlags, tile), PAIR: true },
+          ]);
         }
       }
     }
