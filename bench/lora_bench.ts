@@ -18,6 +18,7 @@
  *                    by the test suite, the tuned ones against the planner's)
  *          --stream-k N (the GEMM profile's stream-K workgroups, 0 = off, instead of the tuned table's),
  *          --no-pair (the backward's dA and dB as two products, not one pair dispatch: GemmProfile.pair),
+ *          --pair-tile TM,TN,KL (the pair's lane tile instead of gemm_plan.ts pairTile's),
  *          --profile (GPU time per kernel, GEMM shape and plan of one fused forward + backward per size)
  *          --shapes M,D,r;M,D,r (sizes instead of the mode's), --reps N (repetitions, default 5),
  *          --cover-ms T (the full mode's milliseconds of steps per await, default 250),
@@ -45,7 +46,7 @@ import {
   tidy,
 } from "../mod.ts";
 import type { WebGpuBackend } from "../src/backend/webgpu/backend.ts";
-import type { GemmChoice, GemmShape } from "../src/backend/webgpu/gemm_plan.ts";
+import { type GemmChoice, type GemmShape, laneTile } from "../src/backend/webgpu/gemm_plan.ts";
 import { benchDevice, implementationName } from "./bench_device.ts";
 import { loraShapes, tunedEntries, type TuneResult, tuneShapes, tuneTable } from "./gemm_tune.ts";
 
@@ -94,9 +95,12 @@ if (streamKOpt !== "") {
 }
 // --no-pair: the fused LoRA backward's dA and dB as two products (GemmProfile.pair false) instead of one
 // pair dispatch, to compare both on one adapter in one run.
-if (args.has("--no-pair")) {
+// --pair-tile TM,TN,KL: the pair's lane tile (gemm_plan.ts laneTile) in place of pairTile's choice.
+const pairTileOpt = opt("--pair-tile", "");
+if (args.has("--no-pair") || pairTileOpt !== "") {
   const be = device.backend as unknown as WebGpuBackend;
-  be.gemmProfile = { ...be.gemmProfile, pair: false };
+  const [TM, TN, KL] = pairTileOpt.split(",").map(Number);
+  be.gemmProfile = { ...be.gemmProfile, pair: pairTileOpt === "" ? false : laneTile(TM, TN, KL) };
 }
 const streamK = (device.backend as unknown as WebGpuBackend).gemmProfile.streamK ?? 0;
 const dtypeOpt = opt("--dtype", "both");
