@@ -135,18 +135,20 @@ export interface GemmProfile {
 
 /**
  * The lane tile a pair of products of `m` rows and depth `k` shares in one dispatch
- * ({@link GemmProfile.pair}), or null to record them apart. On hardware GPUs only, and only for m up to
- * 64 (the LoRA backward's dA = gᵀ·x and dBᵀ = tᵀ·dy, m the rank): each such product alone is bound by a
- * dispatch's fixed cost (on Dawn on the H200 a product of twice the width took 0.018 ms against 0.016,
- * bench/NOTES.md, twelfth session). The block is every row (up to 16) by 4 columns, the lanes k / 32
- * clamped to 16-64: the tuner's winners for those products on the H200.
+ * ({@link GemmProfile.pair}), or null to record them apart. On hardware GPUs only, for m up to 64 (the
+ * LoRA backward's dA = gᵀ·x and dBᵀ = tᵀ·dy, m the rank) and k (the tokens) up to 4,096: each such product
+ * alone is bound by a dispatch's fixed cost (on Dawn on the H200 a product of twice the width took 0.018
+ * ms against 0.016), while deeper ones run long enough that a pair's serial lane loop (k / (4 · lanes)
+ * steps) loses to split-K (at 8,192 tokens the pair made the step 0.8% slower). The block is 8 rows by 4
+ * columns (two row blocks at rank 16 beat one of 16 rows by 1-2%), the lanes k / 32 clamped to 16-64:
+ * the best of the tiles swept on the H200 (bench/NOTES.md, twelfth session).
  */
 export function pairTile(m: number, k: number, profile: GemmProfile): GemmTile | null {
   if (profile.pair === false) return null;
   if (profile.pair !== undefined) return profile.pair;
-  if (profile.schedule !== "tiled" || m > 64) return null;
+  if (profile.schedule !== "tiled" || m > 64 || k > 4096) return null;
   const lanes = Math.min(64, Math.max(16, 2 ** Math.floor(Math.log2(Math.max(1, k / 32)))));
-  return laneTile(Math.min(16, Math.ceil(m / 4) * 4), 4, lanes);
+  return laneTile(Math.min(8, Math.ceil(m / 4) * 4), 4, lanes);
 }
 
 /**

@@ -14,8 +14,8 @@
  *   2. dx = dy W + scale · drop_pre ⊙ (g A), one GEMM pass with a LoRA phase;
  *   3. dA = scale · gᵀ drop_pre(x) and 4. dB = scale · dylᵀ t, GEMMs over the tokens, split-K when
  *      the token count is deep and the outputs small (partial sums per token chunk, then a reduce); on
- *      hardware GPUs both in one dispatch instead (gemm.ts recordGemmPair, dB as tᵀ · dyl stored
- *      transposed), each being too small to fill the GPU alone.
+ *      hardware GPUs, up to 4,096 tokens, both in one dispatch instead (gemm.ts recordGemmPair, dB
+ *      as tᵀ · dyl stored transposed), each being too small to fill the GPU alone.
  * Every phase is a GEMM dispatch (gemm.ts) of wgsl/gemm/tiled.wgsl or wgsl/gemm/direct.wgsl; the output
  * passes carry the LoRA phase of wgsl/gemm/lora_phase.wgsl, split-K passes end in
  * wgsl/gemm/splitk_reduce.wgsl. The CPU reference of both is in cpu/cpu_backend.ts.

@@ -130,15 +130,18 @@ Deno.test("laneTile: blocks of multiples of 4, lanes a power of two from 2 divid
   }
 });
 
-Deno.test("pairTile: hardware GPUs pair products of up to 64 rows on every row by 4 columns, k / 32 lanes in 16-64", () => {
+Deno.test("pairTile: hardware GPUs pair products of up to 64 rows and 4,096 deep on 8 x 4 blocks, k / 32 lanes in 16-64", () => {
   assert.deepEqual(pairTile(8, 2048, TILED_PROFILE), laneTile(8, 4, 64));
-  assert.deepEqual(pairTile(16, 512, TILED_PROFILE), laneTile(16, 4, 16));
-  assert.deepEqual(pairTile(16, 8192, TILED_PROFILE), laneTile(16, 4, 64));
-  // Ranks that are no multiple of 4 pad the block to one (the kernel skips the rows past m).
+  // Rank 16 takes two row blocks of 8.
+  assert.deepEqual(pairTile(16, 512, TILED_PROFILE), laneTile(8, 4, 16));
+  assert.deepEqual(pairTile(16, 4096, TILED_PROFILE), laneTile(8, 4, 64));
+  // Ranks under 8 take the block of 4 rows where it covers them; 5-7 pad to 8 (the kernel skips rows past m).
+  assert.deepEqual(pairTile(4, 100, TILED_PROFILE), laneTile(4, 4, 16));
   assert.deepEqual(pairTile(7, 100, TILED_PROFILE), laneTile(8, 4, 16));
-  // Past 16 rows the block stays 16 high and the rows take several blocks.
-  assert.deepEqual(pairTile(64, 1000, TILED_PROFILE), laneTile(16, 4, 16));
+  assert.deepEqual(pairTile(64, 1000, TILED_PROFILE), laneTile(8, 4, 16));
+  // Too many rows, or too deep: apart.
   assert.equal(pairTile(65, 2048, TILED_PROFILE), null);
+  assert.equal(pairTile(16, 8192, TILED_PROFILE), null);
   // Software adapters record the products apart, unless a profile names a tile; false turns pairs off.
   assert.equal(pairTile(8, 2048, DIRECT_PROFILE), null);
   const forced = laneTile(4, 4, 2, 64);
